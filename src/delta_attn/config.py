@@ -1,0 +1,194 @@
+"""`DeltaConfig`: every knob of Δ attention in one validated dataclass.
+
+The defaults follow the paper (γ = 64, StreamingLLM base with a 2048-token window) and, for the other
+bases, MInference (vertical-slash sizes) and Star Attention (block size). See `docs`-style field notes
+below; `../shared/reference/algorithm.md` is the spec this mirrors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sparse.base import SparseMethod
+
+MODES = ("delta", "recompute", "sparse", "dense")
+INTERPS = ("repeat", "linear", "ema", "abg")
+BACKENDS = ("auto", "reference", "triton")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"DeltaConfig.{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"DeltaConfig.{name} must be >= {minimum}, got {value}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"DeltaConfig.{name} must be a float, got {type(value).__name__} ({value!r})")
+    lo_ok = value > low if low_open else value >= low
+    hi_ok = value < high if high_open else value <= high
+    if not (lo_ok and hi_ok):
+        lb = "(" if low_open else "["
+        hb = ")" if high_open else "]"
+        raise ValueError(f"DeltaConfig.{name} must lie in {lb}{low}, {high}{hb}, got {value}")
+
+
+@dataclass(frozen=True)
+class DeltaConfig:
+    """Configuration of Δ attention prefill.
+
+    Core fields
+    -----------
+    sparse:  the sparse base method: a registered name (``"streaming"``, ``"vertical_slash"``,
+             ``"topk"``, ``"block"``, ``"dense"``, or one added with
+             :func:`delta_attn.register_sparse_method`) or a :class:`delta_attn.sparse.SparseMethod`
+             instance. Default ``"streaming"`` (sink + sliding window, the paper's main base).
+    window:  sliding-window length W for ``streaming`` and ``topk``: query i sees key j when
+             ``i - j < window`` (so ``window=1`` is the diagonal only). Default 2048 (paper).
+    sink:    number of leading "attention sink" keys every query sees (``streaming``, ``topk``).
+             Default 128 (the reference code uses 128–1024; 128 keeps the base cheapest).
+    gamma:   γ, the anchor stride: the first row of every γ-block is computed densely. Default 64.
+    mode:    ``"delta"`` (sparse + Δ correction, the method), ``"recompute"`` (sparse, with the
+             anchor and tail rows overwritten by dense rows, no broadcast), ``"sparse"`` (base only,
+             no dense tail) or ``"dense"`` (exact causal attention). Default ``"delta"``.
+    interp:  how Δ spreads over the rows of a γ-block: ``"repeat"`` (the paper; causal),
+             ``"linear"`` (between this and the next anchor; **non-causal**, row i reads row
+             (j+1)γ > i), ``"ema"`` (causal exponential moving average over the repeated Δs),
+             ``"abg"`` (causal α-β-γ tracking filter). Default ``"repeat"``.
+    tail:    minimum number of exact (dense) rows at the end of the prompt. ``None`` means
+             ``max(128, gamma)``. The actual tail is ``min(N, N % gamma + tail)`` rows so that the
+             rows before it are a whole number of γ-blocks.
+
+    Interpolation options
+    ---------------------
+    ema_beta:  β of ``e_i = β·e_{i-1} + (1-β)·Δ(i)``, in [0, 1). Default 0.75 (paper tried 0.5–0.95).
+    abg_alpha: α of the α-β-γ filter, in (0, 1]. Default 0.1; ``abg_beta`` defaults to α²/2 and
+               ``abg_gamma`` to α³/6 (the rebuttal's settings).
+
+    Base-method options
+    -------------------
+    vertical_size, slash_size: vertical-slash budget per head: top key columns and top diagonals
+        (MInference's common default 1000 / 6096).
+    vs_last_q: number of final queries used to estimate the pattern (MInference: 64).
+    vs_first_columns, vs_last_diagonals: always-kept columns / diagonals (MInference: 30 / 100).
+    topk_block: block size (queries and keys) of the ``topk`` base. Default 64.
+    topk_blocks: key blocks kept per query block and head (besides sink + window). Default 32.
+    block_size: Star-Attention block length for ``block``: every token sees the first (anchor)
+        block and, causally, its own block. Default 2048 (the paper's Star-Attention experiment).
+
+    Integration / execution
+    -----------------------
+    dense_layers: layers run with dense attention when the config is used inside a model:
+        an int k means layers 0..k-1, a sequence lists layer indices. Default 0 (none).
+    backend: ``"auto"`` (Triton kernels on CUDA when available, else the PyTorch reference),
+        ``"reference"`` or ``"triton"``.
+    """
+
+    sparse: Union[str, "SparseMethod"] = "streaming"
+    window: int = 2048
+    sink: int = 128
+    gamma: int = 64
+    mode: str = "delta"
+    interp: str = "repeat"
+    tail: int | None = None
+    ema_beta: float = 0.75
+    abg_alpha: float = 0.1
+    abg_beta: float | None = None
+    abg_gamma: float | None = None
+    vertical_size: int = 1000
+    slash_size: int = 6096
+    vs_last_q: int = 64
+    vs_first_columns: int = 30
+    vs_last_diagonals: int = 100
+    topk_block: int = 64
+    topk_blocks: int = 32
+    block_size: int = 2048
+    dense_layers: Union[int, Sequence[int]] = 0
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        from .sparse import resolve_sparse_method  # local: sparse imports config
+
+        if isinstance(self.sparse, str):
+            resolve_sparse_method(self.sparse)  # raises ValueError listing the known names
+        elif not hasattr(self.sparse, "plan"):
+            raise TypeError(
+                "DeltaConfig.sparse must be a registered method name or an object with a "
+                f"`plan(q, k, config, q_start)` method (a delta_attn.sparse.SparseMethod); got {self.sparse!r}"
+            )
+        if self.mode not in MODES:
+            raise ValueError(f"DeltaConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if self.interp not in INTERPS:
+            raise ValueError(f"DeltaConfig.interp must be one of {INTERPS}, got {self.interp!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"DeltaConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        _check_int("gamma", self.gamma, 1)
+        _check_int("window", self.window, 1)
+        _check_int("sink", self.sink, 0)
+        if self.tail is not None:
+            _check_int("tail", self.tail, 0)
+        _check_float("ema_beta", self.ema_beta, 0.0, 1.0, low_open=False, high_open=True)
+        _check_float("abg_alpha", self.abg_alpha, 0.0, 1.0, low_open=True, high_open=False)
+        if self.abg_beta is not None:
+            _check_float("abg_beta", self.abg_beta, 0.0, 2.0, low_open=False, high_open=False)
+        if self.abg_gamma is not None:
+            _check_float("abg_gamma", self.abg_gamma, 0.0, 2.0, low_open=False, high_open=False)
+        for name in ("vertical_size", "slash_size", "vs_first_columns", "vs_last_diagonals", "topk_blocks"):
+            _check_int(name, getattr(self, name), 0)
+        for name in ("vs_last_q", "topk_block", "block_size"):
+            _check_int(name, getattr(self, name), 1)
+        dl = self.dense_layers
+        if isinstance(dl, bool) or not isinstance(dl, (int, Sequence)) or isinstance(dl, str):
+            raise TypeError(f"DeltaConfig.dense_layers must be an int or a sequence of ints, got {dl!r}")
+        if isinstance(dl, int):
+            _check_int("dense_layers", dl, 0)
+        else:
+            for i in dl:
+                if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+                    raise ValueError(f"DeltaConfig.dense_layers entries must be ints >= 0, got {dl!r}")
+            object.__setattr__(self, "dense_layers", tuple(dl))
+
+    # ---- derived values -------------------------------------------------------------------
+
+    @property
+    def min_tail(self) -> int:
+        """Minimum exact rows at the end of the prompt (``tail`` or ``max(128, gamma)``)."""
+        return self.tail if self.tail is not None else max(128, self.gamma)
+
+    def tail_rows(self, n: int) -> int:
+        """Exact rows at the end of an ``n``-token prompt: ``min(n, n % gamma + min_tail)``."""
+        return min(n, n % self.gamma + self.min_tail)
+
+    @property
+    def abg_coefficients(self) -> tuple[float, float, float]:
+        """(α, β, γ_f) of the α-β-γ filter with the documented defaults filled in."""
+        a = float(self.abg_alpha)
+        b = float(self.abg_beta) if self.abg_beta is not None else a * a / 2.0
+        g = float(self.abg_gamma) if self.abg_gamma is not None else a**3 / 6.0
+        return a, b, g
+
+    @property
+    def is_causal(self) -> bool:
+        """False only for ``interp="linear"`` with ``mode="delta"`` (it reads the next anchor)."""
+        return not (self.mode == "delta" and self.interp == "linear")
+
+    def is_dense_layer(self, layer_idx: int | None) -> bool:
+        """Whether ``layer_idx`` is listed in ``dense_layers``."""
+        if layer_idx is None:
+            return False
+        if isinstance(self.dense_layers, int):
+            return layer_idx < self.dense_layers
+        return layer_idx in self.dense_layers
+
+    def replace(self, **changes: Any) -> "DeltaConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def method_name(self) -> str:
+        """Name of the sparse base (for tables and logs)."""
+        return self.sparse if isinstance(self.sparse, str) else getattr(self.sparse, "name", type(self.sparse).__name__)

@@ -1,0 +1,176 @@
+"""The public operator: :func:`delta_attention`."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .combine import DeltaState
+from .config import DeltaConfig
+
+_DEFAULT_CONFIG = DeltaConfig()
+
+
+def _validate(q: Tensor, k: Tensor, v: Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor (float16/bfloat16/float32/float64), got {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must have 4 dims (batch, heads, seq_len, head_dim), got shape {tuple(t.shape)}; "
+                "for (batch, seq_len, heads, head_dim) tensors call .transpose(1, 2) first"
+            )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}; cast them first")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    bq, hq, nq, dq = q.shape
+    bk, hkv, nk, dk = k.shape
+    if bq != bk:
+        raise ValueError(f"batch sizes differ: q has {bq}, k/v have {bk}")
+    if dq != dk:
+        raise ValueError(f"head dims differ: q has {dq}, k/v have {dk}")
+    if dq == 0:
+        raise ValueError("head_dim must be at least 1")
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(
+            f"query heads ({hq}) must be a positive multiple of key/value heads ({hkv}) for grouped-query attention"
+        )
+    if nk < nq:
+        raise ValueError(
+            f"k/v have {nk} positions but q has {nq}: queries are the last Nq of the Nk key positions, so Nk >= Nq"
+        )
+
+
+def _left_pad_list(left_pad, batch: int, prompt_len: int) -> list[int] | None:
+    if left_pad is None:
+        return None
+    pads = left_pad.tolist() if isinstance(left_pad, torch.Tensor) else list(left_pad)
+    if len(pads) != batch or any(isinstance(p, bool) or int(p) != p for p in pads):
+        raise ValueError(f"left_pad must hold one integer per batch element ({batch}), got {left_pad!r}")
+    pads = [int(p) for p in pads]
+    if any(p < 0 or p >= prompt_len for p in pads):
+        raise ValueError(f"left_pad entries must lie in [0, {prompt_len}) (at least one real token), got {pads}")
+    return pads
+
+
+def _backend_prefill(config: DeltaConfig, device: torch.device):
+    """The prefill function of the backend this call runs on."""
+    want = config.backend
+    if want == "auto":
+        want = "triton" if device.type == "cuda" else "reference"
+    if want == "triton":
+        if device.type != "cuda":
+            raise ValueError("backend='triton' needs CUDA tensors; use backend='reference' (or 'auto') on CPU")
+        try:
+            from .kernels import triton_prefill
+        except ImportError as exc:
+            if config.backend == "triton":
+                raise ValueError(f"backend='triton' is not available here ({exc}); install triton or use 'reference'")
+            want = "reference"
+        else:
+            return triton_prefill
+    from .reference import reference_prefill
+
+    return reference_prefill
+
+
+def delta_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    config: DeltaConfig | None = None,
+    *,
+    scale: float | None = None,
+    prompt_len: int | None = None,
+    state: DeltaState | None = None,
+    left_pad: Tensor | Sequence[int] | None = None,
+) -> Tensor:
+    """Causal prefill attention with a sparse base and Δ correction.
+
+    Shapes (SDPA / FlexAttention layout):
+        q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D) with ``Hq % Hkv == 0`` (grouped-query attention:
+        query head h reads KV head ``h // (Hq // Hkv)``; K/V are never repeated in memory) and
+        ``Nk >= Nq``. Returns (B, Hq, Nq, D) in q's dtype.
+
+    Causal alignment:
+        bottom-right: query row r sits at absolute position ``p = Nk - Nq + r`` and sees keys
+        ``0..p``. One-shot prefill is ``Nq == Nk``; a later chunk of a chunked prefill passes only
+        its own queries with the keys/values of the whole prefix so far.
+
+    The rows (algorithm.md §3), with N = ``prompt_len`` (default Nk), γ = ``config.gamma``:
+        tail c = min(N, N mod γ + config.min_tail) rows, N' = N − c; anchors A = {0, γ, …, N'−γ}
+        (the first row of every γ-block); the dense rows are computed at their own causal
+        positions (row p over keys 0..p), never as a block of gathered rows.
+
+    Modes (``config.mode``):
+        ``"delta"``: Õ_i + Δ(i) for i < N', exact dense rows for the tail. With ``interp="repeat"``
+            Δ(i) = D_a − Õ_a for a = γ·⌊i/γ⌋ (so anchor rows are exact); ``"linear"`` blends
+            towards the next anchor's Δ (non-causal; one-shot only); ``"ema"``/``"abg"`` smooth
+            the repeated Δs with a causal filter (anchors then are close to, not equal to, dense).
+        ``"recompute"``: Õ with the anchor and tail rows replaced by dense rows (no broadcast).
+        ``"sparse"``: Õ everywhere (the base method alone, no dense tail).
+        ``"dense"``: exact causal attention.
+
+    Args:
+        config: a :class:`DeltaConfig` (defaults: streaming base, window 2048, sink 128, γ = 64).
+        scale: softmax scale, default ``1/sqrt(D)``.
+        prompt_len: total prompt length N when this call is one chunk of a longer prompt
+            (it places the exact tail); default Nk.
+        state: a :class:`DeltaState` to carry between chunks of one layer (needed by ``delta``
+            when a chunk starts inside a γ-block or when ``interp`` is ``ema``/``abg``).
+        left_pad: per batch element, how many leading key positions are padding. Each sequence is
+            then processed at its own positions (sinks, windows, anchors count from its first real
+            token); query rows on padding return zeros.
+
+    Raises:
+        TypeError / ValueError naming the problem for bad shapes, dtypes, devices or options.
+    """
+    config = _DEFAULT_CONFIG if config is None else config
+    if not isinstance(config, DeltaConfig):
+        raise TypeError(f"config must be a DeltaConfig, got {type(config).__name__}")
+    _validate(q, k, v)
+    bsz, hq, nq, d = q.shape
+    nk = k.shape[2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite float, got {scale!r}")
+    if prompt_len is None:
+        prompt_len = nk
+    elif isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or prompt_len < nk:
+        raise ValueError(f"prompt_len must be an int >= Nk ({nk}), got {prompt_len!r}")
+    if state is not None and not isinstance(state, DeltaState):
+        raise TypeError(f"state must be a DeltaState, got {type(state).__name__}")
+    chunked = nq < nk or prompt_len > nk
+    if chunked and not config.is_causal:
+        raise ValueError(
+            "interp='linear' reads the next anchor (it is non-causal), so it cannot run chunked; "
+            "prefill the whole prompt in one call or use interp='repeat'/'ema'/'abg'"
+        )
+    pads = _left_pad_list(left_pad, bsz, prompt_len)
+    out = q.new_zeros(bsz, hq, nq, d)
+    if nq == 0:
+        return out
+    prefill = _backend_prefill(config, q.device)
+    q_start = nk - nq
+    groups: dict[int, list[int]] = {}
+    for b, p in enumerate(pads or [0] * bsz):
+        groups.setdefault(p, []).append(b)
+    for pad, members in groups.items():
+        first_row = max(0, pad - q_start)  # query rows before the sequence's first real token stay zero
+        if first_row >= nq:  # (a chunk that is all padding for these sequences)
+            continue
+        idx = members if len(groups) > 1 else slice(None)
+        seq_state = state.group(tuple(members)) if state is not None else None
+        res = prefill(q[idx, :, first_row:], k[idx, :, pad:], v[idx, :, pad:], config, scale=float(scale),
+                      prompt_len=prompt_len - pad, state=seq_state)
+        out[idx, :, first_row:] = res.to(q.dtype)
+    return out

@@ -1,0 +1,142 @@
+"""The PyTorch reference backend: plain, chunked, CPU and GPU, any float dtype.
+
+It is the correctness oracle for the GPU kernels and the CPU execution path of the model
+integration. It never allocates an N×N matrix: queries are processed in chunks of rows, and for each
+chunk only the key intervals the sparse pattern can reach (``SparsePattern.key_ranges``) are scored,
+so a sink+window base costs O(N·(W + sink)) here too. GQA is handled by reshaping query heads into
+their KV group — K and V are never repeated in memory.
+
+Half-precision inputs are computed in float32 (like flash kernels accumulate) unless
+``compute_dtype`` says otherwise; float64 inputs stay float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .combine import RowSchedule, _SequenceState, combine, row_schedule
+from .config import DeltaConfig
+from .sparse import SparsePattern, resolve_sparse_method
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 24  # scores held at once (64 MiB in float32)
+
+
+def default_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _key_index(ranges: list[tuple[int, int]], device) -> tuple[Tensor | slice, int]:
+    if len(ranges) == 1:
+        lo, hi = ranges[0]
+        return slice(lo, hi), hi - lo
+    idx = torch.cat([torch.arange(lo, hi, device=device) for lo, hi in ranges])
+    return idx, int(idx.numel())
+
+
+def _next_chunk(pattern: SparsePattern | None, q_start: int, r0: int, nq: int, nk: int, budget: int):
+    """End row of the next query chunk (and its key ranges) so that rows × keys stays within budget.
+
+    Dense rows of the chunk are few (anchors + tail), so the sparse key count sets the size: a
+    sink+window chunk touches ~W + sink + rows keys, far fewer than Nk.
+    """
+    rows = max(1, min(nq - r0, budget // max(1, nk), 64))
+    if pattern is None:
+        return r0 + max(rows, min(nq - r0, budget // max(1, nk))), None
+    ranges = pattern.key_ranges(q_start + r0, q_start + r0 + rows)
+    base_keys = sum(hi - lo for lo, hi in ranges)
+    while r0 + rows < nq:
+        grow = min(nq - r0, rows * 2)
+        cand = pattern.key_ranges(q_start + r0, q_start + r0 + grow)
+        keys = sum(hi - lo for lo, hi in cand)
+        # stop when the budget is full, or when a larger chunk would score many keys its rows never see
+        if grow * keys > budget or keys > 2 * base_keys:
+            break
+        rows, ranges = grow, cand
+    return r0 + rows, ranges
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float) -> Tensor:
+    """Softmax attention of query rows over a key set, with a boolean mask.
+
+    q: (B, Hkv, G, R, D); k, v: (B, Hkv, K, D); allowed: broadcastable to (B, Hkv, G, R, K).
+    Rows with no allowed key return zeros (never NaN).
+    """
+    bsz, hkv, g, r, d = q.shape
+    s = (q.reshape(bsz, hkv, g * r, d) @ k.transpose(-1, -2)).view(bsz, hkv, g, r, -1) * scale
+    s = s.masked_fill(~allowed, float("-inf"))
+    m = s.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m)
+    denom = p.sum(dim=-1, keepdim=True)
+    o = (p.view(bsz, hkv, g * r, -1) @ v).view(bsz, hkv, g, r, -1)
+    return o / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def attention_rows(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_start: int, pattern: SparsePattern | None,
+                   dense_pos: Tensor, compute_dtype: torch.dtype, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                   ) -> tuple[Tensor | None, Tensor]:
+    """Sparse output of every query row (if ``pattern``) and dense output of rows ``dense_pos``.
+
+    q: (B, Hq, Nq, D) at absolute positions [q_start, q_start + Nq); k, v: (B, Hkv, Nk, D).
+    Returns ``(sparse (B, Hq, Nq, D) or None, dense (B, Hq, len(dense_pos), D))`` in compute_dtype.
+    """
+    bsz, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    g = hq // hkv
+    dev = q.device
+    qc = q.to(compute_dtype).view(bsz, hkv, g, nq, d)
+    kc, vc = k.to(compute_dtype), v.to(compute_dtype)
+    sparse = qc.new_empty(bsz, hkv, g, nq, d) if pattern is not None else None
+    dense = qc.new_empty(bsz, hkv, g, dense_pos.numel(), d)
+    b_idx = torch.arange(bsz, device=dev).view(-1, 1, 1, 1)
+    h_idx = torch.arange(hq, device=dev).view(1, -1, 1, 1)
+    per_row = max(1, bsz * hq)
+    dense_local = (dense_pos - q_start).tolist()
+    di = 0  # next entry of dense_pos to produce
+    r0 = 0
+    while r0 < nq:
+        r1, ranges = _next_chunk(pattern, q_start, r0, nq, nk, chunk_elements // per_row)
+        p0, p1 = q_start + r0, q_start + r1
+        if pattern is not None:
+            kidx, nkeys = _key_index(ranges, dev)
+            kpos = torch.arange(nk, device=dev)[kidx].view(1, 1, 1, -1)
+            qpos = torch.arange(p0, p1, device=dev).view(1, 1, -1, 1)
+            allowed = pattern.mask_mod(b_idx, h_idx, qpos, kpos) & (kpos <= qpos)
+            if allowed.shape[1] == 1:  # head-independent pattern: broadcast, don't copy per head
+                allowed = allowed.unsqueeze(2)
+            else:
+                allowed = allowed.expand(allowed.shape[0], hq, p1 - p0, nkeys).reshape(-1, hkv, g, p1 - p0, nkeys)
+            sparse[:, :, :, r0:r1] = masked_attention(qc[:, :, :, r0:r1], kc[:, :, kidx], vc[:, :, kidx], allowed, scale)
+        dj = di
+        while dj < len(dense_local) and dense_local[dj] < r1:
+            dj += 1
+        if dj > di:
+            sel = torch.tensor(dense_local[di:dj], device=dev)
+            qpos = (sel + q_start).view(1, 1, 1, -1, 1)
+            kpos = torch.arange(p1, device=dev).view(1, 1, 1, 1, -1)
+            dense[:, :, :, di:dj] = masked_attention(qc[:, :, :, sel], kc[:, :, :p1], vc[:, :, :p1], kpos <= qpos, scale)
+            di = dj
+        r0 = r1
+    as_heads = lambda x: x.reshape(bsz, hq, x.shape[3], d)  # noqa: E731
+    return (as_heads(sparse) if sparse is not None else None), as_heads(dense)
+
+
+def reference_prefill(q: Tensor, k: Tensor, v: Tensor, config: DeltaConfig, *, scale: float, prompt_len: int,
+                      state: _SequenceState | None = None, compute_dtype: torch.dtype | None = None,
+                      chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Tensor:
+    """One sequence group (shared positions): plan the sparse base, compute rows, combine.
+
+    Inputs are already validated by :func:`delta_attn.delta_attention`; queries are the last Nq of
+    the Nk key positions. Returns (B, Hq, Nq, D) in ``compute_dtype``.
+    """
+    nq, nk = q.shape[2], k.shape[2]
+    q_start = nk - nq
+    cdt = compute_dtype or default_compute_dtype(q.dtype)
+    sched: RowSchedule = row_schedule(config, q_start, nk, prompt_len, device=q.device)
+    pattern = None
+    if config.mode != "dense":
+        pattern = resolve_sparse_method(config.sparse).plan(q, k, config, q_start=q_start, scale=scale)
+    sparse, dense = attention_rows(q, k, v, scale=scale, q_start=q_start, pattern=pattern, dense_pos=sched.dense_pos,
+                                   compute_dtype=cdt, chunk_elements=chunk_elements)
+    return combine(config, sched, sparse, dense, state)

@@ -1,0 +1,117 @@
+"""An independent, deliberately naive float64 oracle for Δ attention (tests only).
+
+It shares no code with the package's reference: full N×N matrices, K/V repeated per query head,
+masks written from the formulas in algorithm.md, and the row rules as an explicit Python loop.
+For the data-dependent bases it reads the *selection* (kept columns/diagonals, kept blocks) from the
+package's pattern object and rebuilds the mask from those indices on its own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from delta_attn import DeltaConfig
+from delta_attn.sparse import BlockTopKPattern, VerticalSlashPattern
+
+
+def allowed_mask(config: DeltaConfig, q_pos, k_pos, pattern=None, batch=1, heads=1):
+    """(B, H, Nq, Nk) bool: the base method's key sets, causality included."""
+    qp = q_pos.view(1, 1, -1, 1)
+    kp = k_pos.view(1, 1, 1, -1)
+    causal = kp <= qp
+    name = config.sparse if isinstance(config.sparse, str) else None
+    if name == "dense":
+        m = torch.ones_like(causal)
+    elif name == "streaming":
+        m = (qp - kp < config.window) | (kp < config.sink)
+    elif name == "block":
+        m = (kp < config.block_size) | (kp // config.block_size == qp // config.block_size)
+    elif isinstance(pattern, VerticalSlashPattern):
+        m = torch.zeros(batch, heads, q_pos.numel(), k_pos.numel(), dtype=torch.bool)
+        offsets = (qp - kp)[0, 0]
+        for b in range(batch):
+            for h in range(heads):
+                m[b, h] = torch.isin(kp[0, 0], pattern.columns[b, h]) | torch.isin(offsets, pattern.diagonals[b, h])
+    elif isinstance(pattern, BlockTopKPattern):
+        m = torch.zeros(batch, heads, q_pos.numel(), k_pos.numel(), dtype=torch.bool)
+        bs = pattern.block
+        for b in range(batch):
+            for h in range(heads):
+                for i, p in enumerate(q_pos.tolist()):
+                    row = p // bs - pattern.q_block_start
+                    kept = pattern.selected[b, h, row][pattern.valid[b, h, row]]
+                    m[b, h, i] = torch.isin(k_pos // bs, kept) | (k_pos < config.sink) | (p - k_pos < config.window)
+    else:  # user pattern: trust its mask_mod
+        b = torch.arange(batch).view(-1, 1, 1, 1)
+        h = torch.arange(heads).view(1, -1, 1, 1)
+        m = pattern.mask_mod(b, h, qp, kp)
+    return (m & causal).expand(batch, heads, -1, -1)
+
+
+def _attend(s, mask, v):
+    s = s.masked_fill(~mask, -math.inf)
+    p = torch.softmax(s, dim=-1)
+    p = torch.nan_to_num(p, nan=0.0)  # rows with no key -> zeros
+    return p @ v
+
+
+def oracle_attention(q, k, v, config: DeltaConfig, *, scale=None, pattern=None):
+    """One-shot Δ attention (Nq == Nk) in float64. Returns (B, Hq, N, D) float64."""
+    q, k, v = q.double(), k.double(), v.double()
+    bsz, hq, n, d = q.shape
+    g = hq // k.shape[1]
+    kr, vr = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    s = q @ kr.transpose(-1, -2) * scale
+    pos = torch.arange(n)
+    causal = (pos.view(1, -1) <= pos.view(-1, 1)).expand(bsz, hq, n, n)
+    dense = _attend(s, causal, vr)
+    if config.mode == "dense":
+        return dense
+    sparse = _attend(s, allowed_mask(config, pos, pos, pattern, bsz, hq), vr)
+    if config.mode == "sparse":
+        return sparse
+    gamma = config.gamma
+    tail = config.tail if config.tail is not None else max(128, gamma)
+    c = min(n, n % gamma + tail)
+    body = n - c
+    out = torch.empty_like(sparse)
+    if config.mode == "recompute":
+        for p in range(n):
+            exact = p >= body or p % gamma == 0
+            out[:, :, p] = dense[:, :, p] if exact else sparse[:, :, p]
+        return out
+    # delta
+    def delta_of_block(j):
+        a = j * gamma
+        return dense[:, :, a] - sparse[:, :, a]
+
+    filt = None
+    for p in range(n):
+        if p >= body:
+            out[:, :, p] = dense[:, :, p]
+            continue
+        j = p // gamma
+        z = delta_of_block(j)
+        if config.interp == "linear":
+            t = (p % gamma) / gamma
+            nxt = delta_of_block(j + 1) if (j + 1) * gamma < body else z
+            z = (1 - t) * z + t * nxt
+        elif config.interp == "ema":
+            beta = config.ema_beta
+            filt = z if p == 0 else beta * filt + (1 - beta) * z
+            z = filt
+        elif config.interp == "abg":
+            alpha, beta, gam = config.abg_coefficients
+            if p == 0:
+                filt = (z, torch.zeros_like(z), torch.zeros_like(z))
+            else:
+                x, vel, acc = filt
+                xp, vp = x + vel + 0.5 * acc, vel + acc
+                r = z - xp
+                filt = (xp + alpha * r, vp + beta * r, acc + 2 * gam * r)
+            z = filt[0]
+        out[:, :, p] = sparse[:, :, p] + z
+    return out
