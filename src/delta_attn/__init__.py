@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from .combine import DeltaState
 from .config import DeltaConfig
-from .hf import PrefillOutput, chunked_prefill, disable, enable
 from .ops import delta_attention
 from .sparse import SparseMethod, SparsePattern, available_sparse_methods, register_sparse_method
 
@@ -29,11 +28,7 @@ __all__ = [
     "DeltaState",
     "SparseMethod",
     "SparsePattern",
-    "PrefillOutput",
     "available_sparse_methods",
-    "chunked_prefill",
-    "disable",
-    "enable",
     "delta_attention",
     "register_sparse_method",
     "__version__",
