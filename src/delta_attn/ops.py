@@ -156,11 +156,14 @@ def delta_attention(
             "prefill the whole prompt in one call or use interp='repeat'/'ema'/'abg'"
         )
     pads = _left_pad_list(left_pad, bsz, prompt_len)
-    out = q.new_zeros(bsz, hq, nq, d)
     if nq == 0:
-        return out
+        return q.new_zeros(bsz, hq, nq, d)
     prefill = _backend_prefill(config, q.device)
     q_start = nk - nq
+    if not pads or not any(pads):  # one group, no padding: return the backend's tensor as is (no copy)
+        seq_state = state.group(tuple(range(bsz))) if state is not None else None
+        return prefill(q, k, v, config, scale=float(scale), prompt_len=prompt_len, state=seq_state).to(q.dtype)
+    out = q.new_zeros(bsz, hq, nq, d)
     groups: dict[int, list[int]] = {}
     for b, p in enumerate(pads or [0] * bsz):
         groups.setdefault(p, []).append(b)

@@ -1,0 +1,57 @@
+"""CPU parts of ``delta-attn bench layer``: exact FLOP counts, length parsing, reports, CLI wiring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from delta_attn.bench.layer import (causal_pairs, fmt_length, markdown, parse_length, plot, rows_pairs,
+                                    sink_window_pairs, summary)
+from delta_attn.sparse import SinkWindowPattern, dense_mask
+
+
+@pytest.mark.parametrize("n,sink,window,lo", [(100, 4, 10, 0), (300, 0, 1, 17), (50, 60, 10, 3), (77, 3, 200, 40)])
+def test_sink_window_pairs_match_the_mask(n, sink, window, lo):
+    m = dense_mask(SinkWindowPattern(sink, window), n)[0, 0]
+    assert sink_window_pairs(lo, n, sink, window) == int(m[lo:].sum())
+
+
+def test_pair_counts():
+    assert causal_pairs(1) == 1 and causal_pairs(4) == 10
+    pos = np.arange(0, 100, 7)
+    assert rows_pairs(pos) == int((pos + 1).sum())
+
+
+def test_lengths():
+    assert parse_length("128K") == 131072 and parse_length("1M") == 1 << 20 and parse_length("1000") == 1000
+    assert fmt_length(1 << 20) == "1M" and fmt_length(96 * 1024) == "96K" and fmt_length(1000) == "1000"
+
+
+def _fake_results():
+    meth = lambda ms, sp: dict(ms=ms, tflops=100.0, floor_frac=0.5, peak_mem_gb=1.0, speedup_vs_cudnn=sp,  # noqa
+                               once=False, note="")
+    return {"meta": dict(device="GPU", sms=132, torch="t", triton="3", date="d", matmul_tflops=780, command="c",
+                         shape=dict(heads=32, kv_heads=8, head_dim=128, dtype="bf16")),
+            "results": [dict(n=1 << 17, label="128K", methods=dict(cudnn=meth(250.0, 1.0), delta=meth(16.0, 15.6),
+                                                                   sparse=meth(11.0, 22.7)),
+                             rows_vs_cudnn_tflops=0.9, delta_extra_ms=5.0, delta_extra_vs_dense_over_gamma=1.28),
+                        dict(n=1 << 20, label="1M", methods=dict(cudnn=dict(error="OOM")))]}
+
+
+def test_reports(tmp_path):
+    res = _fake_results()
+    md = markdown(res)
+    assert "| 128K | delta | 16.00 |" in md and "OOM" in md and "1.28" in md
+    assert "15.6" in summary(res)
+    plot(res, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    json.dumps(res)
+
+
+def test_cli_wiring():
+    from delta_attn.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "layer", "--lengths", "32K", "--methods", "delta"])
+    assert args.lengths == "32K" and callable(args.func)
