@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .combine import DeltaState
 from .config import DeltaConfig
+from .hf import PrefillOutput, PrefillState, chunked_prefill, disable, enable
 from .ops import delta_attention
 from .sparse import SparseMethod, SparsePattern, available_sparse_methods, register_sparse_method
 
@@ -28,7 +29,12 @@ __all__ = [
     "DeltaState",
     "SparseMethod",
     "SparsePattern",
+    "PrefillOutput",
+    "PrefillState",
     "available_sparse_methods",
+    "chunked_prefill",
+    "disable",
+    "enable",
     "delta_attention",
     "register_sparse_method",
     "__version__",

