@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The RESULTS.md evaluation on one GPU, in parts that each fit one device call (< 9 min).
+#
+#   scripts/gpu_eval.sh A   core RULER: dense, sparse, recompute, delta (γ=64) on the streaming base
+#                           (sink 64 + window 256), 13 tasks × 8K,4K,2K,1K × 50 samples     (~4-5 min)
+#   scripts/gpu_eval.sh B   finishes A's leftovers, then perplexity (all methods incl. γ ablation and
+#                           interpolation variants), the analyses, then the secondary RULER methods
+#                           delta_g16, block (block 512), block+delta                       (~5-6 min)
+#   scripts/gpu_eval.sh C   optional extras with whatever budget is left: RULER γ ablation and
+#                           interpolation variants at 8K, vertical_slash ± Δ                 (~4 min)
+#   Running a part again resumes it (records already in $OUT or $PREV are skipped).
+#
+# Runs from the repository root with the package NOT installed (PYTHONPATH=src). Environment:
+#   OUT     where results go (default: $OUT, else ./out); at most 7 files per part
+#   PREV    earlier results to resume from / not redo (default .results, a folder the caller carries)
+#   GGUF    the model file (default /tmp/m/model.gguf; assembled from /tmp/m/part.00 + .mB/part.01 if missing)
+#   TEXTS   the packed public-domain texts (default .data/texts, made by `delta-attn eval pack-texts`)
+#   LIMIT   seconds this part may take in total (default 500; a batch in flight may overrun it by ~30 s)
+#   BACKEND delta_attention backend: auto (Triton on CUDA) | reference | triton (default auto)
+#   SAMPLES samples per task and length (default 50); LENGTHS (default 8192,4096,2048,1024);
+#   TASKS (default all); PPL_LEN / AN_LEN perplexity / analysis length (default 8192); PPL_DOCS (default
+#   29): smaller values make a dry run on a CPU possible
+set -euo pipefail
+PART=${1:?usage: scripts/gpu_eval.sh A|B|C}
+T0=$(date +%s)
+OUT=${OUT:-./out}
+PREV=${PREV:-.results}
+GGUF=${GGUF:-/tmp/m/model.gguf}
+TEXTS=${TEXTS:-.data/texts}
+LIMIT=${LIMIT:-500}
+BACKEND=${BACKEND:-auto}
+SAMPLES=${SAMPLES:-50}
+LENGTHS=${LENGTHS:-8192,4096,2048,1024}
+TASKS=${TASKS:-all}
+PPL_LEN=${PPL_LEN:-8192}
+AN_LEN=${AN_LEN:-8192}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_eval_$PART.log"
+exec > >(tee -a "$LOG") 2>&1
+
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+export TOKENIZERS_PARALLELISM=false
+if ! python3 -c "import gguf" 2>/dev/null; then
+  if ls .whl/gguf-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  else
+    echo "the 'gguf' package is missing: carry its wheel in .whl/ (pip download --no-deps -d .whl gguf==0.19.0)"; exit 2
+  fi
+fi
+if [ ! -f "$GGUF" ]; then
+  if [ -f /tmp/m/part.00 ] && [ -f .mB/part.01 ]; then
+    cat /tmp/m/part.00 .mB/part.01 > "$GGUF"
+  else
+    echo "model file $GGUF missing (and no /tmp/m/part.00 + .mB/part.01 to build it): redo the model transfer"; exit 2
+  fi
+fi
+SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  # SmolLM2-135M-Instruct.Q4_1.gguf
+if [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" != "$SHA" ]; then
+  echo "model file $GGUF has the wrong sha256 (a part is missing or stale): redo the model transfer"; rm -f "$GGUF"; exit 2
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+[ -d "$TEXTS" ] || { echo "texts folder $TEXTS missing: carry .data/texts (delta-attn eval pack-texts)"; exit 2; }
+
+left() { echo $(( LIMIT - ($(date +%s) - T0) )); }
+FAILED=""
+fail() { echo "!!! step $1 failed; continuing with the next step"; FAILED="$FAILED $1"; }
+RESUME=(--resume-from)
+[ -e "$PREV" ] && RESUME+=("$PREV")
+COMMON=(--gguf "$GGUF" --texts-dir "$TEXTS" --backend "$BACKEND" --base streaming --sink 64 --window 256
+        --gamma 64 --block-size 512 --vertical-size 512 --slash-size 512)
+RULER=(python3 -m delta_attn.cli eval ruler --tasks "$TASKS" --samples "$SAMPLES" --no-summary "${COMMON[@]}")
+CORE=dense,sparse,recompute,delta
+SECONDARY=delta_g16,block,block+delta
+
+case "$PART" in
+  A)
+    "${RULER[@]}" --lengths "$LENGTHS" --methods "$CORE" --out "$OUT" "${RESUME[@]}" --time-limit "$(left)" || fail A
+    ;;
+  B)
+    # 1. whatever part A left undone (its cells are cheap: the low lengths)
+    "${RULER[@]}" --lengths "$LENGTHS" --methods "$CORE" --out "$OUT" "${RESUME[@]}" \
+      --time-limit "$(( $(left) - 200 ))" || fail B1
+    # 2. perplexity, 29 public-domain works at 8K (bucketed 0-1K, 1-2K, 2-4K, 4-8K)
+    python3 -m delta_attn.cli eval ppl --lengths "$PPL_LEN" --docs "${PPL_DOCS:-29}" --batch-size 4 "${COMMON[@]}" --out "$OUT" \
+      "${RESUME[@]}" --time-limit "$(( $(left) - 150 ))" --no-summary \
+      --methods dense,sparse,recompute,delta,delta_g16,delta_g8,delta_g32,delta_g128,delta_g256,delta_linear,delta_ema0.5,delta_ema0.75,delta_ema0.95,delta_abg,block,block+delta,vs,vs+delta \
+      || fail B2
+    # 3. analyses on 4 prompts of 8K (niah_single_2, essay haystack)
+    python3 -m delta_attn.cli eval analyze --task niah_single_2 --length "$AN_LEN" --samples 4 "${COMMON[@]}" \
+      --methods sparse,recompute,delta,delta_g16,block,block+delta --out "$OUT" --no-summary "${RESUME[@]}" \
+      --time-limit "$(( $(left) - 90 ))" || fail B3
+    # 4. secondary RULER methods with the time that is left
+    "${RULER[@]}" --lengths "$LENGTHS" --methods "$SECONDARY" --out "$OUT" "${RESUME[@]}" \
+      --time-limit "$(left)" || fail B4
+    ;;
+  C)
+    "${RULER[@]}" --lengths "$LENGTHS" --methods "$CORE,$SECONDARY" --out "$OUT" "${RESUME[@]}" \
+      --time-limit "$(( $(left) - 240 ))" || fail C1
+    "${RULER[@]}" --lengths "${LENGTHS%%,*}" --methods delta_g32,delta_g128,delta_ema0.75,delta_linear,vs,vs+delta \
+      --out "$OUT" "${RESUME[@]}" --time-limit "$(left)" || fail C2
+    ;;
+  *) echo "unknown part $PART (A, B or C)"; exit 2 ;;
+esac
+echo "part $PART done in $(( $(date +%s) - T0 ))s; failed steps:${FAILED:- none}; files in $OUT:"; ls -la "$OUT"

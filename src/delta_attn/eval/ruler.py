@@ -1,0 +1,662 @@
+"""RULER-style synthetic long-context tasks, generated offline and fitted to exact token counts.
+
+The 13 tasks of NVIDIA/RULER (``synthetic.yaml``) with RULER's templates, needle sentence, answer
+prefixes, token limits and metrics. What differs, and why:
+
+* **Essay haystack**: RULER uses Paul Graham's essays; offline we use public-domain prose, the King
+  James Bible by default (:mod:`delta_attn.eval.corpus`). Each sample starts at its own random
+  sentence (RULER reuses the same essay prefix for every sample).
+* **QA**: ``qa_1`` / ``qa_2`` are *offline substitutes* for SQuAD / HotpotQA (:mod:`delta_attn.eval.qa`).
+* **Word lists**: our own lists (:mod:`delta_attn.eval.words`) instead of ``wonderwords``.
+* **Needle depths**: every needle (also in the noise / needle haystacks) is placed at a depth drawn
+  from RULER's 40 evenly spaced depths (RULER draws uniform positions there); the depth is recorded.
+* **Exact length**: every prompt of nominal length L has *exactly* ``L - reserve`` tokens (default
+  reserve 128 = the longest answer budget, so prompt + answer <= L, RULER's rule), for every task, so a
+  batch of any tasks at one length needs no padding. Prompts are assembled at the token level from
+  separately tokenised pieces (each piece starts with its separator, so the pieces meet where the
+  tokenizer splits anyway); the last few tokens of the context are a *truncated* haystack unit (RULER's
+  essay haystack is likewise cut mid-sentence), never a needle.
+* **Chat template**: the task text is the user turn of the model's chat template; the assistant turn
+  starts with the answer prefix (RULER appends the prefix after the model template too; we drop its
+  leading space, because the assistant header ends with a newline, and the trailing space of vt's
+  prefix, which would leave a lone space token for the model to continue from).
+
+Every sample is a deterministic function of ``(seed, task, length, index)`` and the tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import string
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from . import corpus, words
+from .qa import make_item
+
+# ---------------------------------------------------------------------------------------------
+# RULER's templates (scripts/data/synthetic/constants.py) and task table (synthetic.yaml)
+# ---------------------------------------------------------------------------------------------
+
+NIAH_NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+DEPTHS = [round(i * 100 / 39) for i in range(40)]  # RULER: np.round(np.linspace(0, 100, 40))
+
+TEMPLATES = {
+    "niah": (
+        "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
+        "I will quiz you about the {type_needle_v} afterwards.\n{context}\n"
+        "What are all the special magic {type_needle_v} for {query} mentioned in the provided text?",
+        " The special magic {type_needle_v} for {query} mentioned in the provided text are",
+    ),
+    "vt": (
+        "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
+        "Question: Find all variables that are assigned the value {query} in the text above.",
+        " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
+        "assgined the value {query}, they are: ",  # [sic] "assgined", as in RULER
+    ),
+    "cwe": (
+        "Below is a numbered list of words. In these words, some appear more often than others. Memorize the "
+        "ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?",
+        " Answer: The top 10 words that appear most often in the list are:",
+    ),
+    "fwe": (
+        "Read the following coded text and track the frequency of each coded word. Find the three most "
+        "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
+        "the dots '....'. What are the three most frequently appeared words in the above coded text?",
+        " Answer: According to the coded text above, the three most frequently appeared words are:",
+    ),
+    "qa": (
+        "Answer the question based on the given documents. Only give me the answer and do not output any other "
+        "words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given "
+        "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}",
+        " Answer:",
+    ),
+}
+
+
+#: share of qa distractor paragraphs that are synthetic facts (the rest are prose passages from the
+#: essay books); with only fact paragraphs SmolLM2-135M answers qa_1 at 1K in ~10% of cases (CPU check)
+FACT_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One RULER task: family, answer budget (tokens to generate), metric and parameters."""
+
+    name: str
+    family: str  # niah | vt | cwe | fwe | qa
+    max_new_tokens: int
+    metric: str  # "all" (string_match_all) | "part" (string_match_part)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def is_qa(self) -> bool:
+        return self.family == "qa"
+
+
+def _niah(name, haystack, k, v, nk=1, nv=1, nq=1):
+    return TaskSpec(name, "niah", 128, "all", dict(haystack=haystack, type_k=k, type_v=v, num_k=nk, num_v=nv, num_q=nq))
+
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    _niah("niah_single_1", "noise", "words", "numbers"),
+    _niah("niah_single_2", "essay", "words", "numbers"),
+    _niah("niah_single_3", "essay", "words", "uuids"),
+    _niah("niah_multikey_1", "essay", "words", "numbers", nk=4),
+    _niah("niah_multikey_2", "needle", "words", "numbers"),
+    _niah("niah_multikey_3", "needle", "uuids", "uuids"),
+    _niah("niah_multivalue", "essay", "words", "numbers", nv=4),
+    _niah("niah_multiquery", "essay", "words", "numbers", nq=4),
+    TaskSpec("vt", "vt", 30, "all", dict(num_chains=1, num_hops=4)),
+    TaskSpec("cwe", "cwe", 120, "all", dict(freq_cw=30, freq_ucw=3, num_cw=10)),
+    TaskSpec("fwe", "fwe", 50, "all", dict(alpha=2.0, coded_wordlen=6, vocab_size=2000)),
+    TaskSpec("qa_1", "qa", 32, "part", dict(hops=1, fact_share=FACT_SHARE)),
+    TaskSpec("qa_2", "qa", 32, "part", dict(hops=2, fact_share=FACT_SHARE)),
+]}
+TASK_NAMES = list(TASKS)
+QA_TASKS = [t for t in TASK_NAMES if TASKS[t].is_qa]
+#: how tables name tasks (the QA tasks are offline substitutes, say so everywhere)
+DISPLAY_NAMES = {t: t for t in TASK_NAMES} | {"qa_1": "qa_1 (offline subst.)", "qa_2": "qa_2 (offline subst.)"}
+DEFAULT_RESERVE = 128
+
+
+def parse_tasks(spec: str | Sequence[str] | None) -> list[str]:
+    """``"all"``, ``"niah"`` (all 8 NIAH), ``"qa"``, ``"non_qa"`` or a comma list of task names."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec or ["all"])
+    out: list[str] = []
+    for item in (s.strip() for s in items):
+        if not item:
+            continue
+        if item == "all":
+            names = TASK_NAMES
+        elif item == "niah":
+            names = [t for t in TASK_NAMES if TASKS[t].family == "niah"]
+        elif item == "qa":
+            names = QA_TASKS
+        elif item == "non_qa":
+            names = [t for t in TASK_NAMES if t not in QA_TASKS]
+        elif item in TASKS:
+            names = [item]
+        else:
+            raise ValueError(f"unknown task {item!r}; choose from {TASK_NAMES} or all/niah/qa/non_qa")
+        out.extend(n for n in names if n not in out)
+    return out
+
+
+@dataclass
+class Sample:
+    """One prompt, already tokenised (``input_ids`` has exactly ``prompt_tokens`` ids)."""
+
+    task: str
+    length: int
+    index: int
+    input_ids: list[int]
+    answers: list[str]
+    max_new_tokens: int
+    metric: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def uid(self) -> str:
+        return f"{self.task}/{self.length}/{self.index}"
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token-level prompt assembly
+# ---------------------------------------------------------------------------------------------
+
+class PromptBuilder:
+    """Tokenises pieces (cached) and wraps task text in the model's chat template."""
+
+    SENTINEL = "\x00CONTENT\x00"
+
+    def __init__(self, tokenizer, *, chat: bool = True, texts_dir: str | Path | None = None,
+                 essay_books: Sequence[str] = corpus.ESSAY_BOOKS) -> None:
+        self.tok = tokenizer
+        self.chat = chat
+        self.texts_dir = corpus.resolve_texts_dir(texts_dir)
+        self.essay_books = tuple(essay_books)
+        self._cache: dict[str, list[int]] = {}
+        if chat and getattr(tokenizer, "chat_template", None):
+            rendered = tokenizer.apply_chat_template([{"role": "user", "content": self.SENTINEL}], tokenize=False,
+                                                     add_generation_prompt=True)
+            self.chat_head, self.chat_tail = rendered.split(self.SENTINEL)
+        else:
+            self.chat_head, self.chat_tail = "", "\n"
+        self._essay: tuple[list[str], list[list[int]]] | None = None
+
+    def enc(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no BOS/EOS), cached for short strings."""
+        if len(text) > 200:
+            return self.tok.encode(text, add_special_tokens=False)
+        ids = self._cache.get(text)
+        if ids is None:
+            ids = self._cache[text] = self.tok.encode(text, add_special_tokens=False)
+        return ids
+
+    def enc_many(self, texts: Sequence[str]) -> list[list[int]]:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            for t, ids in zip(missing, self.tok(missing, add_special_tokens=False)["input_ids"]):
+                self._cache[t] = ids
+        return [self._cache[t] for t in texts]
+
+    def wrap(self, user_head: str, user_tail: str, answer_prefix: str) -> tuple[list[int], list[int]]:
+        """(head ids, tail ids) around the context: chat header + task text, then question + answer prefix."""
+        prefix = answer_prefix.strip() if self.chat_head else answer_prefix.rstrip()
+        head = self.tok.encode(self.chat_head + user_head, add_special_tokens=False)
+        tail = self.tok.encode(user_tail + self.chat_tail + prefix, add_special_tokens=False)
+        return head, tail
+
+    def essay(self) -> tuple[list[str], list[list[int]]]:
+        """Sentences of the essay books and their ids with a leading space (tokenised once)."""
+        if self._essay is None:
+            sents = list(corpus.sentences(self.essay_books, self.texts_dir))
+            ids = self.tok([" " + s for s in sents], add_special_tokens=False)["input_ids"]
+            self._essay = (sents, ids)
+        return self._essay
+
+
+def _fit(budget: int, build: Callable[[int], list[int]], extra: Callable[[int, int], list[int]], start: int = 8):
+    """Largest n with ``len(build(n)) <= budget``, then ``extra(n, d)`` fills the last d tokens exactly."""
+    if len(build(0)) > budget:
+        raise ValueError(f"the prompt needs at least {len(build(0)) - budget} more tokens than the target allows "
+                         "(instruction, examples and question do not fit): use a longer length")
+    lo, hi = 0, max(1, start)
+    while len(build(hi)) <= budget:  # gallop
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if len(build(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    ids = build(lo)
+    d = budget - len(ids)
+    fill = extra(lo, d) if d else []
+    assert len(fill) == d, (len(fill), d)
+    return lo, ids + fill
+
+
+def _take(pieces: Iterator[list[int]], d: int) -> list[int]:
+    """The first d ids of the concatenated pieces."""
+    out: list[int] = []
+    while len(out) < d:
+        out.extend(next(pieces))
+    return out[:d]
+
+
+Unit = tuple  # (text, ids of sep + text)
+
+
+def _layout(builder: "PromptBuilder", units: Sequence[Unit], specials: Sequence[Unit], depths: Sequence[int],
+            first_sep: str | None = None) -> tuple[list[int], list[int]]:
+    """Haystack units with special units (needles, chain links, gold documents) inserted at depths.
+
+    A special at depth p (percent) goes to the unit boundary nearest to p% of the haystack's tokens
+    (RULER counts depth in sentences; tokens make the recorded depth exact to within one unit);
+    specials at one boundary keep the order of their depths. The very first element is re-tokenised
+    with ``first_sep`` when given (e.g. ``"\\n"`` after the instruction line while units are joined by
+    spaces). Returns the flat ids and the token offset of each special (in the order given).
+    """
+    cum = [0]
+    for u in units:
+        cum.append(cum[-1] + len(u[1]))
+    order = sorted(range(len(specials)), key=lambda i: (depths[i], i))
+    slots: dict[int, list[int]] = {}
+    for i in order:
+        want = cum[-1] * depths[i] / 100
+        slot = min(range(len(cum)), key=lambda j: (abs(cum[j] - want), j))
+        slots.setdefault(slot, []).append(i)
+    flat: list[int] = []
+    offsets = [0] * len(specials)
+
+    def put(unit: Unit) -> None:
+        flat.extend(builder.enc(first_sep + unit[0]) if (first_sep is not None and not flat) else unit[1])
+
+    for pos in range(len(units) + 1):
+        for i in slots.get(pos, []):
+            offsets[i] = len(flat)
+            put(specials[i])
+        if pos < len(units):
+            put(units[pos])
+    return flat, offsets
+
+
+class _Stream:
+    """A lazily materialised endless sequence of units, indexable by position."""
+
+    def __init__(self, it: Iterator[Unit]) -> None:
+        self._it = it
+        self._items: list[Unit] = []
+
+    def __getitem__(self, sl: slice) -> list[Unit]:
+        while len(self._items) < sl.stop:
+            self._items.append(next(self._it))
+        return self._items[sl]
+
+    def ids_from(self, start: int) -> Iterator[list[int]]:
+        i = start
+        while True:
+            yield self[i : i + 1][0][1]
+            i += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Random values
+# ---------------------------------------------------------------------------------------------
+
+def _number(rng: random.Random) -> str:
+    return str(rng.randint(1_000_000, 9_999_999))
+
+
+def _uuid(rng: random.Random) -> str:
+    h = "%032x" % rng.getrandbits(128)
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) % 4]}{h[17:20]}-{h[20:32]}"
+
+
+def _needle_value(rng: random.Random, kind: str) -> str:
+    if kind == "numbers":
+        return _number(rng)
+    if kind == "uuids":
+        return _uuid(rng)
+    if kind == "words":
+        return words.niah_key(rng)
+    raise ValueError(kind)
+
+
+def sample_rng(seed: int, task: str, length: int, index: int) -> random.Random:
+    h = hashlib.sha256(f"delta-attn-ruler|{seed}|{task}|{length}|{index}".encode()).digest()
+    return random.Random(int.from_bytes(h[:8], "big"))
+
+
+@lru_cache(maxsize=8)
+def _zeta(alpha: float) -> float:
+    n = 100_000  # partial sum + integral tail: error < 1e-12 for alpha = 2
+    return sum(k ** -alpha for k in range(1, n)) + n ** (1 - alpha) / (alpha - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# One function per task family: each returns (input_ids, answers, meta) with len == target
+# ---------------------------------------------------------------------------------------------
+
+def _haystack(builder: "PromptBuilder", kind: str, rng: random.Random, sep: str, avoid: set[str],
+              type_k: str = "words", type_v: str = "numbers") -> Iterator[Unit]:
+    """Endless haystack units: the noise paragraph, essay sentences, or random needles."""
+    if kind == "noise":
+        unit = (NOISE, builder.enc(sep + NOISE))
+        while True:
+            yield unit
+    elif kind == "essay":
+        sents, sent_ids = builder.essay()
+        if sep != " ":
+            raise ValueError("essay units are joined by spaces")
+        i = rng.randrange(len(sents))  # every sample starts at its own sentence
+        while True:
+            yield sents[i], sent_ids[i]
+            i = (i + 1) % len(sents)
+    elif kind == "needle":
+        while True:
+            key = _needle_value(rng, type_k)
+            if key not in avoid:
+                text = NIAH_NEEDLE.format(type_needle_v=type_v, key=key, value=_needle_value(rng, type_v))
+                yield text, builder.enc(sep + text)
+    else:
+        raise ValueError(f"unknown haystack {kind!r}")
+
+
+def generate_niah(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, target: int):
+    """niah_*: needles "One of the special magic {numbers} for {key} is: {value}." in a haystack."""
+    p = spec.params
+    type_k, type_v, hay = p["type_k"], p["type_v"], p["haystack"]
+    num_k = max(p["num_k"], p["num_q"])
+    keys: list[str] = []
+    while len(keys) < num_k:
+        k = _needle_value(rng, type_k)
+        if k not in keys:
+            keys.append(k)
+    values = [[_needle_value(rng, type_v) for _ in range(p["num_v"])] for _ in keys]
+    needles = [NIAH_NEEDLE.format(type_needle_v=type_v, key=k, value=v) for k, vs in zip(keys, values) for v in vs]
+    rng.shuffle(needles)
+    depths = rng.sample(DEPTHS, len(needles))
+    queried = rng.sample(range(num_k), p["num_q"])
+    queries = [keys[i] for i in queried]
+    answers = [v for i in queried for v in values[i]]
+    query = ", ".join(queries[:-1]) + ", and " + queries[-1] if len(queries) > 1 else queries[0]
+    template, prefix = TEMPLATES["niah"]
+    type_v_eff = type_v
+    if p["num_q"] * p["num_v"] == 1:  # RULER's singular rewrite (before the query is filled in)
+        template = template.replace("Some", "A").replace("are all", "is").replace("are", "is")
+        prefix = prefix.replace("are", "is")
+        type_v_eff = type_v[:-1]
+    fill = lambda s: s.replace("{type_needle_v}", type_v_eff).replace("{query}", query)  # noqa: E731
+    user_head, user_tail = fill(template).split("\n{context}")
+    head, tail = builder.wrap(user_head, user_tail, fill(prefix))
+
+    sep = " " if hay == "essay" else "\n"
+    specials = [(n, builder.enc(sep + n)) for n in needles]
+    stream = _Stream(_haystack(builder, hay, rng, sep, set(keys), type_k, type_v))
+    layout = lambda n: _layout(builder, stream[0:n], specials, depths, first_sep="\n")  # noqa: E731
+    budget = target - len(head) - len(tail)
+    n, context = _fit(budget, lambda n: layout(n)[0], lambda n, d: _take(stream.ids_from(n), d),
+                      start=max(1, budget // 40))
+    offsets = layout(n)[1]
+    # the needles holding the answers, in the order of ``answers``
+    answer_needles = [needles.index(NIAH_NEEDLE.format(type_needle_v=type_v, key=keys[i], value=v))
+                      for i in queried for v in values[i]]
+    meta = {
+        "haystack": hay, "query": query, "haystack_units": n,
+        "depths": [depths[i] for i in answer_needles], "all_depths": list(depths),
+        "needle_offsets": [len(head) + offsets[i] for i in answer_needles],
+    }
+    meta["context_span"] = [len(head), len(head) + len(context)]
+    return head + context + tail, answers, meta
+
+
+def _vt_chain(rng: random.Random, num_hops: int, taken: set[str]) -> tuple[list[str], list[str], str]:
+    names: list[str] = []
+    while len(names) < num_hops + 1:
+        v = "".join(rng.choices(string.ascii_uppercase, k=5))
+        if v not in names and v not in taken:
+            names.append(v)
+    value = str(rng.randint(10000, 99999))
+    chain = [f"VAR {names[0]} = {value}"] + [f"VAR {names[j + 1]} = VAR {names[j]}" for j in range(num_hops)]
+    return names, chain, value
+
+
+def generate_vt(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, target: int):
+    """vt: variable tracking, one chain of 4 hops in the noise haystack, after one worked example."""
+    hops = spec.params["num_hops"]
+    template, prefix = TEMPLATES["vt"]
+    # RULER's in-context example: the same task on a short haystack, with its answer
+    ex_names, ex_chain, ex_value = _vt_chain(rng, hops, set())
+    ex_lines = [NOISE] * 6
+    for j, pos in enumerate(sorted(rng.sample(range(len(ex_lines)), len(ex_chain)))):
+        ex_lines.insert(pos + j, ex_chain[j])
+    example = (template.format(context="\n".join(ex_lines), query=ex_value)
+               + prefix.format(num_v=hops + 1, query=ex_value) + " ".join(ex_names))
+    names, chain, value = _vt_chain(rng, hops, set(ex_names))
+    user_head, user_tail = template.replace("{query}", value).split("\n\n{context}")
+    head, tail = builder.wrap(example + "\n\n" + user_head, user_tail, prefix.format(num_v=hops + 1, query=value))
+    depths = sorted(rng.sample(DEPTHS, len(chain)))
+    specials = [(c, builder.enc("\n" + c)) for c in chain]
+    stream = _Stream(_haystack(builder, "noise", rng, "\n", set()))
+    layout = lambda n: _layout(builder, stream[0:n], specials, depths, first_sep="\n\n")  # noqa: E731
+    budget = target - len(head) - len(tail)
+    n, context = _fit(budget, lambda n: layout(n)[0], lambda n, d: _take(stream.ids_from(n), d),
+                      start=max(1, budget // 25))
+    meta = {"haystack": "noise", "depths": depths, "value": value, "haystack_units": n,
+            "needle_offsets": [len(head) + o for o in layout(n)[1]]}
+    meta["context_span"] = [len(head), len(head) + len(context)]
+    return head + context + tail, names, meta
+
+
+def _cwe_list(rng: random.Random, vocab: Sequence[str], num_words: int, rep_common: int, rep_uncommon: int,
+              num_cw: int) -> tuple[list[str], list[str]]:
+    pool = rng.sample(list(vocab), num_words)
+    common, uncommon = pool[:num_cw], pool[num_cw:]
+    lst = common * rep_common + uncommon * rep_uncommon
+    rng.shuffle(lst)
+    return lst, common
+
+
+def generate_cwe(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, target: int, length: int):
+    """cwe: the 10 words repeated 30x (6x below 4K) among words repeated 3x (1x below 4K)."""
+    p = spec.params
+    template, prefix = TEMPLATES["cwe"]
+    if length < 4096:  # RULER's short-context variant
+        (ex_n, ex_c, ex_u), (rep_c, rep_u) = (20, 3, 1), (6, 1)
+    else:
+        (ex_n, ex_c, ex_u), (rep_c, rep_u) = (40, 10, 3), (p["freq_cw"], p["freq_ucw"])
+    ex_list, ex_common = _cwe_list(rng, words.CWE_WORDS, ex_n, ex_c, ex_u, p["num_cw"])
+    example = (template.format(context=" ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_list)))
+               + prefix + " " + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_common)))
+    user_head, user_tail = template.split("\n{context}")
+    head, tail = builder.wrap(example + "\n" + user_head, user_tail, prefix)
+    seed = rng.getrandbits(64)
+    vocab = [w for w in words.CWE_WORDS if w not in set(ex_list)]
+    max_n = len(vocab) - p["num_cw"]
+
+    @lru_cache(maxsize=None)
+    def make(n: int) -> tuple[list[str], list[str]]:  # n uncommon words
+        return _cwe_list(random.Random(seed), vocab, min(n, max_n) + p["num_cw"], rep_c, rep_u, p["num_cw"])
+
+    def entry(i: int, w: str) -> list[int]:
+        return builder.enc(("\n" if i == 1 else " ") + f"{i}.") + builder.enc(" " + w)
+
+    def build(n: int) -> list[int]:
+        if n > max_n:
+            return [0] * (target + 1)  # vocabulary exhausted: stop the search here
+        return [t for i, w in enumerate(make(n)[0], 1) for t in entry(i, w)]
+
+    def extra(n: int, d: int) -> list[int]:
+        lst = make(n)[0]
+        spare = sorted(set(vocab) - set(lst))
+        random.Random(seed + 1).shuffle(spare)  # words that appear once (fewer times than any other word)
+        return _take((entry(len(lst) + 1 + j, w) for j, w in enumerate(spare)), d)
+
+    budget = target - len(head) - len(tail)
+    n, context = _fit(budget, build, extra, start=max(1, budget // 30))
+    lst, common = make(n)
+    meta = {"num_words": n + p["num_cw"], "list_len": len(lst), "repeats": [rep_c, rep_u]}
+    meta["context_span"] = [len(head), len(head) + len(context)]
+    return head + context + tail, list(common), meta
+
+
+def generate_fwe(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, target: int):
+    """fwe: coded words with Zipf(alpha) counts; the answer is the 3 most frequent after the '...' noise."""
+    p = spec.params
+    template, prefix = TEMPLATES["fwe"]
+    vocab: set[str] = set()
+    while len(vocab) < p["vocab_size"]:
+        vocab.add("".join(rng.choices(string.ascii_lowercase, k=p["coded_wordlen"])))
+    vocab_l = sorted(vocab)
+    rng.shuffle(vocab_l)
+    vocab_l[0] = "..."  # RULER: the top-ranked "word" is noise
+    z = _zeta(p["alpha"])
+    weights = [k ** -p["alpha"] / z for k in range(1, len(vocab_l) + 1)]
+    seed = rng.getrandbits(64)
+    user_head, user_tail = template.split(" {context}")
+    head, tail = builder.wrap(user_head, user_tail, prefix)
+    word_ids = builder.enc_many([" " + w for w in vocab_l])
+    noise = word_ids[0]
+
+    @lru_cache(maxsize=None)
+    def make(n: int) -> tuple[int, ...]:  # word indices for a nominal count of n words
+        lst = [i for i, w in enumerate(weights) for _ in range(int(n * w))]
+        random.Random(seed).shuffle(lst)
+        return tuple(lst)
+
+    def build(n: int) -> list[int]:
+        return [t for i in make(n) for t in word_ids[i]]
+
+    def extra(n: int, d: int) -> list[int]:
+        return (noise * d)[:d]  # more '...' noise (already the most frequent "word", and to be ignored)
+
+    budget = target - len(head) - len(tail)
+    n, _ = _fit(budget, build, extra, start=max(1, budget // 3))
+    lst = list(make(n))
+    d = budget - len(build(n))
+    if d and len(noise) == 1:  # spread the filler noise words over the text
+        r = random.Random(seed + 1)
+        for _ in range(d):
+            lst.insert(r.randrange(len(lst) + 1), 0)
+        context = [t for i in lst for t in word_ids[i]]
+    else:
+        context = build(n) + extra(n, d)
+    meta = {"num_words": len(lst), "counts_top5": [lst.count(i) for i in range(5)]}
+    meta["context_span"] = [len(head), len(head) + len(context)]
+    return head + context + tail, vocab_l[1:4], meta
+
+
+def _passages(builder: "PromptBuilder", rng: random.Random, min_words: int = 60) -> Iterator[str]:
+    """Prose passages (consecutive essay-book sentences, >= ``min_words`` words) from random places."""
+    sents = builder.essay()[0]
+    while True:
+        i, out = rng.randrange(len(sents)), []
+        while sum(len(x.split()) for x in out) < min_words:
+            out.append(sents[i % len(sents)])
+            i += 1
+        yield " ".join(out)
+
+
+def generate_qa(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, target: int):
+    """qa_1 / qa_2 (offline substitutes): gold documents among distractor documents (see eval/qa.py)."""
+    item = make_item(spec.params["hops"], rng)
+    template, prefix = TEMPLATES["qa"]
+    user_head, user_tail = template.replace("{query}", item.question).split("\n\n{context}")
+    head, tail = builder.wrap(user_head, user_tail, prefix)
+    depths = sorted(rng.sample(DEPTHS, len(item.gold)))
+    stream = _Stream((d, []) for d in item.distractors(_passages(builder, rng), spec.params.get("fact_share", 1.0)))
+
+    def order(n: int) -> list[str]:
+        docs = [u[0] for u in stream[0:n]]
+        for depth, g in zip(depths, item.gold):  # ascending depths: earlier inserts keep later slots valid
+            docs.insert(int(len(docs) * depth / 100), g)
+        return docs
+
+    def doc(i: int, body: str) -> list[int]:
+        return builder.enc(f"\n\nDocument {i}:") + builder.enc("\n" + body)
+
+    def build(n: int) -> list[int]:
+        return [t for i, body in enumerate(order(n), 1) for t in doc(i, body)]
+
+    def extra(n: int, d: int) -> list[int]:  # truncated further distractor documents
+        k = n + len(item.gold)
+        return _take((doc(k + j + 1, u[0]) for j, u in enumerate(stream[n : n + 64])), d)
+
+    budget = target - len(head) - len(tail)
+    n, context = _fit(budget, build, extra, start=max(1, budget // 150))
+    docs = order(n)
+    meta = {"question": item.question, "kind": item.kind, "num_docs": len(docs),
+            "gold_docs": [docs.index(g) + 1 for g in item.gold], "depths": depths}
+    meta["context_span"] = [len(head), len(head) + len(context)]
+    return head + context + tail, item.answers, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------
+
+def prompt_tokens_for(length: int, reserve: int = DEFAULT_RESERVE) -> int:
+    """The exact prompt length of every sample at nominal length ``length``."""
+    if length - reserve < 256:
+        raise ValueError(f"length {length} leaves fewer than 256 prompt tokens after the {reserve}-token answer reserve")
+    return length - reserve
+
+
+def generate_sample(builder: PromptBuilder, task: str, length: int, index: int, *, seed: int = 0,
+                    reserve: int = DEFAULT_RESERVE) -> Sample:
+    """Sample ``index`` of ``task`` at nominal length ``length`` (deterministic)."""
+    spec = TASKS[task]
+    rng = sample_rng(seed, task, length, index)
+    target = prompt_tokens_for(length, reserve)
+    try:
+        return _generate(builder, spec, rng, target, length, index)
+    except ValueError as exc:
+        raise ValueError(f"{task} at length {length}: {exc}") from None
+
+
+def _generate(builder: PromptBuilder, spec: TaskSpec, rng: random.Random, target: int, length: int, index: int) -> Sample:
+    task = spec.name
+    if spec.family == "niah":
+        ids, answers, meta = generate_niah(builder, spec, rng, target)
+    elif spec.family == "vt":
+        ids, answers, meta = generate_vt(builder, spec, rng, target)
+    elif spec.family == "cwe":
+        ids, answers, meta = generate_cwe(builder, spec, rng, target, length)
+    elif spec.family == "fwe":
+        ids, answers, meta = generate_fwe(builder, spec, rng, target)
+    else:
+        ids, answers, meta = generate_qa(builder, spec, rng, target)
+    if len(ids) != target:
+        raise AssertionError(f"{task}@{length}#{index}: built {len(ids)} tokens, wanted {target}")
+    return Sample(task, length, index, ids, list(answers), spec.max_new_tokens, spec.metric, meta)
+
+
+def generate_samples(builder: PromptBuilder, tasks: Sequence[str], lengths: Sequence[int], num_samples: int, *,
+                     seed: int = 0, reserve: int = DEFAULT_RESERVE, progress: bool = False) -> list[Sample]:
+    """All samples for tasks × lengths × range(num_samples), ordered by (length, task, index)."""
+    jobs = [(t, L, i) for L in lengths for t in tasks for i in range(num_samples)]
+    it = jobs
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(jobs, desc="generate prompts", unit="prompt", mininterval=2.0)
+    return [generate_sample(builder, t, L, i, seed=seed, reserve=reserve) for t, L, i in it]
+
+
+__all__ = ["TASKS", "TASK_NAMES", "QA_TASKS", "DISPLAY_NAMES", "TaskSpec", "Sample", "PromptBuilder", "parse_tasks",
+           "generate_sample", "generate_samples", "prompt_tokens_for", "NIAH_NEEDLE", "NOISE", "TEMPLATES", "DEPTHS",
+           "generate_niah", "generate_vt", "generate_cwe", "generate_fwe", "generate_qa"]
