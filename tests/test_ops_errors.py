@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from delta_attn import DeltaConfig, DeltaState, delta_attention, register_sparse_method
+from delta_attn import DeltaConfig, delta_attention, register_sparse_method
 from delta_attn.sparse import MaskModMethod, available_sparse_methods
 
 

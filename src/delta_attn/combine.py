@@ -83,6 +83,23 @@ def _interp_system(config: DeltaConfig) -> tuple[Tensor, Tensor]:
     return abg_system(*config.abg_coefficients)
 
 
+def scan_start(config: DeltaConfig, state: _SequenceState | None, q0: int, z0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(M, K, s_prev) of the ``ema``/``abg`` filter for a call whose first row is ``q0``.
+
+    A prompt's first call starts the filter from its first input ``z0``; a later chunk continues from
+    the state the previous chunk left in ``state`` (every backend goes through here).
+    """
+    m, k = _interp_system(config)
+    if q0 == 0:
+        return m, k, initial_state(z0, m.shape[0])
+    if state is None or state.scan is None or state.next_pos != q0:
+        raise ValueError(
+            f"interp={config.interp!r} carries a filter state across chunks: pass the same DeltaState "
+            "to every chunk of this layer, in order"
+        )
+    return m, k, state.scan
+
+
 def combine(config: DeltaConfig, sched: RowSchedule, sparse_out: Tensor | None, dense_out: Tensor | None,
             state: _SequenceState | None = None) -> Tensor:
     """Assemble the output rows of one call.
@@ -131,17 +148,8 @@ def combine(config: DeltaConfig, sched: RowSchedule, sparse_out: Tensor | None, 
             t = ((rows % gamma).to(z.dtype) / gamma).view(1, 1, -1, 1)
             z = (1 - t) * z + t * nxt[:, :, block_of_row]
         elif config.interp in ("ema", "abg"):
-            m, k = _interp_system(config)
-            if q0 == 0:
-                s_prev = initial_state(z[:, :, 0], m.shape[0])
-            else:
-                if state is None or state.scan is None or state.next_pos != q0:
-                    raise ValueError(
-                        f"interp={config.interp!r} carries a filter state across chunks: pass the same DeltaState "
-                        "to every chunk of this layer, in order"
-                    )
-                s_prev = state.scan.to(z.dtype)
-            z, s_last = lti_scan(z, m, k, s_prev)
+            m, k, s_prev = scan_start(config, state, q0, z[:, :, 0])
+            z, s_last = lti_scan(z, m, k, s_prev.to(z.dtype))
             if state is not None:
                 state.scan = s_last
         out[:, :, : body_end - q0] = sparse_out[:, :, : body_end - q0] + z

@@ -150,7 +150,6 @@ def sdpa_fn(backend: str, q, k, v):
 
 
 def run_layer(args) -> dict:
-    import numpy as np
     import torch
 
     from ..config import DeltaConfig

@@ -19,10 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..combine import _interp_system, _SequenceState, combine, row_schedule
+from ..combine import _SequenceState, combine, row_schedule, scan_start
 from ..config import DeltaConfig
 from ..reference import attention_rows, reference_prefill
-from ..scan import initial_state
 from ..sparse import resolve_sparse_method
 from . import sparse as sparse_mod
 from .blocks import spec_for
@@ -164,15 +163,8 @@ def triton_prefill(q: Tensor, k: Tensor, v: Tensor, config: DeltaConfig, *, scal
                 m, kk = torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
                 s_prev = deltas.new_zeros(bsz, hq, 1, d)
             else:
-                m, kk = _interp_system(config)
-                if q0 == 0:
-                    s_prev = initial_state(deltas[:, :, 0], m.shape[0])
-                else:
-                    if state is None or state.scan is None or state.next_pos != q0:
-                        raise ValueError(
-                            f"interp={config.interp!r} carries a filter state across chunks: pass the same "
-                            "DeltaState to every chunk of this layer, in order")
-                    s_prev = state.scan.float()
+                m, kk, s_prev = scan_start(config, state, q0, deltas[:, :, 0])
+                s_prev = s_prev.float()
             s_last = delta_scan_apply(sp, deltas, s_prev, m, kk, q_start=q0, body_end=body_end, gamma=gamma, out=out)
             if state is not None and config.interp != "repeat":
                 state.scan = s_last

@@ -61,7 +61,7 @@ def estimate_block_topk(q: Tensor, k: Tensor, *, q_start: int, block: int, n_blo
                         window: int) -> BlockTopKPattern:
     """Select the top ``n_blocks`` key blocks per query block and head by pooled scores."""
     bsz, hq, nq, d = q.shape
-    hkv, nk = k.shape[1], k.shape[2]
+    hkv = k.shape[1]
     group = hq // hkv
     q_pool = _block_mean(q, q_start, block)  # (B, Hq, nQB, D)
     k_pool = _block_mean(k, 0, block)  # (B, Hkv, nKB, D)
