@@ -64,7 +64,7 @@ class PrefillState:
     """
 
     prompt_len: int  # key positions of the whole (padded) prompt: places the exact tail
-    states: dict = field(default_factory=dict)  # (layer_idx, sequence group) -> DeltaState
+    states: dict = field(default_factory=dict)  # layer_idx -> DeltaState
 
 
 @dataclass
@@ -196,21 +196,11 @@ def _delta_prefill(query: Tensor, key: Tensor, value: Tensor, config: DeltaConfi
     scale = None if scale is None else float(scale)
     if chunk is None:  # one-shot prefill: the whole prompt is this call
         return delta_attention(query, key, value, config, scale=scale, left_pad=pads)
-    nk = key.shape[2]
-    # Sequences that share a left padding share positions; each group keeps its own DeltaState
-    # (keyed by its members, stable across chunks). Groups that are still all padding are skipped.
-    groups: dict[int, list[int]] = {}
-    for b, p in enumerate(pads or [0] * query.shape[0]):
-        groups.setdefault(p, []).append(b)
-    out = query.new_zeros(query.shape)
-    for pad, members in groups.items():
-        if pad >= nk:
-            continue
-        idx = members if len(groups) > 1 else slice(None)
-        state = chunk.states.setdefault((layer_idx, tuple(members)), DeltaState())
-        out[idx] = delta_attention(query[idx], key[idx], value[idx], config, scale=scale, prompt_len=chunk.prompt_len,
-                                   state=state, left_pad=[pad] * len(members) if pad else None)
-    return out
+    # one DeltaState per layer; inside it delta_attention keeps each left-padding group's carry, and it
+    # skips the sequences that are still all padding in this chunk
+    state = chunk.states.setdefault(layer_idx, DeltaState())
+    return delta_attention(query, key, value, config, scale=scale, prompt_len=chunk.prompt_len, state=state,
+                           left_pad=pads)
 
 
 def delta_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
