@@ -77,6 +77,22 @@ class DeltaState:
         self._groups.clear()
 
 
+def open_block_delta(state: _SequenceState | None, q0: int, gamma: int) -> Tensor | None:
+    """Δ of the γ-block a call starting at row ``q0`` continues (None when ``q0`` starts a block).
+
+    That block's anchor came in an earlier chunk, so its Δ must come from the chunk carry.
+    """
+    if q0 % gamma == 0:
+        return None
+    first_block = q0 // gamma
+    if state is None or state.block_index != first_block:
+        raise ValueError(
+            f"rows from position {q0} continue the γ-block starting at {first_block * gamma}, whose Δ was "
+            "computed in an earlier chunk: pass the same DeltaState to every chunk of this layer, in order"
+        )
+    return state.block_delta
+
+
 def _interp_system(config: DeltaConfig) -> tuple[Tensor, Tensor]:
     if config.interp == "ema":
         return ema_system(config.ema_beta)
@@ -132,13 +148,9 @@ def combine(config: DeltaConfig, sched: RowSchedule, sparse_out: Tensor | None, 
         anchor_local = local[~is_tail]
         deltas = dense_out[:, :, ~is_tail] - sparse_out[:, :, anchor_local]  # (B, H, nA, D)
         first_block, last_block = q0 // gamma, (body_end - 1) // gamma
-        if q0 % gamma != 0:  # the call starts inside a γ-block whose anchor came in an earlier chunk
-            if state is None or state.block_index != first_block:
-                raise ValueError(
-                    f"rows from position {q0} continue the γ-block starting at {first_block * gamma}, whose Δ was "
-                    "computed in an earlier chunk: pass the same DeltaState to every chunk of this layer, in order"
-                )
-            deltas = torch.cat([state.block_delta.unsqueeze(2).to(deltas.dtype), deltas], dim=2)
+        carry = open_block_delta(state, q0, gamma)
+        if carry is not None:
+            deltas = torch.cat([carry.unsqueeze(2).to(deltas.dtype), deltas], dim=2)
         assert deltas.shape[2] == last_block - first_block + 1
         rows = torch.arange(q0, body_end, device=sparse_out.device)
         block_of_row = rows // gamma - first_block

@@ -28,7 +28,8 @@ import random
 import time
 from dataclasses import dataclass
 
-NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+from .eval.ruler import NOISE  # RULER's noise haystack sentence
+
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
 TEMPLATE = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
             "I will quiz you about the numbers afterwards.\n{context}\n"

@@ -175,7 +175,7 @@ def _derive_left_padding(mask: Tensor, nq: int, nk: int, allow_empty: bool, bsz:
 # attention
 
 
-def _dense_sdpa(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
+def dense_sdpa(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float | None) -> Tensor:
     """Dense attention, bottom-right causal, honouring ``mask`` (None, 2D key padding or 4D). (B, Hq, Nq, D)."""
     nq, nk = query.shape[2], key.shape[2]
     gqa = query.shape[1] != key.shape[1]
@@ -227,7 +227,7 @@ def delta_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor,
     nq, nk = query.shape[2], key.shape[2]
 
     if chunk is None and nq < nk:  # decode (or any forward over a cached prefix): dense, every mode
-        out = _dense_sdpa(query, key, value, attention_mask, scaling)
+        out = dense_sdpa(query, key, value, attention_mask, scaling)
         return out.transpose(1, 2).contiguous(), None
 
     try:
@@ -236,7 +236,7 @@ def delta_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor,
         if kwargs.get("sliding_window") is not None:
             # a sliding-window layer whose window is shorter than the context: keep the model's own
             # (already sparse) windowed attention, exactly as its stock implementation computes it
-            out = _dense_sdpa(query, key, value, attention_mask, scaling)
+            out = dense_sdpa(query, key, value, attention_mask, scaling)
             return out.transpose(1, 2).contiguous(), None
         raise ValueError(
             f"delta prefill needs a causal attention mask with (optional) left padding; got one where {exc}. "
@@ -248,7 +248,7 @@ def delta_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor,
         if pads is not None:
             first_real = torch.tensor(pads, device=query.device).view(-1, 1)
             mask = torch.arange(nk, device=query.device).view(1, -1) >= first_real  # (B, nk) key padding
-        out = _dense_sdpa(query, key, value, mask, scaling)
+        out = dense_sdpa(query, key, value, mask, scaling)
     else:
         out = _delta_prefill(query, key, value, config, scaling, pads, chunk, layer_idx)
     return out.transpose(1, 2).contiguous(), None

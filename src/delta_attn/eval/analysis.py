@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 ATTN_NAME = "delta_eval"
 _ACTIVE: list = [None]  # the Capture in use
@@ -43,11 +42,6 @@ class Capture:
     layers: dict = field(default_factory=dict)  # layer_idx -> {"q","k","v","o"} tensors (B, H, N, D)
 
 
-def _dense(q, k, v, scale):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] == k.shape[2] and q.shape[2] > 1,
-                                          scale=scale, enable_gqa=q.shape[1] != k.shape[1])
-
-
 def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     cap: Capture | None = _ACTIVE[0]
     nq, nk = query.shape[2], key.shape[2]
@@ -58,7 +52,9 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
 
         out = delta_attention(query, key, value, cap.config, scale=scaling)
     else:
-        out = _dense(query, key, value, scaling)
+        from ..hf import dense_sdpa
+
+        out = dense_sdpa(query, key, value, None, scaling)
     if nq == nk and cap is not None and cap.store:
         mv = (lambda t: t.detach().float().cpu()) if cap.to_cpu else (lambda t: t.detach())
         cap.layers[module.layer_idx] = {"q": mv(query), "k": mv(key), "v": mv(value), "o": mv(out)}

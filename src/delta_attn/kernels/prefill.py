@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..combine import _SequenceState, combine, row_schedule, scan_start
+from ..combine import _SequenceState, combine, open_block_delta, row_schedule, scan_start
 from ..config import DeltaConfig
 from ..reference import attention_rows, reference_prefill
 from ..sparse import resolve_sparse_method
@@ -54,18 +54,6 @@ def _ensure_allocator() -> None:
 
 def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _check_block_carry(state, q0: int, gamma: int):
-    first_block = q0 // gamma
-    if q0 % gamma != 0:
-        if state is None or state.block_index != first_block:
-            raise ValueError(
-                f"rows from position {q0} continue the γ-block starting at {first_block * gamma}, whose Δ was "
-                "computed in an earlier chunk: pass the same DeltaState to every chunk of this layer, in order"
-            )
-        return state.block_delta.float().contiguous()
-    return None
 
 
 def triton_prefill(q: Tensor, k: Tensor, v: Tensor, config: DeltaConfig, *, scale: float, prompt_len: int,
@@ -143,7 +131,8 @@ def triton_prefill(q: Tensor, k: Tensor, v: Tensor, config: DeltaConfig, *, scal
         first_block, last_block = q0 // gamma, (body_end - 1) // gamma
         if dense is None:  # a chunk inside one γ-block whose anchor came earlier: no dense rows here
             dense = torch.zeros(bsz, hq, 1, d, device=q.device, dtype=torch.float32)
-        carry = _check_block_carry(state, q0, gamma)
+        carry = open_block_delta(state, q0, gamma)
+        carry = carry.float().contiguous() if carry is not None else None
         fused = (config.interp == "repeat" and spec is not None and bmp % gamma == 0 and sp_cfg["BM"] // gamma <= 8)
         if fused:
             delta_out = None
