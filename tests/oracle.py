@@ -83,6 +83,7 @@ def oracle_attention(q, k, v, config: DeltaConfig, *, scale=None, pattern=None):
             exact = p >= body or p % gamma == 0
             out[:, :, p] = dense[:, :, p] if exact else sparse[:, :, p]
         return out
+
     # delta
     def delta_of_block(j):
         a = j * gamma

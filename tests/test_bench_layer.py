@@ -7,8 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from delta_attn.bench.layer import (causal_pairs, fmt_length, markdown, parse_length, plot, rows_pairs,
-                                    sink_window_pairs, summary)
+from delta_attn.bench.layer import (
+    causal_pairs,
+    fmt_length,
+    markdown,
+    parse_length,
+    plot,
+    rows_pairs,
+    sink_window_pairs,
+    summary,
+)
 from delta_attn.sparse import SinkWindowPattern, dense_mask
 
 
@@ -30,14 +38,38 @@ def test_lengths():
 
 
 def _fake_results():
-    meth = lambda ms, sp: dict(ms=ms, tflops=100.0, floor_frac=0.5, peak_mem_gb=1.0, speedup_vs_cudnn=sp,  # noqa
-                               once=False, note="")
-    return {"meta": dict(device="GPU", sms=132, torch="t", triton="3", date="d", matmul_tflops=780, command="c",
-                         shape=dict(heads=32, kv_heads=8, head_dim=128, dtype="bf16")),
-            "results": [dict(n=1 << 17, label="128K", methods=dict(cudnn=meth(250.0, 1.0), delta=meth(16.0, 15.6),
-                                                                   sparse=meth(11.0, 22.7)),
-                             rows_vs_cudnn_tflops=0.9, delta_extra_ms=5.0, delta_extra_vs_dense_over_gamma=1.28),
-                        dict(n=1 << 20, label="1M", methods=dict(cudnn=dict(error="OOM")))]}
+    meth = lambda ms, sp: dict(
+        ms=ms,
+        tflops=100.0,
+        floor_frac=0.5,
+        peak_mem_gb=1.0,
+        speedup_vs_cudnn=sp,  # noqa
+        once=False,
+        note="",
+    )
+    return {
+        "meta": dict(
+            device="GPU",
+            sms=132,
+            torch="t",
+            triton="3",
+            date="d",
+            matmul_tflops=780,
+            command="c",
+            shape=dict(heads=32, kv_heads=8, head_dim=128, dtype="bf16"),
+        ),
+        "results": [
+            dict(
+                n=1 << 17,
+                label="128K",
+                methods=dict(cudnn=meth(250.0, 1.0), delta=meth(16.0, 15.6), sparse=meth(11.0, 22.7)),
+                rows_vs_cudnn_tflops=0.9,
+                delta_extra_ms=5.0,
+                delta_extra_vs_dense_over_gamma=1.28,
+            ),
+            dict(n=1 << 20, label="1M", methods=dict(cudnn=dict(error="OOM"))),
+        ],
+    }
 
 
 def test_reports(tmp_path):

@@ -62,7 +62,7 @@ def test_haystack_prompts_hold_one_needle_each_and_share_a_prefix(tokenizer, kin
             prompt = tokenizer.decode(ids)
             assert prompt.count("One of the special magic numbers") == 1 and prompt.count(nd.value) == 1
             assert prompt.endswith(f"The special magic number for {nd.key} mentioned in the provided text is ")
-            context = prompt[prompt.index("afterwards."):prompt.index("What is the special")]
+            context = prompt[prompt.index("afterwards.") : prompt.index("What is the special")]
             # depth is placed in tokens; measured here in characters of a 700-token context
             assert abs(context.index("One of the special") / len(context) - nd.depth) < 0.08
             # built from pieces, yet the same tokens the tokenizer gives the whole text (within a few merges)
@@ -70,12 +70,35 @@ def test_haystack_prompts_hold_one_needle_each_and_share_a_prefix(tokenizer, kin
 
 
 def test_demo_smoke(capsys):
-    rc = cli.main(["demo", "--samples", "1", "--needles", "2", "--length", "400", "--methods", "dense,sparse,delta",
-                   "--window", "32", "--sink", "4", "--gamma", "16", "--max-new-tokens", "9"])
+    rc = cli.main(
+        [
+            "demo",
+            "--samples",
+            "1",
+            "--needles",
+            "2",
+            "--length",
+            "400",
+            "--methods",
+            "dense,sparse,delta",
+            "--window",
+            "32",
+            "--sink",
+            "4",
+            "--gamma",
+            "16",
+            "--max-new-tokens",
+            "9",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
-    table = out[out.index("method "):]
-    rows = {ln.split()[0]: ln.split() for ln in table.splitlines()[1:] if ln.split()[:1] in (["dense"], ["sparse"], ["delta"])}
+    table = out[out.index("method ") :]
+    rows = {
+        ln.split()[0]: ln.split()
+        for ln in table.splitlines()[1:]
+        if ln.split()[:1] in (["dense"], ["sparse"], ["delta"])
+    }
     assert set(rows) == {"dense", "sparse", "delta"}
     assert rows["dense"][-1] == "100.0%" and float(rows["delta"][-1].rstrip("%")) < 100
     assert rows["dense"][1] == "2/2"  # 400-token needle prompts are easy for the dense model

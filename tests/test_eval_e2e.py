@@ -18,9 +18,33 @@ COMMON = ["--window", "32", "--sink", "8", "--gamma", "16", "--threads", "1"]
 
 def _ruler(tmp_path):
     out = tmp_path / "ruler"
-    assert main(["eval", "ruler", "--tasks", "niah_single_1", "--lengths", "512", "--samples", "3",
-                 "--methods", "dense,sparse,delta,delta_g1", "--out", str(out), "--workers", "1", "--no-progress",
-                 "--resamples", "999", "--batch-size", "3", *COMMON]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "ruler",
+                "--tasks",
+                "niah_single_1",
+                "--lengths",
+                "512",
+                "--samples",
+                "3",
+                "--methods",
+                "dense,sparse,delta,delta_g1",
+                "--out",
+                str(out),
+                "--workers",
+                "1",
+                "--no-progress",
+                "--resamples",
+                "999",
+                "--batch-size",
+                "3",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     recs = list(read_records([out / "ruler.jsonl"], "sample"))
     assert len(recs) == 12
     for r in recs:
@@ -28,7 +52,9 @@ def _ruler(tmp_path):
         assert r["prompt_tokens"] == 384 and r["task"] == "niah_single_1" and r["length"] == 512
     by = {(r["method"], r["index"]): r for r in recs}
     # dense finds a single needle in a short noise haystack every time
-    assert [by[("dense", i)]["score"] for i in range(3)] == [1.0] * 3, [by[("dense", i)]["prediction"] for i in range(3)]
+    assert [by[("dense", i)]["score"] for i in range(3)] == [1.0] * 3, [
+        by[("dense", i)]["prediction"] for i in range(3)
+    ]
     # γ = 1 makes every row an anchor: Δ prefill is exact, so greedy decoding must match dense
     assert [by[("delta_g1", i)]["prediction"] for i in range(3)] == [by[("dense", i)]["prediction"] for i in range(3)]
     run = next(read_records([out / "ruler.jsonl"], "run"))
@@ -37,10 +63,51 @@ def _ruler(tmp_path):
     assert "| dense | 100.0" in summary and "delta > sparse" in summary
 
     # resuming: everything done -> nothing new; a time limit too short for a batch -> nothing started
-    assert main(["eval", "ruler", "--tasks", "niah_single_1", "--lengths", "512", "--samples", "3",
-                 "--methods", "dense,delta", "--out", str(out), "--no-progress", "--no-summary", *COMMON]) == 0
-    assert main(["eval", "ruler", "--tasks", "niah_single_1", "--lengths", "512", "--samples", "3",
-                 "--methods", "recompute", "--out", str(out), "--no-progress", "--time-limit", "0", *COMMON]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "ruler",
+                "--tasks",
+                "niah_single_1",
+                "--lengths",
+                "512",
+                "--samples",
+                "3",
+                "--methods",
+                "dense,delta",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-summary",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "ruler",
+                "--tasks",
+                "niah_single_1",
+                "--lengths",
+                "512",
+                "--samples",
+                "3",
+                "--methods",
+                "recompute",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--time-limit",
+                "0",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     assert len(list(read_records([out / "ruler.jsonl"], "sample"))) == 12
     log = (out / "ruler.log").read_text()
     assert "nothing to do" in log and "too short" in log
@@ -49,8 +116,25 @@ def _ruler(tmp_path):
 
 def _ppl(tmp_path):
     out = tmp_path / "ppl"
-    assert main(["eval", "ppl", "--lengths", "512", "--docs", "2", "--methods", "dense,sparse,delta_linear",
-                 "--out", str(out), "--no-progress", *COMMON]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "ppl",
+                "--lengths",
+                "512",
+                "--docs",
+                "2",
+                "--methods",
+                "dense,sparse,delta_linear",
+                "--out",
+                str(out),
+                "--no-progress",
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     recs = list(read_records([out / "ppl.jsonl"], "ppl"))
     assert len(recs) == 6
     for r in recs:
@@ -64,9 +148,30 @@ def _ppl(tmp_path):
 
 def _analysis(tmp_path):
     out = tmp_path / "analysis"
-    assert main(["eval", "analyze", "--task", "niah_single_1", "--length", "512", "--samples", "2",
-                 "--methods", "sparse,delta", "--sweep", "sparse,delta,delta_g1,recompute", "--gammas", "2,8,32",
-                 "--out", str(out), *COMMON]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "analyze",
+                "--task",
+                "niah_single_1",
+                "--length",
+                "512",
+                "--samples",
+                "2",
+                "--methods",
+                "sparse,delta",
+                "--sweep",
+                "sparse,delta,delta_g1,recompute",
+                "--gammas",
+                "2,8,32",
+                "--out",
+                str(out),
+                *COMMON,
+            ]
+        )
+        == 0
+    )
     an = json.loads((out / "analysis.json").read_text())
     ds = an["delta_similarity"]
     assert ds["gammas"] == [2, 8, 32] and len(ds["delta_cos"]) == 30 and ds["first_row"] == 40
@@ -90,8 +195,12 @@ def _generation():
 
     model, tok = load_smollm2(device="cpu")
     stop = stop_token_ids(tok)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=True)
-               ["input_ids"] for c in ("What is the capital of France?", "Name three colours of the rainbow, please.")]
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True, tokenize=True)[
+            "input_ids"
+        ]
+        for c in ("What is the capital of France?", "Name three colours of the rainbow, please.")
+    ]
     assert len(prompts[0]) != len(prompts[1])
     for config in (None, delta_attn.DeltaConfig(window=8, sink=2, gamma=4, tail=4)):
         if config is None:
@@ -111,11 +220,34 @@ def test_eval_cli_end_to_end(tmp_path):
     ppl_dir = _ppl(tmp_path)
     analysis_dir = _analysis(tmp_path)
     out = tmp_path / "RESULTS.md"
-    assert main(["eval", "report", "--inputs", str(ruler_dir), str(ppl_dir), str(analysis_dir), "--out", str(out),
-                 "--plots-dir", str(tmp_path / "plots"), "--resamples", "999"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "report",
+                "--inputs",
+                str(ruler_dir),
+                str(ppl_dir),
+                str(analysis_dir),
+                "--out",
+                str(out),
+                "--plots-dir",
+                str(tmp_path / "plots"),
+                "--resamples",
+                "999",
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
-    for section in ("## Targets", "## RULER-style accuracy", "## Significance", "## Perplexity", "## Analysis",
-                    "## Reproduce"):
+    for section in (
+        "## Targets",
+        "## RULER-style accuracy",
+        "## Significance",
+        "## Perplexity",
+        "## Analysis",
+        "## Reproduce",
+    ):
         assert section in text
     assert "| delta > sparse | non-QA |" in text and "non-causal" in text
     assert (tmp_path / "plots" / "ruler.png").stat().st_size > 1000

@@ -42,14 +42,17 @@ def test_every_task_has_exact_length_and_its_answers(tok, builder, length):
             assert abs(len(tok.encode(text, add_special_tokens=False)) - target) <= 0.02 * target, task
             assert s.answers and all(a in text for a in s.answers), (task, s.answers)
             assert text.startswith("<|im_start|>system") and "<|im_start|>assistant\n" in text
-            assert s.max_new_tokens == {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50, "qa": 32}[ruler.TASKS[task].family]
+            assert (
+                s.max_new_tokens == {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50, "qa": 32}[ruler.TASKS[task].family]
+            )
             assert s.metric == ("part" if task in ("qa_1", "qa_2") else "all")
 
 
 def test_prompts_end_with_the_answer_prefix(tok, builder):
     s = ruler.generate_sample(builder, "niah_single_2", 1024, 0)
-    assert _text(tok, s).endswith(f"<|im_start|>assistant\nThe special magic number for {s.meta['query']} mentioned in "
-                                  "the provided text is")
+    assert _text(tok, s).endswith(
+        f"<|im_start|>assistant\nThe special magic number for {s.meta['query']} mentioned in the provided text is"
+    )
     s = ruler.generate_sample(builder, "niah_multivalue", 1024, 0)
     assert _text(tok, s).endswith("mentioned in the provided text are")
     s = ruler.generate_sample(builder, "qa_1", 1024, 0)
@@ -71,13 +74,14 @@ def test_needle_sits_at_its_recorded_depth(tok, builder, task):
     for index in range(6):
         s = ruler.generate_sample(builder, task, 4096, index)
         (off,), (depth,) = s.meta["needle_offsets"], s.meta["depths"]
-        needle = ruler.NIAH_NEEDLE.format(type_needle_v="uuids" if task == "niah_single_3" else "numbers",
-                                          key=s.meta["query"], value=s.answers[0])
-        assert tok.decode(s.input_ids[off:off + 80]).lstrip().startswith(needle)
+        needle = ruler.NIAH_NEEDLE.format(
+            type_needle_v="uuids" if task == "niah_single_3" else "numbers", key=s.meta["query"], value=s.answers[0]
+        )
+        assert tok.decode(s.input_ids[off : off + 80]).lstrip().startswith(needle)
         # the needle's token position within the context is its depth (to within one haystack unit)
         a, b = s.meta["context_span"]
-        assert tok.decode(s.input_ids[a - 3:a]).endswith("afterwards.")
-        assert tok.decode(s.input_ids[b:b + 3]).startswith("\nWhat is")
+        assert tok.decode(s.input_ids[a - 3 : a]).endswith("afterwards.")
+        assert tok.decode(s.input_ids[b : b + 3]).startswith("\nWhat is")
         frac = (off - a) / (b - a)
         assert abs(frac - depth / 100) < 0.03, (task, index, frac, depth)
         assert _text(tok, s).count(s.answers[0]) == 1
@@ -104,7 +108,7 @@ def test_multi_needle_tasks(tok, builder):
 def test_variable_tracking_chain_in_order(tok, builder):
     s = ruler.generate_sample(builder, "vt", 2048, 1)
     text = _text(tok, s)
-    real = text[text.rindex("Memorize and track"):]  # after the worked example
+    real = text[text.rindex("Memorize and track") :]  # after the worked example
     names, value = s.answers, s.meta["value"]
     pos = [real.index(f"VAR {names[0]} = {value}")]
     for a, b in zip(names, names[1:]):
@@ -117,7 +121,7 @@ def test_cwe_and_fwe_answers_are_the_most_frequent(tok, builder):
     for length in (2048, 4096):
         s = ruler.generate_sample(builder, "cwe", length, 0)
         text = _text(tok, s)
-        listing = text[text.rindex("Memorize the ones that appear most often.\n"):text.rindex("\nQuestion:")]
+        listing = text[text.rindex("Memorize the ones that appear most often.\n") : text.rindex("\nQuestion:")]
         counts = Counter(re.findall(r"\d+\. ([a-z]+)", listing))
         want = 30 if length >= 4096 else 6
         assert all(counts[w] == want for w in s.answers), (length, [counts[w] for w in s.answers])
@@ -125,7 +129,7 @@ def test_cwe_and_fwe_answers_are_the_most_frequent(tok, builder):
         assert max(others) < want
     s = ruler.generate_sample(builder, "fwe", 4096, 0)
     text = _text(tok, s)
-    coded = text[text.index("coded words.") + len("coded words."):text.index("\nQuestion:")].split()
+    coded = text[text.index("coded words.") + len("coded words.") : text.index("\nQuestion:")].split()
     counts = Counter(w for w in coded if w != "...")
     top3 = [w for w, _ in counts.most_common(3)]
     assert top3 == s.answers and counts.most_common(4)[2][1] > counts.most_common(4)[3][1]

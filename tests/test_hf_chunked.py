@@ -13,8 +13,18 @@ from delta_attn import DeltaConfig
 from delta_attn.hf import left_padding_position_ids
 
 VOCAB = 256
-CFG = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-           num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+CFG = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +89,14 @@ def test_decoding_continues_from_chunked_prefill(model):
         reference = model.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
         out = delta_attn.chunked_prefill(model, ids, chunk_size=64)
         nxt = out.logits.argmax(-1, keepdim=True)
-        cont = model.generate(input_ids=torch.cat([ids, nxt], 1), attention_mask=torch.ones(1, 231, dtype=torch.long),
-                              past_key_values=out.past_key_values, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+        cont = model.generate(
+            input_ids=torch.cat([ids, nxt], 1),
+            attention_mask=torch.ones(1, 231, dtype=torch.long),
+            past_key_values=out.past_key_values,
+            max_new_tokens=5,
+            min_new_tokens=5,
+            do_sample=False,
+        )
     assert torch.equal(cont, reference)
 
 
@@ -96,13 +112,23 @@ def test_prompt_in_pieces_and_forked_endings(model, mode):
     for ending in endings:
         full = torch.cat([prefix, ending], 1)
         cache, last = one_shot(model, full, torch.ones_like(full))
-        out = delta_attn.chunked_prefill(model, ending, past_key_values=copy.deepcopy(pre.past_key_values),
-                                         state=copy.deepcopy(pre.state), chunk_size=20)
+        out = delta_attn.chunked_prefill(
+            model,
+            ending,
+            past_key_values=copy.deepcopy(pre.past_key_values),
+            state=copy.deepcopy(pre.state),
+            chunk_size=20,
+        )
         torch.testing.assert_close(out.logits, last, atol=3e-5, rtol=1e-4)
         assert_same_cache(out.past_key_values, cache, CFG["num_hidden_layers"], torch.ones_like(full))
     with pytest.raises(ValueError, match="differs from the prompt_len"):
-        delta_attn.chunked_prefill(model, endings[0], past_key_values=copy.deepcopy(pre.past_key_values),
-                                   state=copy.deepcopy(pre.state), prompt_len=300)
+        delta_attn.chunked_prefill(
+            model,
+            endings[0],
+            past_key_values=copy.deepcopy(pre.past_key_values),
+            state=copy.deepcopy(pre.state),
+            prompt_len=300,
+        )
 
 
 def test_chunked_prefill_errors(model):

@@ -13,7 +13,23 @@ def test_generate_from_stdin_and_file(capsys, monkeypatch, tmp_path):
     assert "Paris" in capsys.readouterr().out
     prompt = tmp_path / "p.txt"
     prompt.write_text("The capital of France is", encoding="utf-8")
-    assert cli.main(["generate", str(prompt), "--raw", "--max-new-tokens", "3", "--mode", "sparse",
-                     "--chunk-size", "2", "--dense-layers", "0,1"]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                str(prompt),
+                "--raw",
+                "--max-new-tokens",
+                "3",
+                "--mode",
+                "sparse",
+                "--chunk-size",
+                "2",
+                "--dense-layers",
+                "0,1",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "Paris" in captured.out and "sparse prefill" in captured.err

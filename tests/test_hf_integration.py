@@ -34,8 +34,18 @@ from delta_attn import DeltaConfig
 from delta_attn.hf import current_config
 
 VOCAB = 256
-_COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 CONFIGS = {
     "llama": lambda: LlamaConfig(**_COMMON),
     "qwen2": lambda: Qwen2Config(**_COMMON),
@@ -107,14 +117,14 @@ def test_left_padded_batch_equals_each_alone(arch):
     batch = torch.zeros(len(lens), width, dtype=torch.long)
     mask = torch.zeros(len(lens), width, dtype=torch.long)
     for i, s in enumerate(seqs):
-        batch[i, width - s.shape[1]:] = s[0]
-        mask[i, width - s.shape[1]:] = 1
+        batch[i, width - s.shape[1] :] = s[0]
+        mask[i, width - s.shape[1] :] = 1
     pos = delta_attn.hf.left_padding_position_ids(mask)
     batch_logits = logits(model, batch, attention_mask=mask, position_ids=pos)
     batch_gen = greedy(model, batch, attention_mask=mask)
     for i, s in enumerate(seqs):
         n = s.shape[1]
-        torch.testing.assert_close(batch_logits[i, width - n:], logits(model, s)[0], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(batch_logits[i, width - n :], logits(model, s)[0], atol=2e-5, rtol=1e-4)
         assert torch.equal(batch_gen[i, width:], greedy(model, s)[0, n:])
 
 
@@ -142,11 +152,19 @@ def test_decode_honours_padding_mask():
         step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
         nxt = rand_ids(2, 1, seed=3)
         pos = step_mask.sum(-1, keepdim=True) - 1
-        a = model(input_ids=nxt, attention_mask=step_mask, position_ids=pos,
-                  past_key_values=copy.deepcopy(out.past_key_values)).logits
+        a = model(
+            input_ids=nxt,
+            attention_mask=step_mask,
+            position_ids=pos,
+            past_key_values=copy.deepcopy(out.past_key_values),
+        ).logits
         delta_attn.disable(model)
-        b = model(input_ids=nxt, attention_mask=step_mask, position_ids=pos,
-                  past_key_values=copy.deepcopy(out.past_key_values)).logits
+        b = model(
+            input_ids=nxt,
+            attention_mask=step_mask,
+            position_ids=pos,
+            past_key_values=copy.deepcopy(out.past_key_values),
+        ).logits
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
@@ -177,7 +195,7 @@ def test_enable_replaces_config_and_disable_restores_stock():
     out_a = logits(model, ids)
     delta_attn.enable(model, b)
     assert current_config(model) is b
-    assert all(getattr(m, "_delta_attn").config is b for m in model.modules() if hasattr(m, "layer_idx"))
+    assert all(m._delta_attn.config is b for m in model.modules() if hasattr(m, "layer_idx"))
     out_b = logits(model, ids)
     assert (out_a - out_b).abs().max() > 1e-4
     assert delta_attn.disable(model) is model
@@ -220,8 +238,9 @@ def test_unsupported_models_raise():
     t5 = T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2))
     with pytest.raises(ValueError, match="encoder-decoder"):
         delta_attn.enable(t5, cfg)
-    bert = BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=64))
+    bert = BertForMaskedLM(
+        BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    )
     with pytest.raises(ValueError, match="non-causal"):
         delta_attn.enable(bert, cfg)
     torch.manual_seed(0)

@@ -65,11 +65,11 @@ def test_no_kv_expansion_in_memory():
     k = torch.randn(1, hkv, n, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(1, hkv, n, d, device="cuda", dtype=torch.bfloat16)
     cfg = DeltaConfig()
-    triton_prefill(q, k, v, cfg, scale=d ** -0.5, prompt_len=n)  # compile
+    triton_prefill(q, k, v, cfg, scale=d**-0.5, prompt_len=n)  # compile
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    out = triton_prefill(q, k, v, cfg, scale=d ** -0.5, prompt_len=n)
+    out = triton_prefill(q, k, v, cfg, scale=d**-0.5, prompt_len=n)
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     expanded = 2 * (hq - hkv) * n * d * 2

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import delta_attn
-from delta_attn import DeltaConfig
-from delta_attn import models
+from delta_attn import DeltaConfig, models
 from delta_attn.demo import build_haystack
 
 
@@ -38,7 +37,7 @@ def test_loads_offline_and_answers(smol):
     ids = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=4, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 def test_explicit_gguf_path_and_fresh_copies(smol):

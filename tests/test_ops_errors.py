@@ -10,7 +10,11 @@ from delta_attn.sparse import MaskModMethod, available_sparse_methods
 
 
 def qkv(b=1, hq=4, hkv=2, n=50, d=16, dtype=torch.float32):
-    return torch.randn(b, hq, n, d, dtype=dtype), torch.randn(b, hkv, n, d, dtype=dtype), torch.randn(b, hkv, n, d, dtype=dtype)
+    return (
+        torch.randn(b, hq, n, d, dtype=dtype),
+        torch.randn(b, hkv, n, d, dtype=dtype),
+        torch.randn(b, hkv, n, d, dtype=dtype),
+    )
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import torch
 
 from delta_attn import DeltaConfig, DeltaState, delta_attention
 from delta_attn.combine import row_schedule
-
 from test_ops_oracle import make_qkv
 
 INTERPS = ["repeat", "linear", "ema", "abg"]
@@ -27,8 +26,18 @@ def dense_out(q, k, v):
 @pytest.mark.parametrize("base", ["streaming", "vertical_slash", "topk", "block"])
 def test_gamma_one_is_dense(interp, base):
     q, k, v = make_qkv(fresh_seed(), 2, 2, 2, 301, 64)
-    cfg = DeltaConfig(sparse=base, gamma=1, window=8, sink=2, interp=interp, block_size=32, vertical_size=5,
-                      slash_size=5, topk_block=16, topk_blocks=2)
+    cfg = DeltaConfig(
+        sparse=base,
+        gamma=1,
+        window=8,
+        sink=2,
+        interp=interp,
+        block_size=32,
+        vertical_size=5,
+        slash_size=5,
+        topk_block=16,
+        topk_blocks=2,
+    )
     torch.testing.assert_close(delta_attention(q, k, v, cfg), dense_out(q, k, v), rtol=0, atol=1e-12)
 
 
@@ -73,8 +82,9 @@ def test_tail_rule():
 def test_recompute_is_sparse_except_selected_rows(base):
     n = 700
     q, k, v = make_qkv(fresh_seed(), 1, 2, 2, n, 64)
-    cfg = DeltaConfig(sparse=base, mode="recompute", gamma=16, window=32, sink=4, block_size=100,
-                      vertical_size=10, slash_size=10)
+    cfg = DeltaConfig(
+        sparse=base, mode="recompute", gamma=16, window=32, sink=4, block_size=100, vertical_size=10, slash_size=10
+    )
     rec = delta_attention(q, k, v, cfg)
     sp = delta_attention(q, k, v, cfg.replace(mode="sparse"))
     rows = row_schedule(cfg, 0, n, n).dense_pos
@@ -87,7 +97,7 @@ def test_recompute_is_sparse_except_selected_rows(base):
 def causal_configs():
     for base in STATIC_BASES:
         for mode in ["delta", "recompute", "sparse", "dense"]:
-            for interp in (["repeat", "ema", "abg"] if mode == "delta" else ["repeat"]):
+            for interp in ["repeat", "ema", "abg"] if mode == "delta" else ["repeat"]:
                 yield DeltaConfig(sparse=base, mode=mode, interp=interp, gamma=16, window=24, sink=3, block_size=64)
 
 
@@ -127,8 +137,11 @@ def run_chunked(q, k, v, cfg, bounds, left_pad=None):
     n = k.shape[2]
     outs = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        outs.append(delta_attention(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], cfg, prompt_len=n, state=state,
-                                    left_pad=left_pad))
+        outs.append(
+            delta_attention(
+                q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], cfg, prompt_len=n, state=state, left_pad=left_pad
+            )
+        )
     return torch.cat(outs, dim=2)
 
 
@@ -159,8 +172,17 @@ def test_chunk_without_state_is_a_clear_error():
 def test_left_padding_equals_each_sequence_alone(base):
     n, d = 300, 32
     pads = [0, 37, 120]
-    cfg = DeltaConfig(sparse=base, gamma=16, window=30, sink=4, block_size=64, vertical_size=8, slash_size=8,
-                      topk_block=16, topk_blocks=2)
+    cfg = DeltaConfig(
+        sparse=base,
+        gamma=16,
+        window=30,
+        sink=4,
+        block_size=64,
+        vertical_size=8,
+        slash_size=8,
+        topk_block=16,
+        topk_blocks=2,
+    )
     q, k, v = make_qkv(fresh_seed(), len(pads), 2, 2, n, d)
     out = delta_attention(q, k, v, cfg, left_pad=torch.tensor(pads))
     for b, p in enumerate(pads):

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from delta_attn import DeltaConfig, delta_attention
 from delta_attn.sparse import resolve_sparse_method
-
 from oracle import oracle_attention
 
 MODES = ["delta", "recompute", "sparse", "dense"]
@@ -94,8 +93,17 @@ def test_every_mode_interp_long_fp32(mode, interp):
 def test_every_base_long_fp64(base):
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     q, k, v = make_qkv(seed, 2, 1, 4, 1100, 80)
-    cfg = DeltaConfig(sparse=base, window=96, sink=8, gamma=16, block_size=256, vertical_size=40,
-                      slash_size=60, topk_block=32, topk_blocks=4)
+    cfg = DeltaConfig(
+        sparse=base,
+        window=96,
+        sink=8,
+        gamma=16,
+        block_size=256,
+        vertical_size=40,
+        slash_size=60,
+        topk_block=32,
+        topk_blocks=4,
+    )
     check_against_oracle(q, k, v, cfg, atol=1e-9)
 
 
@@ -113,8 +121,17 @@ def test_small_chunk_budget_changes_nothing():
 
     q, k, v = make_qkv(int(torch.randint(0, 2**31 - 1, ()).item()), 1, 2, 3, 700, 16)
     for base in BASES:
-        cfg = DeltaConfig(sparse=base, window=50, sink=3, gamma=16, block_size=128, vertical_size=20,
-                          slash_size=20, topk_block=16, topk_blocks=3)
+        cfg = DeltaConfig(
+            sparse=base,
+            window=50,
+            sink=3,
+            gamma=16,
+            block_size=128,
+            vertical_size=20,
+            slash_size=20,
+            topk_block=16,
+            topk_blocks=3,
+        )
         a = reference_prefill(q, k, v, cfg, scale=0.25, prompt_len=700)
         b = reference_prefill(q, k, v, cfg, scale=0.25, prompt_len=700, chunk_elements=5000)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -9,7 +9,12 @@ import torch
 
 from delta_attn import DeltaConfig
 from delta_attn.sparse import (
-    AnchorBlockPattern, SinkWindowPattern, dense_mask, estimate_block_topk, estimate_vertical_slash, render_ascii,
+    AnchorBlockPattern,
+    SinkWindowPattern,
+    dense_mask,
+    estimate_block_topk,
+    estimate_vertical_slash,
+    render_ascii,
 )
 
 
@@ -49,7 +54,9 @@ def brute_vertical_slash(q, k, scale, last_q, first_columns, last_diagonals):
     for bi in range(b):
         for h in range(hq):
             for i in range(n - last_q, n):
-                s = torch.tensor([float(q[bi, h, i] @ k[bi, h // g, j]) * scale for j in range(i + 1)], dtype=torch.float64)
+                s = torch.tensor(
+                    [float(q[bi, h, i] @ k[bi, h // g, j]) * scale for j in range(i + 1)], dtype=torch.float64
+                )
                 p = torch.softmax(s, 0)
                 for j in range(i + 1):
                     col[bi, h, j] += p[j]
@@ -63,8 +70,9 @@ def test_vertical_slash_picks_the_heaviest_columns_and_diagonals():
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
     q, k = torch.randn(1, 4, 60, 8, dtype=torch.float64), torch.randn(1, 2, 60, 8, dtype=torch.float64)
     k[:, :, 17] *= 4  # a strong vertical
-    pat = estimate_vertical_slash(q, k, q_start=0, scale=0.35, last_q=10, vertical_size=6, slash_size=5,
-                                  first_columns=2, last_diagonals=3)
+    pat = estimate_vertical_slash(
+        q, k, q_start=0, scale=0.35, last_q=10, vertical_size=6, slash_size=5, first_columns=2, last_diagonals=3
+    )
     col, diag = brute_vertical_slash(q, k, 0.35, 10, 2, 3)
     for h in range(4):
         want_cols = set(col[0, h].topk(6).indices.tolist())
@@ -94,10 +102,20 @@ def test_estimators_respect_chunk_offsets():
     """With q_start > 0 the estimators use absolute positions (chunked prefill)."""
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
     q, k = torch.randn(1, 2, 100, 8), torch.randn(1, 2, 100, 8)
-    full = estimate_vertical_slash(q, k, q_start=0, scale=0.3, last_q=16, vertical_size=5, slash_size=5,
-                                   first_columns=1, last_diagonals=1)
-    part = estimate_vertical_slash(q[:, :, 60:], k, q_start=60, scale=0.3, last_q=16, vertical_size=5, slash_size=5,
-                                   first_columns=1, last_diagonals=1)
+    full = estimate_vertical_slash(
+        q, k, q_start=0, scale=0.3, last_q=16, vertical_size=5, slash_size=5, first_columns=1, last_diagonals=1
+    )
+    part = estimate_vertical_slash(
+        q[:, :, 60:],
+        k,
+        q_start=60,
+        scale=0.3,
+        last_q=16,
+        vertical_size=5,
+        slash_size=5,
+        first_columns=1,
+        last_diagonals=1,
+    )
     assert torch.equal(full.columns, part.columns) and torch.equal(full.diagonals, part.diagonals)
     tk_full = estimate_block_topk(q, k, q_start=0, block=10, n_blocks=2, sink=0, window=1)
     tk_part = estimate_block_topk(q[:, :, 60:], k, q_start=60, block=10, n_blocks=2, sink=0, window=1)

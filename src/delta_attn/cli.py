@@ -21,9 +21,11 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="delta-attn", description="Δ attention: fast and accurate long-context prefill.")
+    parser = argparse.ArgumentParser(
+        prog="delta-attn", description="Δ attention: fast and accurate long-context prefill."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in SUBCOMMANDS.items():
+    for module in SUBCOMMANDS.values():
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

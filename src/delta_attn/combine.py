@@ -116,8 +116,13 @@ def scan_start(config: DeltaConfig, state: _SequenceState | None, q0: int, z0: T
     return m, k, state.scan
 
 
-def combine(config: DeltaConfig, sched: RowSchedule, sparse_out: Tensor | None, dense_out: Tensor | None,
-            state: _SequenceState | None = None) -> Tensor:
+def combine(
+    config: DeltaConfig,
+    sched: RowSchedule,
+    sparse_out: Tensor | None,
+    dense_out: Tensor | None,
+    state: _SequenceState | None = None,
+) -> Tensor:
     """Assemble the output rows of one call.
 
     Args:

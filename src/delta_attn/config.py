@@ -8,8 +8,9 @@ below; `../shared/reference/algorithm.md` is the spec this mirrors.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from .sparse.base import SparseMethod
@@ -88,7 +89,7 @@ class DeltaConfig:
         ``"reference"`` or ``"triton"``.
     """
 
-    sparse: Union[str, "SparseMethod"] = "streaming"
+    sparse: str | "SparseMethod" = "streaming"
     window: int = 2048
     sink: int = 128
     gamma: int = 64
@@ -107,7 +108,7 @@ class DeltaConfig:
     topk_block: int = 64
     topk_blocks: int = 32
     block_size: int = 2048
-    dense_layers: Union[int, Sequence[int]] = 0
+    dense_layers: int | Sequence[int] = 0
     backend: str = "auto"
 
     def __post_init__(self) -> None:

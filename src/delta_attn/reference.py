@@ -73,9 +73,18 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: fl
     return o / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
-def attention_rows(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_start: int, pattern: SparsePattern | None,
-                   dense_pos: Tensor, compute_dtype: torch.dtype, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-                   ) -> tuple[Tensor | None, Tensor]:
+def attention_rows(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float,
+    q_start: int,
+    pattern: SparsePattern | None,
+    dense_pos: Tensor,
+    compute_dtype: torch.dtype,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> tuple[Tensor | None, Tensor]:
     """Sparse output of every query row (if ``pattern``) and dense output of rows ``dense_pos``.
 
     q: (B, Hq, Nq, D) at absolute positions [q_start, q_start + Nq); k, v: (B, Hkv, Nk, D).
@@ -107,7 +116,9 @@ def attention_rows(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_start: in
                 allowed = allowed.unsqueeze(2)
             else:
                 allowed = allowed.expand(allowed.shape[0], hq, p1 - p0, nkeys).reshape(-1, hkv, g, p1 - p0, nkeys)
-            sparse[:, :, :, r0:r1] = masked_attention(qc[:, :, :, r0:r1], kc[:, :, kidx], vc[:, :, kidx], allowed, scale)
+            sparse[:, :, :, r0:r1] = masked_attention(
+                qc[:, :, :, r0:r1], kc[:, :, kidx], vc[:, :, kidx], allowed, scale
+            )
         dj = di
         while dj < len(dense_local) and dense_local[dj] < r1:
             dj += 1
@@ -115,16 +126,27 @@ def attention_rows(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_start: in
             sel = torch.tensor(dense_local[di:dj], device=dev)
             qpos = (sel + q_start).view(1, 1, 1, -1, 1)
             kpos = torch.arange(p1, device=dev).view(1, 1, 1, 1, -1)
-            dense[:, :, :, di:dj] = masked_attention(qc[:, :, :, sel], kc[:, :, :p1], vc[:, :, :p1], kpos <= qpos, scale)
+            dense[:, :, :, di:dj] = masked_attention(
+                qc[:, :, :, sel], kc[:, :, :p1], vc[:, :, :p1], kpos <= qpos, scale
+            )
             di = dj
         r0 = r1
     as_heads = lambda x: x.reshape(bsz, hq, x.shape[3], d)  # noqa: E731
     return (as_heads(sparse) if sparse is not None else None), as_heads(dense)
 
 
-def reference_prefill(q: Tensor, k: Tensor, v: Tensor, config: DeltaConfig, *, scale: float, prompt_len: int,
-                      state: _SequenceState | None = None, compute_dtype: torch.dtype | None = None,
-                      chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> Tensor:
+def reference_prefill(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    config: DeltaConfig,
+    *,
+    scale: float,
+    prompt_len: int,
+    state: _SequenceState | None = None,
+    compute_dtype: torch.dtype | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Tensor:
     """One sequence group (shared positions): plan the sparse base, compute rows, combine.
 
     Inputs are already validated by :func:`delta_attn.delta_attention`; queries are the last Nq of
@@ -137,6 +159,15 @@ def reference_prefill(q: Tensor, k: Tensor, v: Tensor, config: DeltaConfig, *, s
     pattern = None
     if config.mode != "dense":
         pattern = resolve_sparse_method(config.sparse).plan(q, k, config, q_start=q_start, scale=scale)
-    sparse, dense = attention_rows(q, k, v, scale=scale, q_start=q_start, pattern=pattern, dense_pos=sched.dense_pos,
-                                   compute_dtype=cdt, chunk_elements=chunk_elements)
+    sparse, dense = attention_rows(
+        q,
+        k,
+        v,
+        scale=scale,
+        q_start=q_start,
+        pattern=pattern,
+        dense_pos=sched.dense_pos,
+        compute_dtype=cdt,
+        chunk_elements=chunk_elements,
+    )
     return combine(config, sched, sparse, dense, state)

@@ -83,18 +83,33 @@ def gpu_cases() -> list[Case]:
         Case("dense-d80-mha", hq=2, hkv=2, n=700, d=80, cfg=dict(mode="dense")),
         Case("delta-block", n=1300, cfg=dict(gamma=64, sparse="block", block_size=300)),
         Case("delta-densebase", n=600, cfg=dict(gamma=64, sparse="dense")),
-        Case("delta-topk", hq=4, hkv=2, n=1500, cfg=dict(sink=8, window=128, gamma=64, sparse="topk", topk_block=64,
-                                                          topk_blocks=4)),
-        Case("delta-topk-b48", n=1000, cfg=dict(sink=8, window=64, gamma=32, sparse="topk", topk_block=48,
-                                                 topk_blocks=3)),
-        Case("delta-vs", hq=4, hkv=2, n=1500, cfg=dict(gamma=64, sparse="vertical_slash", vertical_size=40,
-                                                        slash_size=60, vs_last_q=64)),
+        Case(
+            "delta-topk",
+            hq=4,
+            hkv=2,
+            n=1500,
+            cfg=dict(sink=8, window=128, gamma=64, sparse="topk", topk_block=64, topk_blocks=4),
+        ),
+        Case(
+            "delta-topk-b48", n=1000, cfg=dict(sink=8, window=64, gamma=32, sparse="topk", topk_block=48, topk_blocks=3)
+        ),
+        Case(
+            "delta-vs",
+            hq=4,
+            hkv=2,
+            n=1500,
+            cfg=dict(gamma=64, sparse="vertical_slash", vertical_size=40, slash_size=60, vs_last_q=64),
+        ),
         Case("delta-maskmod", n=600, cfg=dict(gamma=64, sparse="strided")),
         Case("chunk-repeat", n=1500, chunks=(500, 433, 1, 566), cfg=sw),
         Case("chunk-ema", n=1500, chunks=(700, 1, 799), cfg=dict(sw, interp="abg")),
         Case("chunk-recompute-b2", b=2, n=1200, chunks=(613, 587), cfg=dict(sw, mode="recompute")),
-        Case("chunk-vs", n=1200, chunks=(600, 600), cfg=dict(gamma=64, sparse="vertical_slash", vertical_size=30,
-                                                            slash_size=50)),
+        Case(
+            "chunk-vs",
+            n=1200,
+            chunks=(600, 600),
+            cfg=dict(gamma=64, sparse="vertical_slash", vertical_size=30, slash_size=50),
+        ),
         Case("prompt-longer", n=1000, chunks=(600, 250), cfg=dict(sw, tail=200)),
         Case("fp16-delta", n=1000, dtype="fp16", cfg=sw),
         Case("fp32-delta", n=700, d=64, dtype="fp32", cfg=sw),
@@ -155,8 +170,11 @@ def run_chunked(fn, q, k, v, config, chunks, *, scale, prompt_len=None, **kw):
     state, outs, s = _SequenceState(), [], 0
     for c in chunks:
         e = s + c
-        outs.append(fn(q[:, :, s:e], k[:, :, :e], v[:, :, :e], config, scale=scale, prompt_len=prompt_len,
-                       state=state, **kw).float())
+        outs.append(
+            fn(
+                q[:, :, s:e], k[:, :, :e], v[:, :, :e], config, scale=scale, prompt_len=prompt_len, state=state, **kw
+            ).float()
+        )
         s = e
     return torch.cat(outs, dim=2)
 
@@ -199,9 +217,18 @@ def run_case(case: Case, device: str | torch.device = "cuda", seed: int | None =
     finite = bool(torch.isfinite(out).all().item())
     ek, er, er32 = rel_err(out, oracle), rel_err(ref, oracle), rel_err(ref32, oracle)
     ok = finite and out.shape == oracle.shape and ek <= 2 * er + 1e-6
-    return dict(name=case.name, shape=f"{case.b}x{case.hq}/{case.hkv}x{case.n}x{case.d}", dtype=case.dtype,
-                err_kernel=ek, err_ref=er, err_ref32=er32, ratio=ek / max(er, 1e-30), finite=finite, ok=ok,
-                wall_s=wall)
+    return dict(
+        name=case.name,
+        shape=f"{case.b}x{case.hq}/{case.hkv}x{case.n}x{case.d}",
+        dtype=case.dtype,
+        err_kernel=ek,
+        err_ref=er,
+        err_ref32=er32,
+        ratio=ek / max(er, 1e-30),
+        finite=finite,
+        ok=ok,
+        wall_s=wall,
+    )
 
 
 def kernel_unit_checks(device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=False) -> list[dict]:
@@ -224,22 +251,41 @@ def kernel_unit_checks(device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=
     q = torch.randn(b, hq, n - q_start, d, generator=gen).to(dev, dtype)
     k = torch.randn(b, hkv, n, d, generator=gen).to(dev, dtype)
     v = torch.randn(b, hkv, n, d, generator=gen).to(dev, dtype)
-    scale = d ** -0.5
+    scale = d**-0.5
 
     def compare(name, got, want64, want_dt):
         finite = bool(torch.isfinite(got).all().item())
         ek, er = rel_err(got, want64), rel_err(want_dt, want64)
-        res.append(dict(name=name, shape=f"{b}x{hq}/{hkv}x{n}x{d}", dtype=str(dtype).split(".")[-1],
-                        err_kernel=ek, err_ref=er, err_ref32=float("nan"), ratio=ek / max(er, 1e-30), finite=finite,
-                        ok=finite and ek <= 2 * er + 1e-6, wall_s=0.0))
+        res.append(
+            dict(
+                name=name,
+                shape=f"{b}x{hq}/{hkv}x{n}x{d}",
+                dtype=str(dtype).split(".")[-1],
+                err_kernel=ek,
+                err_ref=er,
+                err_ref32=float("nan"),
+                ratio=ek / max(er, 1e-30),
+                finite=finite,
+                ok=finite and ek <= 2 * er + 1e-6,
+                wall_s=0.0,
+            )
+        )
 
     # dense rows: anchors every 16 from an odd start, plus a tail
     rows = RowSet(q_start + 3, n - 50, 16, n - 50, n)
     pos = torch.from_numpy(rows.positions()).to(dev)
     out = torch.full((b, hq, len(rows), d), float("nan"), device=dev)
     dense_rows(q, k, v, rows, scale=scale, out=out)
-    _, want = attention_rows(q.double(), k.double(), v.double(), scale=scale, q_start=q_start, pattern=None,
-                             dense_pos=pos, compute_dtype=torch.float64)
+    _, want = attention_rows(
+        q.double(),
+        k.double(),
+        v.double(),
+        scale=scale,
+        q_start=q_start,
+        pattern=None,
+        dense_pos=pos,
+        compute_dtype=torch.float64,
+    )
     _, want_dt = attention_rows(q, k, v, scale=scale, q_start=q_start, pattern=None, dense_pos=pos, compute_dtype=dtype)
     compare("unit-dense-rows", out, want, want_dt)
     # sparse rows, plain epilogue, per static pattern and the two index-list patterns
@@ -255,10 +301,19 @@ def kernel_unit_checks(device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=
         spec = spec_for(pat, q_start=q_start, row_end=n, n_keys=n, bm=c["BM"], bn=c["BN"])
         out = torch.full((b, hq, n - q_start, d), float("nan"), device=dev)
         sparse_attention(q, k, v, spec, scale=scale, out=out)
-        want, _ = attention_rows(q.double(), k.double(), v.double(), scale=scale, q_start=q_start, pattern=pat,
-                                 dense_pos=pos[:0], compute_dtype=torch.float64)
-        want_dt, _ = attention_rows(q, k, v, scale=scale, q_start=q_start, pattern=pat, dense_pos=pos[:0],
-                                    compute_dtype=dtype)
+        want, _ = attention_rows(
+            q.double(),
+            k.double(),
+            v.double(),
+            scale=scale,
+            q_start=q_start,
+            pattern=pat,
+            dense_pos=pos[:0],
+            compute_dtype=torch.float64,
+        )
+        want_dt, _ = attention_rows(
+            q, k, v, scale=scale, q_start=q_start, pattern=pat, dense_pos=pos[:0], compute_dtype=dtype
+        )
         compare(f"unit-sparse-{name}", out, want, want_dt)
     # scan apply: abg filter over repeated deltas, chunk starting inside a block
     gamma, q0, end = 16, 21, n - 7
@@ -282,8 +337,10 @@ def kernel_unit_checks(device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'check':28s} {'shape':22s} {'dtype':8s} {'err_kernel':>10s} {'err_ref':>10s} {'ratio':>6s}  ok"]
     for r in rows:
-        lines.append(f"{r['name']:28s} {r['shape']:22s} {r['dtype']:8s} {r['err_kernel']:10.2e} {r['err_ref']:10.2e} "
-                     f"{r['ratio']:6.2f}  {'PASS' if r['ok'] else 'FAIL'}")
+        lines.append(
+            f"{r['name']:28s} {r['shape']:22s} {r['dtype']:8s} {r['err_kernel']:10.2e} {r['err_ref']:10.2e} "
+            f"{r['ratio']:6.2f}  {'PASS' if r['ok'] else 'FAIL'}"
+        )
     return "\n".join(lines)
 
 
@@ -305,13 +362,25 @@ def _worker(args):
     try:
         return run_case(case, device)
     except Exception as exc:  # report, don't stop the other checks
-        return dict(name=case.name, shape="", dtype=case.dtype, err_kernel=float("nan"), err_ref=float("nan"),
-                    err_ref32=float("nan"), ratio=float("nan"), finite=False, ok=False, wall_s=0.0,
-                    error=f"{type(exc).__name__}: {exc}")
+        return dict(
+            name=case.name,
+            shape="",
+            dtype=case.dtype,
+            err_kernel=float("nan"),
+            err_ref=float("nan"),
+            err_ref32=float("nan"),
+            ratio=float("nan"),
+            finite=False,
+            ok=False,
+            wall_s=0.0,
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
 
-TINY_TILES = dict(dense=dict(BM=16, BN=16, num_warps=4, num_stages=2, USE_TMA=False),
-                  sparse=dict(BM=32, BN=16, num_warps=4, num_stages=2, USE_TMA=False))
+TINY_TILES = dict(
+    dense=dict(BM=16, BN=16, num_warps=4, num_stages=2, USE_TMA=False),
+    sparse=dict(BM=32, BN=16, num_warps=4, num_stages=2, USE_TMA=False),
+)
 
 
 def use_tiny_tiles() -> None:
@@ -339,9 +408,21 @@ def run_all(device="cuda", workers: int = 1, tiny: bool = False, names=None, con
         if not names or "unit" in names:
             rows += kernel_unit_checks(device, torch.float32 if tiny else torch.bfloat16, tiny=tiny)
     except Exception as exc:
-        rows.append(dict(name="unit-checks", shape="", dtype="", err_kernel=float("nan"), err_ref=float("nan"),
-                         err_ref32=float("nan"), ratio=float("nan"), finite=False, ok=False, wall_s=0.0,
-                         error=f"{type(exc).__name__}: {exc}"))
+        rows.append(
+            dict(
+                name="unit-checks",
+                shape="",
+                dtype="",
+                err_kernel=float("nan"),
+                err_ref=float("nan"),
+                err_ref32=float("nan"),
+                ratio=float("nan"),
+                finite=False,
+                ok=False,
+                wall_s=0.0,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        )
     return rows
 
 
@@ -350,14 +431,21 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "runs/check"), help="directory for logs and results")
     ap.add_argument("--workers", type=int, default=8, help="processes compiling/running checks in parallel")
     ap.add_argument("--skip-checks", action="store_true")
-    ap.add_argument("--tiny", action="store_true",
-                    help="tiny cases on CPU through Triton's interpreter (start with TRITON_INTERPRET=1 set)")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny cases on CPU through Triton's interpreter (start with TRITON_INTERPRET=1 set)",
+    )
     ap.add_argument("--cases", default="", help="comma-separated case names (and 'unit'); default all")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON line")
     ap.add_argument("--kernel-config", default="", help='JSON file {"dense": {...}, "sparse": {...}} of launch configs')
-    ap.add_argument("--tune", default="", metavar="N",
-                    help="first sweep the launch configs at this length and use the fastest (written to "
-                         "OUT/kernel_config.json) for the checks and the benchmark")
+    ap.add_argument(
+        "--tune",
+        default="",
+        metavar="N",
+        help="first sweep the launch configs at this length and use the fastest (written to "
+        "OUT/kernel_config.json) for the checks and the benchmark",
+    )
     ap.add_argument("--bench", nargs=argparse.REMAINDER, help="then run `bench layer` with these arguments")
     args = ap.parse_args(argv)
     names = [x for x in args.cases.split(",") if x] or None

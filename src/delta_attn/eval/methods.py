@@ -28,14 +28,23 @@ The spec string itself is the method's name in every output file and table.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 BASE_ALIASES = {"vs": "vertical_slash", "stream": "streaming", "str": "streaming"}
 MODES = ("dense", "sparse", "recompute", "delta")
 _OPT = re.compile(r"^(g|w|s|t|b|v|d|k)(\d+)$|^(repeat|linear)$|^(ema|abg)(\d*\.?\d*)$")
-_INT_FIELDS = {"g": "gamma", "w": "window", "s": "sink", "t": "tail", "b": "block_size", "v": "vertical_size",
-               "d": "slash_size", "k": "topk_blocks"}
+_INT_FIELDS = {
+    "g": "gamma",
+    "w": "window",
+    "s": "sink",
+    "t": "tail",
+    "b": "block_size",
+    "v": "vertical_size",
+    "d": "slash_size",
+    "k": "topk_blocks",
+}
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,12 @@ class Method:
             return f"{base_s}, sparse only"
         if c.mode == "dense":
             return "dense attention (through delta_attention)"
-        interp = "" if c.interp == "repeat" else f", interp={c.interp}" + (
-            f" β={c.ema_beta}" if c.interp == "ema" else f" α={c.abg_alpha}" if c.interp == "abg" else "")
+        interp = (
+            ""
+            if c.interp == "repeat"
+            else f", interp={c.interp}"
+            + (f" β={c.ema_beta}" if c.interp == "ema" else f" α={c.abg_alpha}" if c.interp == "abg" else "")
+        )
         extra = " (non-causal)" if not c.is_causal else ""
         return f"{base_s} + {c.mode} γ={c.gamma}{interp}{extra}"
 
@@ -95,7 +108,7 @@ def _base_name(part: str) -> tuple[str | None, str]:
     names = sorted(set(available_sparse_methods()) | set(BASE_ALIASES), key=len, reverse=True)
     for n in names:
         if part == n or part.startswith(n + "_"):
-            return BASE_ALIASES.get(n, n), part[len(n):]
+            return BASE_ALIASES.get(n, n), part[len(n) :]
     return None, part
 
 
@@ -134,7 +147,7 @@ def parse_method(spec: str, defaults: dict | None = None) -> Method:
         mode_part = spec
     mode = next((m for m in MODES if mode_part == m or mode_part.startswith(m + "_")), None)
     if mode is not None:
-        _apply_opts(mode_part[len(mode):], fields, spec)
+        _apply_opts(mode_part[len(mode) :], fields, spec)
     else:
         if "+" in spec:
             raise ValueError(f"method {spec!r}: unknown mode in {mode_part!r}; choose from {MODES}")
@@ -165,9 +178,16 @@ def parse_methods(specs: str | Sequence[str], defaults: dict | None = None) -> l
 
 def defaults_from_args(args) -> dict:
     """DeltaConfig defaults from the common CLI options (``--base --window --sink --gamma ...``)."""
-    d = {"sparse": args.base, "window": args.window, "sink": args.sink, "gamma": args.gamma,
-         "block_size": args.block_size, "vertical_size": args.vertical_size, "slash_size": args.slash_size,
-         "backend": args.backend}
+    d = {
+        "sparse": args.base,
+        "window": args.window,
+        "sink": args.sink,
+        "gamma": args.gamma,
+        "block_size": args.block_size,
+        "vertical_size": args.vertical_size,
+        "slash_size": args.slash_size,
+        "backend": args.backend,
+    }
     if getattr(args, "tail", None) is not None:
         d["tail"] = args.tail
     return d

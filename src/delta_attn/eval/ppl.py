@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -33,8 +33,9 @@ def bucket_edges(length: int, edges: Sequence[int] = DEFAULT_EDGES) -> list[int]
     return out + [length]
 
 
-def ppl_documents(tokenizer, length: int, num_docs: int, texts_dir=None,
-                  books: Sequence[str] = corpus.PPL_BOOKS) -> list[tuple[str, list[int]]]:
+def ppl_documents(
+    tokenizer, length: int, num_docs: int, texts_dir=None, books: Sequence[str] = corpus.PPL_BOOKS
+) -> list[tuple[str, list[int]]]:
     """``num_docs`` windows of exactly ``length`` tokens: (name, ids)."""
     texts_dir = corpus.resolve_texts_dir(texts_dir)
     out: list[tuple[str, list[int]]] = []
@@ -59,8 +60,9 @@ def ppl_documents(tokenizer, length: int, num_docs: int, texts_dir=None,
 
 
 @torch.inference_mode()
-def nll_by_position(model, ids: torch.Tensor, edges: Sequence[int],
-                    slice_len: int = 1024) -> tuple[list[list[float]], list[int]]:
+def nll_by_position(
+    model, ids: torch.Tensor, edges: Sequence[int], slice_len: int = 1024
+) -> tuple[list[list[float]], list[int]]:
     """Summed next-token NLL per position range for each sequence of ``ids`` (B, N)."""
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     hidden = base(input_ids=ids, use_cache=False).last_hidden_state  # (B, N, H)
@@ -69,8 +71,9 @@ def nll_by_position(model, ids: torch.Tensor, edges: Sequence[int],
     for s in range(0, n - 1, slice_len):
         e = min(n - 1, s + slice_len)
         logits = model.lm_head(hidden[:, s:e]).float()
-        nll[:, s:e] = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, s + 1 : e + 1],
-                                                        reduction="none").double()
+        nll[:, s:e] = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), ids[:, s + 1 : e + 1], reduction="none"
+        ).double()
     # nll[:, p] predicts token p + 1: bucket by the predicted token's position
     sums, counts = [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
@@ -81,9 +84,20 @@ def nll_by_position(model, ids: torch.Tensor, edges: Sequence[int],
     return per_seq, counts
 
 
-def run_ppl(model, docs: Sequence[tuple[str, list[int]]], methods: Sequence[Method], writer: JsonlWriter, *,
-            length: int, batch_size: int, done: set, run_id: str, progress: bool = True,
-            log: Callable[[str], None] = print, deadline=None) -> int:
+def run_ppl(
+    model,
+    docs: Sequence[tuple[str, list[int]]],
+    methods: Sequence[Method],
+    writer: JsonlWriter,
+    *,
+    length: int,
+    batch_size: int,
+    done: set,
+    run_id: str,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    deadline=None,
+) -> int:
     """Evaluate every (document, method) not in ``done`` at ``length``; returns records written."""
     import delta_attn
 
@@ -124,10 +138,21 @@ def run_ppl(model, docs: Sequence[tuple[str, list[int]]], methods: Sequence[Meth
                         log(f"out of memory: ppl {m.name}@{length} continues with batch {bs}")
                         continue
                     wall = time.perf_counter() - t0
-                    recs = [{"record": "ppl", "doc": name, "length": length, "method": m.name, "causal": m.causal,
-                             "edges": edges, "nll_sum": [round(x, 4) for x in s], "tokens": counts, "run_id": run_id,
-                             "batch": {"size": len(chunk), "wall_s": round(wall, 4)}}
-                            for (name, _), s in zip(chunk, sums)]
+                    recs = [
+                        {
+                            "record": "ppl",
+                            "doc": name,
+                            "length": length,
+                            "method": m.name,
+                            "causal": m.causal,
+                            "edges": edges,
+                            "nll_sum": [round(x, 4) for x in s],
+                            "tokens": counts,
+                            "run_id": run_id,
+                            "batch": {"size": len(chunk), "wall_s": round(wall, 4)},
+                        }
+                        for (name, _), s in zip(chunk, sums)
+                    ]
                     writer.write(recs)
                     written += len(recs)
                     i += len(chunk)

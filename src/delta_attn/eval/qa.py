@@ -24,41 +24,241 @@ from dataclasses import dataclass, field
 
 # Names are compounds of ordinary English words ("Oakford", "Ada Millward"): easy to tokenize and
 # match, yet random combinations, so no answer can come from world knowledge.
-_NAME_PARTS = ["Oak", "Ash", "Elm", "Stone", "Mill", "Bright", "Green", "Red", "Black", "White", "Cold", "Fair",
-               "North", "South", "East", "West", "King", "Bridge", "Wolf", "Fox", "Hawk", "Deer", "Salt", "Iron",
-               "Rose", "Thorn", "Maple", "Birch", "Willow", "Cedar", "Pine", "Hazel", "Briar", "Moss", "Fern",
-               "Clay", "Sand", "Rock", "Glen", "Hill", "Marsh", "Long", "High", "Low", "Swan", "Crow", "Bell",
-               "Wheat", "Barley", "Apple", "Cherry", "Frost", "Storm", "Rain", "Sun", "Moon", "Star", "Gold",
-               "Silver", "Copper", "Amber", "Lark", "Heath", "Bram", "Dun", "Gar", "Wyn", "Hart"]
-_TOWN_SUFFIXES = ["ford", "bridge", "field", "wick", "ton", "bury", "dale", "holt", "mere", "stead", "haven",
-                  "moor", "worth", "ley", "by", "thorpe", "port", "gate", "well", "wood"]
+_NAME_PARTS = [
+    "Oak",
+    "Ash",
+    "Elm",
+    "Stone",
+    "Mill",
+    "Bright",
+    "Green",
+    "Red",
+    "Black",
+    "White",
+    "Cold",
+    "Fair",
+    "North",
+    "South",
+    "East",
+    "West",
+    "King",
+    "Bridge",
+    "Wolf",
+    "Fox",
+    "Hawk",
+    "Deer",
+    "Salt",
+    "Iron",
+    "Rose",
+    "Thorn",
+    "Maple",
+    "Birch",
+    "Willow",
+    "Cedar",
+    "Pine",
+    "Hazel",
+    "Briar",
+    "Moss",
+    "Fern",
+    "Clay",
+    "Sand",
+    "Rock",
+    "Glen",
+    "Hill",
+    "Marsh",
+    "Long",
+    "High",
+    "Low",
+    "Swan",
+    "Crow",
+    "Bell",
+    "Wheat",
+    "Barley",
+    "Apple",
+    "Cherry",
+    "Frost",
+    "Storm",
+    "Rain",
+    "Sun",
+    "Moon",
+    "Star",
+    "Gold",
+    "Silver",
+    "Copper",
+    "Amber",
+    "Lark",
+    "Heath",
+    "Bram",
+    "Dun",
+    "Gar",
+    "Wyn",
+    "Hart",
+]
+_TOWN_SUFFIXES = [
+    "ford",
+    "bridge",
+    "field",
+    "wick",
+    "ton",
+    "bury",
+    "dale",
+    "holt",
+    "mere",
+    "stead",
+    "haven",
+    "moor",
+    "worth",
+    "ley",
+    "by",
+    "thorpe",
+    "port",
+    "gate",
+    "well",
+    "wood",
+]
 _SURNAME_SUFFIXES = ["er", "ley", "ton", "wood", "well", "more", "by", "son", "ford", "ward", "croft", "man", "combe"]
 _RIVER_SUFFIXES = ["water", "brook", "run", "flow", "burn"]
 _FIRST_NAMES = [
-    "Ada", "Alma", "Anton", "Basil", "Bertha", "Clara", "Cyril", "Dora", "Edgar", "Edith", "Elias", "Elsa",
-    "Felix", "Flora", "Gideon", "Greta", "Hugo", "Ida", "Isaac", "Jonas", "Juno", "Konrad", "Lena", "Lionel",
-    "Mabel", "Magnus", "Nora", "Oscar", "Otto", "Petra", "Quentin", "Rosa", "Rufus", "Selma", "Silas",
-    "Tilda", "Tobias", "Ursula", "Viktor", "Wanda", "Walter", "Yara", "Zelda", "Oswin", "Maren", "Leopold",
+    "Ada",
+    "Alma",
+    "Anton",
+    "Basil",
+    "Bertha",
+    "Clara",
+    "Cyril",
+    "Dora",
+    "Edgar",
+    "Edith",
+    "Elias",
+    "Elsa",
+    "Felix",
+    "Flora",
+    "Gideon",
+    "Greta",
+    "Hugo",
+    "Ida",
+    "Isaac",
+    "Jonas",
+    "Juno",
+    "Konrad",
+    "Lena",
+    "Lionel",
+    "Mabel",
+    "Magnus",
+    "Nora",
+    "Oscar",
+    "Otto",
+    "Petra",
+    "Quentin",
+    "Rosa",
+    "Rufus",
+    "Selma",
+    "Silas",
+    "Tilda",
+    "Tobias",
+    "Ursula",
+    "Viktor",
+    "Wanda",
+    "Walter",
+    "Yara",
+    "Zelda",
+    "Oswin",
+    "Maren",
+    "Leopold",
 ]
 _KINDS = ["town", "village", "market town", "harbour town", "mining town", "river town"]
 _SIZES = ["small", "quiet", "busy", "prosperous", "remote", "old"]
 _SEASONS = ["spring", "summer", "autumn", "winter"]
-_OBJECTS = ["Lantern", "Heron", "Anchor", "Bell", "Crown", "Key", "Compass", "Kettle", "Drum", "Feather", "Wheel",
-            "Harp", "Arrow", "Candle", "Shield", "Barrel", "Ladder", "Ribbon", "Mirror", "Acorn"]
+_OBJECTS = [
+    "Lantern",
+    "Heron",
+    "Anchor",
+    "Bell",
+    "Crown",
+    "Key",
+    "Compass",
+    "Kettle",
+    "Drum",
+    "Feather",
+    "Wheel",
+    "Harp",
+    "Arrow",
+    "Candle",
+    "Shield",
+    "Barrel",
+    "Ladder",
+    "Ribbon",
+    "Mirror",
+    "Acorn",
+]
 _ANIMALS = ["Fox", "Otter", "Badger", "Raven", "Falcon", "Stag", "Hare", "Owl", "Boar", "Heron", "Wolf", "Swan"]
 _STRUCTURES = ["Tower", "Bridge", "Gate", "Chapel", "Lighthouse", "Clock", "Windmill", "Fountain", "Arch"]
-_FESTIVALS = ["Lantern", "Kite", "Harvest", "Ribbon", "Candle", "Bonfire", "Lily", "Honey", "Drum", "Mask",
-              "Salmon", "Chestnut", "Fiddle", "Snowdrop", "Pumpkin", "Feather"]
-_PROFESSIONS = ["cartographer", "botanist", "engineer", "composer", "physician", "astronomer", "painter",
-                "architect", "chemist", "historian", "sculptor", "mathematician", "poet", "surveyor"]
-_SUBJECTS = ["geology", "astronomy", "medicine", "law", "music", "botany", "mathematics", "chemistry",
-             "architecture", "philosophy", "navigation", "optics", "metallurgy", "languages"]
+_FESTIVALS = [
+    "Lantern",
+    "Kite",
+    "Harvest",
+    "Ribbon",
+    "Candle",
+    "Bonfire",
+    "Lily",
+    "Honey",
+    "Drum",
+    "Mask",
+    "Salmon",
+    "Chestnut",
+    "Fiddle",
+    "Snowdrop",
+    "Pumpkin",
+    "Feather",
+]
+_PROFESSIONS = [
+    "cartographer",
+    "botanist",
+    "engineer",
+    "composer",
+    "physician",
+    "astronomer",
+    "painter",
+    "architect",
+    "chemist",
+    "historian",
+    "sculptor",
+    "mathematician",
+    "poet",
+    "surveyor",
+]
+_SUBJECTS = [
+    "geology",
+    "astronomy",
+    "medicine",
+    "law",
+    "music",
+    "botany",
+    "mathematics",
+    "chemistry",
+    "architecture",
+    "philosophy",
+    "navigation",
+    "optics",
+    "metallurgy",
+    "languages",
+]
 _INSTITUTION_KINDS = ["Academy", "College", "University", "Institute", "Seminary"]
 _PETS = ["parrot", "hound", "cat", "horse", "tortoise", "goat", "raven", "pony"]
 _SHIP_TYPES = ["schooner", "brigantine", "clipper", "merchant ship", "whaler", "steamer"]
 _CARGOES = ["tea", "timber", "wool", "salt", "spices", "coal", "grain", "wine", "copper ore", "silk"]
-_CRAFTS = ["weavers", "glassmakers", "clockmakers", "bell founders", "rope makers", "potters", "bookbinders",
-           "silversmiths", "masons", "dyers"]
+_CRAFTS = [
+    "weavers",
+    "glassmakers",
+    "clockmakers",
+    "bell founders",
+    "rope makers",
+    "potters",
+    "bookbinders",
+    "silversmiths",
+    "masons",
+    "dyers",
+]
 _BEASTS = ["goat", "eagle", "marmot", "lynx", "ibex", "snow hare", "vulture", "bear"]
 
 
@@ -115,9 +315,11 @@ def town(w: _World, name: str | None = None, founder: str | None = None) -> Doc:
     river = w.unique(lambda: _compound(r, _RIVER_SUFFIXES))
     landmark = w.title(_OBJECTS, _STRUCTURES)
     festival = w.title(_NAME_PARTS, _FESTIVALS)
-    text = (f"{name} is {_a(size)} {kind} in the valley of {region}. It was founded by {founder}. The {kind} lies "
-            f"on the bank of the {river} River, and its best-known landmark is the {landmark}. Every {season} "
-            f"{name} holds the {festival} Festival.")
+    text = (
+        f"{name} is {_a(size)} {kind} in the valley of {region}. It was founded by {founder}. The {kind} lies "
+        f"on the bank of the {river} River, and its best-known landmark is the {landmark}. Every {season} "
+        f"{name} holds the {festival} Festival."
+    )
     facts = {
         "founder": (f"Who founded {name}?", [founder]),
         "river": (f"On which river does {name} lie?", [f"{river} River", river]),
@@ -137,8 +339,10 @@ def person(w: _World, name: str | None = None, birthplace: str | None = None) ->
     inst = w.unique(lambda: f"{_compound(r, _TOWN_SUFFIXES)} {r.choice(_INSTITUTION_KINDS)}")
     settled = w.town_name()
     pet_name = w.unique(lambda: r.choice(_NAME_PARTS) + r.choice(["y", "ie", "o", "kin", "let"]))
-    text = (f"{name} was {_a(prof)} born in {birthplace}. {pron.capitalize()} studied {subject} at the {inst} and "
-            f"later settled in {settled}. In old age {pron} kept {_a(pet)} named {pet_name}.")
+    text = (
+        f"{name} was {_a(prof)} born in {birthplace}. {pron.capitalize()} studied {subject} at the {inst} and "
+        f"later settled in {settled}. In old age {pron} kept {_a(pet)} named {pet_name}."
+    )
     facts = {
         "birthplace": (f"Where was {name} born?", [birthplace]),
         "institution": (f"Where did {name} study {subject}?", [inst]),
@@ -150,14 +354,31 @@ def person(w: _World, name: str | None = None, birthplace: str | None = None) ->
 
 def ship(w: _World, captain: str | None = None) -> Doc:
     r = w.rng
-    name = w.title(["Silver", "Golden", "Swift", "Northern", "Brave", "Crimson", "Morning", "Evening", "Wandering",
-                    "Lucky", "Iron", "Quiet"], _ANIMALS + _OBJECTS)
+    name = w.title(
+        [
+            "Silver",
+            "Golden",
+            "Swift",
+            "Northern",
+            "Brave",
+            "Crimson",
+            "Morning",
+            "Evening",
+            "Wandering",
+            "Lucky",
+            "Iron",
+            "Quiet",
+        ],
+        _ANIMALS + _OBJECTS,
+    )
     captain = captain or w.person_name()
     yard = w.town_name()
     reef = w.unique(lambda: _compound(r, ["rock", "reef", "shoal", "bank"]))
     typ, cargo = r.choice(_SHIP_TYPES), r.choice(_CARGOES)
-    text = (f"The {name} was {_a(typ)} built in the shipyards of {yard}. Her first captain was {captain}. For many "
-            f"years she carried {cargo} along the coast, until she was wrecked on the {reef} reef.")
+    text = (
+        f"The {name} was {_a(typ)} built in the shipyards of {yard}. Her first captain was {captain}. For many "
+        f"years she carried {cargo} along the coast, until she was wrecked on the {reef} reef."
+    )
     facts = {
         "captain": (f"Who was the first captain of the {name}?", [captain]),
         "yard": (f"Where was the {name} built?", [yard]),
@@ -173,8 +394,10 @@ def mountain(w: _World, climber: str | None = None) -> Doc:
     range_ = w.unique(lambda: _compound(r, ["ridge", "range", "heights"]))
     pass_ = w.unique(lambda: _compound(r, ["gap", "pass", "col", "neck"]))
     beast = r.choice(_BEASTS)
-    text = (f"{name} rises in the {range_} mountains. It was first climbed by {climber}. The {pass_} crosses its "
-            f"northern ridge, and {_a(beast)} is often seen on its slopes.")
+    text = (
+        f"{name} rises in the {range_} mountains. It was first climbed by {climber}. The {pass_} crosses its "
+        f"northern ridge, and {_a(beast)} is often seen on its slopes."
+    )
     facts = {
         "climber": (f"Who first climbed {name}?", [climber]),
         "range": (f"In which mountains does {name} rise?", [range_]),
@@ -190,8 +413,10 @@ def guild(w: _World, master: str | None = None) -> Doc:
     master = master or w.person_name()
     hall = w.town_name()
     inn = "the " + w.title(_ANIMALS, _OBJECTS)
-    text = (f"The {name} is an old guild of {craft} with its hall in {hall}. Its first master was {master}. Every "
-            f"year its members meet at the inn called {inn}.")
+    text = (
+        f"The {name} is an old guild of {craft} with its hall in {hall}. Its first master was {master}. Every "
+        f"year its members meet at the inn called {inn}."
+    )
     facts = {
         "master": (f"Who was the first master of the {name}?", [master]),
         "hall": (f"Where does the {name} have its hall?", [hall]),
@@ -202,8 +427,12 @@ def guild(w: _World, master: str | None = None) -> Doc:
 
 _KINDS_OF_DOC = (town, person, ship, mountain, guild)
 #: the link attribute of each kind that names a person (for two-hop questions)
-_PERSON_LINKS = {town: ("founder", "the founder of {e}"), ship: ("captain", "the first captain of the {e}"),
-                 mountain: ("climber", "the first person to climb {e}"), guild: ("master", "the first master of the {e}")}
+_PERSON_LINKS = {
+    town: ("founder", "the founder of {e}"),
+    ship: ("captain", "the first captain of the {e}"),
+    mountain: ("climber", "the first person to climb {e}"),
+    guild: ("master", "the first master of the {e}"),
+}
 
 
 @dataclass
@@ -249,8 +478,12 @@ def _two_hop(w: _World) -> QAItem:
         first = make(w, **{attr_link: p.entity})
         attr = r.choice(sorted(p.facts))
         who = phrase.format(e=first.entity)
-        q = {"birthplace": f"Where was {who} born?", "institution": f"At which institution did {who} study?",
-             "settled": f"Where did {who} settle?", "pet_name": f"What was the name of the pet kept by {who}?"}[attr]
+        q = {
+            "birthplace": f"Where was {who} born?",
+            "institution": f"At which institution did {who} study?",
+            "settled": f"Where did {who} settle?",
+            "pet_name": f"What was the name of the pet kept by {who}?",
+        }[attr]
         a = p.facts[attr][1]
         gold, kind = [first.text, p.text], f"two_hop:{first.kind}.{attr_link}->person.{attr}"
     else:  # person -> birthplace (a town) -> town's attribute
@@ -258,8 +491,12 @@ def _two_hop(w: _World) -> QAItem:
         p = person(w, birthplace=t.entity)
         attr = r.choice(["founder", "river", "landmark", "region"])
         where = f"the town where {p.entity} was born"
-        q = {"founder": f"Who founded {where}?", "river": f"On which river lies {where}?",
-             "landmark": f"What is the best-known landmark of {where}?", "region": f"In which valley is {where}?"}[attr]
+        q = {
+            "founder": f"Who founded {where}?",
+            "river": f"On which river lies {where}?",
+            "landmark": f"What is the best-known landmark of {where}?",
+            "region": f"In which valley is {where}?",
+        }[attr]
         a = t.facts[attr][1]
         gold, kind = [t.text, p.text], f"two_hop:person.birthplace->town.{attr}"
     r.shuffle(gold)

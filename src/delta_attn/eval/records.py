@@ -16,14 +16,14 @@ interrupted or time-limited run continues where it stopped.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import gzip
+import json
 import os
 import platform
 import sys
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 
 def open_text(path: Path):
@@ -119,13 +119,17 @@ def run_info(args=None, model=None, extra: dict | None = None) -> dict:
         info["model"] = getattr(model.config, "name_or_path", "") or type(model).__name__
         info["model_layers"] = getattr(model.config, "num_hidden_layers", None)
     if args is not None:
+
         def plain(v):
             if isinstance(v, (list, tuple)):
                 return [plain(x) for x in v]
             return str(v) if isinstance(v, Path) else v
 
-        info["options"] = {k: plain(v) for k, v in vars(args).items()
-                           if k != "func" and isinstance(v, (str, int, float, bool, list, tuple, type(None), Path))}
+        info["options"] = {
+            k: plain(v)
+            for k, v in vars(args).items()
+            if k != "func" and isinstance(v, (str, int, float, bool, list, tuple, type(None), Path))
+        }
     if extra:
         info.update(extra)
     return info

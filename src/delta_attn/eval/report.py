@@ -12,9 +12,9 @@ import math
 import os
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from .ruler import DISPLAY_NAMES, QA_TASKS, TASK_NAMES
 
@@ -45,8 +45,21 @@ def _order(methods: Iterable[str], preferred: Sequence[str]) -> list[str]:
     return [m for m in preferred if m in ms] + sorted(m for m in ms if m not in preferred)
 
 
-PREFERRED = ["dense", "sparse", "recompute", "delta", "delta_g16", "delta_g32", "delta_g128", "block", "block+delta",
-             "vertical_slash", "vertical_slash+delta", "vs", "vs+delta"]
+PREFERRED = [
+    "dense",
+    "sparse",
+    "recompute",
+    "delta",
+    "delta_g16",
+    "delta_g32",
+    "delta_g128",
+    "block",
+    "block+delta",
+    "vertical_slash",
+    "vertical_slash+delta",
+    "vs",
+    "vs+delta",
+]
 
 
 @dataclass
@@ -115,6 +128,7 @@ def load_ruler(paths: Sequence[str | Path]) -> RulerData:
 # ---------------------------------------------------------------------------------------------
 # RULER tables
 
+
 def average_table(d: RulerData, methods: Sequence[str] | None = None, dense: str = "dense") -> str:
     methods = list(methods or d.methods)
     head = "| method | " + " | ".join(_len_name(L) for L in d.lengths) + " | avg |"
@@ -127,15 +141,19 @@ def average_table(d: RulerData, methods: Sequence[str] | None = None, dense: str
             base = d.avg(L, dense)
             pct = f" ({100 * v / base:.0f}%)" if v is not None and base and m != dense else ""
             cells.append(_fmt(v) + pct)
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {_fmt(statistics.fmean(ok)) if len(ok) == len(vals) else '–'} |")
+        lines.append(
+            f"| {m} | " + " | ".join(cells) + f" | {_fmt(statistics.fmean(ok)) if len(ok) == len(vals) else '–'} |"
+        )
     return "\n".join(lines) + "\n\n(task-averaged score × 100; in brackets: % of dense at that length)\n"
 
 
 def task_table(d: RulerData, length: int, methods: Sequence[str] | None = None) -> str:
     methods = list(methods or d.methods)
     tasks = d.tasks
-    lines = ["| method | " + " | ".join(DISPLAY_NAMES.get(t, t) for t in tasks) + " | avg | non-QA | QA |",
-             "|" + "---|" * (len(tasks) + 4)]
+    lines = [
+        "| method | " + " | ".join(DISPLAY_NAMES.get(t, t) for t in tasks) + " | avg | non-QA | QA |",
+        "|" + "---|" * (len(tasks) + 4),
+    ]
     non_qa = [t for t in tasks if t not in QA_TASKS]
     qa = [t for t in tasks if t in QA_TASKS]
     for m in methods:
@@ -148,24 +166,37 @@ def task_table(d: RulerData, length: int, methods: Sequence[str] | None = None) 
 
 
 def default_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
-    cand = [("delta", "sparse"), ("delta", "recompute"), ("delta_g16", "sparse"), ("delta_g16", "delta"),
-            ("recompute", "sparse"), ("block+delta", "block"), ("vertical_slash+delta", "vertical_slash"),
-            ("vs+delta", "vs")]
+    cand = [
+        ("delta", "sparse"),
+        ("delta", "recompute"),
+        ("delta_g16", "sparse"),
+        ("delta_g16", "delta"),
+        ("recompute", "sparse"),
+        ("block+delta", "block"),
+        ("vertical_slash+delta", "vertical_slash"),
+        ("vs+delta", "vs"),
+    ]
     return [(a, b) for a, b in cand if a in methods and b in methods]
 
 
-def significance_table(d: RulerData, pairs: Sequence[tuple[str, str]], *, n_resamples: int = 9999, seed: int = 0,
-                       per_task: bool = False) -> str:
+def significance_table(
+    d: RulerData, pairs: Sequence[tuple[str, str]], *, n_resamples: int = 9999, seed: int = 0, per_task: bool = False
+) -> str:
     """One-sided paired permutation tests (H1: A > B), pooled over non-QA / QA / all tasks, per length."""
     from .stats import paired_permutation_test
 
     tasks = d.tasks
-    groups = [("non-QA", [t for t in tasks if t not in QA_TASKS]), ("QA", [t for t in tasks if t in QA_TASKS]),
-              ("all", tasks)]
+    groups = [
+        ("non-QA", [t for t in tasks if t not in QA_TASKS]),
+        ("QA", [t for t in tasks if t in QA_TASKS]),
+        ("all", tasks),
+    ]
     if per_task:
         groups += [(DISPLAY_NAMES.get(t, t), [t]) for t in tasks]
-    lines = ["| A > B | tasks | " + " | ".join(_len_name(L) for L in d.lengths) + " |",
-             "|" + "---|" * (len(d.lengths) + 2)]
+    lines = [
+        "| A > B | tasks | " + " | ".join(_len_name(L) for L in d.lengths) + " |",
+        "|" + "---|" * (len(d.lengths) + 2),
+    ]
     for a, b in pairs:
         for gname, gtasks in groups:
             if not gtasks:
@@ -179,12 +210,22 @@ def significance_table(d: RulerData, pairs: Sequence[tuple[str, str]], *, n_resa
                 r = paired_permutation_test(xa, xb, n_resamples=n_resamples, seed=seed)
                 cells.append(f"{100 * r.diff:+.1f} (p {_p(r.p_value)}, n {r.n})")
             lines.append(f"| {a} > {b} | {gname} | " + " | ".join(cells) + " |")
-    return ("\n".join(lines) + f"\n\n(mean paired difference in points; one-sided paired permutation test, "
-            f"{n_resamples} resamples, p < {ALPHA} in bold)\n")
+    return (
+        "\n".join(lines) + f"\n\n(mean paired difference in points; one-sided paired permutation test, "
+        f"{n_resamples} resamples, p < {ALPHA} in bold)\n"
+    )
 
 
-def targets_table(d: RulerData, *, delta: str = "delta", sparse: str = "sparse", recompute: str = "recompute",
-                  dense: str = "dense", length: int | None = None, n_resamples: int = 9999) -> str:
+def targets_table(
+    d: RulerData,
+    *,
+    delta: str = "delta",
+    sparse: str = "sparse",
+    recompute: str = "recompute",
+    dense: str = "dense",
+    length: int | None = None,
+    n_resamples: int = 9999,
+) -> str:
     from .stats import paired_permutation_test
 
     if not d.lengths:
@@ -197,9 +238,11 @@ def targets_table(d: RulerData, *, delta: str = "delta", sparse: str = "sparse",
         return "–" if ok is None else ("**met**" if ok else "**missed**")
 
     frac = av[delta] / av[dense] if av[delta] is not None and av[dense] else None
-    rows.append(f"| {delta} recovers ≥ {TARGET_FRACTION:.0%} of {dense}'s average | "
-                f"{_fmt(av[delta])} / {_fmt(av[dense])} = {_fmt(None if frac is None else 100 * frac)}% | "
-                f"{verdict(None if frac is None else frac >= TARGET_FRACTION)} |")
+    rows.append(
+        f"| {delta} recovers ≥ {TARGET_FRACTION:.0%} of {dense}'s average | "
+        f"{_fmt(av[delta])} / {_fmt(av[dense])} = {_fmt(None if frac is None else 100 * frac)}% | "
+        f"{verdict(None if frac is None else frac >= TARGET_FRACTION)} |"
+    )
     for other, need_gain in ((sparse, TARGET_GAIN), (recompute, 0.0)):
         xa, xb = d.paired(L, delta, other, d.tasks)
         if xa and av[delta] is not None and av[other] is not None:
@@ -207,8 +250,10 @@ def targets_table(d: RulerData, *, delta: str = "delta", sparse: str = "sparse",
             gain = av[delta] - av[other]
             ok = gain >= need_gain and r.p_value < ALPHA and (need_gain > 0 or gain > 0)
             want = f"≥ +{need_gain:.0f} pt, " if need_gain else ""
-            rows.append(f"| {delta} − {other} ({want}p < {ALPHA}, all tasks pooled) | {gain:+.1f} pt, "
-                        f"p {_p(r.p_value)} (n {r.n}) | {verdict(ok)} |")
+            rows.append(
+                f"| {delta} − {other} ({want}p < {ALPHA}, all tasks pooled) | {gain:+.1f} pt, "
+                f"p {_p(r.p_value)} (n {r.n}) | {verdict(ok)} |"
+            )
         else:
             rows.append(f"| {delta} − {other} | – | – |")
     return "\n".join(rows) + "\n"
@@ -222,9 +267,15 @@ def methods_legend(d_methods: Sequence[str], runs: Sequence[dict]) -> str:
     for r in runs:
         o = r.get("options", {})
         if "base" in o:
-            defaults = {"sparse": o["base"], "window": o["window"], "sink": o["sink"], "gamma": o["gamma"],
-                        "block_size": o["block_size"], "vertical_size": o["vertical_size"],
-                        "slash_size": o["slash_size"]}
+            defaults = {
+                "sparse": o["base"],
+                "window": o["window"],
+                "sink": o["sink"],
+                "gamma": o["gamma"],
+                "block_size": o["block_size"],
+                "vertical_size": o["vertical_size"],
+                "slash_size": o["slash_size"],
+            }
     lines = []
     for m in d_methods:
         try:
@@ -236,6 +287,7 @@ def methods_legend(d_methods: Sequence[str], runs: Sequence[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # perplexity
+
 
 def ppl_table(records: Sequence[dict]) -> str:
     recs = [r for r in records if r.get("record") == "ppl"]
@@ -267,7 +319,9 @@ def ppl_table(records: Sequence[dict]) -> str:
             name = m if causal else f"{m} ⚠ non-causal (sees later tokens; not a valid LM score)"
             out.append(f"| {name} | " + " | ".join(cells) + f" | {tot} |")
         out.append("")
-    return "\n".join(out) + "\n(perplexity = exp(mean next-token NLL) over the tokens whose position falls in the range)\n"
+    return (
+        "\n".join(out) + "\n(perplexity = exp(mean next-token NLL) over the tokens whose position falls in the range)\n"
+    )
 
 
 def ppl_by_method(records: Sequence[dict], length: int) -> dict:
@@ -289,39 +343,52 @@ def ppl_by_method(records: Sequence[dict], length: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # analysis
 
+
 def analysis_markdown(an: dict) -> str:
     if not an:
         return "_pending: no analysis results yet._\n"
     out = []
     meta = an.get("meta", {})
-    out.append(f"Prompts: {meta.get('samples', '?')} × `{meta.get('task', '?')}` at {meta.get('prompt_tokens', '?')} "
-               f"tokens; sparse base of Δ: {str(meta.get('base', '?')).replace(', sparse only', '')}.\n")
+    out.append(
+        f"Prompts: {meta.get('samples', '?')} × `{meta.get('task', '?')}` at {meta.get('prompt_tokens', '?')} "
+        f"tokens; sparse base of Δ: {str(meta.get('base', '?')).replace(', sparse only', '')}.\n"
+    )
     ds = an.get("delta_similarity")
     if ds:
         gs = ds["gammas"]
-        out.append("**Cosine similarity inside γ-blocks** (anchor row vs the other rows of its block, mean over "
-                   "layers, heads, rows; paper: queries 0.958 at γ=2 … 0.749 at γ=64):\n")
+        out.append(
+            "**Cosine similarity inside γ-blocks** (anchor row vs the other rows of its block, mean over "
+            "layers, heads, rows; paper: queries 0.958 at γ=2 … 0.749 at γ=64):\n"
+        )
         out.append("| | " + " | ".join(f"γ={g}" for g in gs) + " |")
         out.append("|" + "---|" * (len(gs) + 1))
         out.append("| Δ (delta) | " + " | ".join(_fmt(x, 3) for x in ds["delta_cos_mean"]) + " |")
         out.append("| query | " + " | ".join(_fmt(x, 3) for x in ds["query_cos_mean"]) + " |")
         if ds.get("cross_cos_mean") is not None:
-            out.append(f"\nΔ of two different prompts at the same positions: cosine {_fmt(ds['cross_cos_mean'], 3)} "
-                       "(paper ≈ 0.14: the correction is input-specific).\n")
+            out.append(
+                f"\nΔ of two different prompts at the same positions: cosine {_fmt(ds['cross_cos_mean'], 3)} "
+                "(paper ≈ 0.14: the correction is input-specific).\n"
+            )
     dr = an.get("drift")
     if dr:
-        out.append("\n**Whole-model runs vs dense** (per-layer mean; output cosine over rows past sink+window; "
-                   "Spearman ρ of the last prompt position's attention row over all keys):\n")
+        out.append(
+            "\n**Whole-model runs vs dense** (per-layer mean; output cosine over rows past sink+window; "
+            "Spearman ρ of the last prompt position's attention row over all keys):\n"
+        )
         out.append("| method | out cos (first / mid / last layer, mean) | last-row ρ (first / mid / last, mean) |")
         out.append("|---|---|---|")
         for m, r in dr.items():
+
             def fmm(v):
                 return f"{v[0]:.3f} / {v[len(v) // 2]:.3f} / {v[-1]:.3f}, {statistics.fmean(v):.3f}"
+
             out.append(f"| {m} | {fmm(r['out_cos'])} | {fmm(r['spearman'])} |")
     sw = an.get("sweep")
     if sw:
-        out.append("\n**One layer at a time on the dense run's q/k/v** (mean over layers; cosine and relative L2 "
-                   "error of the attention output vs dense):\n")
+        out.append(
+            "\n**One layer at a time on the dense run's q/k/v** (mean over layers; cosine and relative L2 "
+            "error of the attention output vs dense):\n"
+        )
         out.append("| config | cos | rel. error |")
         out.append("|---|---|---|")
         for name, r in sw["configs"].items():
@@ -332,6 +399,7 @@ def analysis_markdown(an: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # plots
+
 
 def _plt():
     import matplotlib
@@ -367,8 +435,9 @@ def plot_ruler(d: RulerData, path: Path, methods: Sequence[str] | None = None) -
     for i, m in enumerate(methods):
         vals = [d.mean(t, L, m) or 0.0 for t in tasks]
         axes[1].bar([j + i * w for j in range(len(tasks))], vals, width=w, label=m)
-    axes[1].set_xticks([j + 0.4 - w / 2 for j in range(len(tasks))], [t.replace("niah_", "") for t in tasks],
-                       rotation=60, fontsize=7)
+    axes[1].set_xticks(
+        [j + 0.4 - w / 2 for j in range(len(tasks))], [t.replace("niah_", "") for t in tasks], rotation=60, fontsize=7
+    )
     axes[1].set_title(f"per task at {_len_name(L)}")
     axes[1].set_ylim(0, 100)
     fig.tight_layout()
@@ -398,8 +467,13 @@ def plot_ppl(records: Sequence[dict], path: Path) -> Path | None:
                     sums[i] += s
                     toks[i] += t
         causal = all(r.get("causal", True) for r in rl if r["method"] == m)
-        ax.plot(range(len(sums)), [math.exp(s / t) for s, t in zip(sums, toks)], marker="o",
-                linestyle="-" if causal else ":", label=m + ("" if causal else " (non-causal)"))
+        ax.plot(
+            range(len(sums)),
+            [math.exp(s / t) for s, t in zip(sums, toks)],
+            marker="o",
+            linestyle="-" if causal else ":",
+            label=m + ("" if causal else " (non-causal)"),
+        )
     ranges = [f"{_len_name(a) if a else 0}–{_len_name(b)}" for a, b in zip(edges[:-1], edges[1:])]
     ax.set_xticks(range(len(edges) - 1), ranges)
     ax.set_xlabel("token position")
@@ -485,8 +559,9 @@ def plot_sweep(an: dict, path: Path) -> Path | None:
     return path
 
 
-def plot_gamma(d: RulerData, ppl_records: Sequence[dict], path: Path, *, sparse: str = "sparse",
-               dense: str = "dense") -> Path | None:
+def plot_gamma(
+    d: RulerData, ppl_records: Sequence[dict], path: Path, *, sparse: str = "sparse", dense: str = "dense"
+) -> Path | None:
     """Accuracy (longest length) and perplexity vs γ over the methods named ``delta`` / ``delta_g<γ>``."""
     import re
 
@@ -539,6 +614,7 @@ def plot_gamma(d: RulerData, ppl_records: Sequence[dict], path: Path, *, sparse:
 # ---------------------------------------------------------------------------------------------
 # whole documents
 
+
 def ruler_summary(d: RulerData, *, pairs: Sequence[tuple[str, str]] | None = None, n_resamples: int = 9999) -> str:
     """A Markdown summary of one run directory (averages, per-task tables, significance)."""
     if not d.scores:
@@ -558,15 +634,24 @@ def _runs_summary(runs: Sequence[dict]) -> str:
     lines = []
     for r in runs:
         argv = " ".join(r.get("argv", []))
-        lines.append(f"- `{r.get('run_id')}` {r.get('date', '?')}: {r.get('device_name', '?')} ({r.get('device', '?')}, "
-                     f"{r.get('dtype', '?')}), torch {r.get('torch', '?')}, transformers {r.get('transformers', '?')}\n"
-                     f"  `{argv}`")
+        lines.append(
+            f"- `{r.get('run_id')}` {r.get('date', '?')}: {r.get('device_name', '?')} ({r.get('device', '?')}, "
+            f"{r.get('dtype', '?')}), torch {r.get('torch', '?')}, transformers {r.get('transformers', '?')}\n"
+            f"  `{argv}`"
+        )
     return "\n".join(lines) + "\n"
 
 
-def results_document(ruler_paths: Sequence[str | Path], ppl_paths: Sequence[str | Path],
-                     analysis_paths: Sequence[str | Path], plots_dir: Path | None, *, rel_to: Path | None = None,
-                     n_resamples: int = 9999, header: str = "") -> str:
+def results_document(
+    ruler_paths: Sequence[str | Path],
+    ppl_paths: Sequence[str | Path],
+    analysis_paths: Sequence[str | Path],
+    plots_dir: Path | None,
+    *,
+    rel_to: Path | None = None,
+    n_resamples: int = 9999,
+    header: str = "",
+) -> str:
     """The full RESULTS.md text (sections say "pending" where there is no data)."""
     from .records import open_text, read_records
 
@@ -585,9 +670,13 @@ def results_document(ruler_paths: Sequence[str | Path], ppl_paths: Sequence[str 
     img = {}
     if plots_dir is not None:
         plots_dir.mkdir(parents=True, exist_ok=True)
-        for name, fn in (("ruler.png", lambda p: plot_ruler(d, p)), ("ppl.png", lambda p: plot_ppl(ppl_recs, p)),
-                         ("analysis.png", lambda p: plot_analysis(an, p)), ("sweep.png", lambda p: plot_sweep(an, p)),
-                         ("gamma.png", lambda p: plot_gamma(d, ppl_recs, p))):
+        for name, fn in (
+            ("ruler.png", lambda p: plot_ruler(d, p)),
+            ("ppl.png", lambda p: plot_ppl(ppl_recs, p)),
+            ("analysis.png", lambda p: plot_analysis(an, p)),
+            ("sweep.png", lambda p: plot_sweep(an, p)),
+            ("gamma.png", lambda p: plot_gamma(d, ppl_recs, p)),
+        ):
             out = fn(plots_dir / name)
             if out is not None:
                 img[name] = Path(os.path.relpath(out.resolve(), rel_to)) if rel_to is not None else out
@@ -600,9 +689,11 @@ def results_document(ruler_paths: Sequence[str | Path], ppl_paths: Sequence[str 
     parts.append("## Runs\n")
     parts.append(_runs_summary(d.runs + ppl_runs))
     if d.scores:
-        parts.append(f"\nRULER-style: {len(d.tasks)} tasks × lengths {', '.join(_len_name(L) for L in d.lengths)} × "
-                     f"{len(d.methods)} methods, samples per (task, length, method): {', '.join(map(str, n_counts))} "
-                     f"({len(d.records)} generations).\n")
+        parts.append(
+            f"\nRULER-style: {len(d.tasks)} tasks × lengths {', '.join(_len_name(L) for L in d.lengths)} × "
+            f"{len(d.methods)} methods, samples per (task, length, method): {', '.join(map(str, n_counts))} "
+            f"({len(d.records)} generations).\n"
+        )
         parts.append("\n### Methods\n")
         parts.append(methods_legend(d.methods, d.runs))
     parts.append("\n## Targets\n")
@@ -618,7 +709,9 @@ def results_document(ruler_paths: Sequence[str | Path], ppl_paths: Sequence[str 
         parts.append("_pending GPU run._\n")
     parts.append("\n## Significance (paired permutation tests, one-sided, as in the paper)\n")
     pairs = default_pairs(d.methods)
-    parts.append(significance_table(d, pairs, n_resamples=n_resamples, per_task=True) if pairs else "_pending GPU run._\n")
+    parts.append(
+        significance_table(d, pairs, n_resamples=n_resamples, per_task=True) if pairs else "_pending GPU run._\n"
+    )
     parts.append("\n## Perplexity (PG-19 style, public-domain books)\n")
     parts.append(ppl_table(ppl_recs) + pic("ppl.png", "perplexity"))
     parts.append("\n## γ ablation\n")

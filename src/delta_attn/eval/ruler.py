@@ -29,10 +29,10 @@ from __future__ import annotations
 import hashlib
 import random
 import string
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from . import corpus, words
 from .qa import make_item
@@ -102,21 +102,24 @@ def _niah(name, haystack, k, v, nk=1, nv=1, nq=1):
     return TaskSpec(name, "niah", 128, "all", dict(haystack=haystack, type_k=k, type_v=v, num_k=nk, num_v=nv, num_q=nq))
 
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in [
-    _niah("niah_single_1", "noise", "words", "numbers"),
-    _niah("niah_single_2", "essay", "words", "numbers"),
-    _niah("niah_single_3", "essay", "words", "uuids"),
-    _niah("niah_multikey_1", "essay", "words", "numbers", nk=4),
-    _niah("niah_multikey_2", "needle", "words", "numbers"),
-    _niah("niah_multikey_3", "needle", "uuids", "uuids"),
-    _niah("niah_multivalue", "essay", "words", "numbers", nv=4),
-    _niah("niah_multiquery", "essay", "words", "numbers", nq=4),
-    TaskSpec("vt", "vt", 30, "all", dict(num_chains=1, num_hops=4)),
-    TaskSpec("cwe", "cwe", 120, "all", dict(freq_cw=30, freq_ucw=3, num_cw=10)),
-    TaskSpec("fwe", "fwe", 50, "all", dict(alpha=2.0, coded_wordlen=6, vocab_size=2000)),
-    TaskSpec("qa_1", "qa", 32, "part", dict(hops=1, fact_share=FACT_SHARE)),
-    TaskSpec("qa_2", "qa", 32, "part", dict(hops=2, fact_share=FACT_SHARE)),
-]}
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        _niah("niah_single_1", "noise", "words", "numbers"),
+        _niah("niah_single_2", "essay", "words", "numbers"),
+        _niah("niah_single_3", "essay", "words", "uuids"),
+        _niah("niah_multikey_1", "essay", "words", "numbers", nk=4),
+        _niah("niah_multikey_2", "needle", "words", "numbers"),
+        _niah("niah_multikey_3", "needle", "uuids", "uuids"),
+        _niah("niah_multivalue", "essay", "words", "numbers", nv=4),
+        _niah("niah_multiquery", "essay", "words", "numbers", nq=4),
+        TaskSpec("vt", "vt", 30, "all", dict(num_chains=1, num_hops=4)),
+        TaskSpec("cwe", "cwe", 120, "all", dict(freq_cw=30, freq_ucw=3, num_cw=10)),
+        TaskSpec("fwe", "fwe", 50, "all", dict(alpha=2.0, coded_wordlen=6, vocab_size=2000)),
+        TaskSpec("qa_1", "qa", 32, "part", dict(hops=1, fact_share=FACT_SHARE)),
+        TaskSpec("qa_2", "qa", 32, "part", dict(hops=2, fact_share=FACT_SHARE)),
+    ]
+}
 TASK_NAMES = list(TASKS)
 QA_TASKS = [t for t in TASK_NAMES if TASKS[t].is_qa]
 #: how tables name tasks (the QA tasks are offline substitutes, say so everywhere)
@@ -176,21 +179,29 @@ class Sample:
 # Token-level prompt assembly
 # ---------------------------------------------------------------------------------------------
 
+
 class PromptBuilder:
     """Tokenises pieces (cached) and wraps task text in the model's chat template."""
 
     SENTINEL = "\x00CONTENT\x00"
 
-    def __init__(self, tokenizer, *, chat: bool = True, texts_dir: str | Path | None = None,
-                 essay_books: Sequence[str] = corpus.ESSAY_BOOKS) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        chat: bool = True,
+        texts_dir: str | Path | None = None,
+        essay_books: Sequence[str] = corpus.ESSAY_BOOKS,
+    ) -> None:
         self.tok = tokenizer
         self.chat = chat
         self.texts_dir = corpus.resolve_texts_dir(texts_dir)
         self.essay_books = tuple(essay_books)
         self._cache: dict[str, list[int]] = {}
         if chat and getattr(tokenizer, "chat_template", None):
-            rendered = tokenizer.apply_chat_template([{"role": "user", "content": self.SENTINEL}], tokenize=False,
-                                                     add_generation_prompt=True)
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": self.SENTINEL}], tokenize=False, add_generation_prompt=True
+            )
             self.chat_head, self.chat_tail = rendered.split(self.SENTINEL)
         else:
             self.chat_head, self.chat_tail = "", "\n"
@@ -231,8 +242,10 @@ class PromptBuilder:
 def _fit(budget: int, build: Callable[[int], list[int]], extra: Callable[[int, int], list[int]], start: int = 8):
     """Largest n with ``len(build(n)) <= budget``, then ``extra(n, d)`` fills the last d tokens exactly."""
     if len(build(0)) > budget:
-        raise ValueError(f"the prompt needs at least {len(build(0)) - budget} more tokens than the target allows "
-                         "(instruction, examples and question do not fit): use a longer length")
+        raise ValueError(
+            f"the prompt needs at least {len(build(0)) - budget} more tokens than the target allows "
+            "(instruction, examples and question do not fit): use a longer length"
+        )
     lo, hi = 0, max(1, start)
     while len(build(hi)) <= budget:  # gallop
         lo, hi = hi, hi * 2
@@ -260,8 +273,13 @@ def _take(pieces: Iterator[list[int]], d: int) -> list[int]:
 Unit = tuple  # (text, ids of sep + text)
 
 
-def _layout(builder: "PromptBuilder", units: Sequence[Unit], specials: Sequence[Unit], depths: Sequence[int],
-            first_sep: str | None = None) -> tuple[list[int], list[int]]:
+def _layout(
+    builder: "PromptBuilder",
+    units: Sequence[Unit],
+    specials: Sequence[Unit],
+    depths: Sequence[int],
+    first_sep: str | None = None,
+) -> tuple[list[int], list[int]]:
     """Haystack units with special units (needles, chain links, gold documents) inserted at depths.
 
     A special at depth p (percent) goes to the unit boundary nearest to p% of the haystack's tokens
@@ -317,12 +335,13 @@ class _Stream:
 # Random values
 # ---------------------------------------------------------------------------------------------
 
+
 def _number(rng: random.Random) -> str:
     return str(rng.randint(1_000_000, 9_999_999))
 
 
 def _uuid(rng: random.Random) -> str:
-    h = "%032x" % rng.getrandbits(128)
+    h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) % 4]}{h[17:20]}-{h[20:32]}"
 
 
@@ -344,15 +363,23 @@ def sample_rng(seed: int, task: str, length: int, index: int) -> random.Random:
 @lru_cache(maxsize=8)
 def _zeta(alpha: float) -> float:
     n = 100_000  # partial sum + integral tail: error < 1e-12 for alpha = 2
-    return sum(k ** -alpha for k in range(1, n)) + n ** (1 - alpha) / (alpha - 1)
+    return sum(k**-alpha for k in range(1, n)) + n ** (1 - alpha) / (alpha - 1)
 
 
 # ---------------------------------------------------------------------------------------------
 # One function per task family: each returns (input_ids, answers, meta) with len == target
 # ---------------------------------------------------------------------------------------------
 
-def _haystack(builder: "PromptBuilder", kind: str, rng: random.Random, sep: str, avoid: set[str],
-              type_k: str = "words", type_v: str = "numbers") -> Iterator[Unit]:
+
+def _haystack(
+    builder: "PromptBuilder",
+    kind: str,
+    rng: random.Random,
+    sep: str,
+    avoid: set[str],
+    type_k: str = "words",
+    type_v: str = "numbers",
+) -> Iterator[Unit]:
     """Endless haystack units: the noise paragraph, essay sentences, or random needles."""
     if kind == "noise":
         unit = (NOISE, builder.enc(sep + NOISE))
@@ -409,15 +436,22 @@ def generate_niah(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, 
     stream = _Stream(_haystack(builder, hay, rng, sep, set(keys), type_k, type_v))
     layout = lambda n: _layout(builder, stream[0:n], specials, depths, first_sep="\n")  # noqa: E731
     budget = target - len(head) - len(tail)
-    n, context = _fit(budget, lambda n: layout(n)[0], lambda n, d: _take(stream.ids_from(n), d),
-                      start=max(1, budget // 40))
+    n, context = _fit(
+        budget, lambda n: layout(n)[0], lambda n, d: _take(stream.ids_from(n), d), start=max(1, budget // 40)
+    )
     offsets = layout(n)[1]
     # the needles holding the answers, in the order of ``answers``
-    answer_needles = [needles.index(NIAH_NEEDLE.format(type_needle_v=type_v, key=keys[i], value=v))
-                      for i in queried for v in values[i]]
+    answer_needles = [
+        needles.index(NIAH_NEEDLE.format(type_needle_v=type_v, key=keys[i], value=v))
+        for i in queried
+        for v in values[i]
+    ]
     meta = {
-        "haystack": hay, "query": query, "haystack_units": n,
-        "depths": [depths[i] for i in answer_needles], "all_depths": list(depths),
+        "haystack": hay,
+        "query": query,
+        "haystack_units": n,
+        "depths": [depths[i] for i in answer_needles],
+        "all_depths": list(depths),
         "needle_offsets": [len(head) + offsets[i] for i in answer_needles],
     }
     meta["context_span"] = [len(head), len(head) + len(context)]
@@ -444,8 +478,11 @@ def generate_vt(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, ta
     ex_lines = [NOISE] * 6
     for j, pos in enumerate(sorted(rng.sample(range(len(ex_lines)), len(ex_chain)))):
         ex_lines.insert(pos + j, ex_chain[j])
-    example = (template.format(context="\n".join(ex_lines), query=ex_value)
-               + prefix.format(num_v=hops + 1, query=ex_value) + " ".join(ex_names))
+    example = (
+        template.format(context="\n".join(ex_lines), query=ex_value)
+        + prefix.format(num_v=hops + 1, query=ex_value)
+        + " ".join(ex_names)
+    )
     names, chain, value = _vt_chain(rng, hops, set(ex_names))
     user_head, user_tail = template.replace("{query}", value).split("\n\n{context}")
     head, tail = builder.wrap(example + "\n\n" + user_head, user_tail, prefix.format(num_v=hops + 1, query=value))
@@ -454,16 +491,23 @@ def generate_vt(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, ta
     stream = _Stream(_haystack(builder, "noise", rng, "\n", set()))
     layout = lambda n: _layout(builder, stream[0:n], specials, depths, first_sep="\n\n")  # noqa: E731
     budget = target - len(head) - len(tail)
-    n, context = _fit(budget, lambda n: layout(n)[0], lambda n, d: _take(stream.ids_from(n), d),
-                      start=max(1, budget // 25))
-    meta = {"haystack": "noise", "depths": depths, "value": value, "haystack_units": n,
-            "needle_offsets": [len(head) + o for o in layout(n)[1]]}
+    n, context = _fit(
+        budget, lambda n: layout(n)[0], lambda n, d: _take(stream.ids_from(n), d), start=max(1, budget // 25)
+    )
+    meta = {
+        "haystack": "noise",
+        "depths": depths,
+        "value": value,
+        "haystack_units": n,
+        "needle_offsets": [len(head) + o for o in layout(n)[1]],
+    }
     meta["context_span"] = [len(head), len(head) + len(context)]
     return head + context + tail, names, meta
 
 
-def _cwe_list(rng: random.Random, vocab: Sequence[str], num_words: int, rep_common: int, rep_uncommon: int,
-              num_cw: int) -> tuple[list[str], list[str]]:
+def _cwe_list(
+    rng: random.Random, vocab: Sequence[str], num_words: int, rep_common: int, rep_uncommon: int, num_cw: int
+) -> tuple[list[str], list[str]]:
     pool = rng.sample(list(vocab), num_words)
     common, uncommon = pool[:num_cw], pool[num_cw:]
     lst = common * rep_common + uncommon * rep_uncommon
@@ -480,15 +524,19 @@ def generate_cwe(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, t
     else:
         (ex_n, ex_c, ex_u), (rep_c, rep_u) = (40, 10, 3), (p["freq_cw"], p["freq_ucw"])
     ex_list, ex_common = _cwe_list(rng, words.CWE_WORDS, ex_n, ex_c, ex_u, p["num_cw"])
-    example = (template.format(context=" ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_list)))
-               + prefix + " " + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_common)))
+    example = (
+        template.format(context=" ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_list)))
+        + prefix
+        + " "
+        + " ".join(f"{i + 1}. {w}" for i, w in enumerate(ex_common))
+    )
     user_head, user_tail = template.split("\n{context}")
     head, tail = builder.wrap(example + "\n" + user_head, user_tail, prefix)
     seed = rng.getrandbits(64)
     vocab = [w for w in words.CWE_WORDS if w not in set(ex_list)]
     max_n = len(vocab) - p["num_cw"]
 
-    @lru_cache(maxsize=None)
+    @cache
     def make(n: int) -> tuple[list[str], list[str]]:  # n uncommon words
         return _cwe_list(random.Random(seed), vocab, min(n, max_n) + p["num_cw"], rep_c, rep_u, p["num_cw"])
 
@@ -532,7 +580,7 @@ def generate_fwe(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, t
     word_ids = builder.enc_many([" " + w for w in vocab_l])
     noise = word_ids[0]
 
-    @lru_cache(maxsize=None)
+    @cache
     def make(n: int) -> tuple[int, ...]:  # word indices for a nominal count of n words
         lst = [i for i, w in enumerate(weights) for _ in range(int(n * w))]
         random.Random(seed).shuffle(lst)
@@ -599,8 +647,13 @@ def generate_qa(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, ta
     budget = target - len(head) - len(tail)
     n, context = _fit(budget, build, extra, start=max(1, budget // 150))
     docs = order(n)
-    meta = {"question": item.question, "kind": item.kind, "num_docs": len(docs),
-            "gold_docs": [docs.index(g) + 1 for g in item.gold], "depths": depths}
+    meta = {
+        "question": item.question,
+        "kind": item.kind,
+        "num_docs": len(docs),
+        "gold_docs": [docs.index(g) + 1 for g in item.gold],
+        "depths": depths,
+    }
     meta["context_span"] = [len(head), len(head) + len(context)]
     return head + context + tail, item.answers, meta
 
@@ -609,15 +662,19 @@ def generate_qa(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, ta
 # Public entry points
 # ---------------------------------------------------------------------------------------------
 
+
 def prompt_tokens_for(length: int, reserve: int = DEFAULT_RESERVE) -> int:
     """The exact prompt length of every sample at nominal length ``length``."""
     if length - reserve < 256:
-        raise ValueError(f"length {length} leaves fewer than 256 prompt tokens after the {reserve}-token answer reserve")
+        raise ValueError(
+            f"length {length} leaves fewer than 256 prompt tokens after the {reserve}-token answer reserve"
+        )
     return length - reserve
 
 
-def generate_sample(builder: PromptBuilder, task: str, length: int, index: int, *, seed: int = 0,
-                    reserve: int = DEFAULT_RESERVE) -> Sample:
+def generate_sample(
+    builder: PromptBuilder, task: str, length: int, index: int, *, seed: int = 0, reserve: int = DEFAULT_RESERVE
+) -> Sample:
     """Sample ``index`` of ``task`` at nominal length ``length`` (deterministic)."""
     spec = TASKS[task]
     rng = sample_rng(seed, task, length, index)
@@ -628,7 +685,9 @@ def generate_sample(builder: PromptBuilder, task: str, length: int, index: int, 
         raise ValueError(f"{task} at length {length}: {exc}") from None
 
 
-def _generate(builder: PromptBuilder, spec: TaskSpec, rng: random.Random, target: int, length: int, index: int) -> Sample:
+def _generate(
+    builder: PromptBuilder, spec: TaskSpec, rng: random.Random, target: int, length: int, index: int
+) -> Sample:
     task = spec.name
     if spec.family == "niah":
         ids, answers, meta = generate_niah(builder, spec, rng, target)
@@ -645,8 +704,16 @@ def _generate(builder: PromptBuilder, spec: TaskSpec, rng: random.Random, target
     return Sample(task, length, index, ids, list(answers), spec.max_new_tokens, spec.metric, meta)
 
 
-def generate_samples(builder: PromptBuilder, tasks: Sequence[str], lengths: Sequence[int], num_samples: int, *,
-                     seed: int = 0, reserve: int = DEFAULT_RESERVE, progress: bool = False) -> list[Sample]:
+def generate_samples(
+    builder: PromptBuilder,
+    tasks: Sequence[str],
+    lengths: Sequence[int],
+    num_samples: int,
+    *,
+    seed: int = 0,
+    reserve: int = DEFAULT_RESERVE,
+    progress: bool = False,
+) -> list[Sample]:
     """All samples for tasks × lengths × range(num_samples), ordered by (length, task, index)."""
     jobs = [(t, L, i) for L in lengths for t in tasks for i in range(num_samples)]
     it = jobs
@@ -657,6 +724,25 @@ def generate_samples(builder: PromptBuilder, tasks: Sequence[str], lengths: Sequ
     return [generate_sample(builder, t, L, i, seed=seed, reserve=reserve) for t, L, i in it]
 
 
-__all__ = ["TASKS", "TASK_NAMES", "QA_TASKS", "DISPLAY_NAMES", "TaskSpec", "Sample", "PromptBuilder", "parse_tasks",
-           "generate_sample", "generate_samples", "prompt_tokens_for", "NIAH_NEEDLE", "NOISE", "TEMPLATES", "DEPTHS",
-           "generate_niah", "generate_vt", "generate_cwe", "generate_fwe", "generate_qa"]
+__all__ = [
+    "TASKS",
+    "TASK_NAMES",
+    "QA_TASKS",
+    "DISPLAY_NAMES",
+    "TaskSpec",
+    "Sample",
+    "PromptBuilder",
+    "parse_tasks",
+    "generate_sample",
+    "generate_samples",
+    "prompt_tokens_for",
+    "NIAH_NEEDLE",
+    "NOISE",
+    "TEMPLATES",
+    "DEPTHS",
+    "generate_niah",
+    "generate_vt",
+    "generate_cwe",
+    "generate_fwe",
+    "generate_qa",
+]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -23,13 +23,22 @@ from .generation import greedy_generate, stop_token_ids
 from .methods import Method
 from .records import JsonlWriter, sample_key
 
-
 #: typical answer length of SmolLM2-135M per task (dense, CPU run at 1K): a batch lasts as long as its
 #: longest answer, so batching tasks of similar answer length saves decode steps. Only an ordering hint.
 TYPICAL_GEN_TOKENS = {
-    "niah_multivalue": 128, "niah_multiquery": 128, "cwe": 120, "niah_single_2": 60, "fwe": 50,
-    "niah_multikey_3": 45, "niah_single_3": 40, "qa_1": 32, "qa_2": 32, "vt": 30,
-    "niah_single_1": 12, "niah_multikey_1": 12, "niah_multikey_2": 12,
+    "niah_multivalue": 128,
+    "niah_multiquery": 128,
+    "cwe": 120,
+    "niah_single_2": 60,
+    "fwe": 50,
+    "niah_multikey_3": 45,
+    "niah_single_3": 40,
+    "qa_1": 32,
+    "qa_2": 32,
+    "vt": 30,
+    "niah_single_1": 12,
+    "niah_multikey_1": 12,
+    "niah_multikey_2": 12,
 }
 
 
@@ -92,10 +101,23 @@ def _set_method(model, method: Method) -> None:
         delta_attn.enable(model, method.config)
 
 
-def run_ruler(model, tokenizer, samples: Sequence[ruler.Sample], methods: Sequence[Method], writer: JsonlWriter, *,
-              lengths: Sequence[int], batch_size: Callable[[int], int], done: set, run_id: str, seed: int,
-              deadline: Deadline | None = None, progress: bool = True, log: Callable[[str], None] = print,
-              prefill_tokens: int | None = None) -> RulerRunStats:
+def run_ruler(
+    model,
+    tokenizer,
+    samples: Sequence[ruler.Sample],
+    methods: Sequence[Method],
+    writer: JsonlWriter,
+    *,
+    lengths: Sequence[int],
+    batch_size: Callable[[int], int],
+    done: set,
+    run_id: str,
+    seed: int,
+    deadline: Deadline | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    prefill_tokens: int | None = None,
+) -> RulerRunStats:
     """Generate and score every (sample, method) pair not in ``done``; append records to ``writer``."""
     stats = RulerRunStats()
     stop_ids = stop_token_ids(tokenizer)
@@ -136,13 +158,21 @@ def run_ruler(model, tokenizer, samples: Sequence[ruler.Sample], methods: Sequen
                     if deadline is not None and not deadline.allows(guess):
                         stats.stopped_by_deadline = True
                         stats.left_for_later = total - stats.done - stats.failed
-                        log(f"time limit: stopping before {m.name} @ {L} ({stats.left_for_later} generations left "
-                            f"for a resumed run); elapsed {deadline.elapsed():.0f}s, next batch ~{guess:.0f}s")
+                        log(
+                            f"time limit: stopping before {m.name} @ {L} ({stats.left_for_later} generations left "
+                            f"for a resumed run); elapsed {deadline.elapsed():.0f}s, next batch ~{guess:.0f}s"
+                        )
                         return stats
                     t0 = time.perf_counter()
                     try:
-                        res = greedy_generate(model, [s.input_ids for s in batch], [s.max_new_tokens for s in batch],
-                                              stop_ids, pad_id=pad_id, prefill_batch=pb)
+                        res = greedy_generate(
+                            model,
+                            [s.input_ids for s in batch],
+                            [s.max_new_tokens for s in batch],
+                            stop_ids,
+                            pad_id=pad_id,
+                            prefill_batch=pb,
+                        )
                     except torch.OutOfMemoryError:
                         if bs == 1:
                             raise
@@ -156,8 +186,10 @@ def run_ruler(model, tokenizer, samples: Sequence[ruler.Sample], methods: Sequen
                     stats.prefill_s += res.prefill_s
                     stats.decode_s += res.decode_s
                     stats.decode_steps += res.decode_steps
-                    recs = [_record(s, m, toks, hit, res, tokenizer, seed, run_id, len(batch))
-                            for s, toks, hit in zip(batch, res.tokens, res.hit_stop)]
+                    recs = [
+                        _record(s, m, toks, hit, res, tokenizer, seed, run_id, len(batch))
+                        for s, toks, hit in zip(batch, res.tokens, res.hit_stop)
+                    ]
                     writer.write(recs)
                     stats.done += len(batch)
                     i += len(batch)
@@ -181,16 +213,33 @@ def run_ruler(model, tokenizer, samples: Sequence[ruler.Sample], methods: Sequen
     return stats
 
 
-def _record(s: ruler.Sample, m: Method, toks: list[int], hit: bool, res, tokenizer, seed: int, run_id: str,
-            batch_size: int) -> dict:
+def _record(
+    s: ruler.Sample, m: Method, toks: list[int], hit: bool, res, tokenizer, seed: int, run_id: str, batch_size: int
+) -> dict:
     pred = tokenizer.decode(toks, skip_special_tokens=True)
     return {
-        "record": "sample", "task": s.task, "length": s.length, "index": s.index, "method": m.name, "seed": seed,
-        "prompt_tokens": s.prompt_tokens, "prediction": pred, "references": s.answers,
-        "score": scoring.score(pred, s.answers, s.metric), "metric": s.metric, "gen_tokens": len(toks),
-        "hit_stop": bool(hit), "max_new_tokens": s.max_new_tokens, "depths": s.meta.get("depths"), "run_id": run_id,
-        "batch": {"size": batch_size, "prefill_s": round(res.prefill_s, 4), "decode_s": round(res.decode_s, 4),
-                  "steps": res.decode_steps},
+        "record": "sample",
+        "task": s.task,
+        "length": s.length,
+        "index": s.index,
+        "method": m.name,
+        "seed": seed,
+        "prompt_tokens": s.prompt_tokens,
+        "prediction": pred,
+        "references": s.answers,
+        "score": scoring.score(pred, s.answers, s.metric),
+        "metric": s.metric,
+        "gen_tokens": len(toks),
+        "hit_stop": bool(hit),
+        "max_new_tokens": s.max_new_tokens,
+        "depths": s.meta.get("depths"),
+        "run_id": run_id,
+        "batch": {
+            "size": batch_size,
+            "prefill_s": round(res.prefill_s, 4),
+            "decode_s": round(res.decode_s, 4),
+            "steps": res.decode_steps,
+        },
     }
 
 

@@ -11,7 +11,7 @@ Scores are in [0, 1] per sample; tables show averages × 100.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
 

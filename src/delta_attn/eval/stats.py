@@ -12,8 +12,8 @@ at most ``n_resamples``, scipy enumerates them (exact p); otherwise the p-value 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -30,8 +30,14 @@ class PermutationResult:
     exact: bool
 
 
-def paired_permutation_test(a: Sequence[float], b: Sequence[float], *, n_resamples: int = DEFAULT_RESAMPLES,
-                            alternative: str = "greater", seed: int = 0) -> PermutationResult:
+def paired_permutation_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    alternative: str = "greater",
+    seed: int = 0,
+) -> PermutationResult:
     """One-sided (default "A > B") paired permutation test of the mean difference."""
     from scipy import stats
 
@@ -50,9 +56,16 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], *, n_resampl
     def statistic(u, v, axis=-1):
         return np.mean(u - v, axis=axis)
 
-    res = stats.permutation_test((x, y), statistic, permutation_type="samples", vectorized=True,
-                                 n_resamples=n_resamples, alternative=alternative, random_state=seed)
-    exact = 2 ** n <= n_resamples
+    res = stats.permutation_test(
+        (x, y),
+        statistic,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+        alternative=alternative,
+        random_state=seed,
+    )
+    exact = 2**n <= n_resamples
     return PermutationResult(n, float(x.mean()), float(y.mean()), float(d.mean()), float(res.pvalue), exact)
 
 

@@ -7,7 +7,9 @@ so that the generators need nothing beyond the tokenizer and give the same sampl
 
 from __future__ import annotations
 
-ADJECTIVES = sorted(set("""
+ADJECTIVES = sorted(
+    set(
+        """
 able absent acid active actual afraid agile alert alive amber ample ancient angry annual anxious
 aquatic arctic ashen awake aware awful bald bare basic bitter black bland blank bleak blind blond
 blue blunt bold bored bossy brave brief bright brisk broad broken bronze brown bumpy busy calm
@@ -31,9 +33,13 @@ steep sticky stiff stormy strange strict strong sturdy subtle sudden sunny super
 tame tasty tender tense thick thin thirsty tidy tight tiny tired tough tragic tropical true
 ugly unique upset urban useful vague vast velvet vivid warm wary weak weary wet white whole wicked
 wide wild wise witty wooden woolen worried young zealous
-""".split()))
+""".split()
+    )
+)
 
-NOUNS = sorted(set("""
+NOUNS = sorted(
+    set(
+        """
 acorn actor airport album anchor angle animal ankle answer apple apron arch arm army arrow artist
 attic author avenue baby badge bag bakery ball balloon bamboo banana band bank barn barrel basket
 battery beach beam bean bear beard bed bee bell belt bench berry bicycle bird blanket blossom boat
@@ -57,9 +63,13 @@ soldier spider spoon squirrel stable stamp star statue stone storm stove street 
 sun swan sword table tail teacher temple tent thunder tiger tomato tower town toy tractor train
 tree trumpet tunnel turtle umbrella valley vase village violin volcano wagon wall walnut wand
 watch water wheel whistle window wing wizard wolf yacht zebra
-""".split()))
+""".split()
+    )
+)
 
-VERBS = sorted(set("""
+VERBS = sorted(
+    set(
+        """
 accept add admire advise agree allow amuse appear argue arrange arrive ask attach attack attend
 bake balance bang bathe battle beg behave belong bleach bless blink boil bolt borrow bounce bow
 breathe bruise brush bubble buzz calculate call camp care carry carve cause challenge change
@@ -97,7 +107,10 @@ trouble trust try tug tumble turn twist type undress unfasten unite unlock unpac
 visit wail wait walk wander want warm warn wash waste watch water wave weigh welcome whine whip
 whirl whisper whistle wink wipe wish wobble wonder work worry wrap wreck wrestle wriggle yawn yell
 zip zoom
-""".split()))
+""".split()
+    )
+)
+
 
 #: RULER's ``words`` needle keys: ``adjective-noun`` (``len(ADJECTIVES) * len(NOUNS)`` of them).
 def niah_key(rng) -> str:

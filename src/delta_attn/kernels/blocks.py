@@ -72,8 +72,17 @@ def _topk_spec(p: BlockTopKPattern, q_start: int, row_end: int, n_keys: int, bm:
         rect = s[:, :, qb, kb] - s[:, :, qa, kb] - s[:, :, qb, ka] + s[:, :, qa, ka]
         tables.append((rect > 0) & causal)
     blk_idx, blk_cnt = _lists_from_tables(tables)
-    return SparseSpec(kind=PATTERN_TOPK, sink=p.sink, window=p.window, sel=sel.view(torch.uint8), sel_block=tb,
-                      sel_q0=p.q_block_start, blk_idx=blk_idx, blk_cnt=blk_cnt, extra={"BM": bm, "BN": bn})
+    return SparseSpec(
+        kind=PATTERN_TOPK,
+        sink=p.sink,
+        window=p.window,
+        sel=sel.view(torch.uint8),
+        sel_block=tb,
+        sel_q0=p.q_block_start,
+        blk_idx=blk_idx,
+        blk_cnt=blk_cnt,
+        extra={"BM": bm, "BN": bn},
+    )
 
 
 def _vs_spec(p: VerticalSlashPattern, q_start: int, row_end: int, n_keys: int, bm: int, bn: int) -> SparseSpec:
@@ -105,9 +114,16 @@ def _vs_spec(p: VerticalSlashPattern, q_start: int, row_end: int, n_keys: int, b
     width = max(x[0].shape[-1] for x in parts)
     col_idx = torch.cat([torch.nn.functional.pad(x[0], (0, width - x[0].shape[-1])) for x in parts], dim=1)
     col_cnt = torch.cat([x[1] for x in parts], dim=1)
-    return SparseSpec(kind=PATTERN_VS, col_mask=col_mask.view(torch.uint8), diag_mask=diag_mask.view(torch.uint8),
-                      blk_idx=blk_idx, blk_cnt=blk_cnt, col_idx=col_idx.contiguous(), col_cnt=col_cnt.contiguous(),
-                      extra={"BM": bm, "BN": bn})
+    return SparseSpec(
+        kind=PATTERN_VS,
+        col_mask=col_mask.view(torch.uint8),
+        diag_mask=diag_mask.view(torch.uint8),
+        blk_idx=blk_idx,
+        blk_cnt=blk_cnt,
+        col_idx=col_idx.contiguous(),
+        col_cnt=col_cnt.contiguous(),
+        extra={"BM": bm, "BN": bn},
+    )
 
 
 def spec_for(pattern, *, q_start: int, row_end: int, n_keys: int, bm: int, bn: int) -> SparseSpec | None:

@@ -54,8 +54,22 @@ def kv_pointers(K, V, k_base, v_base, offs_n, offs_d, skn, svn):
 
 
 @triton.jit
-def load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D: tl.constexpr,
-            CHECK_N: tl.constexpr, USE_TMA: tl.constexpr):
+def load_kv(
+    kt_ptrs,
+    v_ptrs,
+    desc_k,
+    desc_v,
+    row0,
+    k0,
+    offs_n,
+    offs_d,
+    skn,
+    svn,
+    n_keys,
+    D: tl.constexpr,
+    CHECK_N: tl.constexpr,
+    USE_TMA: tl.constexpr,
+):
     """Keys ``k0 .. k0+BN-1`` of one KV head: returns k as [BD, BN] and v as [BN, BD].
 
     With ``USE_TMA`` the tiles come through the tensor-memory accelerator (descriptors made per
@@ -83,8 +97,22 @@ def load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn,
 
 
 @triton.jit
-def make_kv_descriptors(K, V, DescK, DescV, k_base, v_base, bh_kv, n_keys, skn, svn, D: tl.constexpr,
-                        BN: tl.constexpr, BD: tl.constexpr, USE_TMA: tl.constexpr):
+def make_kv_descriptors(
+    K,
+    V,
+    DescK,
+    DescV,
+    k_base,
+    v_base,
+    bh_kv,
+    n_keys,
+    skn,
+    svn,
+    D: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+    USE_TMA: tl.constexpr,
+):
     """TMA access to one KV head: returns (desc_k, desc_v, row0), keys then at rows ``row0 + k``.
 
     USE_TMA 2: the host descriptors over (B·Hkv·Nk, D), row0 = (b·Hkv + hk)·Nk (rows past Nk belong

@@ -75,11 +75,48 @@ MAX_CHUNK = 32768  # keys per work item at most (K+V of one head's chunk stays i
 
 # Scalars that change with the prompt length are not specialised on (no recompile per length).
 @triton.jit(do_not_specialize=["n_rows", "q_start", "n_keys", "n_slots", "n_items", "qk_scale"])
-def _dense_rows_kernel(Q, K, V, DescK, DescV, Out, PartO, PartL, Pos, ItemTile, ItemLo, ItemHi, ItemSlot, TileMin,
-                       sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
-                       n_rows, q_start, n_keys, Hkv, G, n_slots, n_items, qk_scale,
-                       D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                       USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr):
+def _dense_rows_kernel(
+    Q,
+    K,
+    V,
+    DescK,
+    DescV,
+    Out,
+    PartO,
+    PartL,
+    Pos,
+    ItemTile,
+    ItemLo,
+    ItemHi,
+    ItemSlot,
+    TileMin,
+    sqb,
+    sqh,
+    sqn,
+    skb,
+    skh,
+    skn,
+    svb,
+    svh,
+    svn,
+    sob,
+    soh,
+    son,
+    n_rows,
+    q_start,
+    n_keys,
+    Hkv,
+    G,
+    n_slots,
+    n_items,
+    qk_scale,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
     # 1-D grid, (batch, KV head)-major: programs in flight share one head's current K/V chunk in L2
     pid = tl.program_id(0)
     bh = pid // n_items
@@ -100,14 +137,20 @@ def _dense_rows_kernel(Q, K, V, DescK, DescV, Out, PartO, PartL, Pos, ItemTile, 
     offs_d = tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
     d_ok = offs_d < D
-    q_ptrs = (Q + b.to(tl.int64) * sqb + head[:, None].to(tl.int64) * sqh
-              + (pos - q_start)[:, None].to(tl.int64) * sqn + offs_d[None, :])
+    q_ptrs = (
+        Q
+        + b.to(tl.int64) * sqb
+        + head[:, None].to(tl.int64) * sqh
+        + (pos - q_start)[:, None].to(tl.int64) * sqn
+        + offs_d[None, :]
+    )
     q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
     k_base = b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = b.to(tl.int64) * svb + hk.to(tl.int64) * svh
-    desc_k, desc_v, row0 = make_kv_descriptors(K, V, DescK, DescV, k_base, v_base, bh, n_keys, skn, svn, D, BN, BD,
-                                               USE_TMA)
+    desc_k, desc_v, row0 = make_kv_descriptors(
+        K, V, DescK, DescV, k_base, v_base, bh, n_keys, skn, svn, D, BN, BD, USE_TMA
+    )
     kt_ptrs, v_ptrs = kv_pointers(K, V, k_base, v_base, offs_n, offs_d, skn, svn)
 
     m_i = tl.full([BM], float("-inf"), tl.float32)
@@ -127,8 +170,13 @@ def _dense_rows_kernel(Q, K, V, DescK, DescV, Out, PartO, PartL, Pos, ItemTile, 
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     if slot < 0:  # the whole key range in one item: final output
-        o_ptrs = (Out + b.to(tl.int64) * sob + head[:, None].to(tl.int64) * soh
-                  + a[:, None].to(tl.int64) * son + offs_d[None, :])
+        o_ptrs = (
+            Out
+            + b.to(tl.int64) * sob
+            + head[:, None].to(tl.int64) * soh
+            + a[:, None].to(tl.int64) * son
+            + offs_d[None, :]
+        )
         tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     else:  # one chunk of a split tile: normalised partial output + log2-sum-exp
         base = (bh.to(tl.int64) * n_slots + slot) * BM
@@ -139,8 +187,24 @@ def _dense_rows_kernel(Q, K, V, DescK, DescV, Out, PartO, PartL, Pos, ItemTile, 
 
 
 @triton.jit(do_not_specialize=["n_rows", "n_slots"])
-def _merge_kernel(Out, PartO, PartL, MergeTile, MergeSlot0, MergeCount, sob, soh, son, n_rows, Hkv, G, n_slots,
-                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr):
+def _merge_kernel(
+    Out,
+    PartO,
+    PartL,
+    MergeTile,
+    MergeSlot0,
+    MergeCount,
+    sob,
+    soh,
+    son,
+    n_rows,
+    Hkv,
+    G,
+    n_slots,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+):
     """Combine the chunks of one split tile: o = Σ_c 2^(lse_c - lse) o_c."""
     i = tl.program_id(0)
     bh = tl.program_id(1)
@@ -168,7 +232,9 @@ def _merge_kernel(Out, PartO, PartL, MergeTile, MergeSlot0, MergeCount, sob, soh
     a = r // G
     head = hk * G + r % G
     ok = (a < n_rows)[:, None] & (offs_d < D)[None, :]
-    o_ptrs = Out + b.to(tl.int64) * sob + head[:, None].to(tl.int64) * soh + a[:, None].to(tl.int64) * son + offs_d[None, :]
+    o_ptrs = (
+        Out + b.to(tl.int64) * sob + head[:, None].to(tl.int64) * soh + a[:, None].to(tl.int64) * son + offs_d[None, :]
+    )
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=ok)
 
 
@@ -222,15 +288,34 @@ def plan_items(pos: np.ndarray, g: int, bm: int, bn: int, n_heads: int, n_sm: in
     order = np.lexsort((-(it_hi - it_lo), c))  # chunk-major; longer (whole) chunks first within a chunk
     split_tiles = np.nonzero(n_chunks > 1)[0]
     slot0 = np.cumsum(n_chunks[split_tiles]) - n_chunks[split_tiles]
-    return dict(pos=pos, item_tile=it_tile[order], item_lo=it_lo[order], item_hi=it_hi[order],
-                item_slot=slot[order], tile_min=p_min, merge_tile=split_tiles, merge_slot0=slot0,
-                merge_count=n_chunks[split_tiles], n_slots=int(split.sum()))
+    return dict(
+        pos=pos,
+        item_tile=it_tile[order],
+        item_lo=it_lo[order],
+        item_hi=it_hi[order],
+        item_slot=slot[order],
+        tile_min=p_min,
+        merge_tile=split_tiles,
+        merge_slot0=slot0,
+        merge_count=n_chunks[split_tiles],
+        n_slots=int(split.sum()),
+    )
 
 
 @lru_cache(maxsize=64)
 def _schedule(rows: RowSet, g: int, bm: int, bn: int, n_heads: int, n_sm: int, device: str) -> _Schedule:
     plan = plan_items(rows.positions(), g, bm, bn, n_heads, n_sm)
-    keys = ["pos", "item_tile", "item_lo", "item_hi", "item_slot", "tile_min", "merge_tile", "merge_slot0", "merge_count"]
+    keys = [
+        "pos",
+        "item_tile",
+        "item_lo",
+        "item_hi",
+        "item_slot",
+        "tile_min",
+        "merge_tile",
+        "merge_slot0",
+        "merge_count",
+    ]
     flat = np.concatenate([plan[k].astype(np.int32) for k in keys])  # one host->device copy
     dev = torch.from_numpy(flat).to(device)
     parts, o = {}, 0
@@ -277,8 +362,16 @@ def kv_descriptors(k: torch.Tensor, v: torch.Tensor, bn: int, bd: int, use_tma: 
     return 0, 0, 1
 
 
-def dense_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: RowSet, *, scale: float,
-               out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+def dense_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rows: RowSet,
+    *,
+    scale: float,
+    out: torch.Tensor | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
     """Dense causal attention of the query rows at absolute positions ``rows``.
 
     q: (B, Hq, Nq, D), the queries at positions ``[Nk - Nq, Nk)``; k, v: (B, Hkv, Nk, D), last
@@ -305,12 +398,56 @@ def dense_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: RowSet, 
     grid = (sched.n_items * bsz * hkv,)
     desc_k, desc_v, tma_mode = kv_descriptors(k, v, bn, bd, cfg.pop("USE_TMA"))
     _dense_rows_kernel[grid](
-        q, k, v, desc_k, desc_v, out, part_o, part_l, sched.pos, sched.item_tile, sched.item_lo, sched.item_hi, sched.item_slot,
-        sched.tile_min, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        n_rows, nk - nq, nk, hkv, g, max(1, sched.n_slots), sched.n_items, scale * LOG2E,
-        D=d, BD=bd, BM=bm, BN=bn, USE_TMA=tma_mode, DOT_PREC=prec, **cfg)
+        q,
+        k,
+        v,
+        desc_k,
+        desc_v,
+        out,
+        part_o,
+        part_l,
+        sched.pos,
+        sched.item_tile,
+        sched.item_lo,
+        sched.item_hi,
+        sched.item_slot,
+        sched.tile_min,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *out.stride()[:3],
+        n_rows,
+        nk - nq,
+        nk,
+        hkv,
+        g,
+        max(1, sched.n_slots),
+        sched.n_items,
+        scale * LOG2E,
+        D=d,
+        BD=bd,
+        BM=bm,
+        BN=bn,
+        USE_TMA=tma_mode,
+        DOT_PREC=prec,
+        **cfg,
+    )
     if sched.n_merge:
         _merge_kernel[(sched.n_merge, bsz * hkv)](
-            out, part_o, part_l, sched.merge_tile, sched.merge_slot0, sched.merge_count, *out.stride()[:3],
-            n_rows, hkv, g, sched.n_slots, D=d, BD=bd, BM=bm, num_warps=8)
+            out,
+            part_o,
+            part_l,
+            sched.merge_tile,
+            sched.merge_slot0,
+            sched.merge_count,
+            *out.stride()[:3],
+            n_rows,
+            hkv,
+            g,
+            sched.n_slots,
+            D=d,
+            BD=bd,
+            BM=bm,
+            num_warps=8,
+        )
     return out

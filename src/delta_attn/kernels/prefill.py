@@ -56,8 +56,17 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def triton_prefill(q: Tensor, k: Tensor, v: Tensor, config: DeltaConfig, *, scale: float, prompt_len: int,
-                   state: _SequenceState | None = None, kernel_configs: dict | None = None) -> Tensor:
+def triton_prefill(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    config: DeltaConfig,
+    *,
+    scale: float,
+    prompt_len: int,
+    state: _SequenceState | None = None,
+    kernel_configs: dict | None = None,
+) -> Tensor:
     """One sequence group (shared positions) on the GPU. Returns (B, Hq, Nq, D) in q's dtype.
 
     Same arguments and semantics as :func:`delta_attn.reference.reference_prefill`: queries are the
@@ -99,14 +108,22 @@ def triton_prefill(q: Tensor, k: Tensor, v: Tensor, config: DeltaConfig, *, scal
 
     def sparse_rows(out_dtype, delta=None, out=None):
         if spec is None:  # user pattern: the reference computes Õ (only the rows needed)
-            sp, _ = attention_rows(q[:, :, : row_end - q0], k[:, :, :row_end], v[:, :, :row_end], scale=scale,
-                                   q_start=q0, pattern=pattern, dense_pos=torch.zeros(0, dtype=torch.long,
-                                   device=q.device), compute_dtype=torch.float32)
+            sp, _ = attention_rows(
+                q[:, :, : row_end - q0],
+                k[:, :, :row_end],
+                v[:, :, :row_end],
+                scale=scale,
+                q_start=q0,
+                pattern=pattern,
+                dense_pos=torch.zeros(0, dtype=torch.long, device=q.device),
+                compute_dtype=torch.float32,
+            )
             full = out if out is not None else torch.empty(bsz, hq, nq, d, device=q.device, dtype=out_dtype)
             full[:, :, : row_end - q0] = sp.to(full.dtype)
             return full
-        return sparse_mod.sparse_attention(q, k, v, spec, scale=scale, row_end=row_end, out=out,
-                                           out_dtype=out_dtype, delta=delta, config=sp_cfg)
+        return sparse_mod.sparse_attention(
+            q, k, v, spec, scale=scale, row_end=row_end, out=out, out_dtype=out_dtype, delta=delta, config=sp_cfg
+        )
 
     if mode == "sparse":
         return sparse_rows(q.dtype)
@@ -126,21 +143,23 @@ def triton_prefill(q: Tensor, k: Tensor, v: Tensor, config: DeltaConfig, *, scal
 
     out = torch.empty(bsz, hq, nq, d, device=q.device, dtype=q.dtype)
     if nk > tail_start:  # exact tail rows
-        out[:, :, max(q0, tail_start) - q0:] = dense[:, :, n_anchor:].to(q.dtype)
+        out[:, :, max(q0, tail_start) - q0 :] = dense[:, :, n_anchor:].to(q.dtype)
     if body_end > q0:
         first_block, last_block = q0 // gamma, (body_end - 1) // gamma
         if dense is None:  # a chunk inside one γ-block whose anchor came earlier: no dense rows here
             dense = torch.zeros(bsz, hq, 1, d, device=q.device, dtype=torch.float32)
         carry = open_block_delta(state, q0, gamma)
         carry = carry.float().contiguous() if carry is not None else None
-        fused = (config.interp == "repeat" and spec is not None and bmp % gamma == 0 and sp_cfg["BM"] // gamma <= 8)
+        fused = config.interp == "repeat" and spec is not None and bmp % gamma == 0 and sp_cfg["BM"] // gamma <= 8
         if fused:
             delta_out = None
             if state is not None:
-                delta_out = torch.empty(bsz, hq, last_block - first_block + 1, d, device=q.device,
-                                        dtype=torch.float32)
-            sparse_rows(q.dtype, out=out, delta=dict(gamma=gamma, dense=dense, first_anchor=anchor_lo, carry=carry,
-                                                      delta_out=delta_out))
+                delta_out = torch.empty(bsz, hq, last_block - first_block + 1, d, device=q.device, dtype=torch.float32)
+            sparse_rows(
+                q.dtype,
+                out=out,
+                delta=dict(gamma=gamma, dense=dense, first_anchor=anchor_lo, carry=carry, delta_out=delta_out),
+            )
             last_delta = delta_out[:, :, -1] if delta_out is not None else None
         else:
             sp = sparse_rows(torch.float32)

@@ -59,8 +59,9 @@ def _seg_bounds(j, first_block, q_start, body_end, GAMMA):
 
 
 @triton.jit(do_not_specialize=["n_seg", "first_block", "q_start", "body_end"])
-def _segment_states(Deltas, SPrev, States, SLast, P, Qv, n_seg, first_block, q_start, body_end, GAMMA, D,
-                    BD: tl.constexpr):
+def _segment_states(
+    Deltas, SPrev, States, SLast, P, Qv, n_seg, first_block, q_start, body_end, GAMMA, D, BD: tl.constexpr
+):
     """Sequential over segments; program = (batch·head, channel block). States: (BH, n_seg, 3, D)."""
     bh = tl.program_id(0)
     d = tl.program_id(1) * BD + tl.arange(0, BD)
@@ -90,8 +91,29 @@ def _segment_states(Deltas, SPrev, States, SLast, P, Qv, n_seg, first_block, q_s
 
 
 @triton.jit(do_not_specialize=["n_seg", "first_block", "q_start", "body_end"])
-def _segment_apply(Sparse, Out, Deltas, States, P, Qv, Hq, n_seg, first_block, q_start, body_end,
-                   ssb, ssh, ssn, sob, soh, son, GAMMA, D: tl.constexpr, BD: tl.constexpr, RT: tl.constexpr):
+def _segment_apply(
+    Sparse,
+    Out,
+    Deltas,
+    States,
+    P,
+    Qv,
+    Hq,
+    n_seg,
+    first_block,
+    q_start,
+    body_end,
+    ssb,
+    ssh,
+    ssn,
+    sob,
+    soh,
+    son,
+    GAMMA,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    RT: tl.constexpr,
+):
     """Program = (segment, batch·head): out rows = Õ rows + filter output, RT rows at a time."""
     j = tl.program_id(0)
     bh = tl.program_id(1)
@@ -117,12 +139,25 @@ def _segment_apply(Sparse, Out, Deltas, States, P, Qv, Hq, n_seg, first_block, q
         m = r_ok[:, None] & ok[None, :]
         row = (r - q_start).to(tl.int64)[:, None]
         o = tl.load(Sparse + b.to(tl.int64) * ssb + h.to(tl.int64) * ssh + row * ssn + d[None, :], mask=m, other=0.0)
-        tl.store(Out + b.to(tl.int64) * sob + h.to(tl.int64) * soh + row * son + d[None, :],
-                 (o.to(tl.float32) + x).to(Out.dtype.element_ty), mask=m)
+        tl.store(
+            Out + b.to(tl.int64) * sob + h.to(tl.int64) * soh + row * son + d[None, :],
+            (o.to(tl.float32) + x).to(Out.dtype.element_ty),
+            mask=m,
+        )
 
 
-def delta_scan_apply(sparse: torch.Tensor, deltas: torch.Tensor, s_prev: torch.Tensor, m: torch.Tensor,
-                     k: torch.Tensor, *, q_start: int, body_end: int, gamma: int, out: torch.Tensor) -> torch.Tensor:
+def delta_scan_apply(
+    sparse: torch.Tensor,
+    deltas: torch.Tensor,
+    s_prev: torch.Tensor,
+    m: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    q_start: int,
+    body_end: int,
+    gamma: int,
+    out: torch.Tensor,
+) -> torch.Tensor:
     """out[:, :, i] = sparse[:, :, i] + x_i for rows ``i`` at positions ``[q_start, body_end)``.
 
     sparse, out: (B, Hq, Nq, D) (row 0 at q_start); deltas: (B, Hq, n_seg, D) float32, the filter
@@ -143,11 +178,41 @@ def delta_scan_apply(sparse: torch.Tensor, deltas: torch.Tensor, s_prev: torch.T
     s_last = torch.empty(bsz, hq, S_MAX, d, device=sparse.device, dtype=torch.float32)
     bd_seq = min(32, triton.next_power_of_2(d))
     _segment_states[(bsz * hq, triton.cdiv(d, bd_seq))](
-        deltas, sp, states, s_last, p_tab, q_tab, n_seg, first_block, q_start, body_end, gamma, d, BD=bd_seq,
-        num_warps=1)
+        deltas,
+        sp,
+        states,
+        s_last,
+        p_tab,
+        q_tab,
+        n_seg,
+        first_block,
+        q_start,
+        body_end,
+        gamma,
+        d,
+        BD=bd_seq,
+        num_warps=1,
+    )
     bd = triton.next_power_of_2(d)
     rt = max(16, min(64, triton.next_power_of_2(gamma)))
     _segment_apply[(n_seg, bsz * hq)](
-        sparse, out, deltas, states, p_tab, q_tab, hq, n_seg, first_block, q_start, body_end,
-        *sparse.stride()[:3], *out.stride()[:3], gamma, D=d, BD=bd, RT=rt, num_warps=4)
+        sparse,
+        out,
+        deltas,
+        states,
+        p_tab,
+        q_tab,
+        hq,
+        n_seg,
+        first_block,
+        q_start,
+        body_end,
+        *sparse.stride()[:3],
+        *out.stride()[:3],
+        gamma,
+        D=d,
+        BD=bd,
+        RT=rt,
+        num_warps=4,
+    )
     return s_last[:, :, :n_states]

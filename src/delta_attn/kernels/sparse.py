@@ -75,8 +75,25 @@ class SparseSpec:
 
 
 @triton.jit
-def _allowed(pos, kn, sink, window, bsize, Sel, sel_base, sel_block, sel_q0, n_qb, n_kb, ColM, DiagM, tbl_base,
-             n_keys, PATTERN: tl.constexpr, HAS_BLOCK: tl.constexpr):
+def _allowed(
+    pos,
+    kn,
+    sink,
+    window,
+    bsize,
+    Sel,
+    sel_base,
+    sel_block,
+    sel_q0,
+    n_qb,
+    n_kb,
+    ColM,
+    DiagM,
+    tbl_base,
+    n_keys,
+    PATTERN: tl.constexpr,
+    HAS_BLOCK: tl.constexpr,
+):
     """[BM, BN] mask of pattern ∩ causality for query positions pos [BM] and keys kn [BN]."""
     causal = kn[None, :] <= pos[:, None]
     if PATTERN == 2:
@@ -97,19 +114,94 @@ def _allowed(pos, kn, sink, window, bsize, Sel, sel_base, sel_block, sel_q0, n_q
 
 
 # Scalars that change with the prompt length are not specialised on (no recompile per length).
-@triton.jit(do_not_specialize=["q_start", "row_end", "tile0", "n_keys", "qk_scale", "sink", "window", "bsize",
-                               "sel_q0", "n_qb", "n_kb", "blk_max", "col_max", "n_tiles", "tbl_stride",
-                               "first_anchor", "first_block", "n_delta"])
-def _sparse_kernel(Q, K, V, DescK, DescV, Out, Dense, Carry, DeltaOut,
-                   Sel, ColM, DiagM, BlkIdx, BlkCnt, ColIdx, ColCnt,
-                   sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son, sdb, sdh, sdn,
-                   Hq, G, q_start, row_end, tile0, n_keys, qk_scale,
-                   sink, window, bsize,
-                   sel_block, sel_q0, n_qb, n_kb, blk_max, col_max, n_tiles, tbl_stride,
-                   first_anchor, first_block, n_delta,
-                   D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
-                   PATTERN: tl.constexpr, HAS_BLOCK: tl.constexpr, EPILOGUE: tl.constexpr, GAMMA: tl.constexpr,
-                   STORE_DELTA: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr):
+@triton.jit(
+    do_not_specialize=[
+        "q_start",
+        "row_end",
+        "tile0",
+        "n_keys",
+        "qk_scale",
+        "sink",
+        "window",
+        "bsize",
+        "sel_q0",
+        "n_qb",
+        "n_kb",
+        "blk_max",
+        "col_max",
+        "n_tiles",
+        "tbl_stride",
+        "first_anchor",
+        "first_block",
+        "n_delta",
+    ]
+)
+def _sparse_kernel(
+    Q,
+    K,
+    V,
+    DescK,
+    DescV,
+    Out,
+    Dense,
+    Carry,
+    DeltaOut,
+    Sel,
+    ColM,
+    DiagM,
+    BlkIdx,
+    BlkCnt,
+    ColIdx,
+    ColCnt,
+    sqb,
+    sqh,
+    sqn,
+    skb,
+    skh,
+    skn,
+    svb,
+    svh,
+    svn,
+    sob,
+    soh,
+    son,
+    sdb,
+    sdh,
+    sdn,
+    Hq,
+    G,
+    q_start,
+    row_end,
+    tile0,
+    n_keys,
+    qk_scale,
+    sink,
+    window,
+    bsize,
+    sel_block,
+    sel_q0,
+    n_qb,
+    n_kb,
+    blk_max,
+    col_max,
+    n_tiles,
+    tbl_stride,
+    first_anchor,
+    first_block,
+    n_delta,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    HP: tl.constexpr,
+    PATTERN: tl.constexpr,
+    HAS_BLOCK: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    GAMMA: tl.constexpr,
+    STORE_DELTA: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
     # program = (batch, group of HP query heads of one KV head) × tile of BMP = BM/HP positions;
     # head groups vary fastest, so the G heads of a KV group read its K/V tiles from L2 together.
     BMP: tl.constexpr = BM // HP
@@ -131,12 +223,20 @@ def _sparse_kernel(Q, K, V, DescK, DescV, Out, Dense, Carry, DeltaOut,
     offs_d = tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
     d_ok = offs_d < D
-    q = tl.load(Q + b.to(tl.int64) * sqb + h[:, None].to(tl.int64) * sqh + (pos - q_start)[:, None].to(tl.int64) * sqn
-                + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(
+        Q
+        + b.to(tl.int64) * sqb
+        + h[:, None].to(tl.int64) * sqh
+        + (pos - q_start)[:, None].to(tl.int64) * sqn
+        + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     k_base = b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = b.to(tl.int64) * svb + hk.to(tl.int64) * svh
-    desc_k, desc_v, row0 = make_kv_descriptors(K, V, DescK, DescV, k_base, v_base, b * (Hq // G) + hk, n_keys,
-                                               skn, svn, D, BN, BD, USE_TMA)
+    desc_k, desc_v, row0 = make_kv_descriptors(
+        K, V, DescK, DescV, k_base, v_base, b * (Hq // G) + hk, n_keys, skn, svn, D, BN, BD, USE_TMA
+    )
     kt_ptrs, v_ptrs = kv_pointers(K, V, k_base, v_base, offs_n, offs_d, skn, svn)
     bh_q = (b * Hq + h0).to(tl.int64)  # index-list patterns run with HP == 1: one head per program
     tbl_base = bh_q * tbl_stride  # row of the (B, Hq, N) vertical-slash tables
@@ -176,18 +276,33 @@ def _sparse_kernel(Q, K, V, DescK, DescV, Out, Dense, Carry, DeltaOut,
     n_full = n_sf + (y - x) // BN
     for i in range(0, n_full):
         k0 = tl.where(i < n_sf, i * BN, x + (i - n_sf) * BN)
-        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, False,
-                       USE_TMA)
+        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, False, USE_TMA)
         acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, None, False, DOT_PREC)
     m1 = (a_end - sf_end + BN - 1) // BN
     m2 = m1 + (x - b_lo + BN - 1) // BN
     n_masked = m2 + (p_end - y + BN - 1) // BN
     for i in range(0, n_masked):
         k0 = tl.where(i < m1, sf_end + i * BN, tl.where(i < m2, b_lo + (i - m1) * BN, y + (i - m2) * BN))
-        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, True,
-                       USE_TMA)
-        allowed = _allowed(pos, k0 + offs_n, sink, window, bsize, Sel, sel_base, sel_block, sel_q0, n_qb, n_kb,
-                           ColM, DiagM, tbl_base, n_keys, PATTERN, HAS_BLOCK)
+        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA)
+        allowed = _allowed(
+            pos,
+            k0 + offs_n,
+            sink,
+            window,
+            bsize,
+            Sel,
+            sel_base,
+            sel_block,
+            sel_q0,
+            n_qb,
+            n_kb,
+            ColM,
+            DiagM,
+            tbl_base,
+            n_keys,
+            PATTERN,
+            HAS_BLOCK,
+        )
         acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, True, DOT_PREC)
 
     # ---- index lists: extra key tiles (topk / vertical_slash), then gathered columns -----------
@@ -197,20 +312,44 @@ def _sparse_kernel(Q, K, V, DescK, DescV, Out, Dense, Carry, DeltaOut,
         for i in range(cnt):
             k0 = tl.load(BlkIdx + lst * blk_max + i) * BN
             if (k0 >= a_end) & ((k0 < b_lo) | (k0 >= p_end)):  # not visited by the ranges above
-                k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D,
-                               True, USE_TMA)
-                allowed = _allowed(pos, k0 + offs_n, sink, window, bsize, Sel, sel_base, sel_block, sel_q0, n_qb,
-                                   n_kb, ColM, DiagM, tbl_base, n_keys, PATTERN, HAS_BLOCK)
+                k, v = load_kv(
+                    kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA
+                )
+                allowed = _allowed(
+                    pos,
+                    k0 + offs_n,
+                    sink,
+                    window,
+                    bsize,
+                    Sel,
+                    sel_base,
+                    sel_block,
+                    sel_q0,
+                    n_qb,
+                    n_kb,
+                    ColM,
+                    DiagM,
+                    tbl_base,
+                    n_keys,
+                    PATTERN,
+                    HAS_BLOCK,
+                )
                 acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, True, DOT_PREC)
     if PATTERN == 2:
         n_col = tl.load(ColCnt + lst)
         for c0 in range(0, n_col, BN):
             c_ok = c0 + offs_n < n_col
             kn = tl.load(ColIdx + lst * col_max + c0 + offs_n, mask=c_ok, other=0)
-            k = tl.load(K + k_base + kn[None, :].to(tl.int64) * skn + offs_d[:, None],
-                        mask=c_ok[None, :] & d_ok[:, None], other=0.0)
-            v = tl.load(V + v_base + kn[:, None].to(tl.int64) * svn + offs_d[None, :],
-                        mask=c_ok[:, None] & d_ok[None, :], other=0.0)
+            k = tl.load(
+                K + k_base + kn[None, :].to(tl.int64) * skn + offs_d[:, None],
+                mask=c_ok[None, :] & d_ok[:, None],
+                other=0.0,
+            )
+            v = tl.load(
+                V + v_base + kn[:, None].to(tl.int64) * svn + offs_d[None, :],
+                mask=c_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            )
             allowed = c_ok[None, :] & (kn[None, :] <= pos[:, None])
             acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, True, DOT_PREC)
 
@@ -225,18 +364,33 @@ def _sparse_kernel(Q, K, V, DescK, DescV, Out, Dense, Carry, DeltaOut,
             o_a = tl.sum(tl.where((rows == s * GAMMA)[:, None], o, 0.0), axis=0)  # Õ of the anchor row
             own = (a_pos >= q_start) & (a_pos < row_end)
             carried = (a_pos < q_start) & (a_pos + GAMMA > q_start)
-            d_a = tl.load(Dense + b.to(tl.int64) * sdb + h_a.to(tl.int64) * sdh
-                          + ((a_pos - first_anchor) // GAMMA).to(tl.int64) * sdn + offs_d, mask=d_ok & own, other=0.0)
+            d_a = tl.load(
+                Dense
+                + b.to(tl.int64) * sdb
+                + h_a.to(tl.int64) * sdh
+                + ((a_pos - first_anchor) // GAMMA).to(tl.int64) * sdn
+                + offs_d,
+                mask=d_ok & own,
+                other=0.0,
+            )
             c_a = tl.load(Carry + bh_a * D + offs_d, mask=d_ok & carried, other=0.0)
             delta = tl.where(own, d_a - o_a, c_a)
             corr += tl.where(((rows // GAMMA) == s)[:, None], delta[None, :], 0.0)
             if STORE_DELTA:
                 blk = a_pos // GAMMA - first_block
-                tl.store(DeltaOut + (bh_a * n_delta + blk) * D + offs_d, delta,
-                         mask=d_ok & (own | carried) & (a_pos < row_end))
+                tl.store(
+                    DeltaOut + (bh_a * n_delta + blk) * D + offs_d,
+                    delta,
+                    mask=d_ok & (own | carried) & (a_pos < row_end),
+                )
         o = o + corr
-    o_ptrs = (Out + b.to(tl.int64) * sob + h[:, None].to(tl.int64) * soh + (pos - q_start)[:, None].to(tl.int64) * son
-              + offs_d[None, :])
+    o_ptrs = (
+        Out
+        + b.to(tl.int64) * sob
+        + h[:, None].to(tl.int64) * soh
+        + (pos - q_start)[:, None].to(tl.int64) * son
+        + offs_d[None, :]
+    )
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
@@ -253,9 +407,19 @@ def tile_positions(config: dict, group: int, spec: SparseSpec | None) -> int:
     return config["BM"] // heads_per_program(config.get("HP", 1), group, spec)
 
 
-def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: SparseSpec, *, scale: float,
-                     row_end: int | None = None, out: torch.Tensor | None = None, out_dtype=None,
-                     delta: dict | None = None, config: dict | None = None) -> torch.Tensor:
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: SparseSpec,
+    *,
+    scale: float,
+    row_end: int | None = None,
+    out: torch.Tensor | None = None,
+    out_dtype=None,
+    delta: dict | None = None,
+    config: dict | None = None,
+) -> torch.Tensor:
     """Õ of the query rows at positions ``[q_start, row_end)`` (q_start = Nk − Nq).
 
     q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D), last dim contiguous. Writes rows ``0 .. row_end-q_start-1``
@@ -310,17 +474,60 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Sp
     grid = (bsz * hq // hp, n_tiles)
     desc_k, desc_v, tma_mode = kv_descriptors(k, v, bn, bd, cfg.pop("USE_TMA"))
     _sparse_kernel[grid](
-        q, k, v, desc_k, desc_v, out, dense, carry, delta_out if delta_out is not None else carry,
-        sel, col_m, diag_m, blk_idx, blk_cnt, col_idx, col_cnt,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *sd,
-        hq, hq // hkv, q_start, row_end, tile0, nk, scale * LOG2E,
-        spec.sink, spec.window, max(1, spec.block_size),
-        spec.sel_block, spec.sel_q0, n_qb, n_kb,
+        q,
+        k,
+        v,
+        desc_k,
+        desc_v,
+        out,
+        dense,
+        carry,
+        delta_out if delta_out is not None else carry,
+        sel,
+        col_m,
+        diag_m,
+        blk_idx,
+        blk_cnt,
+        col_idx,
+        col_cnt,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *out.stride()[:3],
+        *sd,
+        hq,
+        hq // hkv,
+        q_start,
+        row_end,
+        tile0,
+        nk,
+        scale * LOG2E,
+        spec.sink,
+        spec.window,
+        max(1, spec.block_size),
+        spec.sel_block,
+        spec.sel_q0,
+        n_qb,
+        n_kb,
         blk_idx.shape[-1] if spec.blk_idx is not None else 1,
-        col_idx.shape[-1] if spec.col_idx is not None else 1, n_tiles,
+        col_idx.shape[-1] if spec.col_idx is not None else 1,
+        n_tiles,
         spec.diag_mask.shape[-1] if spec.diag_mask is not None else nk,
-        first_anchor, first_block, n_delta,
-        D=d, BD=bd, BM=bm, BN=bn, HP=hp, PATTERN=spec.kind, HAS_BLOCK=spec.block_size > 0,
-        EPILOGUE=1 if delta is not None else 0, GAMMA=gamma, STORE_DELTA=delta_out is not None,
-        USE_TMA=tma_mode, DOT_PREC=prec, **cfg)
+        first_anchor,
+        first_block,
+        n_delta,
+        D=d,
+        BD=bd,
+        BM=bm,
+        BN=bn,
+        HP=hp,
+        PATTERN=spec.kind,
+        HAS_BLOCK=spec.block_size > 0,
+        EPILOGUE=1 if delta is not None else 0,
+        GAMMA=gamma,
+        STORE_DELTA=delta_out is not None,
+        USE_TMA=tma_mode,
+        DOT_PREC=prec,
+        **cfg,
+    )
     return out

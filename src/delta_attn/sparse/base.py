@@ -16,7 +16,8 @@ To add a method: subclass :class:`SparseMethod` (or wrap a ``mask_mod`` in
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor

@@ -26,8 +26,9 @@ class BlockTopKPattern(SparsePattern):
 
     name = "topk"
 
-    def __init__(self, block: int, q_block_start: int, selected: Tensor, valid: Tensor, n_k_blocks: int,
-                 sink: int, window: int) -> None:
+    def __init__(
+        self, block: int, q_block_start: int, selected: Tensor, valid: Tensor, n_k_blocks: int, sink: int, window: int
+    ) -> None:
         self.block = int(block)
         self.q_block_start = int(q_block_start)
         self.selected = selected
@@ -57,8 +58,9 @@ def _block_mean(x: Tensor, start: int, block: int) -> Tensor:
     return sums / counts.unsqueeze(-1)
 
 
-def estimate_block_topk(q: Tensor, k: Tensor, *, q_start: int, block: int, n_blocks: int, sink: int,
-                        window: int) -> BlockTopKPattern:
+def estimate_block_topk(
+    q: Tensor, k: Tensor, *, q_start: int, block: int, n_blocks: int, sink: int, window: int
+) -> BlockTopKPattern:
     """Select the top ``n_blocks`` key blocks per query block and head by pooled scores."""
     bsz, hq, nq, d = q.shape
     hkv = k.shape[1]
@@ -80,8 +82,15 @@ class BlockTopKMethod(SparseMethod):
     name = "topk"
 
     def plan(self, q, k, config, *, q_start, scale):
-        return estimate_block_topk(q, k, q_start=q_start, block=config.topk_block, n_blocks=config.topk_blocks,
-                                   sink=config.sink, window=config.window)
+        return estimate_block_topk(
+            q,
+            k,
+            q_start=q_start,
+            block=config.topk_block,
+            n_blocks=config.topk_blocks,
+            sink=config.sink,
+            window=config.window,
+        )
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ if __name__ == "__main__":
 
     torch.manual_seed(0)
     q, k = torch.randn(1, 1, 32, 16), torch.randn(1, 1, 32, 16)
-    pat = estimate_vertical_slash(q, k, q_start=0, scale=0.25, last_q=8, vertical_size=3, slash_size=4,
-                                  first_columns=1, last_diagonals=2)
+    pat = estimate_vertical_slash(
+        q, k, q_start=0, scale=0.25, last_q=8, vertical_size=3, slash_size=4, first_columns=1, last_diagonals=2
+    )
     print(render_ascii(pat, 32))
