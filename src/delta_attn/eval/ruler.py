@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 
+from ..prompts import chat_frame
 from . import corpus, words
 from .qa import make_item
 
@@ -125,6 +126,11 @@ QA_TASKS = [t for t in TASK_NAMES if TASKS[t].is_qa]
 #: how tables name tasks (the QA tasks are offline substitutes, say so everywhere)
 DISPLAY_NAMES = {t: t for t in TASK_NAMES} | {"qa_1": "qa_1 (offline subst.)", "qa_2": "qa_2 (offline subst.)"}
 DEFAULT_RESERVE = 128
+#: no task fits in fewer prompt tokens (most need more: the generators say how many when they do not fit)
+MIN_PROMPT_TOKENS = 256
+#: bump when a change to the generators changes prompts: result records carry it, and resuming or
+#: reporting never mixes prompts of two formats under one setting
+PROMPT_FORMAT = 1
 
 
 def parse_tasks(spec: str | Sequence[str] | None) -> list[str]:
@@ -183,8 +189,6 @@ class Sample:
 class PromptBuilder:
     """Tokenises pieces (cached) and wraps task text in the model's chat template."""
 
-    SENTINEL = "\x00CONTENT\x00"
-
     def __init__(
         self,
         tokenizer,
@@ -198,13 +202,7 @@ class PromptBuilder:
         self.texts_dir = corpus.resolve_texts_dir(texts_dir)
         self.essay_books = tuple(essay_books)
         self._cache: dict[str, list[int]] = {}
-        if chat and getattr(tokenizer, "chat_template", None):
-            rendered = tokenizer.apply_chat_template(
-                [{"role": "user", "content": self.SENTINEL}], tokenize=False, add_generation_prompt=True
-            )
-            self.chat_head, self.chat_tail = rendered.split(self.SENTINEL)
-        else:
-            self.chat_head, self.chat_tail = "", "\n"
+        self.frame = chat_frame(tokenizer, chat=chat)
         self._essay: tuple[list[str], list[list[int]]] | None = None
 
     def enc(self, text: str) -> list[int]:
@@ -225,10 +223,10 @@ class PromptBuilder:
 
     def wrap(self, user_head: str, user_tail: str, answer_prefix: str) -> tuple[list[int], list[int]]:
         """(head ids, tail ids) around the context: chat header + task text, then question + answer prefix."""
-        prefix = answer_prefix.strip() if self.chat_head else answer_prefix.rstrip()
-        head = self.tok.encode(self.chat_head + user_head, add_special_tokens=False)
-        tail = self.tok.encode(user_tail + self.chat_tail + prefix, add_special_tokens=False)
-        return head, tail
+        # after the assistant header's newline a leading space would be a token of its own (see the module doc)
+        prefix = answer_prefix.strip() if self.frame.head else answer_prefix.rstrip()
+        head, tail = self.frame.around(user_head, user_tail, prefix)
+        return self.tok.encode(head, add_special_tokens=False), self.tok.encode(tail, add_special_tokens=False)
 
     def essay(self) -> tuple[list[str], list[list[int]]]:
         """Sentences of the essay books and their ids with a leading space (tokenised once)."""
@@ -665,9 +663,10 @@ def generate_qa(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, ta
 
 def prompt_tokens_for(length: int, reserve: int = DEFAULT_RESERVE) -> int:
     """The exact prompt length of every sample at nominal length ``length``."""
-    if length - reserve < 256:
+    if length - reserve < MIN_PROMPT_TOKENS:
         raise ValueError(
-            f"length {length} leaves fewer than 256 prompt tokens after the {reserve}-token answer reserve"
+            f"length {length} leaves fewer than {MIN_PROMPT_TOKENS} prompt tokens after the {reserve}-token "
+            "answer reserve"
         )
     return length - reserve
 
