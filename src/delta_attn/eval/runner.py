@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..generation import SamplingParams, generate, stop_token_ids
 from . import ruler, scoring
-from .generation import greedy_generate, stop_token_ids
 from .methods import Method
-from .records import JsonlWriter, sample_key
+from .records import JsonlWriter
 
 #: typical answer length of SmolLM2-135M per task (dense, CPU run at 1K): a batch lasts as long as its
 #: longest answer, so batching tasks of similar answer length saves decode steps. Only an ordering hint.
@@ -44,15 +44,23 @@ TYPICAL_GEN_TOKENS = {
 
 def parse_batch_sizes(spec: str | int | None, default: int = 16) -> Callable[[int], int]:
     """``"32"`` or ``"1024:128,2048:96,4096:64,8192:32"`` (a length not listed uses the next listed
-    length above it, else the largest listed one) -> function length -> batch size."""
+    length above it, else the largest listed one) -> function length -> batch size.
+
+    Raises ``ValueError`` for a malformed spec or a size or length below 1."""
     if spec is None or spec == "":
         return lambda L: default
     if isinstance(spec, int):
-        return lambda L: spec
+        return parse_batch_sizes(str(spec))
+    try:
+        pairs = [item.split(":") if ":" in item else ["1", item] for item in spec.split(",") if item.strip()]
+        table = sorted((int(a), int(b)) for a, b in pairs)
+    except ValueError:
+        raise ValueError(f"batch size spec {spec!r}: expected N or LENGTH:N,LENGTH:N,...") from None
+    if not table or min(min(a, b) for a, b in table) < 1:
+        raise ValueError(f"batch size spec {spec!r}: sizes and lengths must be >= 1")
     if ":" not in spec:
-        v = int(spec)
+        v = table[0][1]
         return lambda L: v
-    table = sorted((int(a), int(b)) for a, b in (item.split(":") for item in spec.split(",") if item.strip()))
 
     def size(L: int) -> int:
         for length, b in table:
@@ -111,6 +119,7 @@ def run_ruler(
     lengths: Sequence[int],
     batch_size: Callable[[int], int],
     done: set,
+    configs: dict[str, dict],
     run_id: str,
     seed: int,
     deadline: Deadline | None = None,
@@ -118,7 +127,10 @@ def run_ruler(
     log: Callable[[str], None] = print,
     prefill_tokens: int | None = None,
 ) -> RulerRunStats:
-    """Generate and score every (sample, method) pair not in ``done``; append records to ``writer``."""
+    """Generate and score every (sample, method) pair not in ``done``; append records to ``writer``.
+
+    ``configs`` maps each method name to the ``config`` its records carry (see :mod:`delta_attn.eval.records`).
+    """
     stats = RulerRunStats()
     stop_ids = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -165,11 +177,10 @@ def run_ruler(
                         return stats
                     t0 = time.perf_counter()
                     try:
-                        res = greedy_generate(
+                        res = generate(
                             model,
                             [s.input_ids for s in batch],
-                            [s.max_new_tokens for s in batch],
-                            stop_ids,
+                            [SamplingParams(s.max_new_tokens, stop_token_ids=stop_ids) for s in batch],
                             pad_id=pad_id,
                             prefill_batch=pb,
                         )
@@ -187,7 +198,7 @@ def run_ruler(
                     stats.decode_s += res.decode_s
                     stats.decode_steps += res.decode_steps
                     recs = [
-                        _record(s, m, toks, hit, res, tokenizer, seed, run_id, len(batch))
+                        _record(s, m, toks, hit, res, tokenizer, seed, run_id, len(batch)) | {"config": configs[m.name]}
                         for s, toks, hit in zip(batch, res.tokens, res.hit_stop)
                     ]
                     writer.write(recs)
@@ -249,7 +260,3 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def done_keys(records) -> set:
-    return {sample_key(r) for r in records}
