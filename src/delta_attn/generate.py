@@ -5,7 +5,9 @@
 
 The prompt is wrapped in the model's chat template (``--raw`` feeds it as is); prefill uses the
 chosen mode (``delta`` by default) and decode is dense over the full KV cache. ``--chunk-size``
-prefills long prompts in chunks with :func:`delta_attn.chunked_prefill`.
+prefills long prompts in chunks with :func:`delta_attn.chunked_prefill`. A prompt longer than the
+model's context is an error unless ``--allow-overflow``; a reply that would run past the context is
+cut at the context's end (with a note) unless ``--allow-overflow``.
 """
 
 from __future__ import annotations
@@ -13,98 +15,127 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import cli_options as opt
+
+
+class _Printer:
+    """``on_token`` callback that prints the reply as it grows (decoding the whole reply each time, so
+    tokens that only form a character together are printed once the character is complete)."""
+
+    def __init__(self, tokenizer, out=None) -> None:
+        self.tokenizer, self.out = tokenizer, out or sys.stdout
+        self.ids: list[int] = []
+        self.printed = 0
+
+    def __call__(self, index: int, token: int) -> bool:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # U+FFFD: an incomplete UTF-8 sequence, wait for its next token
+            self.out.write(text[self.printed :])
+            self.out.flush()
+            self.printed = len(text)
+        return True
+
+
+def _read_prompt(source: str | None) -> str:
+    if source not in (None, "-"):
+        return opt.read_text_file(source)
+    if sys.stdin.isatty():
+        print("reading the prompt from stdin (end with Ctrl-D) ...", file=sys.stderr)
+    buffer = getattr(sys.stdin, "buffer", None)
+    return opt.decode_text(buffer.read(), "stdin") if buffer is not None else sys.stdin.read()
+
+
+def _check_dense_layers(dense_layers, num_layers: int) -> None:
+    top = dense_layers if isinstance(dense_layers, int) else max(dense_layers, default=-1) + 1
+    if top > num_layers:
+        raise opt.UsageError(f"--dense-layers {dense_layers}: the model has {num_layers} layers (0..{num_layers - 1})")
+
 
 def run(args) -> int:
-    import torch
-    from transformers import TextStreamer
-
     from .config import DeltaConfig
-    from .hf import chunked_prefill, enable
-    from .models import load_smollm2
+    from .generation import SamplingParams, generate, stop_token_ids
+    from .hf import enable
+    from .models import load_smollm2, load_tokenizer, model_info
 
-    if args.prompt in (None, "-"):
-        if sys.stdin.isatty():
-            print("reading the prompt from stdin (end with Ctrl-D) ...", file=sys.stderr)
-        text = sys.stdin.read()
-    else:
-        with open(args.prompt, encoding="utf-8") as f:
-            text = f.read()
+    text = _read_prompt(args.prompt)
     if not text.strip():
-        raise SystemExit("the prompt is empty: pass a file or pipe text on stdin")
-    dense_layers = args.dense_layers
-    config = DeltaConfig(
-        mode=args.mode,
-        sparse=args.sparse,
-        window=args.window,
-        sink=args.sink,
-        gamma=args.gamma,
-        interp=args.interp,
-        dense_layers=dense_layers,
+        raise opt.UsageError("the prompt is empty: pass a file or pipe text on stdin")
+    config = opt.config_or_usage_error(
+        lambda: DeltaConfig(
+            mode=args.mode,
+            sparse=args.sparse,
+            window=args.window,
+            sink=args.sink,
+            gamma=args.gamma,
+            interp=args.interp,
+            tail=args.tail,
+            dense_layers=args.dense_layers,
+        ),
+        "prefill method",
     )
+    if args.chunk_size and not config.is_causal:
+        raise opt.UsageError("--chunk-size needs a causal method; --interp linear reads later rows")
+    info = model_info(args.gguf)
+    _check_dense_layers(args.dense_layers, info.num_layers)
+    opt.check_device(args.device)
+    opt.setup_threads(args.threads)
+
+    tokenizer = load_tokenizer(args.gguf)
+    if not args.raw:
+        from .prompts import chat_frame
+
+        text = chat_frame(tokenizer).render(text)
+    ids = tokenizer(text, add_special_tokens=args.raw)["input_ids"]
+    opt.check_fits_context(len(ids), info.context_length, args.allow_overflow)
+    max_new = args.max_new_tokens
+    if not args.allow_overflow and len(ids) + max_new > info.context_length:
+        max_new = info.context_length - len(ids)
+        print(f"[the reply is cut at {max_new} tokens, where the context ends]", file=sys.stderr)
+    if max_new < 1:
+        raise opt.UsageError(
+            f"the prompt fills the whole {info.context_length}-token context: no room for a reply "
+            f"({opt.OVERFLOW_OPTION} to go past it)"
+        )
+
     model, tokenizer = load_smollm2(device=args.device, gguf_path=args.gguf)
     enable(model, config)
-    if not args.raw:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-    device = next(model.parameters()).device
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=args.raw)["input_ids"].to(device)
     print(
-        f"[{ids.shape[1]} prompt tokens; {config.mode} prefill ({config.method_name} sink {config.sink} + window "
+        f"[{len(ids)} prompt tokens; {config.mode} prefill ({config.method_name} sink {config.sink} + window "
         f"{config.window}, gamma {config.gamma}), dense decode]",
         file=sys.stderr,
         flush=True,
     )
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(
-        max_new_tokens=args.max_new_tokens, do_sample=False, streamer=streamer, pad_token_id=tokenizer.pad_token_id
+    generate(
+        model,
+        [ids],
+        SamplingParams(max_new, stop_token_ids=stop_token_ids(tokenizer)),
+        chunk_size=args.chunk_size,
+        on_token=_Printer(tokenizer),
     )
-    with torch.no_grad():
-        if args.chunk_size and ids.shape[1] > 1:
-            # prefill all but the last prompt token in chunks; generate() then feeds only the uncached
-            # last token (a dense step over the cache, like the exact tail) and streams the reply
-            pre = chunked_prefill(model, ids[:, :-1], chunk_size=args.chunk_size, progress=True)
-            model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=pre.past_key_values, **kwargs
-            )
-        else:
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+    print()
     return 0
 
 
-def _dense_layers(value: str):
-    """``--dense-layers 3`` (first 3 layers) or ``--dense-layers 0,5,7`` (a list)."""
-    parts = [p for p in value.split(",") if p.strip()]
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or a comma-separated list of ints, got {value!r}") from None
-    return nums[0] if len(nums) == 1 and "," not in value else tuple(nums)
-
-
 def register(subparsers) -> None:
-    from .demo import add_method_arguments
-
     p = subparsers.add_parser(
         "generate",
         help="answer a prompt (file or stdin) with SmolLM2 and Δ prefill",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("prompt", nargs="?", default=None, help="prompt file ('-' or omitted: read stdin)")
-    p.add_argument(
-        "--mode",
-        default="delta",
-        choices=("delta", "recompute", "sparse", "dense"),
-        help="prefill method (default delta); decode is always dense",
-    )
+    p.add_argument("prompt", nargs="?", default=None, help="UTF-8 prompt file (default, or '-': read stdin)")
+    opt.add_mode_option(p)
     p.add_argument(
         "--dense-layers",
-        type=_dense_layers,
+        type=opt.dense_layers,
         default=0,
         help="layers kept dense: an int k (the first k) or a list like 0,1,5 (default 0)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=256, help="reply length limit (default 256)")
-    p.add_argument("--raw", action="store_true", help="feed the prompt as is (no chat template)")
-    add_method_arguments(p, window=2048, sink=128, gamma=64)
+    p.add_argument("--max-new-tokens", type=opt.positive_int, default=256, help="reply length limit (default 256)")
+    p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template (default off)")
+    opt.add_method_options(p, window=2048, sink=128, gamma=64)
+    opt.add_chunk_option(p)
+    opt.add_model_options(p)
+    opt.add_overflow_option(p)
     p.set_defaults(func=run)

@@ -4,6 +4,26 @@ from __future__ import annotations
 
 import argparse
 
+# help texts of `bench layer` options that bench/layer.py leaves short; every one states its default
+LAYER_HELP = {
+    "methods": "any of cudnn, flash, sparse, delta, recompute, rows (dense-rows kernel alone) (default all six)",
+    "batch": "batch size (default 1)",
+    "heads": "query heads (default 32, Llama-3-8B)",
+    "kv_heads": "key/value heads (default 8)",
+    "head_dim": "head dimension (default 128)",
+    "dtype": "input dtype (default bf16)",
+    "gamma": "anchor stride γ of delta / recompute (default 64)",
+    "window": "sliding window of the sparse base (default 2048)",
+    "sink": "attention-sink tokens of the sparse base (default 128)",
+    "reps": "timed repetitions, fewer when one call is slow (default 10)",
+    "budget": "seconds of timed calls per method and length (default 2)",
+    "dense_once_above": "time dense SDPA from one call above this length (default 256K)",
+    "dense_max": "skip dense SDPA above this length (default 1M)",
+    "flash_max": "skip the FlashAttention-2 backend above this length (default 256K)",
+    "nan_check": "--no-nan-check skips the finite-output check (default: checked)",
+    "out": "directory for results.json, results.md, plot.png (default runs/bench-layer)",
+}
+
 
 def _layer(args: argparse.Namespace) -> int:
     from .layer import run
@@ -15,7 +35,9 @@ def register(subparsers) -> None:
     """Add ``bench`` (with ``layer``) to the ``delta-attn`` command line."""
     from .layer import build_parser
 
-    bench = subparsers.add_parser("bench", help="benchmarks on a CUDA GPU")
+    bench = subparsers.add_parser(
+        "bench", help="benchmarks on a CUDA GPU", description="Benchmarks on a CUDA GPU (see BENCHMARKS.md)."
+    )
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
     layer = sub.add_parser(
         "layer",
@@ -23,5 +45,7 @@ def register(subparsers) -> None:
         description="Per-layer prefill latency (see delta_attn/bench/layer.py).",
     )
     build_parser(layer)
+    for action in layer._actions:
+        action.help = LAYER_HELP.get(action.dest, action.help)
     layer.set_defaults(func=_layer)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
