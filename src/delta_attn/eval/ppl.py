@@ -22,8 +22,10 @@ import torch
 
 from . import corpus
 from .methods import Method
-from .records import JsonlWriter, ppl_key
+from .records import JsonlWriter
 
+#: bump when the document windows change (result records carry it)
+DOC_FORMAT = 1
 DEFAULT_EDGES = (0, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
 
 
@@ -36,7 +38,9 @@ def bucket_edges(length: int, edges: Sequence[int] = DEFAULT_EDGES) -> list[int]
 def ppl_documents(
     tokenizer, length: int, num_docs: int, texts_dir=None, books: Sequence[str] = corpus.PPL_BOOKS
 ) -> list[tuple[str, list[int]]]:
-    """``num_docs`` windows of exactly ``length`` tokens: (name, ids)."""
+    """``num_docs`` windows of exactly ``length`` tokens (``length`` >= 2: one token is predicted): (name, ids)."""
+    if length < 2:
+        raise ValueError(f"a perplexity window needs at least 2 tokens, got length {length}")
     texts_dir = corpus.resolve_texts_dir(texts_dir)
     out: list[tuple[str, list[int]]] = []
     rounds = (0.10, 0.55, 0.30, 0.80)
@@ -47,7 +51,7 @@ def ppl_documents(
             text = corpus.load_text(name, texts_dir)
             start = int(len(text) * frac)
             start = text.find(" ", start) + 1 if text.find(" ", start) >= 0 else start
-            chars = length * 6
+            chars = max(64, length * 6)  # ~4 characters per token: enough text for one encode, usually
             while True:
                 ids = tokenizer.encode(text[start : start + chars], add_special_tokens=False)
                 if len(ids) >= length + 1 or start + chars >= len(text):
@@ -93,12 +97,16 @@ def run_ppl(
     length: int,
     batch_size: int,
     done: set,
+    configs: dict[str, dict],
     run_id: str,
     progress: bool = True,
     log: Callable[[str], None] = print,
     deadline=None,
 ) -> int:
-    """Evaluate every (document, method) not in ``done`` at ``length``; returns records written."""
+    """Evaluate every (document, method) not in ``done`` at ``length``; returns records written.
+
+    ``configs`` maps each method name to the ``config`` its records carry (see :mod:`delta_attn.eval.records`).
+    """
     import delta_attn
 
     device = next(model.parameters()).device
@@ -150,6 +158,7 @@ def run_ppl(
                             "tokens": counts,
                             "run_id": run_id,
                             "batch": {"size": len(chunk), "wall_s": round(wall, 4)},
+                            "config": configs[m.name],
                         }
                         for (name, _), s in zip(chunk, sums)
                     ]
@@ -165,7 +174,3 @@ def run_ppl(
             bar.close()
         delta_attn.disable(model)
     return written
-
-
-def done_keys(records) -> set:
-    return {ppl_key(r) for r in records}

@@ -1,0 +1,71 @@
+"""``delta-attn eval ppl``: PG-19-style perplexity of public-domain works by position range, per method.
+
+Options, lengths (>= 2 tokens, within the model's context) and the texts are checked before the
+model loads; earlier records are reused only when their settings match (the log says why others are
+not).
+"""
+
+from __future__ import annotations
+
+from . import cli_common as common
+
+
+def run(args) -> int:
+    from .corpus import PPL_BOOKS
+    from .ppl import DOC_FORMAT, ppl_documents, run_ppl
+    from .records import JsonlWriter, ppl_key, record_config, run_info
+    from .resume import plan_resume
+    from .runner import Deadline
+
+    deadline = Deadline(args.time_limit, start=common.START)
+    methods = common.methods(args)
+    info = common.model_info(args)
+    common.check_lengths(args.lengths, info.context_length, args, minimum=2)
+    common.check_texts(PPL_BOOKS[: args.docs], args.texts_dir)
+    device, dtype = common.device_and_dtype(args)
+    out_jsonl = args.out / "ppl.jsonl"
+    log = common.Log(args.out / "ppl.log")
+    if args.time_limit is not None and args.time_limit < 45:
+        log(f"time limit {args.time_limit:.0f}s is too short for perplexity; skipping")
+        return 0
+    configs = {
+        m.name: record_config(
+            m.canonical(), model=info.model_id, dtype=common.dtype_name(dtype), prompt={"format": DOC_FORMAT}
+        )
+        for m in methods
+    }
+    plan = plan_resume(common.earlier_records([out_jsonl, *args.resume_from], log), "ppl", ppl_key, configs)
+    for line in plan.lines():
+        log(line)
+    model, tok = common.load_model(args, device, dtype)
+    with JsonlWriter(out_jsonl, warn=log) as w:
+        header = run_info(
+            args, model, {"kind": "ppl", "methods": {m.name: m.config_dict() for m in methods}}, model_info=info
+        )
+        w.write([header])
+        for length in args.lengths:
+            docs = ppl_documents(tok, length, args.docs, args.texts_dir)
+            log(f"ppl@{length}: {len(docs)} documents × {len(methods)} methods")
+            run_ppl(
+                model,
+                docs,
+                methods,
+                w,
+                length=length,
+                batch_size=args.batch_size or max(1, 16384 // length),
+                done=plan.done,
+                configs=configs,
+                run_id=header["run_id"],
+                progress=not args.no_progress,
+                log=log,
+                deadline=deadline,
+            )
+    if not args.no_summary:
+        from . import plots, tables
+
+        recs = common.earlier_records([out_jsonl, *args.resume_from], log)
+        (args.out / "ppl_summary.md").write_text(tables.ppl_table(tables.PplData.from_records(recs.items)))
+        if args.plots:
+            plots.plot_ppl(tables.PplData.from_records(recs.items), args.out / "ppl.png")
+        log(f"summary: {args.out / 'ppl_summary.md'}")
+    return 0

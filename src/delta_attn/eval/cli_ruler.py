@@ -1,0 +1,152 @@
+"""``delta-attn eval ruler``: RULER-style tasks × lengths × methods; a JSONL record per generation and a
+Markdown summary.
+
+Order of work, so that mistakes surface in seconds: options and lengths (against the task's minimum
+and the model's context) and the texts are checked, earlier records are matched (only records with the
+same settings are reused; the log says how many and why others are not), the prompts are built with
+the tokenizer alone, and only then does the model load.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..cli_options import UsageError
+from . import cli_common as common
+
+_POOL_STATE: dict = {}
+
+
+def _gen_job(job):
+    from . import ruler
+
+    builder, (task, length, indices, seed, reserve) = _POOL_STATE["builder"], job
+    return [ruler.generate_sample(builder, task, length, i, seed=seed, reserve=reserve) for i in indices]
+
+
+def build_samples(builder, cells, n, *, seed, reserve, workers: int, log=None):
+    """Every prompt of the (task, length) ``cells``, in worker processes (fork) when ``workers > 1``."""
+    from . import ruler
+
+    t0 = time.perf_counter()
+    if any(ruler.TASKS[t].params.get("haystack") == "essay" or ruler.TASKS[t].is_qa for t, _ in cells):
+        builder.essay()  # tokenise the essay books once, before forking
+    chunk = 10
+    jobs = [(t, L, list(range(i, min(n, i + chunk))), seed, reserve) for t, L in cells for i in range(0, n, chunk)]
+    _POOL_STATE["builder"] = builder
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_gen_job, jobs, chunksize=1)
+    else:
+        parts = [_gen_job(j) for j in jobs]
+    samples = [s for part in parts for s in part]
+    if log:
+        log(f"built {len(samples)} prompts in {time.perf_counter() - t0:.1f}s ({workers} workers)")
+    return samples
+
+
+def _probe(builder, cells, *, seed: int, reserve: int) -> None:
+    """Build sample 0 of each cell: a length below a task's minimum fails here, in seconds, as a UsageError."""
+    from . import ruler
+
+    for task, length in cells:
+        try:
+            ruler.generate_sample(builder, task, length, 0, seed=seed, reserve=reserve)
+        except ValueError as exc:
+            raise UsageError(f"--lengths: {exc}") from None
+
+
+def run(args) -> int:
+    from ..models import load_tokenizer
+    from . import ruler
+    from .corpus import ESSAY_BOOKS
+    from .records import JsonlWriter, record_config, run_info, sample_key
+    from .resume import plan_resume
+    from .runner import Deadline, parse_batch_sizes, run_ruler
+
+    deadline = Deadline(args.time_limit, start=common.START)
+    methods = common.methods(args)
+    tasks, lengths = args.tasks, args.lengths
+    info = common.model_info(args)
+    common.check_lengths(lengths, info.context_length, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS)
+    if any(ruler.TASKS[t].params.get("haystack") == "essay" or ruler.TASKS[t].is_qa for t in tasks):
+        common.check_texts(ESSAY_BOOKS, args.texts_dir)
+    device, dtype = common.device_and_dtype(args)
+    out_jsonl = args.out / "ruler.jsonl"
+    log = common.Log(args.out / "ruler.log")
+    log(
+        f"ruler: {len(tasks)} tasks × {lengths} × {args.samples} samples × methods {[m.name for m in methods]} "
+        f"on {device} ({common.dtype_name(dtype)})"
+    )
+    prompt = {"reserve": args.reserve, "chat": True, "format": ruler.PROMPT_FORMAT}
+    configs = {
+        m.name: record_config(
+            m.canonical(), model=info.model_id, dtype=common.dtype_name(dtype), prompt=prompt, seed=args.seed
+        )
+        for m in methods
+    }
+    scope = {(t, L, i, m.name, args.seed) for t in tasks for L in lengths for i in range(args.samples) for m in methods}
+    plan = plan_resume(
+        common.earlier_records([out_jsonl, *args.resume_from], log), "sample", sample_key, configs, scope
+    )
+    for line in plan.lines():
+        log(line)
+    cells = [(t, L) for L in lengths for t in tasks if any(k[:2] == (t, L) and k not in plan.done for k in scope)]
+    if not cells:
+        log(f"nothing to do: all {len(scope)} generations are done")
+        return 0
+    if args.time_limit is not None and args.time_limit < 60:
+        log(
+            f"time limit {args.time_limit:.0f}s is too short to load the model and run a batch; skipping "
+            f"({len(cells)} (task, length) cells still have work)"
+        )
+        return 0
+    builder = ruler.PromptBuilder(load_tokenizer(args.gguf), texts_dir=args.texts_dir)
+    _probe(builder, cells, seed=args.seed, reserve=args.reserve)
+    samples = build_samples(
+        builder, cells, args.samples, seed=args.seed, reserve=args.reserve, workers=args.workers, log=log
+    )
+    model, tok = common.load_model(args, device, dtype)
+    log(f"model loaded ({time.perf_counter() - common.START:.0f}s since start)")
+    with JsonlWriter(out_jsonl, warn=log) as w:
+        header = run_info(
+            args, model, {"kind": "ruler", "methods": {m.name: m.config_dict() for m in methods}}, model_info=info
+        )
+        w.write([header])
+        stats = run_ruler(
+            model,
+            tok,
+            samples,
+            methods,
+            w,
+            lengths=lengths,
+            batch_size=parse_batch_sizes(args.batch_size),
+            done=plan.done,
+            configs=configs,
+            run_id=header["run_id"],
+            seed=args.seed,
+            deadline=deadline,
+            progress=not args.no_progress,
+            log=log,
+            prefill_tokens=args.prefill_tokens,
+        )
+    log(
+        f"ruler: {stats.done} generations in {stats.batches} batches (prefill {stats.prefill_s:.1f}s, decode "
+        f"{stats.decode_s:.1f}s / {stats.decode_steps} steps); {stats.skipped_existing} already done; "
+        f"{stats.left_for_later} left for a resumed run; {stats.failed} failed"
+    )
+    for e in stats.errors:
+        log(f"FAILED: {e}")
+    if not args.no_summary:
+        from . import plots, tables
+
+        data = tables.RulerData.from_records(common.earlier_records([out_jsonl, *args.resume_from], log).items)
+        (args.out / "ruler_summary.md").write_text(tables.ruler_summary(data, n_resamples=args.resamples))
+        if args.plots:
+            plots.plot_ruler(data, args.out / "ruler.png")
+        log(f"summary: {args.out / 'ruler_summary.md'}")
+    return 0
