@@ -1,0 +1,54 @@
+"""``delta-attn eval report``: RESULTS.md from result files (tables, permutation tests, plots).
+
+Every setting and number in the document comes from the records (see
+:mod:`delta_attn.eval.document`); hand-written interpretation comes from ``--notes`` files that
+name the runs they describe. No result file among the inputs is an error.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from ..cli_options import UsageError, read_text_file
+
+
+def run(args) -> int:
+    from .document import Inputs, NotesError, read_note, results_document
+    from .records import Records
+
+    inputs = Inputs.find(args.inputs)
+    if not inputs.count:
+        shown = " ".join(map(str, args.inputs))
+        raise UsageError(f"no result files (ruler*.jsonl, ppl*.jsonl, analysis*.json, or .gz) in {shown}")
+    try:
+        notes = [read_note(p, read_text_file(p)) for p in args.notes]
+    except NotesError as exc:
+        raise UsageError(str(exc)) from None
+    ruler, ppl = Records.load(inputs.ruler), Records.load(inputs.ppl)
+    for recs in (ruler, ppl):
+        if recs.skipped_note():
+            print(f"warning: {recs.skipped_note()}", file=sys.stderr)
+    command = ["delta-attn", "eval", "report", "--inputs", *map(str, args.inputs), "--out", str(args.out)]
+    if args.plots_dir:
+        command += ["--plots-dir", str(args.plots_dir)]
+    if args.notes:
+        command += ["--notes", *map(str, args.notes)]
+    try:
+        text = results_document(
+            inputs,
+            ruler,
+            ppl,
+            notes=notes,
+            plots_dir=args.plots_dir,
+            rel_to=args.out.parent.resolve() if args.plots_dir else None,
+            n_resamples=args.resamples,
+            status=args.status,
+            command=shlex.join(command),
+        )
+    except NotesError as exc:  # a note about runs that are not among the inputs
+        raise UsageError(str(exc)) from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,294 @@
+"""``RESULTS.md``: assembled from result files, the methodology template, and hand-written notes.
+
+Where each part of the document comes from:
+
+* **Generated from the records**: the title's model, the setup (model, dtype, devices, methods with
+  their settings, tasks, lengths, sample counts, prompt reserve, perplexity documents, analysis
+  prompts), every table and plot, the list of runs and the commands that started them.
+* **The template** (``templates/results.md``): how things are measured, i.e. what the code does; it
+  states no run settings (it has placeholders for the few numbers it needs).
+* **Hand-written notes** (``--notes``): interpretation. Each notes file names the runs it describes
+  in its first line, ``<!-- runs: ID ID ... -->``; the document says so above the notes, and a notes
+  file naming a run that is not among the inputs is refused (its prose would describe other data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from . import tables
+from .records import Records, open_text
+
+# a run's model (its --model option in older runs, its GGUF file name in newer ones) -> display name
+MODEL_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf": "SmolLM2-135M-Instruct"}
+_RUNS_LINE = re.compile(r"^\s*<!--\s*runs:\s*([\w\s,-]+?)\s*-->\s*$")
+
+
+class NotesError(ValueError):
+    """A notes file without its runs line, or about runs that are not among the inputs."""
+
+
+@dataclass
+class Inputs:
+    """Result files found under the ``--inputs`` paths, by kind."""
+
+    ruler: list[Path] = field(default_factory=list)
+    ppl: list[Path] = field(default_factory=list)
+    analysis: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def find(cls, paths: Sequence[Path]) -> Inputs:
+        found = cls()
+        for p in map(Path, paths):
+            for f in sorted(p.rglob("*")) if p.is_dir() else [p]:
+                name = f.name.removesuffix(".gz")
+                if name.startswith("ruler") and name.endswith(".jsonl"):
+                    found.ruler.append(f)
+                elif name.startswith("ppl") and name.endswith(".jsonl"):
+                    found.ppl.append(f)
+                elif name.startswith("analysis") and name.endswith(".json"):
+                    found.analysis.append(f)
+        return found
+
+    @property
+    def count(self) -> int:
+        return len(self.ruler) + len(self.ppl) + len(self.analysis)
+
+
+@dataclass(frozen=True)
+class Note:
+    """A hand-written notes file and the run ids it describes."""
+
+    path: Path
+    runs: tuple[str, ...]
+    text: str
+
+
+def read_note(path: Path, text: str) -> Note:
+    """Parse a notes file; :class:`NotesError` unless its first line is ``<!-- runs: ID ID ... -->``."""
+    first, _, rest = text.partition("\n")
+    m = _RUNS_LINE.match(first)
+    if not m:
+        raise NotesError(
+            f"{path}: hand-written notes must name the runs they describe in their first line, "
+            "e.g. <!-- runs: b37308580d7a c2d00ac48182 -->"
+        )
+    return Note(path, tuple(re.split(r"[\s,]+", m.group(1).strip())), rest.strip())
+
+
+def load_analysis(paths: Sequence[Path]) -> dict:
+    out: dict = {}
+    for p in paths:
+        with open_text(Path(p)) as fh:
+            out.update(json.load(fh))
+    return out
+
+
+def all_runs(ruler: tables.RulerData, ppl: tables.PplData, an: dict) -> list[dict]:
+    runs = ruler.runs + ppl.runs
+    if an.get("meta", {}).get("run"):
+        runs.append(an["meta"]["run"])
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# generated prose
+
+
+def _one_or_list(values) -> str:
+    vals = sorted({str(v) for v in values if v is not None})
+    return ", ".join(vals) if vals else "not recorded"
+
+
+def _device(run: dict) -> str | None:
+    return f"{run['device_name']} ({run.get('device', '?')})" if run.get("device_name") else None
+
+
+def model_name(runs: Sequence[dict]) -> str:
+    names = set()
+    for r in runs:
+        key = r["model_id"].partition("@")[0] if r.get("model_id") else r.get("options", {}).get("model")
+        if key:
+            names.add(MODEL_NAMES.get(key, key))
+    return " / ".join(sorted(names)) or "an unnamed model"
+
+
+def setup_section(d: tables.RulerData, ppl: tables.PplData, an: dict, runs: Sequence[dict]) -> str:
+    """What was run, entirely from the records: model, dtype, hardware, methods, tasks, lengths, samples."""
+    configs = [c for c in (*d.configs.values(), *ppl.configs.values()) if c]
+    layers = _one_or_list(r.get("model_layers") for r in runs)
+    ids = _one_or_list(r.get("model_id") for r in runs)
+    lines = [
+        "## Setup (from the run records)\n",
+        f"- **Model**: {model_name(runs)} ({layers} layers; model file {ids}), "
+        f"dtype {_one_or_list([c['dtype'] for c in configs] or [r.get('dtype') for r in runs])}, "
+        f"on {_one_or_list(_device(r) for r in runs)}; greedy decoding, "
+        "dense over the full cache for every method.",
+    ]
+    ppl_labels = [m for L in ppl.lengths for m in ppl.common_docs(L)[0]]
+    labels = list(dict.fromkeys([*d.methods, *ppl_labels]))
+    if labels:
+        lines.append("- **Methods**:")
+        legend = tables.methods_legend({**ppl.configs, **d.configs}, labels)
+        lines += ["  " + ln for ln in legend.strip().splitlines()]
+    if d.scores:
+        reserves = {c["prompt"].get("reserve") for c in d.configs.values() if c}
+        seeds = {c.get("seed") for c in d.configs.values() if c}
+        lines.append(
+            f"- **RULER-style tasks**: {len(d.tasks)} task(s) ({', '.join(d.tasks)}) × lengths "
+            f"{', '.join(tables.len_name(L) for L in d.lengths)}; prompts of exactly L − "
+            f"{_one_or_list(reserves)} tokens, prompt seed {_one_or_list(seeds)}; samples per (task, length, "
+            f"method): {', '.join(map(str, d.sample_counts()))} ({len(d.records)} generations)."
+        )
+    for L in ppl.lengths:
+        methods, common = ppl.common_docs(L)
+        lines.append(
+            f"- **Perplexity**: {len(common)} documents of {tables.len_name(L)} tokens, {len(methods)} methods."
+        )
+    meta = an.get("meta")
+    if meta:
+        lines.append(
+            f"- **Analysis**: {meta.get('samples', '?')} × `{meta.get('task', '?')}` prompts of "
+            f"{meta.get('prompt_tokens', '?')} tokens, dtype {str(meta.get('dtype', '?')).replace('torch.', '')}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def methodology(n_resamples: int) -> str:
+    template = resources.files("delta_attn.eval").joinpath("templates/results.md").read_text(encoding="utf-8")
+    return template.format(
+        resamples=n_resamples,
+        target_fraction=f"{tables.TARGET_FRACTION:.0%}",
+        target_gain=f"{tables.TARGET_GAIN:.0f}",
+        alpha=tables.ALPHA,
+    )
+
+
+def runs_section(runs: Sequence[dict]) -> str:
+    if not runs:
+        return "- _no run records_\n"
+    lines = []
+    for r in runs:
+        lines.append(
+            f"- `{r.get('run_id')}` {r.get('date', '?')}: {r.get('device_name', '?')} ({r.get('device', '?')}, "
+            f"{r.get('dtype', '?')}), torch {r.get('torch', '?')}, transformers {r.get('transformers', '?')}"
+            f"\n  `{command_of(r)}`"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def command_of(run: dict) -> str:
+    """The command line that started ``run``, as ``delta-attn ...`` (the recorded argv[0] is a path)."""
+    return shlex.join(["delta-attn", *run.get("argv", [])[1:]])
+
+
+def reproduce_section(runs: Sequence[dict], report_command: str) -> str:
+    cmds = "\n".join(dict.fromkeys(command_of(r) for r in runs))
+    return (
+        "## Reproduce\n\nThe runs were started with these commands (from their run records; paths as on the "
+        f"machine that ran them, options such as --time-limit as used there):\n\n```bash\n{cmds}\n```\n\n"
+        f"This file is then regenerated with:\n\n```bash\n{report_command}\n```\n"
+    )
+
+
+def notes_section(note: Note) -> str:
+    return (
+        f"> Hand-written notes on runs {', '.join(f'`{r}`' for r in note.runs)} (`{note.path.as_posix()}`), "
+        "not generated from the data.\n\n" + note.text + "\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the document
+
+
+def results_document(
+    inputs: Inputs,
+    ruler_records: Records,
+    ppl_records: Records,
+    *,
+    notes: Sequence[Note] = (),
+    plots_dir: Path | None = None,
+    rel_to: Path | None = None,
+    n_resamples: int = 9999,
+    status: str | None = None,
+    command: str = "delta-attn eval report",
+) -> str:
+    """The full RESULTS.md text from the records of ``inputs.ruler`` and ``inputs.ppl`` and the analysis files.
+
+    Raises :class:`NotesError` when a note describes a run that is not among the inputs.
+    """
+    from . import plots
+
+    d = tables.RulerData.from_records(ruler_records.items)
+    ppl = tables.PplData.from_records(ppl_records.items)
+    an = load_analysis(inputs.analysis)
+    runs = all_runs(d, ppl, an)
+    known = {r.get("run_id") for r in runs}
+    for note in notes:
+        unknown = [r for r in note.runs if r not in known]
+        if unknown:
+            raise NotesError(f"{note.path} describes run(s) {', '.join(unknown)}, which are not among the inputs")
+    img = {}
+    if plots_dir is not None:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        for name, fn in (
+            ("ruler.png", lambda p: plots.plot_ruler(d, p)),
+            ("ppl.png", lambda p: plots.plot_ppl(ppl, p)),
+            ("analysis.png", lambda p: plots.plot_analysis(an, p)),
+            ("sweep.png", lambda p: plots.plot_sweep(an, p)),
+            ("gamma.png", lambda p: plots.plot_gamma(d, ppl, p)),
+        ):
+            out = fn(plots_dir / name)
+            if out is not None:
+                img[name] = Path(os.path.relpath(out.resolve(), rel_to)) if rel_to is not None else out
+
+    def pic(name, alt):
+        return f"\n![{alt}]({img[name].as_posix()})\n" if name in img else ""
+
+    status = status or (
+        f"**Status:** generated {time.strftime('%Y-%m-%d')} from {len(inputs.ruler)} RULER, "
+        f"{len(inputs.ppl)} perplexity and {len(inputs.analysis)} analysis result files."
+    )
+    parts = [
+        f"# Results: Δ attention on {model_name(runs)} (offline RULER-style suite)\n",
+        status + "\n",
+        "This file is generated by `delta-attn eval report` from the result files; every setting and number "
+        f"in it comes from their records, except the hand-written notes, which say so.\nRegenerate: `{command}`\n",
+        setup_section(d, ppl, an, runs),
+        methodology(n_resamples),
+    ]
+    parts += [notes_section(n) for n in notes]
+    parts += ["## Runs\n", runs_section(runs)]
+    parts.append("\n## Targets\n")
+    parts.append(tables.targets_table(d, n_resamples=n_resamples) if d.scores else "_no RULER results._\n")
+    parts.append(f"\n## RULER-style accuracy: average over the {len(d.tasks)} task(s)\n")
+    parts.append(
+        (tables.average_table(d) + pic("ruler.png", "RULER accuracy")) if d.scores else "_no RULER results._\n"
+    )
+    parts.append("\n## Per task\n")
+    for L in d.lengths:
+        parts += [f"\n### {tables.len_name(L)}\n", tables.task_table(d, L)]
+    if not d.scores:
+        parts.append("_no RULER results._\n")
+    parts.append("\n## Significance (paired permutation tests, one-sided, as in the paper)\n")
+    pairs = tables.default_pairs(d.methods)
+    parts.append(
+        tables.significance_table(d, pairs, n_resamples=n_resamples, per_task=True) if pairs else "_no method pairs._\n"
+    )
+    parts.append("\n## Perplexity (PG-19 style, public-domain books)\n")
+    parts.append(tables.ppl_table(ppl) + pic("ppl.png", "perplexity"))
+    parts.append("\n## γ ablation\n")
+    parts.append(pic("gamma.png", "gamma ablation") or "_no γ ablation (needs delta_g<γ> methods)._\n")
+    parts.append("\n## Analysis (paper Fig. 3 and Fig. 6b on our model)\n")
+    parts.append(tables.analysis_markdown(an) + pic("analysis.png", "analysis") + pic("sweep.png", "per-layer sweep"))
+    parts.append("\n" + reproduce_section(runs, command))
+    return "\n".join(parts)
