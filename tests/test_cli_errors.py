@@ -90,10 +90,13 @@ def test_gguf_option_must_be_a_gguf_file(prompt, capsys):
     "argv, message",
     [
         (["eval", "ruler", "--lengths", "10"], "--lengths 10: must be at least 384"),
-        (["eval", "ruler", "--lengths", "100000"], "the model's context is 8192"),
+        (
+            ["eval", "ruler", "--lengths", "100000"],
+            "--lengths 100000: 100000 tokens exceed the model's context of 8192",
+        ),
         (["eval", "ppl", "--lengths", "1"], "--lengths 1: must be at least 2"),
         (["eval", "ppl", "--lengths", "100000"], "--allow-overflow"),
-        (["eval", "analyze", "--length", "9000"], "--length 9000 has 9000 tokens but the model's context is 8192"),
+        (["eval", "analyze", "--length", "9000"], "--length 9000: 9000 tokens exceed the model's context of 8192"),
         (["eval", "ruler", "--methods", "delta_q5"], "unknown option 'q5'"),
         (["eval", "analyze", "--sweep", "nonsense"], "--sweep: method 'nonsense'"),
         (["demo", "--length", "10000"], "--allow-overflow"),
@@ -153,7 +156,8 @@ def test_prompt_longer_than_the_context(tmp_path, capsys):
     path = tmp_path / "long.txt"
     path.write_text("The grass is green. The sky is blue. " * 1000, encoding="utf-8")
     rc, err = _run(["generate", path], capsys)
-    assert rc == 2 and "but the model's context is 8192" in err and "--allow-overflow" in err, err
+    assert rc == 2 and "the prompt: " in err and "exceed the model's context of 8192" in err, err
+    assert "--allow-overflow" in err
 
 
 def test_task_longer_than_the_length(tmp_path, capsys):

@@ -205,7 +205,7 @@ def check_fits_context(tokens: int, context: int, allow_overflow: bool, *, what:
     """
     if tokens > context and not allow_overflow:
         raise UsageError(
-            f"{what} has {tokens} tokens but the model's context is {context}; shorten it, or pass "
+            f"{what}: {tokens} tokens exceed the model's context of {context}; shorten it, or pass "
             f"{OVERFLOW_OPTION} to run past the context anyway (outputs degrade)"
         )
 
