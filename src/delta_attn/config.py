@@ -1,8 +1,11 @@
 """`DeltaConfig`: every knob of Δ attention in one validated dataclass.
 
 The defaults follow the paper (γ = 64, StreamingLLM base with a 2048-token window) and, for the other
-bases, MInference (vertical-slash sizes) and Star Attention (block size). See `docs`-style field notes
-below; `../shared/reference/algorithm.md` is the spec this mirrors.
+bases, MInference (vertical-slash sizes) and Star Attention (block size). The field notes below
+mirror docs/algorithm.md (§3 rows and tail, §4 modes, §5 interpolations).
+
+This module is the one source of the option vocabularies (:data:`MODES`, :data:`INTERPS`,
+:data:`BACKENDS`) and of the tail rule (:meth:`DeltaConfig.tail_rows`); everything else imports them.
 """
 
 from __future__ import annotations
@@ -193,3 +196,6 @@ class DeltaConfig:
     def method_name(self) -> str:
         """Name of the sparse base (for tables and logs)."""
         return self.sparse if isinstance(self.sparse, str) else getattr(self.sparse, "name", type(self.sparse).__name__)
+
+
+DEFAULT_CONFIG = DeltaConfig()  # what `config=None` means everywhere (the operator and the HF integration)
