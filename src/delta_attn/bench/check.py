@@ -345,6 +345,15 @@ def kernel_unit_checks(
     res[-1]["ok"] = res[-1]["ok"] or (res[-1]["finite"] and res[-1]["err_kernel"] < 1e-5)
     compare("unit-scan-state", s_last, s_ref, s_ref.float())
     res[-1]["ok"] = res[-1]["finite"] and res[-1]["err_kernel"] < 1e-5
+    # a NaN Δ of one γ-block leaves every row before that block bit-identical (the scan is causal)
+    j = nseg // 2
+    deltas[:, :, j, 0] = float("nan")
+    out_nan = torch.full_like(out, float("nan"))
+    delta_scan_apply(sparse, deltas, s_prev, m, kk, q_start=q0, body_end=end, gamma=gamma, out=out_nan)
+    before = (q0 // gamma + j) * gamma - q0  # rows of the call before block j
+    same = torch.equal(out_nan[:, :, :before], out[:, :, :before])
+    compare("unit-scan-nan-causal", out_nan[:, :, :before], want[:, :, :before], want[:, :, :before].float())
+    res[-1]["ok"] = same and res[-1]["finite"]
     return res
 
 

@@ -60,6 +60,10 @@ def resolve_sparse_method(sparse) -> SparseMethod:
     return sparse
 
 
+def _what(value) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
 def plan_pattern(config: "DeltaConfig", q: Tensor, k: Tensor, *, q_start: int, scale: float) -> SparsePattern:
     """The pattern ``config.sparse`` plans for queries at ``[q_start, Nk)``, checked.
 
@@ -69,7 +73,7 @@ def plan_pattern(config: "DeltaConfig", q: Tensor, k: Tensor, *, q_start: int, s
     pattern = resolve_sparse_method(config.sparse).plan(q, k, config, q_start=q_start, scale=scale)
     if not all(callable(getattr(pattern, attr, None)) for attr in ("mask_mod", "key_ranges")):
         raise TypeError(
-            f"sparse method {config.method_name!r}: plan() returned {type(pattern).__name__} ({pattern!r}); expected "
+            f"sparse method {config.method_name!r}: plan() returned {_what(pattern)}; expected "
             "a delta_attn.sparse.SparsePattern (mask_mod(b, h, q_idx, kv_idx) -> bool tensor, key_ranges(q_lo, q_hi))"
         )
     return pattern

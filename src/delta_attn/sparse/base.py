@@ -133,7 +133,8 @@ def visible_keys(
     expected = f"a bool tensor broadcastable to (batch, heads, queries, keys) = {tuple(shape)}"
     m = pattern.mask_mod(b, h, q_idx, kv_idx)
     if not isinstance(m, Tensor):
-        raise TypeError(f"sparse method {name!r}: mask_mod returned {type(m).__name__} ({m!r}); expected {expected}")
+        got = "None" if m is None else f"{type(m).__name__} {m!r}"[:60]
+        raise TypeError(f"sparse method {name!r}: mask_mod returned {got}; expected {expected}")
     if m.dtype != torch.bool:
         raise TypeError(f"sparse method {name!r}: mask_mod returned a {m.dtype} tensor; expected {expected}")
     if m.dim() > 4 or any(size not in (1, want) for size, want in zip(m.shape[::-1], shape[::-1])):
