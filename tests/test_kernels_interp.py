@@ -3,9 +3,11 @@
 Runs only where ``triton`` is importable and no CUDA device is present (CI has no triton, so these
 skip there; the PyTorch reference is covered by the other test files). The interpreter must be on
 before triton is first imported, so the checks run in a fresh process:
-``TRITON_INTERPRET=1 python -m delta_attn.bench.check --tiny --seed N`` (N from the ``seed`` fixture). Tiny shapes and tiles, so every
-path is exercised: several tiles per row block, split-K with merge, masked/unmasked loops, index
-lists, fused and unfused Δ, chunked prefill with a carried state, TMA descriptors.
+``TRITON_INTERPRET=1 python -m delta_attn.bench.check --tiny --seed N`` (N from the ``seed`` fixture).
+Tiny shapes and tiles, so every path is exercised: several tiles per row block, split-K with merge,
+masked/unmasked loops, index lists, fused and unfused Δ, chunked prefill with a carried state, TMA
+descriptors. Tested with triton 3.6.0 (the GPU image's); triton 3.9's interpreter rejects the kernels'
+masks ("mask has unsupported dtype").
 """
 
 from __future__ import annotations
