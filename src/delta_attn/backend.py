@@ -49,7 +49,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .config import DeltaConfig
+from .config import FILTER_INTERPS, DeltaConfig
 from .scan import abg_system, ema_system, initial_state
 
 
@@ -192,10 +192,6 @@ class CallPlan:
         return self.last_block - self.first_block + 1 if self.has_body else 0
 
 
-def _needs_filter(config: DeltaConfig) -> bool:
-    return config.interp in ("ema", "abg")
-
-
 def plan_call(
     config: DeltaConfig,
     q_start: int,
@@ -232,7 +228,7 @@ def plan_call(
                 "layer, in order"
             )
         carried_delta = state.block_delta
-    if _needs_filter(config) and q_start > 0:
+    if config.interp in FILTER_INTERPS and q_start > 0:
         if state is None or state.scan is None or state.next_pos != q_start:
             raise ValueError(
                 f"interp={config.interp!r} carries a filter state across chunks: pass the same DeltaState "

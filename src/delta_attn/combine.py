@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .backend import CallPlan, SequenceState, filter_start, finish
+from .config import FILTER_INTERPS
 from .scan import lti_scan
 
 
@@ -68,7 +69,7 @@ def _delta(plan: CallPlan, sparse_out: Tensor, dense_out: Tensor, state: Sequenc
         nxt = torch.cat([deltas[:, :, 1:], deltas[:, :, -1:]], dim=2)  # the last block keeps Δ_j
         t = ((rows % gamma).to(z.dtype) / gamma).view(1, 1, -1, 1)
         z = (1 - t) * z + t * nxt[:, :, block_of_row]
-    elif config.interp in ("ema", "abg"):
+    elif config.interp in FILTER_INTERPS:
         m, k, s_prev = filter_start(plan, z[:, :, 0])
         z, scan_state = lti_scan(z, m, k, s_prev.to(z.dtype))
     out[:, :, : body_end - q0] = sparse_out[:, :, : body_end - q0] + z

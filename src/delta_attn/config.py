@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MODES = ("delta", "recompute", "sparse", "dense")
 INTERPS = ("repeat", "linear", "ema", "abg")
+FILTER_INTERPS = ("ema", "abg")  # linear filters over the repeated Δs: they carry a state across chunks
 BACKENDS = ("auto", "reference", "triton")
 
 

@@ -494,7 +494,9 @@ def chunked_prefill(
         )
     _derive_left_padding(attention_mask, total, total, False, bsz)  # raises a clear error for right padding
     position_ids = left_padding_position_ids(attention_mask)
-    keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+    forward_params = inspect.signature(model.forward).parameters
+    keep_last = "logits_to_keep" in forward_params
+    cache_arg = "cache" if "cache" in forward_params else "past_key_values"  # renamed in transformers 5.24
     starts = range(past, total, chunk_size)
     if progress:
         from tqdm.auto import tqdm
@@ -509,12 +511,11 @@ def chunked_prefill(
                 input_ids=input_ids[:, s - past : e - past],
                 attention_mask=attention_mask[:, :e],
                 position_ids=position_ids[:, s:e],
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_arg: cache},
                 **extra,
             )
     finally:
         ctx, binding.chunk = binding.chunk, None
-    return PrefillOutput(
-        past_key_values=out.past_key_values, logits=out.logits[:, -1], attention_mask=attention_mask, state=ctx
-    )
+    # the model fills `cache` in place (and returns it under a name that depends on the transformers version)
+    return PrefillOutput(past_key_values=cache, logits=out.logits[:, -1], attention_mask=attention_mask, state=ctx)

@@ -1,6 +1,7 @@
-"""``triton_prefill``: the GPU backend, same contract as :func:`delta_attn.reference.reference_prefill`.
+"""``triton_prefill``: the GPU backend (:class:`delta_attn.backend.Backend`, like the reference).
 
-The steps of one call (queries at absolute positions ``[q_start, Nk)``, q_start = Nk − Nq):
+The steps of one call (queries at absolute positions ``[q_start, Nk)``, q_start = Nk − Nq; the rows,
+blocks and carry from :func:`delta_attn.backend.plan_call`):
 
 1. dense rows D (anchors every γ plus the exact tail): :func:`.dense_rows.dense_rows`;
 2. the sparse rows Õ of the body ``[q_start, body_end)``: :func:`.sparse.sparse_attention`, with
@@ -9,9 +10,10 @@ The steps of one call (queries at absolute positions ``[q_start, Nk)``, q_start 
 4. the tail rows are copied from D.
 
 Whatever the kernels do not cover falls back to the reference pieces rather than failing:
-user ``mask_mod`` patterns get Õ from the PyTorch reference, ``interp="linear"`` is combined in
-PyTorch (:func:`delta_attn.combine.combine`), and inputs the kernels do not take (CPU tensors,
-float64, head dims above 256) run :func:`reference_prefill` whole.
+user ``mask_mod`` patterns get Õ from the PyTorch reference, interpolations other than ``repeat``
+and the filters (``linear``) are combined in PyTorch (:func:`delta_attn.combine.combine`), and
+inputs the kernels do not take (CPU tensors, float64, head dims above 256) run
+:func:`reference_prefill` whole.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import Tensor
 
 from ..backend import SequenceState, filter_start, finish, plan_call
 from ..combine import combine
-from ..config import DeltaConfig
+from ..config import FILTER_INTERPS, DeltaConfig
 from ..reference import attention_rows, reference_prefill
 from ..sparse import plan_pattern
 from . import sparse as sparse_mod
@@ -143,7 +145,7 @@ def triton_prefill(
 
     # ---- mode == "delta" -------------------------------------------------------------------------
     n_anchor = plan.n_anchors
-    if config.interp == "linear":  # non-causal blend: PyTorch combine on kernel-computed rows
+    if config.interp not in ("repeat", *FILTER_INTERPS):  # e.g. linear: PyTorch combine on kernel-computed rows
         return combine(plan, sparse_rows(torch.float32), dense, state)
 
     out = torch.empty(bsz, hq, nq, d, device=q.device, dtype=q.dtype)
