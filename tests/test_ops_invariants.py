@@ -8,10 +8,11 @@ import torch
 
 from delta_attn import DeltaConfig, DeltaState, delta_attention
 from delta_attn.backend import plan_call
-from delta_attn.config import INTERPS
+from delta_attn.config import INTERPS, MODES
 from oracle import make_qkv
 
 STATIC_BASES = ["streaming", "block", "dense"]
+CAUSAL_INTERPS = [i for i in INTERPS if DeltaConfig(interp=i).is_causal]
 
 
 def dense_out(q, k, v):
@@ -92,8 +93,8 @@ def test_recompute_is_sparse_except_selected_rows(base, seed):
 
 def causal_configs():
     for base in STATIC_BASES:
-        for mode in ["delta", "recompute", "sparse", "dense"]:
-            for interp in ["repeat", "ema", "abg"] if mode == "delta" else ["repeat"]:
+        for mode in MODES:
+            for interp in CAUSAL_INTERPS if mode == "delta" else ["repeat"]:
                 yield DeltaConfig(sparse=base, mode=mode, interp=interp, gamma=16, window=24, sink=3, block_size=64)
 
 
@@ -141,7 +142,7 @@ def run_chunked(q, k, v, cfg, bounds, left_pad=None):
     return torch.cat(outs, dim=2)
 
 
-@pytest.mark.parametrize("interp", ["repeat", "ema", "abg"])
+@pytest.mark.parametrize("interp", CAUSAL_INTERPS)
 @pytest.mark.parametrize("base", STATIC_BASES)
 @pytest.mark.parametrize("mode", ["delta", "recompute", "sparse"])
 def test_chunked_prefill_equals_one_shot(interp, base, mode, seed):

@@ -9,16 +9,18 @@ import pytest
 import torch
 
 from delta_attn import DeltaConfig, DeltaState, delta_attention
+from delta_attn.config import INTERPS, MODES
 from delta_attn.scan import abg_system, ema_system, initial_state, lti_scan
 from oracle import make_qkv
 
 STATIC_BASES = ["streaming", "block", "dense"]
+CAUSAL_INTERPS = [i for i in INTERPS if DeltaConfig(interp=i).is_causal]
 
 
 def causal_configs():
     for base in STATIC_BASES:
-        for mode in ["delta", "recompute", "sparse", "dense"]:
-            for interp in ["repeat", "ema", "abg"] if mode == "delta" else ["repeat"]:
+        for mode in MODES:
+            for interp in CAUSAL_INTERPS if mode == "delta" else ["repeat"]:
                 yield DeltaConfig(
                     sparse=base, mode=mode, interp=interp, gamma=8, window=16, sink=4, block_size=40, tail=8
                 )
@@ -52,7 +54,7 @@ def test_non_finite_input_never_changes_earlier_rows(cfg, tensor, value, seed):
         assert not torch.isfinite(dirty[0, 0, pos]).all()
 
 
-@pytest.mark.parametrize("interp", ["repeat", "ema", "abg"])
+@pytest.mark.parametrize("interp", CAUSAL_INTERPS)
 def test_issue_reproduction_nan_query_with_ema(interp, seed):
     """A NaN in q[0, 0, 200] (window 16, sink 4, γ 8, tail 8) used to turn rows 128–199 into NaN with ema."""
     q, k, v = make_qkv(seed, 1, 1, 1, 300, 16, torch.float32)
@@ -62,7 +64,7 @@ def test_issue_reproduction_nan_query_with_ema(interp, seed):
     assert_rows_before_unchanged(clean, dirty, 200)
 
 
-@pytest.mark.parametrize("interp", ["repeat", "ema", "abg"])
+@pytest.mark.parametrize("interp", CAUSAL_INTERPS)
 def test_chunked_prefill_with_a_non_finite_value_stays_causal(interp, seed):
     n = 240
     q, k, v = make_qkv(seed, 2, 1, 2, n, 16, torch.float32)
