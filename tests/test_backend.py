@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from delta_attn import DeltaConfig, delta_attention
+from delta_attn import DeltaConfig, DeltaState, delta_attention
 from delta_attn.backend import SequenceState, finish, plan_call, select_backend
 from delta_attn.config import INTERPS
 from delta_attn.reference import reference_prefill
@@ -68,12 +68,11 @@ def test_shards_handing_over_plain_state_equal_one_shot(interp, seed):
         outs.append(
             reference_prefill(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], cfg, scale=0.25, prompt_len=n, state=state)
         )
-        copy = lambda t: None if t is None else t.clone()  # noqa: E731
-        handed = dict(
+        handed = dict(  # plain values, copied: what a rank would send to the next one
             next_pos=state.next_pos,
             block_index=state.block_index,
-            block_delta=copy(state.block_delta),
-            scan=copy(state.scan),
+            block_delta=state.block_delta.clone(),
+            scan=state.scan.clone() if state.scan is not None else None,
         )
         assert handed["next_pos"] == hi and handed["block_index"] == (min(hi, 360) - 1) // 16
     torch.testing.assert_close(torch.cat(outs, dim=2), one_shot, rtol=0, atol=1e-12)
@@ -87,8 +86,6 @@ def test_backend_selection_on_cpu():
 
 
 def test_operator_keeps_one_state_per_padding_group(seed):
-    from delta_attn import DeltaState
-
     q, k, v = make_qkv(seed, 2, 1, 1, 64, 8)
     state = DeltaState()
     cfg = DeltaConfig(gamma=16)

@@ -38,7 +38,8 @@ handed over (``next_pos=q0``, ``block_index=q0 // γ``, ``block_delta``: the Δ 
 the open block needs only that block's anchor row (one dense and one sparse row), so it can be sent
 early; the ``ema``/``abg`` state is an affine function of the state before the shard
 (``s_end = M^L s_start + local term``, see :mod:`delta_attn.scan`), so shards can compute their local
-terms in parallel and fix them up with one small scan over the ranks.
+terms in parallel and fix them up with one small scan over the ranks. tests/test_backend.py runs
+shards that hand over exactly these plain values and checks the one-shot result.
 """
 
 from __future__ import annotations

@@ -74,7 +74,10 @@ def masked_attention(
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     p = torch.exp(s - m)
     denom = p.sum(dim=-1, keepdim=True)
-    o = _weighted_values(p, v, allowed) if not finite_v else (p.view(bsz, hkv, g * r, -1) @ v).view(bsz, hkv, g, r, -1)
+    if finite_v:
+        o = (p.view(bsz, hkv, g * r, -1) @ v).view(bsz, hkv, g, r, -1)
+    else:  # p is 0 on the keys a row may not see, and 0·NaN must not reach the row
+        o = _weighted_values(p, v, allowed)
     return o / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
@@ -87,14 +90,19 @@ def _weighted_values(p: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
     IEEE rules (p·NaN = NaN, 0·inf = NaN, inf − inf = NaN).
     """
     bsz, hkv, g, r, kn = p.shape
-    flat = lambda x: x.reshape(bsz, hkv, g * r, kn)  # noqa: E731
-    bad = ~torch.isfinite(v)
-    o = flat(p) @ v.masked_fill(bad, 0.0)
+
+    def flat(x: Tensor) -> Tensor:  # (B, Hkv, G, R, K) -> (B, Hkv, G·R, K)
+        return x.reshape(bsz, hkv, g * r, kn)
+
+    def count(keys: Tensor, values: Tensor) -> Tensor:
+        """Per row and channel: how many of the row's ``keys`` (bool, like p) hold a ``values`` entry."""
+        return flat(keys.to(p.dtype)) @ values.to(p.dtype)
+
+    o = flat(p) @ v.masked_fill(~torch.isfinite(v), 0.0)
     sees = allowed.expand_as(p)
-    hits = lambda rows, values: flat(rows.to(p.dtype)) @ values.to(p.dtype)  # noqa: E731  (counts of hits)
-    nan_hits = hits(sees, torch.isnan(v)) + hits(sees & (p == 0), torch.isinf(v))
-    pos_inf = hits(sees & (p > 0), v == float("inf")) > 0
-    neg_inf = hits(sees & (p > 0), v == float("-inf")) > 0
+    nan_hits = count(sees, torch.isnan(v)) + count(sees & (p == 0), torch.isinf(v))
+    pos_inf = count(sees & (p > 0), v == float("inf")) > 0
+    neg_inf = count(sees & (p > 0), v == float("-inf")) > 0
     extra = torch.zeros_like(o)
     extra = extra.masked_fill(pos_inf, float("inf")) + extra.masked_fill(neg_inf, float("-inf"))
     extra = extra.masked_fill(nan_hits > 0, float("nan"))
