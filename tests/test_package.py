@@ -70,3 +70,4 @@ def test_public_names():
 
     assert set(delta_attn.__all__) >= {"DeltaConfig", "DeltaState", "delta_attention", "enable", "chunked_prefill"}
     assert delta_attn.DeltaState is DeltaState
+    assert {"enable", "chunked_prefill", "delta_attention"} <= set(dir(delta_attn))

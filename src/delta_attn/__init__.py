@@ -47,6 +47,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'delta_attn' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HF_NAMES))
+
+
 __all__ = [
     "DeltaConfig",
     "DeltaState",
