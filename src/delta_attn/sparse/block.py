@@ -44,6 +44,7 @@ class BlockMethod(SparseMethod):
     name = "block"
 
     def row_key_counts(self, config, positions):
+        """Rows of the anchor block see their causal prefix; later rows the anchor block + their own block so far."""
         bs = config.block_size
         return np.where(positions < bs, positions + 1, bs + positions % bs + 1)
 

@@ -42,6 +42,7 @@ class StreamingMethod(SparseMethod):
     name = "streaming"
 
     def row_key_counts(self, config, positions):
+        """The window (at most the causal prefix) plus the sinks left of it."""
         window = np.minimum(positions + 1, config.window)
         sinks_left_of_window = np.clip(np.minimum(config.sink, positions - config.window + 1), 0, None)
         return window + sinks_left_of_window

@@ -81,8 +81,7 @@ def estimate_block_topk(
 
 class BlockTopKMethod(SparseMethod):
     name = "topk"
-
-    cost_is_exact = False
+    cost_is_exact = False  # its blocks depend on the data: row_key_counts gives the budget
 
     def row_key_counts(self, config, positions):
         """Upper bound: sinks + window + the kept blocks, at most the causal prefix."""

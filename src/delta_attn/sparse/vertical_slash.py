@@ -84,8 +84,7 @@ def estimate_vertical_slash(
 
 class VerticalSlashMethod(SparseMethod):
     name = "vertical_slash"
-
-    cost_is_exact = False
+    cost_is_exact = False  # its columns and diagonals depend on the data: row_key_counts gives the budget
 
     def row_key_counts(self, config, positions):
         """Upper bound: every kept column plus one key per kept diagonal, at most the causal prefix."""
