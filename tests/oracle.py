@@ -1,9 +1,10 @@
 """An independent, deliberately naive float64 oracle for Δ attention (tests only).
 
 It shares no code with the package's reference: full N×N matrices, K/V repeated per query head,
-masks written from the formulas in algorithm.md, and the row rules as an explicit Python loop.
+masks written from the formulas in docs/algorithm.md, and the row rules as an explicit Python loop.
 For the data-dependent bases it reads the *selection* (kept columns/diagonals, kept blocks) from the
-package's pattern object and rebuilds the mask from those indices on its own.
+package's pattern object and rebuilds the mask from those indices on its own. :func:`make_qkv` draws
+the random inputs the operator tests share.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ import torch
 
 from delta_attn import DeltaConfig
 from delta_attn.sparse import BlockTopKPattern, VerticalSlashPattern
+
+
+def make_qkv(seed, b, hkv, group, n, d, dtype=torch.float64):
+    """Random q (b, hkv·group, n, d) and k, v (b, hkv, n, d) from ``seed``, drawn in float64 then cast."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hkv * group, n, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(b, hkv, n, d, generator=gen, dtype=torch.float64)
+    v = torch.randn(b, hkv, n, d, generator=gen, dtype=torch.float64)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
 def allowed_mask(config: DeltaConfig, q_pos, k_pos, pattern=None, batch=1, heads=1):

@@ -72,11 +72,6 @@ def test_help_imports_nothing_heavy_beyond_the_package():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="delta_attn/__init__.py imports torch eagerly (the light core imports it for delta_attention); "
-    "--help stays under 1 s once the package root imports ops/backend lazily. Remove this mark then.",
-)
 def test_help_does_not_import_torch_at_all():
     script = "import sys\nfrom delta_attn.cli import build_parser\nbuild_parser()\nprint('torch' in sys.modules)"
     out = subprocess.run(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from delta_attn import DeltaConfig, cli
-from delta_attn.combine import row_schedule
+from delta_attn.backend import plan_call as row_schedule
 from delta_attn.demo import build_haystacks, dense_fraction, needle_depths, prefill_attention_pairs
 from delta_attn.sparse import dense_mask, resolve_sparse_method
 

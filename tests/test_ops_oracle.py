@@ -2,7 +2,7 @@
 
 Randomised over every mode × base × interpolation and awkward shapes: head dims 16/64/80/128,
 GQA 1:1…8:1, batch 1–2, lengths not multiples of γ, γ ∈ {1, 2, 16, 64}, sink 0, tiny windows.
-Fresh random inputs every example (hypothesis draws the seed).
+Fresh random inputs every example (hypothesis draws the seed; the other tests take the ``seed`` fixture).
 """
 
 from __future__ import annotations
@@ -13,20 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from delta_attn import DeltaConfig, delta_attention
+from delta_attn.config import INTERPS, MODES
 from delta_attn.sparse import resolve_sparse_method
-from oracle import oracle_attention
+from oracle import make_qkv, oracle_attention
 
-MODES = ["delta", "recompute", "sparse", "dense"]
-BASES = ["streaming", "vertical_slash", "topk", "block", "dense"]
-INTERPS = ["repeat", "linear", "ema", "abg"]
-
-
-def make_qkv(seed, b, hkv, group, n, d, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, hkv * group, n, d, generator=gen, dtype=torch.float64)
-    k = torch.randn(b, hkv, n, d, generator=gen, dtype=torch.float64)
-    v = torch.randn(b, hkv, n, d, generator=gen, dtype=torch.float64)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+BASES = ["streaming", "vertical_slash", "topk", "block", "dense"]  # the built-in bases
 
 
 def check_against_oracle(q, k, v, cfg, atol):
@@ -81,17 +72,15 @@ def test_random_configs_match_oracle_fp64(cfg, seed, b, hkv, group, n, d):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("interp", INTERPS)
-def test_every_mode_interp_long_fp32(mode, interp):
+def test_every_mode_interp_long_fp32(mode, interp, seed):
     """A few thousand tokens (not a multiple of γ) in float32; exercises the chunked loops."""
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())
     q, k, v = make_qkv(seed, 1, 2, 2, 2333, 64, torch.float32)
     cfg = DeltaConfig(mode=mode, interp=interp, window=300, sink=16, gamma=64)
     check_against_oracle(q, k, v, cfg, atol=2e-5)
 
 
 @pytest.mark.parametrize("base", BASES)
-def test_every_base_long_fp64(base):
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+def test_every_base_long_fp64(base, seed):
     q, k, v = make_qkv(seed, 2, 1, 4, 1100, 80)
     cfg = DeltaConfig(
         sparse=base,
@@ -108,18 +97,17 @@ def test_every_base_long_fp64(base):
 
 
 @pytest.mark.parametrize("dtype,atol", [(torch.bfloat16, 3e-2), (torch.float16, 4e-3)])
-def test_half_precision_inputs(dtype, atol):
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+def test_half_precision_inputs(dtype, atol, seed):
     q, k, v = make_qkv(seed, 2, 2, 4, 517, 64, dtype)
     cfg = DeltaConfig(window=64, sink=4, gamma=16)
     check_against_oracle(q, k, v, cfg, atol=atol)
 
 
-def test_small_chunk_budget_changes_nothing():
+def test_small_chunk_budget_changes_nothing(seed):
     """The row-chunking is an implementation detail: a tiny score budget gives the same output."""
     from delta_attn.reference import reference_prefill
 
-    q, k, v = make_qkv(int(torch.randint(0, 2**31 - 1, ()).item()), 1, 2, 3, 700, 16)
+    q, k, v = make_qkv(seed, 1, 2, 3, 700, 16)
     for base in BASES:
         cfg = DeltaConfig(
             sparse=base,

@@ -1,4 +1,4 @@
-"""The blocked LTI scan behind `ema` / `abg` against a plain Python loop."""
+"""The blocked LTI scan behind `ema` / `abg` against a plain Python loop (random inputs: the ``seed`` fixture)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def loop_scan(z, m, k, s_prev):
 
 @pytest.mark.parametrize("system", ["ema0.5", "ema0.95", "abg0.1", "abg0.9"])
 @pytest.mark.parametrize("t", [1, 127, 128, 129, 700])
-def test_blocked_scan_matches_loop(system, t):
+def test_blocked_scan_matches_loop(system, t, seed):
     m, k = ema_system(float(system[3:])) if system.startswith("ema") else abg_system(float(system[3:]), 0.02, 0.001)
     z = torch.randn(2, 3, t, 5, dtype=torch.float64)
     s0 = initial_state(torch.randn(2, 3, 5, dtype=torch.float64), m.shape[0])
@@ -29,7 +29,7 @@ def test_blocked_scan_matches_loop(system, t):
     torch.testing.assert_close(s, s_ref, rtol=1e-10, atol=1e-10)
 
 
-def test_scan_splits_like_a_stream():
+def test_scan_splits_like_a_stream(seed):
     m, k = abg_system(0.2, 0.02, 0.0013)
     z = torch.randn(1, 1, 500, 4, dtype=torch.float64)
     s0 = initial_state(z[..., 0, :], 3)
@@ -39,7 +39,7 @@ def test_scan_splits_like_a_stream():
     torch.testing.assert_close(torch.cat([x1, x2], dim=-2), x, rtol=1e-12, atol=1e-12)
 
 
-def test_first_output_is_first_input():
+def test_first_output_is_first_input(seed):
     for m, k in (ema_system(0.7), abg_system(0.1, 0.005, 0.0002)):
         z = torch.randn(3, 10, 6, dtype=torch.float64)
         x, _ = lti_scan(z, m, k, initial_state(z[..., 0, :], m.shape[0]))

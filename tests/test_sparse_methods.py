@@ -1,4 +1,4 @@
-"""The base methods' own logic: masks from the formulas, estimators against brute force."""
+"""The base methods' own logic: masks from the formulas, estimators against brute force (``seed`` fixture)."""
 
 from __future__ import annotations
 
@@ -66,8 +66,7 @@ def brute_vertical_slash(q, k, scale, last_q, first_columns, last_diagonals):
     return col, diag
 
 
-def test_vertical_slash_picks_the_heaviest_columns_and_diagonals():
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+def test_vertical_slash_picks_the_heaviest_columns_and_diagonals(seed):
     q, k = torch.randn(1, 4, 60, 8, dtype=torch.float64), torch.randn(1, 2, 60, 8, dtype=torch.float64)
     k[:, :, 17] *= 4  # a strong vertical
     pat = estimate_vertical_slash(
@@ -82,8 +81,7 @@ def test_vertical_slash_picks_the_heaviest_columns_and_diagonals():
         assert {0, 1} <= want_cols and {0, 1, 2} <= want_diag
 
 
-def test_block_topk_picks_the_best_pooled_blocks():
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+def test_block_topk_picks_the_best_pooled_blocks(seed):
     bs, n = 8, 75
     q, k = torch.randn(2, 2, n, 16, dtype=torch.float64), torch.randn(2, 1, n, 16, dtype=torch.float64)
     pat = estimate_block_topk(q, k, q_start=0, block=bs, n_blocks=3, sink=0, window=1)
@@ -98,9 +96,8 @@ def test_block_topk_picks_the_best_pooled_blocks():
                 assert got == want, (b, h, qb)
 
 
-def test_estimators_respect_chunk_offsets():
+def test_estimators_respect_chunk_offsets(seed):
     """With q_start > 0 the estimators use absolute positions (chunked prefill)."""
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
     q, k = torch.randn(1, 2, 100, 8), torch.randn(1, 2, 100, 8)
     full = estimate_vertical_slash(
         q, k, q_start=0, scale=0.3, last_q=16, vertical_size=5, slash_size=5, first_columns=1, last_diagonals=1
@@ -127,7 +124,7 @@ def test_render_ascii_runs():
     assert pic == ["#.....", "##....", "###...", "####..", "#.###.", "#..###"]
 
 
-def test_reference_never_builds_an_n_by_n_matrix(monkeypatch):
+def test_reference_never_builds_an_n_by_n_matrix(monkeypatch, seed):
     """At N = 24K the streaming base scores only rows × (window + sink + rows) at a time."""
     import delta_attn.reference as ref
     from delta_attn import delta_attention
@@ -135,9 +132,9 @@ def test_reference_never_builds_an_n_by_n_matrix(monkeypatch):
     largest = []
     orig = ref.masked_attention
 
-    def spy(q, k, v, allowed, scale):
+    def spy(q, k, v, allowed, scale, **kwargs):
         largest.append(q.shape[3] * k.shape[2])
-        return orig(q, k, v, allowed, scale)
+        return orig(q, k, v, allowed, scale, **kwargs)
 
     monkeypatch.setattr(ref, "masked_attention", spy)
     n = 24_000

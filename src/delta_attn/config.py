@@ -1,8 +1,11 @@
 """`DeltaConfig`: every knob of Δ attention in one validated dataclass.
 
 The defaults follow the paper (γ = 64, StreamingLLM base with a 2048-token window) and, for the other
-bases, MInference (vertical-slash sizes) and Star Attention (block size). See `docs`-style field notes
-below; `../shared/reference/algorithm.md` is the spec this mirrors.
+bases, MInference (vertical-slash sizes) and Star Attention (block size). The field notes below
+mirror docs/algorithm.md (§3 rows and tail, §4 modes, §5 interpolations).
+
+This module is the one source of the option vocabularies (:data:`MODES`, :data:`INTERPS`,
+:data:`BACKENDS`) and of the tail rule (:meth:`DeltaConfig.tail_rows`); everything else imports them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sparse.base import SparseMethod
 
 MODES = ("delta", "recompute", "sparse", "dense")
+#: the base methods delta_attn.sparse registers at import (checked there); a config naming one of them is
+#: validated without importing torch, so `import delta_attn` and the CLI's --help stay light
+BUILTIN_SPARSE_METHODS = ("streaming", "vertical_slash", "topk", "block", "dense")
 INTERPS = ("repeat", "linear", "ema", "abg")
+FILTER_INTERPS = ("ema", "abg")  # linear filters over the repeated Δs: they carry a state across chunks
 BACKENDS = ("auto", "reference", "triton")
 
 
@@ -112,10 +119,11 @@ class DeltaConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        from .sparse import resolve_sparse_method  # local: sparse imports config
-
         if isinstance(self.sparse, str):
-            resolve_sparse_method(self.sparse)  # raises ValueError listing the known names
+            if self.sparse not in BUILTIN_SPARSE_METHODS:
+                from .sparse import resolve_sparse_method  # local: sparse imports config (and torch)
+
+                resolve_sparse_method(self.sparse)  # raises ValueError listing the known names
         elif not hasattr(self.sparse, "plan"):
             raise TypeError(
                 "DeltaConfig.sparse must be a registered method name or an object with a "
@@ -193,3 +201,6 @@ class DeltaConfig:
     def method_name(self) -> str:
         """Name of the sparse base (for tables and logs)."""
         return self.sparse if isinstance(self.sparse, str) else getattr(self.sparse, "name", type(self.sparse).__name__)
+
+
+DEFAULT_CONFIG = DeltaConfig()  # what `config=None` means everywhere (the operator and the HF integration)

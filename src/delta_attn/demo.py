@@ -67,42 +67,23 @@ METHODS = ("dense", "sparse", "recompute", "delta")  # every mode of config.MODE
 # cost
 
 
-def _triangle(n: int) -> int:
-    return n * (n + 1) // 2
-
-
 def prefill_attention_pairs(config, n: int) -> int:
-    """Query-key pairs one head scores in a prefill of ``n`` tokens under ``config``.
+    """Query-key pairs one head scores in a prefill of ``n`` tokens under ``config`` (:mod:`delta_attn.cost`).
 
-    dense: n(n+1)/2. Otherwise the sparse pass over every row plus, for ``delta``/``recompute``,
-    the dense rows (anchors 0, γ, … below the tail, and every tail row; row r scores r+1 keys).
-    Exact and analytic for the ``streaming`` base (row i keeps min(i+1, W) window keys plus the
-    sinks left of the window) and the ``dense`` base; other bases raise ``ValueError``.
+    As the reference backend computes it: the sparse pass over every row plus, for ``delta``/``recompute``,
+    the dense rows (``dense``: n(n+1)/2). Exact for the static bases; other bases raise ``ValueError``.
     """
-    if config.mode == "dense":
-        return _triangle(n)
-    base = config.method_name
-    if base == "dense":
-        sparse = _triangle(n)
-    elif base == "streaming":
-        w, s = config.window, config.sink
-        # rows i < w see every causal key; rows i >= w see w window keys + min(s, i+1-w) sinks
-        m = max(0, n - w)  # rows with i >= w; t = i + 1 - w runs over 1..m
-        sinks = s * max(0, m - s) + _triangle(min(s, m))
-        sparse = _triangle(min(n, w)) + w * m + sinks
-    else:
-        raise ValueError(f"no analytic cost for sparse base {base!r} (only 'streaming' and 'dense')")
-    if config.mode == "sparse":
-        return sparse
-    tail_start = n - config.tail_rows(n)
-    anchors = range(0, tail_start, config.gamma)
-    dense_rows = sum(r + 1 for r in anchors) + _triangle(n) - _triangle(tail_start)
-    return sparse + dense_rows
+    from .cost import prefill_cost  # imports torch: not at module level (the CLI's --help stays light)
+
+    cost = prefill_cost(config, n)
+    return cost.base + cost.dense_rows
 
 
 def dense_fraction(config, n: int) -> float:
     """:func:`prefill_attention_pairs` relative to dense causal attention."""
-    return prefill_attention_pairs(config, n) / _triangle(n)
+    from .cost import causal_pairs
+
+    return prefill_attention_pairs(config, n) / causal_pairs(n)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,15 +1,15 @@
 """Hugging Face transformers integration: the attention implementation ``"delta"``.
 
-``import delta_attn`` registers :func:`delta_attention_forward` with transformers'
-``AttentionInterface`` and :func:`delta_mask` with ``AttentionMaskInterface`` under the name
-``"delta"``. Then::
+Importing this module (``import delta_attn.hf``, or the first use of ``delta_attn.enable`` and the
+other names below) registers :func:`delta_attention_forward` with transformers' ``AttentionInterface``
+and :func:`delta_mask` with ``AttentionMaskInterface`` under the name ``"delta"``. Then::
 
-    model = AutoModelForCausalLM.from_pretrained(...)
+    model = AutoModelForCausalLM.from_pretrained(...)   # or attn_implementation="delta" after this import
     delta_attn.enable(model, DeltaConfig(window=2048, sink=128, gamma=64))
     model.generate(**inputs)            # Δ prefill, dense decode
     delta_attn.disable(model)           # back to the stock attention
 
-What runs where (algorithm.md §3, §6):
+What runs where (docs/algorithm.md §3, §6, §8):
   * **prefill** — a forward whose queries are the whole prompt (no cached prefix), or any chunk of
     :func:`chunked_prefill` — runs :func:`delta_attn.delta_attention` with the model's
     :class:`~delta_attn.DeltaConfig` (``mode="dense"`` and the ``dense_layers`` run SDPA directly:
@@ -40,13 +40,12 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
-from .combine import DeltaState
-from .config import DeltaConfig
+from .backend import DeltaState
+from .config import DEFAULT_CONFIG, DeltaConfig
 from .ops import delta_attention
 
 ATTN_NAME = "delta"
 _BINDING_ATTR = "_delta_attn"
-_DEFAULT_CONFIG = DeltaConfig()
 # kwargs some models pass to attention functions that change the math Δ implements
 _UNSUPPORTED_KWARGS = {
     "softcap": "attention-logit soft-capping",
@@ -256,7 +255,7 @@ def delta_attention_forward(
     if is_causal is False or getattr(module, "is_causal", True) is False:
         raise ValueError("delta attention is causal-only; this layer asked for non-causal (bidirectional) attention")
     binding: _Binding | None = getattr(module, _BINDING_ATTR, None)
-    config = binding.config if binding is not None else _DEFAULT_CONFIG
+    config = binding.config if binding is not None else DEFAULT_CONFIG
     chunk = binding.chunk if binding is not None else None
     layer_idx = getattr(module, "layer_idx", None)
     nq, nk = query.shape[2], key.shape[2]
@@ -349,7 +348,7 @@ def enable(model: PreTrainedModel, config: DeltaConfig | None = None) -> PreTrai
     serve: no AttentionInterface dispatch, encoder-decoder / cross-attention, non-causal attention,
     logit soft-capping, composite models, or ``dense_layers`` beyond the model's depth.
     """
-    config = _DEFAULT_CONFIG if config is None else config
+    config = DEFAULT_CONFIG if config is None else config
     if not isinstance(config, DeltaConfig):
         raise TypeError(f"config must be a delta_attn.DeltaConfig, got {type(config).__name__}")
     _check_supported(model)
@@ -495,7 +494,9 @@ def chunked_prefill(
         )
     _derive_left_padding(attention_mask, total, total, False, bsz)  # raises a clear error for right padding
     position_ids = left_padding_position_ids(attention_mask)
-    keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+    forward_params = inspect.signature(model.forward).parameters
+    keep_last = "logits_to_keep" in forward_params
+    cache_arg = "cache" if "cache" in forward_params else "past_key_values"  # renamed in transformers 5.24
     starts = range(past, total, chunk_size)
     if progress:
         from tqdm.auto import tqdm
@@ -510,12 +511,11 @@ def chunked_prefill(
                 input_ids=input_ids[:, s - past : e - past],
                 attention_mask=attention_mask[:, :e],
                 position_ids=position_ids[:, s:e],
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_arg: cache},
                 **extra,
             )
     finally:
         ctx, binding.chunk = binding.chunk, None
-    return PrefillOutput(
-        past_key_values=out.past_key_values, logits=out.logits[:, -1], attention_mask=attention_mask, state=ctx
-    )
+    # the model fills `cache` in place (and returns it under a name that depends on the transformers version)
+    return PrefillOutput(past_key_values=cache, logits=out.logits[:, -1], attention_mask=attention_mask, state=ctx)

@@ -8,10 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .combine import DeltaState
-from .config import DeltaConfig
-
-_DEFAULT_CONFIG = DeltaConfig()
+from .backend import DeltaState, select_backend
+from .config import DEFAULT_CONFIG, DeltaConfig
 
 
 def _validate(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -61,29 +59,6 @@ def _left_pad_list(left_pad, batch: int, prompt_len: int) -> list[int] | None:
     return pads
 
 
-def _backend_prefill(config: DeltaConfig, device: torch.device):
-    """The prefill function of the backend this call runs on."""
-    want = config.backend
-    if want == "auto":
-        want = "triton" if device.type == "cuda" else "reference"
-    if want == "triton":
-        if device.type != "cuda":
-            raise ValueError("backend='triton' needs CUDA tensors; use backend='reference' (or 'auto') on CPU")
-        try:
-            from .kernels import triton_prefill
-        except ImportError as exc:
-            if config.backend == "triton":
-                raise ValueError(
-                    f"backend='triton' is not available here ({exc}); install triton or use 'reference'"
-                ) from exc
-            want = "reference"
-        else:
-            return triton_prefill
-    from .reference import reference_prefill
-
-    return reference_prefill
-
-
 def delta_attention(
     q: Tensor,
     k: Tensor,
@@ -100,14 +75,14 @@ def delta_attention(
     Shapes (SDPA / FlexAttention layout):
         q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D) with ``Hq % Hkv == 0`` (grouped-query attention:
         query head h reads KV head ``h // (Hq // Hkv)``; K/V are never repeated in memory) and
-        ``Nk >= Nq``. Returns (B, Hq, Nq, D) in q's dtype.
+        ``Nk >= Nq``. Returns (B, Hq, Nq, D) in q's dtype (an empty tensor when B or Nq is 0).
 
     Causal alignment:
         bottom-right: query row r sits at absolute position ``p = Nk - Nq + r`` and sees keys
         ``0..p``. One-shot prefill is ``Nq == Nk``; a later chunk of a chunked prefill passes only
         its own queries with the keys/values of the whole prefix so far.
 
-    The rows (algorithm.md §3), with N = ``prompt_len`` (default Nk), γ = ``config.gamma``:
+    The rows (docs/algorithm.md §3), with N = ``prompt_len`` (default Nk), γ = ``config.gamma``:
         tail c = min(N, N mod γ + config.min_tail) rows, N' = N − c; anchors A = {0, γ, …, N'−γ}
         (the first row of every γ-block); the dense rows are computed at their own causal
         positions (row p over keys 0..p), never as a block of gathered rows.
@@ -130,12 +105,18 @@ def delta_attention(
             when a chunk starts inside a γ-block or when ``interp`` is ``ema``/``abg``).
         left_pad: per batch element, how many leading key positions are padding. Each sequence is
             then processed at its own positions (sinks, windows, anchors count from its first real
-            token); query rows on padding return zeros.
+            token); query rows on padding return zeros (docs/algorithm.md §9).
+
+    Non-finite inputs (docs/algorithm.md §12): with a causal config (every interpolation but
+    ``linear``) and a static base, an inf/NaN at position i of q, k or v never changes rows before i
+    (reference backend; the Triton kernels keep this per tile only, see :mod:`delta_attn.kernels`).
 
     Raises:
-        TypeError / ValueError naming the problem for bad shapes, dtypes, devices or options.
+        TypeError / ValueError naming the problem for bad shapes, dtypes, devices or options, for a
+        sparse method whose ``plan``/``mask_mod`` returns something else than a pattern / a bool mask
+        of the right shape, and for a pattern that leaves a query row with no visible key.
     """
-    config = _DEFAULT_CONFIG if config is None else config
+    config = DEFAULT_CONFIG if config is None else config
     if not isinstance(config, DeltaConfig):
         raise TypeError(f"config must be a DeltaConfig, got {type(config).__name__}")
     _validate(q, k, v)
@@ -158,9 +139,9 @@ def delta_attention(
             "prefill the whole prompt in one call or use interp='repeat'/'ema'/'abg'"
         )
     pads = _left_pad_list(left_pad, bsz, prompt_len)
-    if nq == 0:
+    if nq == 0 or bsz == 0:  # nothing to compute (an empty batch is a valid input)
         return q.new_zeros(bsz, hq, nq, d)
-    prefill = _backend_prefill(config, q.device)
+    prefill = select_backend(config, q.device)
     q_start = nk - nq
     if not pads or not any(pads):  # one group, no padding: return the backend's tensor as is (no copy)
         seq_state = state.group(tuple(range(bsz))) if state is not None else None

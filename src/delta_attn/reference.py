@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .combine import RowSchedule, _SequenceState, combine, row_schedule
+from .backend import SequenceState, plan_call
+from .combine import combine
 from .config import DeltaConfig
-from .sparse import SparsePattern, resolve_sparse_method
+from .sparse import SparsePattern, plan_pattern, visible_keys
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # scores held at once (64 MiB in float32)
 
@@ -56,11 +57,15 @@ def _next_chunk(pattern: SparsePattern | None, q_start: int, r0: int, nq: int, n
     return r0 + rows, ranges
 
 
-def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float) -> Tensor:
+def masked_attention(
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float, *, finite_v: bool = True
+) -> Tensor:
     """Softmax attention of query rows over a key set, with a boolean mask.
 
     q: (B, Hkv, G, R, D); k, v: (B, Hkv, K, D); allowed: broadcastable to (B, Hkv, G, R, K).
-    Rows with no allowed key return zeros (never NaN).
+    Rows with no allowed key return zeros (never NaN; the callers forbid such rows for the sparse base).
+    ``finite_v=False`` (v holds inf or NaN) takes the exact path: a row's output then depends on the
+    keys it may see only, as it does for finite v.
     """
     bsz, hkv, g, r, d = q.shape
     s = (q.reshape(bsz, hkv, g * r, d) @ k.transpose(-1, -2)).view(bsz, hkv, g, r, -1) * scale
@@ -69,8 +74,40 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: fl
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     p = torch.exp(s - m)
     denom = p.sum(dim=-1, keepdim=True)
-    o = (p.view(bsz, hkv, g * r, -1) @ v).view(bsz, hkv, g, r, -1)
+    if finite_v:
+        o = (p.view(bsz, hkv, g * r, -1) @ v).view(bsz, hkv, g, r, -1)
+    else:  # p is 0 on the keys a row may not see, and 0·NaN must not reach the row
+        o = _weighted_values(p, v, allowed)
     return o / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def _weighted_values(p: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
+    """``p @ v`` for a v with non-finite entries, without 0·NaN from keys a row may not see.
+
+    p: (B, Hkv, G, R, K) with zeros on forbidden keys; v: (B, Hkv, K, D). The finite part is the
+    same matrix product as the fast path (so rows that see no non-finite value are bit-identical
+    to it); the non-finite entries are added back per row from the keys that row may see, with
+    IEEE rules (p·NaN = NaN, 0·inf = NaN, inf − inf = NaN).
+    """
+    bsz, hkv, g, r, kn = p.shape
+
+    def flat(x: Tensor) -> Tensor:  # (B, Hkv, G, R, K) -> (B, Hkv, G·R, K)
+        return x.reshape(bsz, hkv, g * r, kn)
+
+    def count(keys: Tensor, values: Tensor) -> Tensor:
+        """Per row and channel: how many of the row's ``keys`` (bool, like p) hold a ``values`` entry."""
+        return flat(keys.to(p.dtype)) @ values.to(p.dtype)
+
+    o = flat(p) @ v.masked_fill(~torch.isfinite(v), 0.0)
+    sees = allowed.expand_as(p)
+    nan_hits = count(sees, torch.isnan(v)) + count(sees & (p == 0), torch.isinf(v))
+    pos_inf = count(sees & (p > 0), v == float("inf")) > 0
+    neg_inf = count(sees & (p > 0), v == float("-inf")) > 0
+    extra = torch.zeros_like(o)
+    extra = extra.masked_fill(pos_inf, float("inf")) + extra.masked_fill(neg_inf, float("-inf"))
+    extra = extra.masked_fill(nan_hits > 0, float("nan"))
+    o = torch.where((nan_hits > 0) | pos_inf | neg_inf, o + extra, o)
+    return o.view(bsz, hkv, g, r, -1)
 
 
 def attention_rows(
@@ -84,10 +121,12 @@ def attention_rows(
     dense_pos: Tensor,
     compute_dtype: torch.dtype,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    method: str | None = None,
 ) -> tuple[Tensor | None, Tensor]:
     """Sparse output of every query row (if ``pattern``) and dense output of rows ``dense_pos``.
 
     q: (B, Hq, Nq, D) at absolute positions [q_start, q_start + Nq); k, v: (B, Hkv, Nk, D).
+    ``method`` names the sparse base in errors about its pattern (default: the pattern's name).
     Returns ``(sparse (B, Hq, Nq, D) or None, dense (B, Hq, len(dense_pos), D))`` in compute_dtype.
     """
     bsz, hq, nq, d = q.shape
@@ -96,6 +135,7 @@ def attention_rows(
     dev = q.device
     qc = q.to(compute_dtype).view(bsz, hkv, g, nq, d)
     kc, vc = k.to(compute_dtype), v.to(compute_dtype)
+    finite_v = bool(torch.isfinite(vc).all())  # one check per call: the exact path only for inf/NaN values
     sparse = qc.new_empty(bsz, hkv, g, nq, d) if pattern is not None else None
     dense = qc.new_empty(bsz, hkv, g, dense_pos.numel(), d)
     b_idx = torch.arange(bsz, device=dev).view(-1, 1, 1, 1)
@@ -111,13 +151,13 @@ def attention_rows(
             kidx, nkeys = _key_index(ranges, dev)
             kpos = torch.arange(nk, device=dev)[kidx].view(1, 1, 1, -1)
             qpos = torch.arange(p0, p1, device=dev).view(1, 1, -1, 1)
-            allowed = pattern.mask_mod(b_idx, h_idx, qpos, kpos) & (kpos <= qpos)
+            allowed = visible_keys(pattern, b_idx, h_idx, qpos, kpos, shape=(bsz, hq, p1 - p0, nkeys), method=method)
             if allowed.shape[1] == 1:  # head-independent pattern: broadcast, don't copy per head
                 allowed = allowed.unsqueeze(2)
             else:
                 allowed = allowed.expand(allowed.shape[0], hq, p1 - p0, nkeys).reshape(-1, hkv, g, p1 - p0, nkeys)
             sparse[:, :, :, r0:r1] = masked_attention(
-                qc[:, :, :, r0:r1], kc[:, :, kidx], vc[:, :, kidx], allowed, scale
+                qc[:, :, :, r0:r1], kc[:, :, kidx], vc[:, :, kidx], allowed, scale, finite_v=finite_v
             )
         dj = di
         while dj < len(dense_local) and dense_local[dj] < r1:
@@ -127,7 +167,7 @@ def attention_rows(
             qpos = (sel + q_start).view(1, 1, 1, -1, 1)
             kpos = torch.arange(p1, device=dev).view(1, 1, 1, 1, -1)
             dense[:, :, :, di:dj] = masked_attention(
-                qc[:, :, :, sel], kc[:, :, :p1], vc[:, :, :p1], kpos <= qpos, scale
+                qc[:, :, :, sel], kc[:, :, :p1], vc[:, :, :p1], kpos <= qpos, scale, finite_v=finite_v
             )
             di = dj
         r0 = r1
@@ -143,22 +183,23 @@ def reference_prefill(
     *,
     scale: float,
     prompt_len: int,
-    state: _SequenceState | None = None,
+    state: SequenceState | None = None,
     compute_dtype: torch.dtype | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> Tensor:
-    """One sequence group (shared positions): plan the sparse base, compute rows, combine.
+    """The reference :class:`~delta_attn.backend.Backend`: plan the sparse base, compute rows, combine.
 
-    Inputs are already validated by :func:`delta_attn.delta_attention`; queries are the last Nq of
-    the Nk key positions. Returns (B, Hq, Nq, D) in ``compute_dtype``.
+    One sequence group (shared positions); inputs are already validated by
+    :func:`delta_attn.delta_attention`; queries are the last Nq of the Nk key positions.
+    Returns (B, Hq, Nq, D) in ``compute_dtype``.
     """
     nq, nk = q.shape[2], k.shape[2]
     q_start = nk - nq
     cdt = compute_dtype or default_compute_dtype(q.dtype)
-    sched: RowSchedule = row_schedule(config, q_start, nk, prompt_len, device=q.device)
+    plan = plan_call(config, q_start, nk, prompt_len, state, device=q.device)
     pattern = None
     if config.mode != "dense":
-        pattern = resolve_sparse_method(config.sparse).plan(q, k, config, q_start=q_start, scale=scale)
+        pattern = plan_pattern(config, q, k, q_start=q_start, scale=scale)
     sparse, dense = attention_rows(
         q,
         k,
@@ -166,8 +207,9 @@ def reference_prefill(
         scale=scale,
         q_start=q_start,
         pattern=pattern,
-        dense_pos=sched.dense_pos,
+        dense_pos=plan.dense_pos,
         compute_dtype=cdt,
         chunk_elements=chunk_elements,
+        method=config.method_name,
     )
-    return combine(config, sched, sparse, dense, state)
+    return combine(plan, sparse, dense, state)

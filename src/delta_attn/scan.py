@@ -69,7 +69,21 @@ def lti_scan(z: Tensor, m: Tensor, k: Tensor, s_prev: Tensor, *, block: int = 12
         s_prev: state before the first input, (..., S, D).
     Returns:
         (x, s_last): outputs x_i = s_i[0] of shape (..., T, D) and the final state (..., S, D).
+
+    Non-finite inputs (docs/algorithm.md §12): a channel's outputs are NaN from its first non-finite
+    input on, and the outputs before it are bit-identical to those of the same finite prefix. (The
+    blocked product multiplies later inputs by the zeros above the diagonal, and 0·NaN would spread a
+    NaN to earlier rows; so such inputs are zeroed for the product and the NaN is put back after.)
     """
+    bad = ~torch.isfinite(z)
+    if not bool(bad.any()):
+        return _blocked_scan(z, m, k, s_prev, block)
+    x, s = _blocked_scan(z.masked_fill(bad, 0.0), m, k, s_prev, block)
+    poisoned = bad.cumsum(dim=-2) > 0  # (..., T, D): at or after the channel's first non-finite input
+    return x.masked_fill(poisoned, float("nan")), s.masked_fill(poisoned[..., -1:, :], float("nan"))
+
+
+def _blocked_scan(z: Tensor, m: Tensor, k: Tensor, s_prev: Tensor, block: int) -> tuple[Tensor, Tensor]:
     p64, imp64, w64 = _block_operators(tuple(map(tuple, m.tolist())), tuple(k.tolist()), block)
     dt, dev = z.dtype, z.device
     p, imp, w = p64.to(dev, dt), imp64.to(dev, dt), w64.to(dev, dt)

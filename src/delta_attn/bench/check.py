@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..combine import _SequenceState
+from ..backend import SequenceState
 from ..config import DeltaConfig
 from ..sparse import SparseMethod, resolve_sparse_method
 
@@ -167,7 +167,7 @@ def run_chunked(fn, q, k, v, config, chunks, *, scale, prompt_len=None, **kw):
     prompt_len = n if prompt_len is None else prompt_len
     if not chunks:
         return fn(q, k, v, config, scale=scale, prompt_len=prompt_len, state=None, **kw)
-    state, outs, s = _SequenceState(), [], 0
+    state, outs, s = SequenceState(), [], 0
     for c in chunks:
         e = s + c
         outs.append(
@@ -190,13 +190,21 @@ def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref).norm() / ref.norm().clamp(min=1e-30)).item()
 
 
-def run_case(case: Case, device: str | torch.device = "cuda", seed: int | None = None) -> dict:
+def fresh_seed() -> int:
+    return int(time.time_ns() % (1 << 31))
+
+
+def run_case(
+    case: Case, device: str | torch.device = "cuda", seed: int | None = None, kernel_configs: dict | None = None
+) -> dict:
+    """One case against the float64 oracle. ``kernel_configs``: launch configs for ``triton_prefill``."""
     from ..kernels import triton_prefill
     from ..reference import reference_prefill
 
     dev = torch.device(device)
     dt = DTYPES[case.dtype]
-    gen = torch.Generator(device="cpu").manual_seed(seed if seed is not None else int(time.time_ns() % (1 << 31)))
+    seed = fresh_seed() if seed is None else seed
+    gen = torch.Generator(device="cpu").manual_seed(seed)
     shape_q = (case.b, case.hq, case.n, case.d)
     shape_k = (case.b, case.hkv, case.n, case.d)
     q, k, v = (torch.randn(s, generator=gen).to(dev, dt) for s in (shape_q, shape_k, shape_k))
@@ -210,7 +218,7 @@ def run_case(case: Case, device: str | torch.device = "cuda", seed: int | None =
     ref32 = run_chunked(reference_prefill, q, k, v, config, chunks, **kw)
     poison(dev, 4 * q.numel() * 4)
     t0 = time.time()
-    out = run_chunked(triton_prefill, q, k, v, config, chunks, **kw)
+    out = run_chunked(triton_prefill, q, k, v, config, chunks, kernel_configs=kernel_configs, **kw)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     wall = time.time() - t0
@@ -228,10 +236,13 @@ def run_case(case: Case, device: str | torch.device = "cuda", seed: int | None =
         finite=finite,
         ok=ok,
         wall_s=wall,
+        seed=seed,
     )
 
 
-def kernel_unit_checks(device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=False) -> list[dict]:
+def kernel_unit_checks(
+    device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=False, kernel_configs=None, seed=None
+) -> list[dict]:
     """Each kernel alone against float64: dense rows, sparse rows per pattern, the scan apply."""
     from ..kernels.blocks import spec_for
     from ..kernels.dense_rows import RowSet, dense_rows
@@ -247,7 +258,9 @@ def kernel_unit_checks(device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=
     res = []
     b, hq, hkv = 2, 8, 2
     q_start = n // 3 + 1
-    gen = torch.Generator().manual_seed(int(time.time_ns() % (1 << 31)))
+    kc = kernel_configs or {}
+    seed = fresh_seed() if seed is None else seed
+    gen = torch.Generator().manual_seed(seed)
     q = torch.randn(b, hq, n - q_start, d, generator=gen).to(dev, dtype)
     k = torch.randn(b, hkv, n, d, generator=gen).to(dev, dtype)
     v = torch.randn(b, hkv, n, d, generator=gen).to(dev, dtype)
@@ -268,6 +281,7 @@ def kernel_unit_checks(device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=
                 finite=finite,
                 ok=finite and ek <= 2 * er + 1e-6,
                 wall_s=0.0,
+                seed=seed,
             )
         )
 
@@ -275,7 +289,7 @@ def kernel_unit_checks(device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=
     rows = RowSet(q_start + 3, n - 50, 16, n - 50, n)
     pos = torch.from_numpy(rows.positions()).to(dev)
     out = torch.full((b, hq, len(rows), d), float("nan"), device=dev)
-    dense_rows(q, k, v, rows, scale=scale, out=out)
+    dense_rows(q, k, v, rows, scale=scale, out=out, config=kc.get("dense"))
     _, want = attention_rows(
         q.double(),
         k.double(),
@@ -293,14 +307,14 @@ def kernel_unit_checks(device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=
     patterns = {"sink-window": SinkWindowPattern(8, n // 7), "anchor-block": AnchorBlockPattern(n // 5)}
     for name in ("topk", "vertical_slash"):
         patterns[name] = resolve_sparse_method(name).plan(q, k, cfg, q_start=q_start, scale=scale)
-    for name, pat in patterns.items():
-        from ..kernels import sparse as sp_mod
-        from ..kernels.dense_rows import kernel_config
+    from ..kernels import sparse as sp_mod
+    from ..kernels.dense_rows import kernel_config
 
-        c = kernel_config(dtype, sp_mod.CONFIG)
-        spec = spec_for(pat, q_start=q_start, row_end=n, n_keys=n, bm=c["BM"], bn=c["BN"])
+    sparse_cfg = dict(kc["sparse"]) if kc.get("sparse") else kernel_config(dtype, sp_mod.CONFIG)
+    for name, pat in patterns.items():
+        spec = spec_for(pat, q_start=q_start, row_end=n, n_keys=n, bm=sparse_cfg["BM"], bn=sparse_cfg["BN"])
         out = torch.full((b, hq, n - q_start, d), float("nan"), device=dev)
-        sparse_attention(q, k, v, spec, scale=scale, out=out)
+        sparse_attention(q, k, v, spec, scale=scale, out=out, config=sparse_cfg)
         want, _ = attention_rows(
             q.double(),
             k.double(),
@@ -331,6 +345,15 @@ def kernel_unit_checks(device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=
     res[-1]["ok"] = res[-1]["ok"] or (res[-1]["finite"] and res[-1]["err_kernel"] < 1e-5)
     compare("unit-scan-state", s_last, s_ref, s_ref.float())
     res[-1]["ok"] = res[-1]["finite"] and res[-1]["err_kernel"] < 1e-5
+    # a NaN Δ of one γ-block leaves every row before that block bit-identical (the scan is causal)
+    j = nseg // 2
+    deltas[:, :, j, 0] = float("nan")
+    out_nan = torch.full_like(out, float("nan"))
+    delta_scan_apply(sparse, deltas, s_prev, m, kk, q_start=q0, body_end=end, gamma=gamma, out=out_nan)
+    before = (q0 // gamma + j) * gamma - q0  # rows of the call before block j
+    same = torch.equal(out_nan[:, :, :before], out[:, :, :before])
+    compare("unit-scan-nan-causal", out_nan[:, :, :before], want[:, :, :before], want[:, :, :before].float())
+    res[-1]["ok"] = same and res[-1]["finite"]
     return res
 
 
@@ -344,85 +367,67 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def apply_kernel_configs(configs: dict | None) -> None:
-    """Use ``{"dense": {...}, "sparse": {...}}`` as this process's launch configs for half inputs."""
-    if not configs:
-        return
-    from ..kernels import dense_rows, sparse
-
-    if configs.get("dense"):
-        dense_rows.CONFIG["half"] = dict(configs["dense"])
-    if configs.get("sparse"):
-        sparse.CONFIG["half"] = dict(configs["sparse"])
+def _failed(name: str, dtype: str, exc: Exception) -> dict:
+    """A result row for a check that raised (reported, so the other checks still run)."""
+    nan = float("nan")
+    return dict(
+        name=name,
+        shape="",
+        dtype=dtype,
+        err_kernel=nan,
+        err_ref=nan,
+        err_ref32=nan,
+        ratio=nan,
+        finite=False,
+        ok=False,
+        wall_s=0.0,
+        error=f"{type(exc).__name__}: {exc}",
+    )
 
 
 def _worker(args):
-    case, device, configs = args
-    apply_kernel_configs(configs)
+    case, device, kernel_configs, seed = args
     try:
-        return run_case(case, device)
+        return run_case(case, device, seed=seed, kernel_configs=kernel_configs)
     except Exception as exc:  # report, don't stop the other checks
-        return dict(
-            name=case.name,
-            shape="",
-            dtype=case.dtype,
-            err_kernel=float("nan"),
-            err_ref=float("nan"),
-            err_ref32=float("nan"),
-            ratio=float("nan"),
-            finite=False,
-            ok=False,
-            wall_s=0.0,
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        return _failed(case.name, case.dtype, exc)
 
 
+# Small tiles so that tiny interpreter cases still cover many tiles, split-K and merges.
 TINY_TILES = dict(
     dense=dict(BM=16, BN=16, num_warps=4, num_stages=2, USE_TMA=False),
     sparse=dict(BM=32, BN=16, num_warps=4, num_stages=2, USE_TMA=False),
 )
 
 
-def use_tiny_tiles() -> None:
-    """Small tiles so that tiny interpreter cases still cover many tiles, split-K and merges."""
-    from ..kernels import dense_rows, sparse
+def run_all(device="cuda", workers: int = 1, tiny: bool = False, names=None, configs=None, seed=None) -> list[dict]:
+    """Every case (or ``names``, plus ``"unit"`` for the kernel unit checks) against the oracle.
 
-    for key in ("half", "float32"):
-        dense_rows.CONFIG[key] = dict(TINY_TILES["dense"])
-        sparse.CONFIG[key] = dict(TINY_TILES["sparse"])
-
-
-def run_all(device="cuda", workers: int = 1, tiny: bool = False, names=None, configs=None) -> list[dict]:
+    ``configs``: launch configs ``{"dense": {...}, "sparse": {...}}`` passed to the kernels for half
+    inputs (float32 cases keep the defaults); tiny runs use :data:`TINY_TILES` unless given, for
+    every dtype. ``seed``: case i draws its inputs from ``seed + i`` (default: a fresh seed).
+    """
     cases = tiny_cases() if tiny else gpu_cases()
     if names:
         cases = [c for c in cases if c.name in names]
+    if tiny:
+        configs = configs or TINY_TILES
+    seed = fresh_seed() if seed is None else seed
+    jobs = [(c, device, configs if tiny or c.dtype != "fp32" else None, seed + i) for i, c in enumerate(cases)]
     if workers > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(workers) as pool:
-            rows = pool.map(_worker, [(c, device, configs) for c in cases], chunksize=1)
+            rows = pool.map(_worker, jobs, chunksize=1)
     else:
-        rows = [_worker((c, device, configs)) for c in cases]
-    apply_kernel_configs(configs)
+        rows = [_worker(job) for job in jobs]
     try:
         if not names or "unit" in names:
-            rows += kernel_unit_checks(device, torch.float32 if tiny else torch.bfloat16, tiny=tiny)
-    except Exception as exc:
-        rows.append(
-            dict(
-                name="unit-checks",
-                shape="",
-                dtype="",
-                err_kernel=float("nan"),
-                err_ref=float("nan"),
-                err_ref32=float("nan"),
-                ratio=float("nan"),
-                finite=False,
-                ok=False,
-                wall_s=0.0,
-                error=f"{type(exc).__name__}: {exc}",
+            rows += kernel_unit_checks(
+                device, torch.float32 if tiny else torch.bfloat16, tiny=tiny, kernel_configs=configs, seed=seed
             )
-        )
+    except Exception as exc:
+        rows.append(_failed("unit-checks", "", exc))
     return rows
 
 
@@ -438,7 +443,12 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--cases", default="", help="comma-separated case names (and 'unit'); default all")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON line")
-    ap.add_argument("--kernel-config", default="", help='JSON file {"dense": {...}, "sparse": {...}} of launch configs')
+    ap.add_argument(
+        "--kernel-config",
+        default="",
+        help='JSON file {"dense": {...}, "sparse": {...}} of launch configs (half inputs; with --tiny: every dtype)',
+    )
+    ap.add_argument("--seed", type=int, default=None, help="case i draws its inputs from SEED + i (default: fresh)")
     ap.add_argument(
         "--tune",
         default="",
@@ -449,18 +459,19 @@ def main(argv=None) -> int:
     ap.add_argument("--bench", nargs=argparse.REMAINDER, help="then run `bench layer` with these arguments")
     args = ap.parse_args(argv)
     names = [x for x in args.cases.split(",") if x] or None
-    if args.tiny:
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            ap.error("--tiny needs TRITON_INTERPRET=1 in the environment before Python starts")
-        use_tiny_tiles()
-        rows = run_all("cpu", tiny=True, names=names)
-        print(json.dumps(rows) if args.json else format_table(rows))
-        return 0 if all(r["ok"] for r in rows) else 1
-    os.makedirs(args.out, exist_ok=True)
+    seed = fresh_seed() if args.seed is None else args.seed
+    print(f"seed {seed}", file=sys.stderr, flush=True)
     configs = None
     if args.kernel_config:
         with open(args.kernel_config) as f:
             configs = json.load(f)
+    if args.tiny:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            ap.error("--tiny needs TRITON_INTERPRET=1 in the environment before Python starts")
+        rows = run_all("cpu", tiny=True, names=names, configs=configs, seed=seed)
+        print(json.dumps(rows) if args.json else format_table(rows))
+        return 0 if all(r["ok"] for r in rows) else 1
+    os.makedirs(args.out, exist_ok=True)
     if args.tune:
         from .sweep import run_sweep
 
@@ -472,12 +483,12 @@ def main(argv=None) -> int:
     rows = []
     if not args.skip_checks:
         t0 = time.time()
-        rows = run_all("cuda", workers=args.workers, names=names, configs=configs)
+        rows = run_all("cuda", workers=args.workers, names=names, configs=configs, seed=seed)
         if args.tune and not all(r["ok"] for r in rows):  # a tuned config failed: back to the defaults
             print(format_table(rows))
             print("tuned launch configs FAILED checks; rerunning with the default configs", flush=True)
             configs, args.kernel_config = None, ""
-            rows = run_all("cuda", workers=args.workers, names=names)
+            rows = run_all("cuda", workers=args.workers, names=names, seed=seed)
         with open(os.path.join(args.out, "checks.json"), "w") as f:
             json.dump(rows, f, indent=1)
         for r in rows:

@@ -11,8 +11,8 @@ several lengths. Methods:
 
 Timing: CUDA events around each call, after warm-up; the median of repeated calls. Dense SDPA at
 the largest lengths (``--dense-once-above``) is timed from a single call (it takes seconds) and
-marked so. FLOPs are counted exactly (allowed query-key pairs × 4·d per head). Each row reports
-ms, TFLOP/s, the speed-up over SDPA cuDNN from the same run, the fraction of the FLOP floor
+marked so. FLOPs are counted exactly by :mod:`delta_attn.cost` (allowed query-key pairs × 4·d per
+head). Each row reports ms, TFLOP/s, the speed-up over SDPA cuDNN from the same run, the fraction of the FLOP floor
 (FLOPs at the bf16 matrix rate measured in the same run, over the measured time) and the peak
 memory allocated beyond the inputs.
 
@@ -46,27 +46,6 @@ def fmt_length(n: int) -> str:
     if n % 1024 == 0:
         return f"{n // 1024}K"
     return str(n)
-
-
-# ---- exact FLOP counts ---------------------------------------------------------------------------
-
-
-def causal_pairs(n: int) -> int:
-    return n * (n + 1) // 2
-
-
-def sink_window_pairs(lo: int, hi: int, sink: int, window: int) -> int:
-    """Σ over rows p in [lo, hi) of |{j ≤ p : p − j < window or j < sink}|."""
-    import numpy as np
-
-    p = np.arange(lo, hi, dtype=np.int64)
-    win = np.minimum(p + 1, window)
-    extra = np.clip(np.minimum(sink, p - window + 1), 0, None)  # sinks below the window
-    return int((win + extra).sum())
-
-
-def rows_pairs(positions) -> int:
-    return int(sum(int(p) + 1 for p in positions)) if len(positions) < 4096 else int((positions + 1).sum())
 
 
 # ---- timing --------------------------------------------------------------------------------------
@@ -157,6 +136,7 @@ def run_layer(args) -> dict:
     import torch
 
     from ..config import DeltaConfig
+    from ..cost import pair_flops, prefill_cost
     from ..kernels import triton_prefill
     from ..kernels.dense_rows import RowSet, dense_rows
 
@@ -180,17 +160,12 @@ def run_layer(args) -> dict:
         q = torch.randn(b, hq, n, d, device=dev, dtype=dtype, generator=gen)
         k = torch.randn(b, hkv, n, d, device=dev, dtype=dtype, generator=gen)
         v = torch.randn(b, hkv, n, d, device=dev, dtype=dtype, generator=gen)
-        per_head = b * hq * 4 * d
         tail_start = n - base.tail_rows(n)
         rows = RowSet(0, tail_start, args.gamma, tail_start, n)
-        pos = rows.positions()
-        flops = {
-            "dense": causal_pairs(n) * per_head,
-            "sparse": sink_window_pairs(0, n, args.sink, args.window) * per_head,
-            "rows": rows_pairs(pos) * per_head,
-        }
-        flops["delta"] = sink_window_pairs(0, tail_start, args.sink, args.window) * per_head + flops["rows"]
-        flops["recompute"] = flops["sparse"] + flops["rows"]
+        flops = {m: prefill_cost(base.replace(mode=m), n).flops(d, hq, b) for m in ("dense", "sparse", "recompute")}
+        delta_cost = prefill_cost(base, n)  # the sparse base on the body rows + the dense rows
+        flops["delta"] = delta_cost.flops(d, hq, b)
+        flops["rows"] = pair_flops(delta_cost.dense_rows, d, hq, b)
         row = dict(n=n, label=fmt_length(n), flops=flops, methods={})
         once = n > parse_length(args.dense_once_above)
 

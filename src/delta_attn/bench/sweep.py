@@ -52,23 +52,24 @@ def _calls(n, dcfg, scfg, q, k, v, gamma=64, sink=128, window=2048):
     """Closures for (dense rows, sparse fused-Δ, sparse plain) with one configuration each."""
     import torch
 
+    from ..config import DeltaConfig
     from ..kernels.blocks import spec_for
     from ..kernels.dense_rows import RowSet, dense_rows
-    from ..kernels.prefill import _ensure_allocator
+    from ..kernels.prefill import ensure_allocator
     from ..kernels.sparse import sparse_attention
     from ..sparse import SinkWindowPattern
 
-    _ensure_allocator()
-    c = max(128, gamma) + n % gamma
-    rows = RowSet(0, n - c, gamma, n - c, n)
+    ensure_allocator()
+    body = n - DeltaConfig(gamma=gamma, sink=sink, window=window).tail_rows(n)
+    rows = RowSet(0, body, gamma, body, n)
     scale = 1 / math.sqrt(q.shape[-1])
-    spec = spec_for(SinkWindowPattern(sink, window), q_start=0, row_end=n - c, n_keys=n, bm=scfg["BM"], bn=scfg["BN"])
+    spec = spec_for(SinkWindowPattern(sink, window), q_start=0, row_end=body, n_keys=n, bm=scfg["BM"], bn=scfg["BN"])
     dense = dense_rows(q, k, v, rows, scale=scale, config=dcfg)
     out = torch.empty_like(q)
     delta = dict(gamma=gamma, dense=dense, first_anchor=0)
     return rows, (
         lambda: dense_rows(q, k, v, rows, scale=scale, config=dcfg),
-        lambda: sparse_attention(q, k, v, spec, scale=scale, row_end=n - c, out=out, delta=delta, config=scfg),
+        lambda: sparse_attention(q, k, v, spec, scale=scale, row_end=body, out=out, delta=delta, config=scfg),
         lambda: sparse_attention(q, k, v, spec, scale=scale, row_end=n, out=out, config=scfg),
     )
 
@@ -94,7 +95,9 @@ def run_sweep(n_label: str = "128K", workers: int = 8, out: str | None = None) -
 
     import torch
 
-    from .layer import causal_pairs, parse_length, rows_pairs, sdpa_fn, sink_window_pairs, time_cuda
+    from ..config import DeltaConfig
+    from ..cost import causal_pairs, pair_flops, prefill_cost
+    from .layer import parse_length, sdpa_fn, time_cuda
 
     n = parse_length(n_label)
     todo = list(variants())
@@ -103,24 +106,24 @@ def run_sweep(n_label: str = "128K", workers: int = 8, out: str | None = None) -
     for name, err in failed.items():
         print(f"variant {name} failed: {err}", flush=True)
     q, k, v = _inputs(n)
-    per_head = 32 * 4 * 128
+    heads, head_dim = q.shape[1], q.shape[3]
     fn, _ = sdpa_fn("cudnn", q, k, v)
     t_dense = time_cuda(fn, reps=5)["ms"]
     del fn
     torch.cuda.empty_cache()
-    dense_tf = causal_pairs(n) * per_head / (t_dense * 1e-3) / 1e12
+    dense_tf = pair_flops(causal_pairs(n), head_dim, heads) / (t_dense * 1e-3) / 1e12
+    cost = prefill_cost(DeltaConfig(gamma=64, sink=128, window=2048), n)  # the defaults of _calls
     print(f"N={n}: SDPA cuDNN {t_dense:.2f} ms, {dense_tf:.0f} TFLOP/s", flush=True)
     res = dict(n=n, cudnn_ms=t_dense, cudnn_tflops=dense_tf, dense={}, sparse={})
     for name, dcfg, scfg in todo:
         if name in failed:
             continue
         dn, sn = name.split("|")
-        rows, (f_rows, f_fused, f_plain) = _calls(n, dcfg, scfg, q, k, v)
-        c = n - rows.tail_lo
+        _, (f_rows, f_fused, f_plain) = _calls(n, dcfg, scfg, q, k, v)
         fl = dict(
-            rows=rows_pairs(rows.positions()) * per_head,
-            sparse_delta=sink_window_pairs(0, n - c, 128, 2048) * per_head,
-            sparse=sink_window_pairs(0, n, 128, 2048) * per_head,
+            rows=pair_flops(cost.dense_rows, head_dim, heads),
+            sparse_delta=pair_flops(cost.base_body, head_dim, heads),
+            sparse=pair_flops(cost.base, head_dim, heads),
         )
         for key, f, table, cname, cfg in (
             ("rows", f_rows, "dense", dn, dcfg),

@@ -1,13 +1,13 @@
 """A cost model of the GPU evaluation run (``delta-attn eval plan``).
 
 Prefill = FLOPs / throughput: linear layers 2·P·N (P ≈ 106M non-embedding parameters of SmolLM2-135M;
-logits only for the last position), attention 4·(keys per query)·d·H per query row per layer
-(dense causal: N/2 keys on average; streaming: sink + window; Δ: + one dense row per γ plus the
-exact tail). Decode = steps × (fixed per-step cost + reading and re-copying the KV cache: HF's
-DynamicCache concatenates, so every step reads and writes the whole cache). The number of decode
-steps is the pessimistic one: every batch runs to the largest token limit in it (one rambling
-sequence keeps a batch alive; finished rows are compacted away, but the per-step cost of this small
-model is launch-bound and stays).
+logits only for the last position), attention 4·(keys per query)·d·H per query row per layer, the keys
+per query from :mod:`delta_attn.cost` (dense causal: (N+1)/2 on average; streaming: ≈ sink + window;
+Δ: + one dense row per γ plus the exact tail). Decode = steps × (fixed per-step cost + reading and
+re-copying the KV cache: HF's DynamicCache concatenates, so every step reads and writes the whole
+cache). The number of decode steps is the pessimistic one: every batch runs to the largest token
+limit in it (one rambling sequence keeps a batch alive; finished rows are compacted away, but the
+per-step cost of this small model is launch-bound and stays).
 
 The defaults reflect an H200: ~400 TFLOP/s effective bf16 for large matmuls, ~250 TFLOP/s for
 attention kernels at head_dim 64, 3.5 TB/s effective HBM bandwidth, ~20 ms per HF decode step of this
@@ -36,18 +36,17 @@ class Hardware:
 
 
 def keys_per_row(method: str, n: int, *, window: int = 256, sink: int = 64, gamma: int = 64, block: int = 512) -> float:
-    """Average keys scored per query row (dense rows of Δ/recompute included)."""
-    dense = n / 2
-    if method == "dense":
-        return dense
-    g = gamma
-    if "_g" in method:
-        g = int(method.split("_g")[1].split("_")[0])
-    base = min(dense, window + sink) if not method.startswith("block") else min(dense, block + block / 2)
-    if method in ("sparse", "block"):
-        return base
-    tail = n % g + max(128, g)
-    return base + n / (2 * g) + tail  # + one anchor row per γ rows over ~N/2 keys, + tail rows over ~N keys
+    """Average keys scored per query row of an evaluation method spec (dense rows of Δ/recompute included).
+
+    From the one cost model (:func:`delta_attn.cost.prefill_cost`); data-dependent bases count their budget.
+    """
+    from ..config import DeltaConfig
+    from ..cost import prefill_cost
+    from .methods import parse_method
+
+    config = parse_method(method, dict(window=window, sink=sink, gamma=gamma, block_size=block)).config
+    cost = prefill_cost(config or DeltaConfig(mode="dense"), n, allow_upper_bound=True)
+    return cost.total / n
 
 
 def decode_steps(length: int, n_per_task: int, batch: int, tasks=None, *, typical: bool = False) -> int:

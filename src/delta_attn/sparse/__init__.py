@@ -14,12 +14,19 @@ Add your own::
 
 from __future__ import annotations
 
-from .base import MaskModMethod, MaskModPattern, SparseMethod, SparsePattern, dense_mask, render_ascii
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from .base import MaskModMethod, MaskModPattern, SparseMethod, SparsePattern, dense_mask, render_ascii, visible_keys
 from .block import AnchorBlockPattern, BlockMethod, generate_anchor_block
 from .dense import DenseMethod, DensePattern
 from .streaming import SinkWindowPattern, StreamingMethod, generate_sink_window
 from .topk import BlockTopKMethod, BlockTopKPattern, estimate_block_topk
 from .vertical_slash import VerticalSlashMethod, VerticalSlashPattern, estimate_vertical_slash
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import DeltaConfig
 
 _REGISTRY: dict[str, SparseMethod] = {}
 
@@ -53,8 +60,28 @@ def resolve_sparse_method(sparse) -> SparseMethod:
     return sparse
 
 
-for _m in (StreamingMethod(), VerticalSlashMethod(), BlockTopKMethod(), BlockMethod(), DenseMethod()):
-    register_sparse_method(_m.name, _m)
+def _what(value) -> str:
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def plan_pattern(config: "DeltaConfig", q: Tensor, k: Tensor, *, q_start: int, scale: float) -> SparsePattern:
+    """The pattern ``config.sparse`` plans for queries at ``[q_start, Nk)``, checked.
+
+    Raises ``TypeError`` naming the method when its ``plan`` returns something that is not a
+    :class:`SparsePattern` (an object with ``mask_mod`` and ``key_ranges``).
+    """
+    pattern = resolve_sparse_method(config.sparse).plan(q, k, config, q_start=q_start, scale=scale)
+    if not all(callable(getattr(pattern, attr, None)) for attr in ("mask_mod", "key_ranges")):
+        raise TypeError(
+            f"sparse method {config.method_name!r}: plan() returned {_what(pattern)}; expected "
+            "a delta_attn.sparse.SparsePattern (mask_mod(b, h, q_idx, kv_idx) -> bool tensor, key_ranges(q_lo, q_hi))"
+        )
+    return pattern
+
+
+for builtin in (StreamingMethod(), VerticalSlashMethod(), BlockTopKMethod(), BlockMethod(), DenseMethod()):
+    register_sparse_method(builtin.name, builtin)
+del builtin
 
 __all__ = [
     "AnchorBlockPattern",
@@ -77,7 +104,9 @@ __all__ = [
     "estimate_vertical_slash",
     "generate_anchor_block",
     "generate_sink_window",
+    "plan_pattern",
     "register_sparse_method",
     "render_ascii",
     "resolve_sparse_method",
+    "visible_keys",
 ]

@@ -8,6 +8,7 @@ Run ``python -m delta_attn.sparse.block`` for a picture.
 
 from __future__ import annotations
 
+import numpy as np
 from torch import Tensor
 
 from .base import MaskMod, SparseMethod, SparsePattern, merge_ranges
@@ -41,6 +42,11 @@ class AnchorBlockPattern(SparsePattern):
 
 class BlockMethod(SparseMethod):
     name = "block"
+
+    def row_key_counts(self, config, positions):
+        """Rows of the anchor block see their causal prefix; later rows the anchor block + their own block so far."""
+        bs = config.block_size
+        return np.where(positions < bs, positions + 1, bs + positions % bs + 1)
 
     def plan(self, q, k, config, *, q_start, scale):
         return AnchorBlockPattern(config.block_size)

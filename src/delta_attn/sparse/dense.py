@@ -18,6 +18,10 @@ class DensePattern(SparsePattern):
 class DenseMethod(SparseMethod):
     name = "dense"
 
+    def row_key_counts(self, config, positions):
+        """The causal prefix."""
+        return positions + 1
+
     def plan(self, q, k, config, *, q_start, scale):
         return DensePattern()
 

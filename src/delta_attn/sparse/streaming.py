@@ -6,6 +6,7 @@ Query i sees key j iff ``j <= i`` and (``i - j < window`` or ``j < sink``). The 
 
 from __future__ import annotations
 
+import numpy as np
 from torch import Tensor
 
 from .base import MaskMod, SparseMethod, SparsePattern, merge_ranges
@@ -39,6 +40,12 @@ class SinkWindowPattern(SparsePattern):
 
 class StreamingMethod(SparseMethod):
     name = "streaming"
+
+    def row_key_counts(self, config, positions):
+        """The window (at most the causal prefix) plus the sinks left of it."""
+        window = np.minimum(positions + 1, config.window)
+        sinks_left_of_window = np.clip(np.minimum(config.sink, positions - config.window + 1), 0, None)
+        return window + sinks_left_of_window
 
     def plan(self, q, k, config, *, q_start, scale):
         return SinkWindowPattern(config.sink, config.window)

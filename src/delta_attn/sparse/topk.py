@@ -9,6 +9,7 @@ Run ``python -m delta_attn.sparse.topk`` for a picture on random data.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -80,6 +81,12 @@ def estimate_block_topk(
 
 class BlockTopKMethod(SparseMethod):
     name = "topk"
+    cost_is_exact = False  # its blocks depend on the data: row_key_counts gives the budget
+
+    def row_key_counts(self, config, positions):
+        """Upper bound: sinks + window + the kept blocks, at most the causal prefix."""
+        budget = np.minimum(positions + 1, config.sink) + np.minimum(positions + 1, config.window)
+        return np.minimum(positions + 1, budget + config.topk_blocks * config.topk_block)
 
     def plan(self, q, k, config, *, q_start, scale):
         return estimate_block_topk(

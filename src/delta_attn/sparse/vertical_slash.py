@@ -5,13 +5,14 @@ keys, then per query head
   * sum it over queries per key column and keep the top ``vertical_size`` columns
     (the first ``vs_first_columns`` columns are always kept), and
   * sum it along diagonals (offset ``o = i - j``) and keep the top ``slash_size`` diagonals
-    (the ``vs_last_diagonals`` diagonals nearest the main one are always kept).
+    (the ``vs_last_diagonals`` diagonals nearest the main one, and the main one itself, are always kept).
 Query i then sees key j iff ``j <= i`` and (j is a kept column or ``i - j`` is a kept diagonal).
 Run ``python -m delta_attn.sparse.vertical_slash`` for a picture on random data.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -73,6 +74,7 @@ def estimate_vertical_slash(
     slash = torch.zeros(bsz, hq, nk, device=q.device, dtype=probs.dtype)
     slash.scatter_add_(-1, offsets.reshape(1, 1, -1).expand(bsz, hq, -1), probs.reshape(bsz, hq, -1))
     slash[..., : min(last_diagonals, nk)] = float("inf")
+    slash[..., 0] = float("inf")  # the main diagonal always: every query sees at least itself
     n_cols = min(nk, max(vertical_size, min(first_columns, nk), 1))
     n_diag = min(nk, max(slash_size, min(last_diagonals, nk), 1))
     columns = vertical.topk(n_cols, dim=-1).indices
@@ -82,6 +84,13 @@ def estimate_vertical_slash(
 
 class VerticalSlashMethod(SparseMethod):
     name = "vertical_slash"
+    cost_is_exact = False  # its columns and diagonals depend on the data: row_key_counts gives the budget
+
+    def row_key_counts(self, config, positions):
+        """Upper bound: every kept column plus one key per kept diagonal, at most the causal prefix."""
+        columns = max(config.vertical_size, config.vs_first_columns, 1)
+        diagonals = max(config.slash_size, config.vs_last_diagonals, 1)
+        return np.minimum(positions + 1, columns + diagonals)
 
     def plan(self, q, k, config, *, q_start, scale):
         return estimate_vertical_slash(
