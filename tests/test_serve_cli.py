@@ -79,6 +79,26 @@ def test_mistakes_are_one_line_errors_before_the_model_loads(argv, message, caps
         assert "--chunk-size 0" in last  # says how to run it
 
 
+def test_a_gguf_file_and_an_hf_folder_load_the_same_model():
+    from delta_attn.generation import SamplingParams, generate
+    from delta_attn.serve.loading import inspect_model, load_model
+
+    gguf = models.smollm2_gguf_path()
+    models.load_cpu_model(gguf)  # writes the de-quantised model as a Hugging Face folder (if not there yet)
+    folder = models.cache_root() / "models" / models.file_sha256(gguf)[:16]
+    from_gguf, from_folder = inspect_model(gguf), inspect_model(folder, name="smol")
+    assert from_gguf.is_gguf and not from_folder.is_gguf
+    assert (from_gguf.name, from_folder.name) == ("SmolLM2-135M-Instruct.Q4_1", "smol")
+    assert (from_folder.context_length, from_folder.num_layers) == (from_gguf.context_length, from_gguf.num_layers)
+    assert (from_gguf.context_length, from_gguf.num_layers) == (8192, 30)
+    answers = []
+    for source in (from_gguf, from_folder):
+        model, tokenizer = load_model(source, device="cpu", dtype=None)
+        ids = tokenizer("The capital of France is")["input_ids"]
+        answers.append(generate(model, [ids], SamplingParams(4)).tokens[0])
+    assert answers[0] == answers[1]
+
+
 def test_delta_scale_takes_numbers_and_names():
     assert delta_scale("0.25") == 0.25 and delta_scale("1") == 1.0
     assert delta_scale("auto") == "auto"
@@ -103,7 +123,22 @@ def _wait_for(lines: queue.Queue, pattern: str, seen: list[str], timeout: float 
 
 
 def test_the_command_serves_logs_and_stops_on_ctrl_c():
-    argv = ["--port", "0", "--window", "16", "--sink", "4", "--gamma", "8", "--tail", "8", "--chunk-size", "32"]
+    argv = [
+        "--port",
+        "0",
+        "--served-model-name",
+        "smol",
+        "--window",
+        "16",
+        "--sink",
+        "4",
+        "--gamma",
+        "8",
+        "--tail",
+        "8",
+        "--chunk-size",
+        "32",
+    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "delta_attn.cli", "serve", *argv, "--max-tokens", "3"],
         stderr=subprocess.PIPE,
@@ -115,7 +150,9 @@ def test_the_command_serves_logs_and_stops_on_ctrl_c():
     threading.Thread(target=_lines, args=(proc.stderr, lines), daemon=True).start()
     seen: list[str] = []
     try:
-        url = _wait_for(lines, r"at (http://127\.0\.0\.1:\d+/v1) \(Δ: delta streaming, sink 4, window 16", seen)[1]
+        url = _wait_for(lines, r"smol at (http://127\.0\.0\.1:\d+/v1) \(Δ: delta streaming, sink 4, window 16", seen)[1]
+        with urllib.request.urlopen(url + "/models", timeout=30) as response:
+            assert [m["id"] for m in json.load(response)["data"]] == ["smol"]
         body = {"messages": [{"role": "user", "content": "Hi!"}], "temperature": 0}
         request = urllib.request.Request(
             url + "/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
