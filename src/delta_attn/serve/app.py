@@ -35,7 +35,7 @@ def build_app(engine: Engine) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": served.name, "waiting": engine.waiting}
+        return {"status": "ok", "model": served.name, "pending": engine.pending}
 
     @app.get("/v1/models")
     def list_models() -> dict:

@@ -147,11 +147,12 @@ class Engine:
         self._stop_ids = stop_token_ids(served.tokenizer)
         self._device = next(served.model.parameters()).device
         self._worker = InferenceThread()
-        self._waiting = 0  # jobs submitted and not finished (read by /health)
+        self._pending = 0  # jobs queued or running
 
     @property
-    def waiting(self) -> int:
-        return self._waiting
+    def pending(self) -> int:
+        """Requests queued or running (``/health`` reports it)."""
+        return self._pending
 
     def check_config(self, config: DeltaConfig, param: str) -> None:
         """A Δ config this server cannot run with this model: :class:`APIError` naming ``param``."""
@@ -198,9 +199,9 @@ class Engine:
 
     def submit(self, job: Job) -> asyncio.Future:
         """Queue ``job`` for the worker; the future resolves to its :class:`Outcome`."""
-        self._waiting += 1
+        self._pending += 1
         future = self._worker.async_submit(self._run, job)
-        future.add_done_callback(lambda _: setattr(self, "_waiting", self._waiting - 1))
+        future.add_done_callback(lambda _: setattr(self, "_pending", self._pending - 1))
         return future
 
     # ---- on the worker thread ------------------------------------------------------------
