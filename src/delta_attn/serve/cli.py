@@ -23,7 +23,7 @@ DEFAULT_CHUNK = 4096
 DEFAULT_MAX_TOKENS = 512
 
 
-def port(text: str) -> int:
+def port_number(text: str) -> int:
     """A TCP port: 0 (any free one) to 65535."""
     value = opt.nonnegative_int(text)
     if value > 65535:
@@ -190,7 +190,7 @@ def register(subparsers) -> None:
         "--served-model-name", default=None, help="the model id clients use (default: the file or folder name)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=port, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument(
         "--max-tokens",
         type=opt.positive_int,
