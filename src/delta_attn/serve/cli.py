@@ -88,7 +88,7 @@ def _serving_packages():
 
 def _checked(args):
     """(model source, Δ config): every check that needs no model weights."""
-    from .engine import config_problem
+    from .engine import config_problem, describe
     from .loading import inspect_model
 
     if args.model is not None and args.gguf is not None:
@@ -97,8 +97,8 @@ def _checked(args):
     config = _config(args)
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(
-            f"--chunk-size {args.chunk_size}: these Δ settings are not causal (rows read later rows) and cannot "
-            "be prefilled in chunks; use causal settings (e.g. --interp repeat) or --chunk-size 0"
+            f"--chunk-size {args.chunk_size}: these Δ settings ({describe(config)}) are not causal (some rows "
+            "read later rows) and cannot be prefilled in chunks; use causal settings or --chunk-size 0"
         )
     problem = config_problem(config, chunk_size=args.chunk_size, num_layers=source.num_layers)
     if problem:

@@ -107,8 +107,8 @@ def config_problem(config: DeltaConfig, *, chunk_size: int | None, num_layers: i
     """Why ``config`` cannot run with ``num_layers`` layers and ``chunk_size``-token chunks (None if it can)."""
     if chunk_size and not config.is_causal:
         return (
-            f"the Δ settings ({describe(config)}) are not causal (rows read later rows), but prompts are "
-            f"prefilled in chunks of {chunk_size} tokens; use causal settings (e.g. interp 'repeat')"
+            f"the Δ settings ({describe(config)}) are not causal (some rows read later rows), and prompts are "
+            f"prefilled in chunks of {chunk_size} tokens here: only causal settings can run"
         )
     dl = config.dense_layers
     top = dl if isinstance(dl, int) else max(dl, default=-1) + 1
