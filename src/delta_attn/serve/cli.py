@@ -1,0 +1,223 @@
+"""``delta-attn serve``: an OpenAI-compatible server with Δ prefill and dense decode.
+
+    delta-attn serve                                  # the bundled SmolLM2 on http://127.0.0.1:8000/v1
+    delta-attn serve ./my-llama --window 4096 --gamma 64 --chunk-size 8192
+    delta-attn serve model.gguf --host 0.0.0.0 --port 9000
+
+MODEL is the bundled SmolLM2-135M-Instruct (default), a GGUF file or a local Hugging Face model folder;
+nothing is downloaded. Prompts are prefilled with the chosen Δ settings in chunks of --chunk-size
+tokens (memory stays bounded), replies are decoded densely. Requests are queued and run one at a time.
+A request may override the Δ settings with an extra body field, e.g. "delta": {"mode": "recompute"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+
+from .. import cli_options as opt
+
+DEFAULT_CHUNK = 4096
+DEFAULT_MAX_TOKENS = 512
+
+
+def port_number(text: str) -> int:
+    """A TCP port: 0 (any free one) to 65535."""
+    value = opt.nonnegative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be <= 65535, got {value}")
+    return value
+
+
+def delta_scale(text: str) -> float | str:
+    """A number (λ) or a name such as ``auto``; ``DeltaConfig`` checks the value."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _config(args):
+    from ..config import DeltaConfig
+
+    settings = dict(
+        mode=args.mode,
+        sparse=args.sparse,
+        window=args.window,
+        sink=args.sink,
+        gamma=args.gamma,
+        interp=args.interp,
+        tail=args.tail,
+        dense_layers=args.dense_layers,
+    )
+    if args.delta_scale is not None:  # passed only when given: DeltaConfig's default stays the default
+        settings["delta_scale"] = args.delta_scale
+    return opt.config_or_usage_error(lambda: DeltaConfig(**settings), "prefill method")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the model loads so that a taken port is reported at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise opt.UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _serving_packages():
+    """uvicorn (and a check that the rest of transformers[serving] is installed)."""
+    try:
+        import fastapi  # noqa: F401
+        import openai  # noqa: F401
+        import uvicorn
+    except ModuleNotFoundError as exc:
+        raise opt.UsageError(
+            f"delta-attn serve needs {exc.name}: pip install 'delta-attn[serve]' (transformers[serving])"
+        ) from None
+    return uvicorn
+
+
+def _checked(args):
+    """(model source, Δ config): every check that needs no model weights."""
+    from .engine import config_problem, describe
+    from .loading import inspect_model
+
+    if args.model is not None and args.gguf is not None:
+        raise opt.UsageError("give the model either as MODEL or with --gguf, not both")
+    source = inspect_model(args.model or args.gguf, args.served_model_name)
+    config = _config(args)
+    if args.chunk_size and not config.is_causal:
+        raise opt.UsageError(
+            f"--chunk-size {args.chunk_size}: these Δ settings ({describe(config)}) are not causal (some rows "
+            "read later rows) and cannot be prefilled in chunks; use causal settings or --chunk-size 0"
+        )
+    problem = config_problem(config, chunk_size=args.chunk_size, num_layers=source.num_layers)
+    if problem:
+        raise opt.UsageError(problem)
+    opt.check_device(args.device)
+    return source, config
+
+
+def _engine(args, source, config):
+    from ..hf import enable
+    from .engine import Engine, ServedModel
+    from .loading import load_model
+
+    model, tokenizer = load_model(source, device=args.device, dtype=args.dtype)
+    try:
+        enable(model, config)  # refuses a model Δ cannot serve now rather than at the first request
+    except ValueError as exc:
+        raise opt.UsageError(f"MODEL {source.name}: {exc}") from None
+    served = ServedModel(model, tokenizer, source.name, source.context_length, source.num_layers)
+    return Engine(
+        served,
+        config,
+        chunk_size=args.chunk_size or None,  # 0: one-shot prefill
+        default_max_tokens=args.max_tokens,
+        allow_overflow=args.allow_overflow,
+    )
+
+
+def _log_requests_to_stderr() -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log = logging.getLogger("delta_attn.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def run(args) -> int:
+    from .app import build_app
+    from .engine import describe, prefill_label
+
+    uvicorn = _serving_packages()
+    source, config = _checked(args)
+    opt.setup_threads(args.threads)
+    sock = _listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    engine = _engine(args, source, config)
+    _log_requests_to_stderr()
+    url = f"http://[{host}]:{port}/v1" if ":" in host else f"http://{host}:{port}/v1"
+    print(
+        f"delta-attn serve: {source.name} at {url} (Δ: {describe(config)}; {prefill_label(args.chunk_size)}); "
+        "Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    if not _is_loopback(args.host):
+        print(
+            f"note: listening on {args.host}: anyone who reaches it can use the model (no authentication)",
+            file=sys.stderr,
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(build_app(engine), log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    )
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: the normal way to stop
+        pass
+    print("delta-attn serve: stopped", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server with Δ prefill (chat and completions, streaming)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        type=opt.existing_path,
+        default=None,
+        metavar="MODEL",
+        help="a .gguf file or a Hugging Face model folder (default: the bundled SmolLM2-135M-Instruct)",
+    )
+    p.add_argument(
+        "--served-model-name", default=None, help="the model id clients use (default: the file or folder name)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument(
+        "--max-tokens",
+        type=opt.positive_int,
+        default=DEFAULT_MAX_TOKENS,
+        help=f"reply length limit when a request sets none (default {DEFAULT_MAX_TOKENS})",
+    )
+    opt.add_mode_option(p)
+    p.add_argument(
+        "--dense-layers",
+        type=opt.dense_layers,
+        default=0,
+        help="layers kept dense: an int k (the first k) or a list like 0,1,5 (default 0)",
+    )
+    opt.add_method_options(p, window=2048, sink=128, gamma=64)
+    p.add_argument(
+        "--delta-scale",
+        type=delta_scale,
+        default=None,
+        help="scale λ of the Δ broadcast: a number in [0, 1], auto or auto-global (default: DeltaConfig's)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=opt.nonnegative_int,
+        default=DEFAULT_CHUNK,
+        help=f"prefill in chunks of this many tokens (default {DEFAULT_CHUNK}); 0: the whole prompt in one "
+        "forward, which non-causal settings (--interp linear) need",
+    )
+    opt.add_model_options(p, dtype=True)
+    opt.add_overflow_option(p)
+    p.set_defaults(func=run)
