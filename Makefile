@@ -1,7 +1,7 @@
 # One-command set-up: `make demo` and `make test` install everything they need into .venv first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-v3
+STAMP := $(VENV)/.installed-v4
 
 .PHONY: install demo test lint clean
 

@@ -25,6 +25,9 @@ BUILTIN_SPARSE_METHODS = ("streaming", "vertical_slash", "topk", "block", "dense
 INTERPS = ("repeat", "linear", "ema", "abg")
 FILTER_INTERPS = ("ema", "abg")  # linear filters over the repeated Δs: they carry a state across chunks
 BACKENDS = ("auto", "reference", "triton")
+#: the data-driven forms of DeltaConfig.delta_scale (docs/algorithm.md §13): "auto" is causal (running
+#: least squares over the anchors before each block), "auto-global" fits one factor on all anchors of the call
+DELTA_SCALE_MODES = ("auto", "auto-global")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -77,6 +80,20 @@ class DeltaConfig:
     abg_alpha: α of the α-β-γ filter, in (0, 1]. Default 0.1; ``abg_beta`` defaults to α²/2 and
                ``abg_gamma`` to α³/6 (the rebuttal's settings).
 
+    Δ variants (docs/algorithm.md §13; both only change ``mode="delta"``)
+    ----------------------------------------------------------------------
+    delta_scale: λ, the shrinkage of the broadcast correction: body rows get ``Õ_i + λ·Δ(i)``;
+        anchor and tail rows stay exact. A float in [0, 1] (1.0 = the paper, the default; 0.0 gives
+        exactly ``mode="recompute"``), ``"auto"`` — λ per (sequence, head) from the anchors seen so far:
+        the least-squares factor predicting each anchor's Δ from its predecessor's, clipped to [0, 1]
+        (causal: block j uses anchors ≤ j only; chunked prefill carries the running sums) — or
+        ``"auto-global"``, the same factor fitted on all anchors of the call (**non-causal**).
+    extra_anchors: fraction in [0, 1] of γ-blocks that get a second dense row at their midpoint; the
+        blocks whose Δ changes most between neighbouring anchors are chosen (adaptive anchors, as in
+        the official code's iterative correction). The rows from the midpoint on use the new Δ.
+        Costs ``extra_anchors / gamma`` of dense attention more; **non-causal** (the choice reads
+        later anchors). Default 0.0.
+
     Base-method options
     -------------------
     vertical_size, slash_size: vertical-slash budget per head: top key columns and top diagonals
@@ -117,6 +134,8 @@ class DeltaConfig:
     block_size: int = 2048
     dense_layers: int | Sequence[int] = 0
     backend: str = "auto"
+    delta_scale: float | str = 1.0
+    extra_anchors: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.sparse, str):
@@ -150,6 +169,15 @@ class DeltaConfig:
             _check_int(name, getattr(self, name), 0)
         for name in ("vs_last_q", "topk_block", "block_size"):
             _check_int(name, getattr(self, name), 1)
+        if isinstance(self.delta_scale, str):
+            if self.delta_scale not in DELTA_SCALE_MODES:
+                raise ValueError(
+                    f"DeltaConfig.delta_scale must be a float in [0, 1] or one of {DELTA_SCALE_MODES}, "
+                    f"got {self.delta_scale!r}"
+                )
+        else:
+            _check_float("delta_scale", self.delta_scale, 0.0, 1.0, low_open=False, high_open=False)
+        _check_float("extra_anchors", self.extra_anchors, 0.0, 1.0, low_open=False, high_open=False)
         dl = self.dense_layers
         if isinstance(dl, bool) or not isinstance(dl, (int, Sequence)) or isinstance(dl, str):
             raise TypeError(f"DeltaConfig.dense_layers must be an int or a sequence of ints, got {dl!r}")
@@ -182,8 +210,24 @@ class DeltaConfig:
 
     @property
     def is_causal(self) -> bool:
-        """False only for ``interp="linear"`` with ``mode="delta"`` (it reads the next anchor)."""
-        return not (self.mode == "delta" and self.interp == "linear")
+        """Whether row i depends on rows ≤ i only. False for ``mode="delta"`` with ``interp="linear"``
+        (it reads the next anchor), ``delta_scale="auto-global"`` or ``extra_anchors > 0``."""
+        if self.mode != "delta":
+            return True
+        return not (self.interp == "linear" or self.delta_scale == "auto-global" or self.extra_anchors > 0)
+
+    @property
+    def non_causal_reason(self) -> str | None:
+        """The setting that makes the config non-causal, named for error messages (None when causal)."""
+        if self.mode != "delta":
+            return None
+        if self.interp == "linear":
+            return 'interp="linear"'
+        if self.delta_scale == "auto-global":
+            return 'delta_scale="auto-global"'
+        if self.extra_anchors > 0:
+            return f"extra_anchors={self.extra_anchors}"
+        return None
 
     def is_dense_layer(self, layer_idx: int | None) -> bool:
         """Whether ``layer_idx`` is listed in ``dense_layers``."""

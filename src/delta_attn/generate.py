@@ -75,7 +75,7 @@ def run(args) -> int:
         "prefill method",
     )
     if args.chunk_size and not config.is_causal:
-        raise opt.UsageError("--chunk-size needs a causal method; --interp linear reads later rows")
+        raise opt.UsageError(f"--chunk-size needs a causal method; {config.non_causal_reason} reads later rows")
     info = model_info(args.gguf)
     _check_dense_layers(args.dense_layers, info.num_layers)
     opt.check_device(args.device)

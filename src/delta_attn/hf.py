@@ -465,7 +465,8 @@ def chunked_prefill(
         raise ValueError(f"input_ids must be (batch, seq_len) with seq_len >= 1, got shape {tuple(input_ids.shape)}")
     if not binding.config.is_causal:
         raise ValueError(
-            "interp='linear' is non-causal and cannot run chunked; use interp='repeat' or prefill in one call"
+            f"{binding.config.non_causal_reason} is non-causal and cannot run chunked; "
+            "choose causal settings or prefill in one call"
         )
     cache = DynamicCache(config=model.config) if past_key_values is None else past_key_values
     past, n = cache.get_seq_length(), input_ids.shape[1]

@@ -135,9 +135,12 @@ def delta_attention(
     chunked = nq < nk or prompt_len > nk
     if chunked and not config.is_causal:
         raise ValueError(
-            "interp='linear' reads the next anchor (it is non-causal), so it cannot run chunked; "
-            "prefill the whole prompt in one call or use interp='repeat'/'ema'/'abg'"
+            f"{config.non_causal_reason} makes rows read later anchors (it is non-causal), so it cannot run "
+            "chunked; prefill the whole prompt in one call or choose causal settings "
+            "(interp='repeat'/'ema'/'abg', delta_scale a float or 'auto', extra_anchors=0)"
         )
+    if config.mode == "delta" and (config.delta_scale != 1.0 or config.extra_anchors > 0):
+        raise NotImplementedError("delta_scale/extra_anchors: the backends do not implement them yet (TEMPORARY)")
     pads = _left_pad_list(left_pad, bsz, prompt_len)
     if nq == 0 or bsz == 0:  # nothing to compute (an empty batch is a valid input)
         return q.new_zeros(bsz, hq, nq, d)
