@@ -64,3 +64,45 @@ def test_deadline():
     assert Deadline(100, start=now - 50, margin_s=5).allows(40)
     assert not Deadline(100, start=now - 50, margin_s=5).allows(46)
     assert not Deadline(0).allows(0.0)
+
+
+def test_delta_variant_specs():
+    d = parse_method("delta", DEFAULTS)
+    assert (d.config.delta_scale, d.config.extra_anchors) == (1.0, 0.0)
+    assert parse_method("delta_l0.5", DEFAULTS).config.delta_scale == 0.5
+    assert parse_method("delta_l.25", DEFAULTS).config.delta_scale == 0.25
+    assert parse_method("delta_auto", DEFAULTS).config.delta_scale == "auto"
+    assert parse_method("delta_autog", DEFAULTS).config.delta_scale == "auto-global"
+    assert parse_method("delta_x25", DEFAULTS).config.extra_anchors == 0.25
+    c = parse_method("delta_g16_auto_x10", DEFAULTS).config
+    assert (c.gamma, c.delta_scale, c.extra_anchors) == (16, "auto", 0.1)
+    assert parse_method("vs+delta_l0.5", DEFAULTS).config.sparse == "vertical_slash"
+    # causality comes from DeltaConfig: auto is causal, auto-global and extra anchors are not
+    assert parse_method("delta_auto", DEFAULTS).causal and parse_method("delta_l0.5", DEFAULTS).causal
+    for spec, why in (("delta_autog", "auto-global"), ("delta_x25", "extra_anchors=0.25")):
+        m = parse_method(spec, DEFAULTS)
+        assert not m.causal and "non-causal" in m.describe() and why in m.describe()
+    assert "non-causal" not in parse_method("delta_auto", DEFAULTS).describe()
+    assert "λ=0.5" in parse_method("delta_l0.5", DEFAULTS).describe()
+    for bad in ("delta_l1.5", "delta_x200", "delta_autox", "delta_l"):
+        with pytest.raises(ValueError):
+            parse_method(bad, DEFAULTS)
+
+
+def test_variant_fields_in_canonical_configs():
+    plain = parse_method("delta", DEFAULTS).canonical()
+    # the paper's values are left out, so records written before the fields existed still match
+    assert "delta_scale" not in plain and "extra_anchors" not in plain
+    assert parse_method("delta_l1", DEFAULTS).canonical() == plain
+    assert parse_method("delta_l0.5", DEFAULTS).canonical() == {**plain, "delta_scale": 0.5}
+    assert parse_method("delta_autog", DEFAULTS).canonical() == {**plain, "delta_scale": "auto-global"}
+    assert parse_method("delta_x25", DEFAULTS).canonical() == {**plain, "extra_anchors": 0.25}
+    # they only change mode="delta": on other modes the canonical config ignores them
+    assert parse_method("recompute_l0.5", DEFAULTS).canonical() == parse_method("recompute", DEFAULTS).canonical()
+    # a run header's full field dict (with or without the new fields) maps to the same canonical config
+    from delta_attn.eval.methods import canonical_from_dict
+
+    fields = parse_method("delta", DEFAULTS).config_dict()
+    old = {k: v for k, v in fields.items() if k not in ("delta_scale", "extra_anchors")}
+    assert canonical_from_dict(old) == canonical_from_dict(fields) == plain
+    assert canonical_from_dict(parse_method("delta_auto", DEFAULTS).config_dict())["delta_scale"] == "auto"

@@ -12,6 +12,11 @@ A method spec is ``[BASE+]MODE{_OPT}`` or ``BASE{_OPT}``::
     vertical_slash+delta   Δ on MInference's vertical-slash base ("vs" is an alias)
     delta_ema0.9           Δ with the causal EMA interpolation, β = 0.9
     streaming_w512_s128+sparse   the streaming base with window 512 and 128 sinks
+    delta_l0.5             Δ scaled by λ = 0.5 (``delta_scale``; docs/algorithm.md §13)
+    delta_auto             λ fitted causally from the anchors (``delta_scale="auto"``)
+    delta_autog            λ fitted on all anchors of the call (``"auto-global"``, non-causal)
+    delta_x25              a second dense row in 25 % of the γ-blocks (``extra_anchors=0.25``, non-causal)
+    delta_g16_auto         options compose
 
 BASE is a registered sparse method (``streaming``, ``block``, ``vertical_slash``/``vs``, ``topk``);
 without one, the ``--base`` default applies (streaming). MODE is a :class:`DeltaConfig` mode.
@@ -20,6 +25,8 @@ Options (on either part, ``_``-separated):
     g<int>  γ (anchor stride)       w<int>  window        s<int>  sink tokens     t<int>  tail rows
     b<int>  block_size (block)      v<int>  vertical_size  d<int>  slash_size (diagonals)
     k<int>  topk_blocks             repeat | linear | ema[<β>] | abg[<α>]   interpolation of Δ
+    l<λ>    delta_scale λ in [0, 1]  auto | autog   delta_scale "auto" / "auto-global"
+    x<int>  extra_anchors in percent of the γ-blocks (x25 = 0.25)
 
 Anything not given comes from the defaults (CLI: ``--base --window --sink --gamma --block-size ...``).
 The spec string itself is the method's name in every output file and table.
@@ -36,6 +43,8 @@ from ..config import MODES
 
 BASE_ALIASES = {"vs": "vertical_slash", "stream": "streaming", "str": "streaming"}
 _OPT = re.compile(r"^(g|w|s|t|b|v|d|k)(\d+)$|^(repeat|linear)$|^(ema|abg)(\d*\.?\d*)$")
+_VARIANT_OPT = re.compile(r"^l(\d*\.?\d+)$|^(auto|autog)$|^x(\d+)$")
+_SCALE_MODES = {"auto": "auto", "autog": "auto-global"}
 _INT_FIELDS = {
     "g": "gamma",
     "w": "window",
@@ -116,6 +125,12 @@ def canonical_config(config) -> dict:
             d["ema_beta"] = config.ema_beta
         elif config.interp == "abg":
             d["abg"] = list(config.abg_coefficients)
+        # the Δ variants (docs/algorithm.md §13) only when not the paper's: records written before these
+        # fields existed then keep comparing equal (they resume and report as before)
+        if config.delta_scale != 1.0:
+            d["delta_scale"] = config.delta_scale
+        if config.extra_anchors:
+            d["extra_anchors"] = config.extra_anchors
     dl = config.dense_layers
     layers = list(range(dl)) if isinstance(dl, int) else sorted(set(dl))
     if layers:
@@ -151,8 +166,24 @@ def describe_config(c: dict) -> str:
         interp_s = f", interp=abg α={c['abg'][0]}"
     else:
         interp_s = "" if interp == "repeat" else f", interp={interp}"
-    extra = " (non-causal)" if c["mode"] == "delta" and interp == "linear" else ""
-    return f"{base_s} + {c['mode']} γ={gamma}{tail}{interp_s}{extra}"
+    variant = ""
+    if c.get("delta_scale", 1.0) != 1.0:
+        variant += f", λ={c['delta_scale']}"
+    if c.get("extra_anchors"):
+        variant += f", extra anchors {100 * c['extra_anchors']:g}% of blocks"
+    why = non_causal_reason(c)
+    extra = f" (non-causal: {why})" if why else ""
+    return f"{base_s} + {c['mode']} γ={gamma}{tail}{interp_s}{variant}{extra}"
+
+
+def non_causal_reason(c: dict) -> str | None:
+    """:attr:`DeltaConfig.non_causal_reason` of a canonical dict (None when causal, or dense)."""
+    from ..config import DeltaConfig
+
+    if c.get("mode") != "delta":
+        return None
+    fields = {k: c[k] for k in ("interp", "delta_scale", "extra_anchors") if k in c}
+    return DeltaConfig(mode="delta", **fields).non_causal_reason
 
 
 def canonical_from_dict(fields: dict | None) -> dict:
@@ -180,6 +211,15 @@ def _base_name(part: str) -> tuple[str | None, str]:
 
 def _apply_opts(opts: str, fields: dict, spec: str) -> None:
     for opt in filter(None, opts.split("_")):
+        v = _VARIANT_OPT.match(opt)
+        if v:
+            if v.group(1):
+                fields["delta_scale"] = float(v.group(1))
+            elif v.group(2):
+                fields["delta_scale"] = _SCALE_MODES[v.group(2)]
+            else:
+                fields["extra_anchors"] = int(v.group(3)) / 100.0
+            continue
         m = _OPT.match(opt)
         if not m:
             raise ValueError(f"method {spec!r}: unknown option {opt!r} (see delta_attn.eval.methods for the syntax)")
