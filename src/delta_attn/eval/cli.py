@@ -170,6 +170,14 @@ def register(subparsers) -> None:
     q.add_argument(
         "--batch-size", type=positive_int, default=None, help="documents per forward (default 16384 // length)"
     )
+    q.add_argument(
+        "--continuation",
+        type=positive_int_list,
+        default=None,
+        metavar="M[,M2]",
+        help="continuation perplexity instead of the row-wise one: prefill the first L − M tokens of each window "
+        "with the method, score the last M densely against that cache, as decoding would (default off)",
+    )
     _model_opts(q)
     _method_opts(q, "dense,sparse,recompute,delta,delta_g16")
     _run_opts(q, stem="ppl")

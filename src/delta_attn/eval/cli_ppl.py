@@ -3,6 +3,10 @@
 Options, lengths (>= 2 tokens, within the model's context) and the texts are checked before the
 model loads; earlier records are reused only when their settings match (the log says why others are
 not).
+
+``--continuation M[,M2]`` measures the KV cache instead (:mod:`delta_attn.eval.cppl`): each window's last M
+tokens are scored densely against the cache the method's prefill of the first L − M wrote. Its records
+(``"cppl"``) go to the same file; M must be shorter than every length.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from . import cli_common as common
 
 def run(args) -> int:
     from .corpus import PPL_BOOKS
+    from .cppl import run_cppl
     from .ppl import DOC_FORMAT, ppl_documents, run_ppl
-    from .records import JsonlWriter, ppl_key, record_config, run_info
+    from .records import JsonlWriter, cppl_key, ppl_key, record_config, run_info
     from .resume import plan_resume
     from .runner import Deadline
 
@@ -21,6 +26,7 @@ def run(args) -> int:
     methods = common.methods(args)
     info = common.model_info(args)
     common.check_lengths(args.lengths, info.context_length, args, minimum=2)
+    conts = check_continuations(args.continuation, args.lengths)
     common.check_texts(PPL_BOOKS[: args.docs], args.texts_dir)
     device, dtype = common.device_and_dtype(args)
     out_jsonl = args.out / "ppl.jsonl"
@@ -34,25 +40,50 @@ def run(args) -> int:
         )
         for m in methods
     }
-    plan = plan_resume(common.earlier_records([out_jsonl, *args.resume_from], log), "ppl", ppl_key, configs)
+    earlier = common.earlier_records([out_jsonl, *args.resume_from], log)
+    plan = plan_resume(earlier, "cppl", cppl_key, configs) if conts else plan_resume(earlier, "ppl", ppl_key, configs)
     for line in plan.lines():
         log(line)
     model, tok = common.load_model(args, device, dtype)
     with JsonlWriter(out_jsonl, warn=log) as w:
         header = run_info(
-            args, model, {"kind": "ppl", "methods": {m.name: m.config_dict() for m in methods}}, model_info=info
+            args,
+            model,
+            {
+                "kind": "cppl" if conts else "ppl",
+                "continuation": conts,
+                "methods": {m.name: m.config_dict() for m in methods},
+            },
+            model_info=info,
         )
         w.write([header])
         for length in args.lengths:
             docs = ppl_documents(tok, length, args.docs, args.texts_dir)
-            log(f"ppl@{length}: {len(docs)} documents × {len(methods)} methods")
+            log(f"ppl@{length}: {len(docs)} documents × {len(methods)} methods" + (f", M = {conts}" if conts else ""))
+            batch_size = args.batch_size or max(1, 16384 // length)
+            if conts:
+                run_cppl(
+                    model,
+                    docs,
+                    methods,
+                    w,
+                    length=length,
+                    conts=conts,
+                    batch_size=batch_size,
+                    done=plan.done,
+                    configs=configs,
+                    run_id=header["run_id"],
+                    log=log,
+                    deadline=deadline,
+                )
+                continue
             run_ppl(
                 model,
                 docs,
                 methods,
                 w,
                 length=length,
-                batch_size=args.batch_size or max(1, 16384 // length),
+                batch_size=batch_size,
                 done=plan.done,
                 configs=configs,
                 run_id=header["run_id"],
@@ -64,8 +95,27 @@ def run(args) -> int:
         from . import plots, tables
 
         recs = common.earlier_records([out_jsonl, *args.resume_from], log)
-        (args.out / "ppl_summary.md").write_text(tables.ppl_table(tables.PplData.from_records(recs.items)))
+        summary = tables.ppl_table(tables.PplData.from_records(recs.items))
+        cdata = tables.CpplData.from_records(recs.items)
+        if cdata.records:
+            summary += "\n## Continuation perplexity\n\n" + tables.cppl_table(cdata)
+        (args.out / "ppl_summary.md").write_text(summary)
         if args.plots:
             plots.plot_ppl(tables.PplData.from_records(recs.items), args.out / "ppl.png")
         log(f"summary: {args.out / 'ppl_summary.md'}")
     return 0
+
+
+def check_continuations(conts, lengths) -> list[int]:
+    """``--continuation`` values (none: []), each shorter than every ``--lengths`` value (UsageError if not)."""
+    from ..cli_options import UsageError
+
+    conts = list(dict.fromkeys(conts or []))
+    for m in conts:
+        for length in lengths:
+            if m >= length:
+                raise UsageError(
+                    f"--continuation {m}: must be shorter than every length (got length {length}); the prefill "
+                    "needs at least one token"
+                )
+    return conts

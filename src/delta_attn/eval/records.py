@@ -9,6 +9,9 @@ Every line is one JSON object with a ``record`` field:
   of the batch it ran in, and ``config`` (below).
 * ``"ppl"`` (``eval ppl``): one document × one method × one length: NLL sums and token counts per
   position range, and ``config``.
+* ``"cppl"`` (``eval ppl --continuation M``, ``eval sweep``): one document × one method × one length L ×
+  one continuation length M: the NLL of the last M tokens scored densely against the cache the method's
+  prefill of the first L − M wrote (:mod:`delta_attn.eval.cppl`), and ``config``.
 
 ``config`` is everything that decides a record's result: the method's canonical settings
 (:func:`delta_attn.eval.methods.canonical_config`), the model id (file name + sha256), the dtype, the
@@ -109,6 +112,11 @@ def sample_key(rec: dict) -> tuple:
 
 def ppl_key(rec: dict) -> tuple:
     return (rec["doc"], int(rec["length"]), rec["method"])
+
+
+def cppl_key(rec: dict) -> tuple:
+    """A continuation-perplexity record's key: the window length L and the scored tail M are both part of it."""
+    return (rec["doc"], int(rec["length"]), int(rec["cont"]), rec["method"])
 
 
 class JsonlWriter:

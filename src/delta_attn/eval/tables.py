@@ -397,6 +397,90 @@ def ppl_by_method(data: PplData, length: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# continuation perplexity
+
+
+@dataclass
+class CpplData:
+    """Continuation-perplexity records (``"cppl"``), each with its method label (see :func:`method_labels`)."""
+
+    records: list
+    labels: list
+    runs: list
+    configs: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict]) -> CpplData:
+        records = list(records)
+        runs = [r for r in records if r.get("record") == "run"]
+        recs = [r for r in records if r.get("record") == "cppl"]
+        labels, configs = method_labels(recs, {r["run_id"]: r for r in runs if "run_id" in r})
+        return cls(recs, labels, runs, configs)
+
+    @property
+    def cells(self) -> list[tuple[int, int]]:
+        """(length L, continuation M) pairs present, sorted."""
+        return sorted({(int(r["length"]), int(r["cont"])) for r in self.records})
+
+    def per_doc(self, length: int, cont: int) -> dict[str, dict[str, float]]:
+        """method label -> {document: mean NLL per scored token} at (L, M)."""
+        out: dict[str, dict[str, float]] = defaultdict(dict)
+        for m, r in zip(self.labels, self.records):
+            if int(r["length"]) == length and int(r["cont"]) == cont:
+                out[m][r["doc"]] = float(r["nll_sum"]) / int(r["tokens"])
+        return dict(out)
+
+    def causal(self, method: str) -> bool:
+        return all(r.get("causal", True) for m, r in zip(self.labels, self.records) if m == method)
+
+    def ppl(self, length: int, cont: int) -> tuple[dict[str, float], int]:
+        """(method label -> perplexity over the documents every method has, number of those documents)."""
+        docs = self.per_doc(length, cont)
+        common = set.intersection(*(set(d) for d in docs.values())) if docs else set()
+        # every window scores M tokens, so the pooled perplexity is exp of the mean per-document NLL
+        return {m: math.exp(statistics.fmean(d[k] for k in common)) for m, d in docs.items() if common}, len(common)
+
+
+def cppl_table(data: CpplData, *, ref: str = "delta", dense: str = "dense", n_resamples: int = 9999) -> str:
+    """Per (L, M): continuation perplexity per method, ratio to dense, and a paired test per document vs ``ref``."""
+    from .stats import paired_permutation_test
+
+    if not data.records:
+        return "_no continuation-perplexity results._\n"
+    out = []
+    for L, M in data.cells:
+        ppl, n_docs = data.ppl(L, M)
+        docs = data.per_doc(L, M)
+        out.append(
+            f"**Context {len_name(L)}, last M = {M} tokens scored** ({n_docs} documents, the same for every method)\n"
+        )
+        out.append(f"| method | ppl | ÷ {dense} | NLL/token − {ref} (two-sided p, n) |")
+        out.append("|---|---|---|---|")
+        for m in _order(ppl, PREFERRED):
+            ratio = _fmt(ppl[m] / ppl[dense], 3) if dense in ppl else "–"
+            test = "–"
+            if ref in docs and m != ref:
+                keys = sorted(set(docs[m]) & set(docs[ref]))
+                if keys:
+                    r = paired_permutation_test(
+                        [docs[m][k] for k in keys],
+                        [docs[ref][k] for k in keys],
+                        n_resamples=n_resamples,
+                        alternative="two-sided",
+                    )
+                    test = f"{r.diff:+.4f} (p {_p(r.p_value)}, n {r.n})"
+            name = m if data.causal(m) else f"{m} ⚠ non-causal"
+            out.append(f"| {name} | {_fmt(ppl[m], 3)} | {ratio} | {test} |")
+        out.append("")
+    return "\n".join(out) + (
+        "\n(each window's first L − M tokens are prefilled with the method as one prompt; its last M tokens are "
+        "scored teacher-forced with dense attention against that cache, as decoding would read it. ppl = "
+        "exp(mean NLL per token); the paired permutation test compares each method's per-document mean NLL "
+        f"with {ref}'s: a negative difference means lower NLL than {ref}; p < {ALPHA} in bold)\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # analysis
 
 
