@@ -1,10 +1,13 @@
-"""``delta-attn eval ruler|ppl|analyze|report|pack-texts|plan``: the parsers.
+"""``delta-attn eval ruler|ppl|sweep|analyze|report|pack-texts|plan``: the parsers.
 
 Examples::
 
     delta-attn eval ruler --tasks niah_single_1,vt --lengths 1024,2048 --samples 50 \\
         --methods dense,sparse,delta --out runs/r1
     delta-attn eval ppl --lengths 8192 --docs 29 --methods dense,sparse,recompute,delta,delta_linear --out runs/p1
+    delta-attn eval ppl --lengths 8192 --docs 29 --continuation 256,1024 --methods dense,sparse,delta --out runs/c1
+    delta-attn eval sweep --windows 128,256,512,1024 --gammas 8,16,32,64 --length 8192 --samples 20 \\
+        --continuation 1024 --ppl-docs 8 --methods delta,recompute --out runs/s1
     delta-attn eval analyze --task niah_single_2 --length 4096 --samples 4 --out runs/a1
     delta-attn eval report --inputs runs/r1 runs/p1 runs/a1 --out RESULTS.md --plots-dir docs/results
 
@@ -106,7 +109,7 @@ def _seed_reserve(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    from . import cli_analyze, cli_ppl, cli_report, cli_ruler
+    from . import cli_analyze, cli_ppl, cli_report, cli_ruler, cli_sweep
     from . import methods as _methods
 
     spec_help = "method specs:\n" + _methods.__doc__.split("\n", 2)[2]
@@ -182,6 +185,71 @@ def register(subparsers) -> None:
     _method_opts(q, "dense,sparse,recompute,delta,delta_g16")
     _run_opts(q, stem="ppl")
     q.set_defaults(func=cli_ppl.run)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="where Δ wins: a window × γ map of two methods on RULER tasks and continuation perplexity",
+        description=cli_sweep.__doc__,
+        **epilog,
+    )
+    sw.add_argument(
+        "--windows", type=positive_int_list, default="128,256,512,1024", help="sparse windows (default %(default)s)"
+    )
+    sw.add_argument(
+        "--gammas", type=positive_int_list, default="8,16,32,64", help="anchor strides γ (default %(default)s)"
+    )
+    sw.add_argument(
+        "--first-window",
+        type=positive_int,
+        default=256,
+        help="the window whose row runs first; the others follow nearest first (default 256)",
+    )
+    sw.add_argument("--length", type=positive_int, default=8192, help="prompt / window length (default 8192)")
+    sw.add_argument(
+        "--tasks",
+        type=_tasks,
+        default="niah_single_1,niah_single_2,niah_multikey_1,vt",
+        help="RULER tasks (default %(default)s)",
+    )
+    sw.add_argument(
+        "--samples", type=nonnegative_int, default=20, help="samples per task and cell; 0: no RULER (default 20)"
+    )
+    _seed_reserve(sw)
+    sw.add_argument(
+        "--continuation",
+        type=positive_int_list,
+        default="1024",
+        metavar="M[,M2]",
+        help="continuation-perplexity tail lengths (default 1024)",
+    )
+    sw.add_argument(
+        "--ppl-docs", type=nonnegative_int, default=8, help="perplexity documents per cell; 0: none (default 8)"
+    )
+    sw.add_argument(
+        "--batch-size",
+        type=_batch_sizes,
+        default="1024:256,2048:256,4096:160,8192:96",
+        help="RULER decode batch size, or per length (default 1024:256,2048:256,4096:160,8192:96)",
+    )
+    sw.add_argument(
+        "--ppl-batch-size",
+        type=positive_int,
+        default=None,
+        help="perplexity documents per forward (default 16384 // length)",
+    )
+    sw.add_argument(
+        "--prefill-tokens", type=positive_int, default=262144, help="prefill micro-batch tokens (default 262144)"
+    )
+    sw.add_argument(
+        "--workers",
+        type=positive_int,
+        default=max(1, min(12, (os.cpu_count() or 2) - 2)),
+        help="processes building prompts (default cpu_count − 2, at least 1, at most 12)",
+    )
+    _model_opts(sw)
+    _method_opts(sw, "delta,recompute")
+    _run_opts(sw, stem="sample and cppl")
+    sw.set_defaults(func=cli_sweep.run)
 
     a = sub.add_parser(
         "analyze",

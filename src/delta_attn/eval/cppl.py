@@ -72,12 +72,10 @@ def run_cppl(
     run_id: str,
     log: Callable[[str], None] = print,
     deadline=None,
-    extra: dict | None = None,
 ) -> int:
     """Continuation perplexity of every (document, M, method) not in ``done`` at ``length``; records written.
 
-    ``done`` holds :func:`delta_attn.eval.records.cppl_key` tuples; ``extra`` is merged into every record
-    (the sweep tags its cells with it).
+    ``done`` holds :func:`delta_attn.eval.records.cppl_key` tuples.
     """
     import delta_attn
 
@@ -121,7 +119,6 @@ def run_cppl(
                                 "causal": m.causal,
                                 "nll_sum": round(s, 4),
                                 "tokens": cont,
-                                **(extra or {}),
                                 "run_id": run_id,
                                 "batch": {"size": len(chunk), "wall_s": round(wall, 4)},
                                 "config": configs[m.name],

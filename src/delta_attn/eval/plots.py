@@ -210,3 +210,41 @@ def plot_gamma(d: RulerData, ppl: PplData, path: Path, *, sparse: str = "sparse"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_sweep_map(d, measure: str, path: Path, a: str | None = None, b: str | None = None) -> Path | None:
+    """Heat map of ``a − b`` (default: the sweep's two compared specs) over window × γ for one measure of a
+    :class:`delta_attn.eval.sweep.SweepData`; every cell annotated. Blue = ``a`` better, for either sign
+    convention (scores: higher is better; perplexity: lower)."""
+    roots = d.roots
+    a = a or (roots[0] if roots else None)
+    b = b or (roots[1] if len(roots) > 1 else None)
+    if a is None or b is None or not d.windows or not d.gammas:
+        return None
+    grid = d.grid(measure, a, b)
+    vals = [v for row in grid for v in row if v is not None]
+    if not vals:
+        return None
+    higher = dict((m, h) for m, _, h in d.measures())[measure]
+    title = dict((m, t) for m, t, _ in d.measures())[measure]
+    plt = _plt()
+    lim = max(abs(v) for v in vals) or 1.0
+    z = [[float("nan") if v is None else v for v in row] for row in grid]
+    fig, ax = plt.subplots(figsize=(1.3 * len(d.gammas) + 2.5, 0.8 * len(d.windows) + 1.8))
+    im = ax.imshow(z, cmap="RdBu" if higher else "RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    nd = 1 if measure == "ruler" else 3
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            dark = v is not None and abs(v) > 0.6 * lim  # white text on the saturated cells
+            label = "–" if v is None else f"{v:+.{nd}f}"
+            ax.text(j, i, label, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    ax.set_xticks(range(len(d.gammas)), [f"γ={g}" for g in d.gammas])
+    ax.set_yticks(range(len(d.windows)), [f"w={w}" for w in d.windows])
+    ax.set_xlabel("anchor stride γ")
+    ax.set_ylabel("sparse window")
+    ax.set_title(f"{a} − {b}: {title}", fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

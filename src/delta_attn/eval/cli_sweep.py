@@ -1,0 +1,185 @@
+"""``delta-attn eval sweep``: where Δ wins — every (window, γ) cell on RULER tasks and continuation perplexity.
+
+Each cell runs the compared methods (``--methods``, default ``delta,recompute``) at one window and γ;
+``sparse`` runs once per window and ``dense`` once (:mod:`delta_attn.eval.sweep` says in which order: the
+``--first-window`` row first). Records go to ``OUT/sweep.jsonl`` through the same runners as ``eval ruler``
+and ``eval ppl --continuation``, each with its full config, so ``--time-limit`` (checked between batches and
+between cells) and a rerun with the same ``--out`` resume where the last run stopped. Then ``sweep.md`` and
+one heat map per measure (``sweep_ruler.png``, ``sweep_cppl<M>.png``: the first method − the second).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..cli_options import UsageError
+from . import cli_common as common
+
+
+def run(args) -> int:
+    from ..models import load_tokenizer
+    from . import ruler
+    from .cli_ppl import check_continuations
+    from .cli_ruler import _probe, build_samples
+    from .corpus import ESSAY_BOOKS, PPL_BOOKS
+    from .cppl import run_cppl
+    from .ppl import DOC_FORMAT, ppl_documents
+    from .records import JsonlWriter, cppl_key, record_config, run_info, sample_key
+    from .resume import plan_resume
+    from .runner import Deadline, parse_batch_sizes, run_ruler
+
+    deadline = Deadline(args.time_limit, start=common.START)
+    cells = _cells(args)
+    methods = [m for c in cells for m in c.methods]
+    info = common.model_info(args)
+    length, tasks = args.length, (args.tasks if args.samples else [])
+    if tasks:
+        common.check_lengths(
+            [length], info.context_length, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS, what="--length"
+        )
+    else:
+        common.check_lengths([length], info.context_length, args, minimum=2, what="--length")
+    conts = check_continuations(args.continuation, [length]) if args.ppl_docs else []
+    if any(ruler.TASKS[t].params.get("haystack") == "essay" or ruler.TASKS[t].is_qa for t in tasks):
+        common.check_texts(ESSAY_BOOKS, args.texts_dir)
+    if conts:
+        common.check_texts(PPL_BOOKS[: args.ppl_docs], args.texts_dir)
+    device, dtype = common.device_and_dtype(args)
+    out_jsonl = args.out / "sweep.jsonl"
+    log = common.Log(args.out / "sweep.log")
+    log(
+        f"sweep: {len(cells)} cells ({', '.join(c.name for c in cells)}) at {length} tokens; tasks {tasks} × "
+        f"{args.samples} samples; continuation M = {conts} on {args.ppl_docs} documents; on {device}"
+    )
+    dtype_s = common.dtype_name(dtype)
+    prompt = {"reserve": args.reserve, "chat": True, "format": ruler.PROMPT_FORMAT}
+    ruler_cfg = {
+        m.name: record_config(m.canonical(), model=info.model_id, dtype=dtype_s, prompt=prompt, seed=args.seed)
+        for m in methods
+    }
+    cppl_cfg = {
+        m.name: record_config(m.canonical(), model=info.model_id, dtype=dtype_s, prompt={"format": DOC_FORMAT})
+        for m in methods
+    }
+    scope = {(t, length, i, m.name, args.seed) for t in tasks for i in range(args.samples) for m in methods}
+    earlier = common.earlier_records([out_jsonl, *args.resume_from], log)
+    ruler_plan = plan_resume(earlier, "sample", sample_key, ruler_cfg, scope)
+    cppl_plan = plan_resume(earlier, "cppl", cppl_key, cppl_cfg)
+    for line in ruler_plan.lines() + cppl_plan.lines():
+        log(line)
+    todo_ruler = scope - ruler_plan.done
+    n_cppl = len(methods) * len(conts) * args.ppl_docs
+    names = {m.name for m in methods}
+    cppl_done = sum(k[1] == length and k[2] in conts and k[3] in names for k in cppl_plan.done)
+    if not todo_ruler and cppl_done >= n_cppl:
+        log("nothing to do: every cell is done")
+    elif args.time_limit is not None and args.time_limit < 60:
+        log(f"time limit {args.time_limit:.0f}s is too short to load the model and run a batch; skipping")
+    else:
+        samples = []
+        if todo_ruler:
+            builder = ruler.PromptBuilder(load_tokenizer(args.gguf), texts_dir=args.texts_dir)
+            _probe(builder, [(t, length) for t in tasks], seed=args.seed, reserve=args.reserve)
+            samples = build_samples(
+                builder,
+                [(t, length) for t in tasks],
+                args.samples,
+                seed=args.seed,
+                reserve=args.reserve,
+                workers=args.workers,
+                log=log,
+            )
+        model, tok = common.load_model(args, device, dtype)
+        docs = ppl_documents(tok, length, args.ppl_docs, args.texts_dir) if conts else []
+        log(f"model loaded ({time.perf_counter() - common.START:.0f}s since start)")
+        with JsonlWriter(out_jsonl, warn=log) as w:
+            header = run_info(
+                args,
+                model,
+                {"kind": "sweep", "methods": {m.name: m.config_dict() for m in methods}},
+                model_info=info,
+            )
+            w.write([header])
+            for cell in cells:
+                if not deadline.allows(0.0):
+                    log(f"time limit: stopping before cell {cell.name}; rerun with the same --out to resume")
+                    break
+                t0 = time.perf_counter()
+                stats = run_ruler(
+                    model,
+                    tok,
+                    samples,
+                    cell.methods,
+                    w,
+                    lengths=[length],
+                    batch_size=parse_batch_sizes(args.batch_size),
+                    done=ruler_plan.done,
+                    configs=ruler_cfg,
+                    run_id=header["run_id"],
+                    seed=args.seed,
+                    deadline=deadline,
+                    progress=not args.no_progress,
+                    log=log,
+                    prefill_tokens=args.prefill_tokens,
+                )
+                if stats.stopped_by_deadline:
+                    break
+                n = run_cppl(
+                    model,
+                    docs,
+                    cell.methods,
+                    w,
+                    length=length,
+                    conts=conts,
+                    batch_size=args.ppl_batch_size or max(1, 16384 // length),
+                    done=cppl_plan.done,
+                    configs=cppl_cfg,
+                    run_id=header["run_id"],
+                    log=log,
+                    deadline=deadline,
+                )
+                if stats.done or n:
+                    log(
+                        f"cell {cell.name}: {stats.done} generations, {n} continuation windows "
+                        f"in {time.perf_counter() - t0:.0f}s"
+                    )
+    if not args.no_summary:
+        write_summary(args.out, common.earlier_records([out_jsonl, *args.resume_from], log).items)
+        log(f"summary: {args.out / 'sweep.md'}")
+    return 0
+
+
+def _cells(args):
+    """The sweep's cells from the options; bad method specs or an unknown --first-window: UsageError."""
+    from .methods import defaults_from_args
+    from .sweep import sweep_cells
+
+    specs = [s.strip() for s in args.methods.split(",") if s.strip()]
+    if not specs:
+        raise UsageError("--methods: no methods given")
+    try:
+        cells = sweep_cells(specs, args.windows, args.gammas, defaults_from_args(args), args.first_window)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--methods: {exc}") from None
+    for m in (m for c in cells if c.gamma is not None for m in c.methods):
+        if m.is_dense or m.config.mode == "sparse":
+            raise UsageError(
+                f"--methods {m.name.partition('@')[0]}: dense and sparse run as references anyway; "
+                "name methods with anchors (delta, recompute, their variants)"
+            )
+    return cells
+
+
+def write_summary(out, records) -> dict[str, str]:
+    """``sweep.md`` and a heat map per measure in ``out``; returns measure -> PNG file name."""
+    from . import plots
+    from .sweep import SweepData, sweep_markdown
+
+    data = SweepData.from_records(records)
+    images = {}
+    for measure, _, _ in data.measures():
+        png = plots.plot_sweep_map(data, measure, out / f"sweep_{measure}.png")
+        if png is not None:
+            images[measure] = png.name
+    (out / "sweep.md").write_text("# Where Δ wins: window × γ\n\n" + sweep_markdown(data, images), encoding="utf-8")
+    return images
