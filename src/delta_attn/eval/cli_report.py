@@ -20,13 +20,13 @@ def run(args) -> int:
     inputs = Inputs.find(args.inputs)
     if not inputs.count:
         shown = " ".join(map(str, args.inputs))
-        raise UsageError(f"no result files (ruler*.jsonl, ppl*.jsonl, analysis*.json, or .gz) in {shown}")
+        raise UsageError(f"no result files (ruler*.jsonl, ppl*.jsonl, sweep*.jsonl, analysis*.json, or .gz) in {shown}")
     try:
         notes = [read_note(p, read_text_file(p)) for p in args.notes]
     except NotesError as exc:
         raise UsageError(str(exc)) from None
-    ruler, ppl = Records.load(inputs.ruler), Records.load(inputs.ppl)
-    for recs in (ruler, ppl):
+    ruler, ppl, sweep = Records.load(inputs.ruler), Records.load(inputs.ppl), Records.load(inputs.sweep)
+    for recs in (ruler, ppl, sweep):
         if recs.skipped_note():
             print(f"warning: {recs.skipped_note()}", file=sys.stderr)
     command = ["delta-attn", "eval", "report", "--inputs", *map(str, args.inputs), "--out", str(args.out)]
@@ -45,6 +45,7 @@ def run(args) -> int:
             n_resamples=args.resamples,
             status=args.status,
             command=shlex.join(command),
+            sweep_records=sweep,
         )
     except NotesError as exc:  # a note about runs that are not among the inputs
         raise UsageError(str(exc)) from None

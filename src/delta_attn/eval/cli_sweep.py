@@ -65,8 +65,9 @@ def run(args) -> int:
     earlier = common.earlier_records([out_jsonl, *args.resume_from], log)
     ruler_plan = plan_resume(earlier, "sample", sample_key, ruler_cfg, scope)
     cppl_plan = plan_resume(earlier, "cppl", cppl_key, cppl_cfg)
-    for line in ruler_plan.lines() + cppl_plan.lines():
-        log(line)
+    for what, plan in (("RULER", ruler_plan), ("continuation ppl", cppl_plan)):
+        for line in plan.lines():
+            log(f"{what}: {line}")
     todo_ruler = scope - ruler_plan.done
     n_cppl = len(methods) * len(conts) * args.ppl_docs
     names = {m.name for m in methods}

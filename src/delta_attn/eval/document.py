@@ -43,6 +43,7 @@ class Inputs:
     ruler: list[Path] = field(default_factory=list)
     ppl: list[Path] = field(default_factory=list)
     analysis: list[Path] = field(default_factory=list)
+    sweep: list[Path] = field(default_factory=list)
 
     @classmethod
     def find(cls, paths: Sequence[Path]) -> Inputs:
@@ -56,11 +57,13 @@ class Inputs:
                     found.ppl.append(f)
                 elif name.startswith("analysis") and name.endswith(".json"):
                     found.analysis.append(f)
+                elif name.startswith("sweep") and name.endswith(".jsonl"):
+                    found.sweep.append(f)
         return found
 
     @property
     def count(self) -> int:
-        return len(self.ruler) + len(self.ppl) + len(self.analysis)
+        return len(self.ruler) + len(self.ppl) + len(self.analysis) + len(self.sweep)
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,8 @@ def load_analysis(paths: Sequence[Path]) -> dict:
     return out
 
 
-def all_runs(ruler: tables.RulerData, ppl: tables.PplData, an: dict) -> list[dict]:
-    runs = ruler.runs + ppl.runs
+def all_runs(ruler: tables.RulerData, ppl: tables.PplData, an: dict, sweep_runs: Sequence[dict] = ()) -> list[dict]:
+    runs = ruler.runs + ppl.runs + list(sweep_runs)
     if an.get("meta", {}).get("run"):
         runs.append(an["meta"]["run"])
     return runs
@@ -232,18 +235,21 @@ def results_document(
     n_resamples: int = 9999,
     status: str | None = None,
     command: str = "delta-attn eval report",
+    sweep_records: Records | None = None,
 ) -> str:
     """The full RESULTS.md text from the records of ``inputs.ruler`` and ``inputs.ppl`` and the analysis files.
 
     Raises :class:`NotesError` when a note describes a run that is not among the inputs.
     """
     from . import plots
+    from .sweep import SweepData, sweep_markdown
 
     d = tables.RulerData.from_records(ruler_records.items)
+    sweep = SweepData.from_records(sweep_records.items if sweep_records is not None else [])
     ppl = tables.PplData.from_records(ppl_records.items)
     cppl = tables.CpplData.from_records(ppl_records.items)
     an = load_analysis(inputs.analysis)
-    runs = all_runs(d, ppl, an)
+    runs = all_runs(d, ppl, an, sweep.runs)
     known = {r.get("run_id") for r in runs}
     for note in notes:
         unknown = [r for r in note.runs if r not in known]
@@ -258,6 +264,7 @@ def results_document(
             ("analysis.png", lambda p: plots.plot_analysis(an, p)),
             ("sweep.png", lambda p: plots.plot_sweep(an, p)),
             ("gamma.png", lambda p: plots.plot_gamma(d, ppl, p)),
+            *((f"sweep_{m}.png", lambda p, m=m: plots.plot_sweep_map(sweep, m, p)) for m, _, _ in sweep.measures()),
         ):
             out = fn(plots_dir / name)
             if out is not None:
@@ -268,7 +275,7 @@ def results_document(
 
     status = status or (
         f"**Status:** generated {time.strftime('%Y-%m-%d')} from {len(inputs.ruler)} RULER, "
-        f"{len(inputs.ppl)} perplexity and {len(inputs.analysis)} analysis result files."
+        f"{len(inputs.ppl)} perplexity, {len(inputs.sweep)} sweep and {len(inputs.analysis)} analysis result files."
     )
     parts = [
         f"# Results: Δ attention on {model_name(runs)} (offline RULER-style suite)\n",
@@ -303,6 +310,10 @@ def results_document(
         parts.append(tables.cppl_table(cppl, n_resamples=n_resamples))
     parts.append("\n## γ ablation\n")
     parts.append(pic("gamma.png", "gamma ablation") or "_no γ ablation (needs delta_g<γ> methods)._\n")
+    if sweep.roots:
+        sweep_img = {m: img[f"sweep_{m}.png"].as_posix() for m, _, _ in sweep.measures() if f"sweep_{m}.png" in img}
+        parts.append("\n## Where Δ wins: window × γ map\n")
+        parts.append(sweep_markdown(sweep, sweep_img))
     parts.append("\n## Analysis (paper Fig. 3 and Fig. 6b on our model)\n")
     parts.append(tables.analysis_markdown(an) + pic("analysis.png", "analysis") + pic("sweep.png", "per-layer sweep"))
     parts.append("\n" + reproduce_section(runs, command))

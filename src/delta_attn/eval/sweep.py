@@ -172,9 +172,14 @@ def sweep_markdown(d: SweepData, images: dict[str, str] | None = None) -> str:
         return "_no sweep results._\n"
     a, b = (d.roots + [None])[:2]
     lengths = ", ".join(str(L) for L in sorted(d.length))
+    n_samples = sorted({len(v) for per in d.ruler.values() for v in per.values()})
+    n_docs = sorted({len(v) for v in d.cppl.values()})
     out = [
         f"Cells: window × γ at {lengths} tokens; compared: `{a}`" + (f" vs `{b}`" if b else "") + "; references: "
-        "`sparse` per window, `dense` once. " + (f"RULER tasks: {', '.join(d.tasks)}." if d.tasks else "") + "\n"
+        "`sparse` per window, `dense` once. "
+        + (f"RULER tasks: {', '.join(d.tasks)}; samples per task and cell: {n_samples}. " if d.tasks else "")
+        + (f"Continuation perplexity: documents per cell: {n_docs}." if n_docs else "")
+        + "\n"
     ]
     for measure, title, higher in d.measures():
         nd = 1 if measure == "ruler" else 3
