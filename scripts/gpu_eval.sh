@@ -8,6 +8,14 @@
 #                           delta_g16, block (block 512), block+delta                       (~5-6 min)
 #   scripts/gpu_eval.sh C   optional extras with whatever budget is left: RULER γ ablation and
 #                           interpolation variants at 8K, vertical_slash ± Δ                 (~4 min)
+#   scripts/gpu_eval.sh V   issue 8, the Δ variants on RULER at 8K: niah_single_1, niah_single_2,
+#                           niah_multikey_1, vt × SAMPLES (default 30) × dense, sparse, recompute, delta,
+#                           delta_auto, delta_autog, delta_l0.5, delta_x25 (sink 64 + window 256, γ 64)
+#   scripts/gpu_eval.sh P   issue 8, continuation perplexity (the KV cache the prefill writes): the same
+#                           methods at 8K, 4K, 2K, scoring the last M = 256 and 1024 tokens of PPL_DOCS windows
+#   scripts/gpu_eval.sh M   issue 8, where Δ wins: `eval sweep` over window × γ (WINDOWS × GAMMAS, delta vs
+#                           recompute, sparse per window, dense once) at 8K on the 4 tasks of V and
+#                           continuation ppl (M = CONT); SAMPLES sized to LIMIT; the window-256 row first
 #   Running a part again resumes it (records already in $OUT or $PREV are skipped).
 #
 # Runs from the repository root with the package NOT installed (PYTHONPATH=src). Environment:
@@ -19,9 +27,15 @@
 #   BACKEND delta_attention backend: auto (Triton on CUDA) | reference | triton (default auto)
 #   SAMPLES samples per task and length (default 50); LENGTHS (default 8192,4096,2048,1024);
 #   TASKS (default all); PPL_LEN / AN_LEN perplexity / analysis length (default 8192); PPL_DOCS (default
-#   29): smaller values make a dry run on a CPU possible
+#   29): smaller values make a dry run on a CPU possible. Parts V/P/M: LENGTHS defaults to 8192 (V, M: the
+#   first length is used) and 8192,4096,2048 (P); CONTS (P, default 256,1024); WINDOWS (default
+#   128,256,512,1024), GAMMAS (default 8,16,32,64), CONT (default 1024), SWEEP_DOCS (default 8) for M.
+#   CPU dry run of a part (the bundled model; ~2-4 min each on 2 cores):
+#     PATH=.venv/bin:$PATH GGUF=$(python -c "from delta_attn.models import smollm2_gguf_path as p; print(p())") \
+#     TEXTS=~/.cache/delta-attn/texts OUT=/tmp/dry LENGTHS=512 SAMPLES=1 PPL_DOCS=1 CONTS=64,128 \
+#     WINDOWS=32,64 GAMMAS=8,16 CONT=128 SWEEP_DOCS=1 BACKEND=reference bash scripts/gpu_eval.sh V   # or P, M
 set -euo pipefail
-PART=${1:?usage: scripts/gpu_eval.sh A|B|C}
+PART=${1:?usage: scripts/gpu_eval.sh A|B|C|V|P|M}
 T0=$(date +%s)
 OUT=${OUT:-./out}
 PREV=${PREV:-.results}
@@ -29,9 +43,16 @@ GGUF=${GGUF:-/tmp/m/model.gguf}
 TEXTS=${TEXTS:-.data/texts}
 LIMIT=${LIMIT:-500}
 BACKEND=${BACKEND:-auto}
+case "$PART" in
+  V) SAMPLES=${SAMPLES:-30}; LENGTHS=${LENGTHS:-8192} ;;
+  P) LENGTHS=${LENGTHS:-8192,4096,2048} ;;
+  M) SAMPLES=${SAMPLES:-$(( (LIMIT - 120) / 25 > 4 ? (LIMIT - 120) / 25 : 4 ))}; LENGTHS=${LENGTHS:-8192} ;;
+esac
 SAMPLES=${SAMPLES:-50}
 LENGTHS=${LENGTHS:-8192,4096,2048,1024}
 TASKS=${TASKS:-all}
+ISSUE8_TASKS=niah_single_1,niah_single_2,niah_multikey_1,vt
+VARIANTS=dense,sparse,recompute,delta,delta_auto,delta_autog,delta_l0.5,delta_x25
 PPL_LEN=${PPL_LEN:-8192}
 AN_LEN=${AN_LEN:-8192}
 mkdir -p "$OUT"
@@ -100,6 +121,25 @@ case "$PART" in
     "${RULER[@]}" --lengths "${LENGTHS%%,*}" --methods delta_g32,delta_g128,delta_ema0.75,delta_linear,vs,vs+delta \
       --out "$OUT" "${RESUME[@]}" --time-limit "$(left)" || fail C2
     ;;
-  *) echo "unknown part $PART (A, B or C)"; exit 2 ;;
+  V)
+    # the variants raise NotImplementedError until the operator implements them (logged; a rerun resumes)
+    python3 -m delta_attn.cli eval ruler --tasks "$ISSUE8_TASKS" --samples "$SAMPLES" --no-summary "${COMMON[@]}" \
+      --lengths "$LENGTHS" --methods "$VARIANTS" --out "$OUT" "${RESUME[@]}" --time-limit "$(left)" || fail V
+    ;;
+  P)
+    python3 -m delta_attn.cli eval ppl --lengths "$LENGTHS" --continuation "${CONTS:-256,1024}" \
+      --docs "${PPL_DOCS:-29}" --batch-size 4 "${COMMON[@]}" --methods "$VARIANTS" --out "$OUT" "${RESUME[@]}" \
+      --time-limit "$(left)" --no-summary || fail P
+    ;;
+  M)
+    # cells in order: dense, the window-256 row (sparse, then every γ), then the nearest other windows;
+    # sweep.md + heat maps when matplotlib is there (else `eval report --plots-dir` draws them later)
+    SUMMARY=(); python3 -c "import matplotlib" 2>/dev/null || SUMMARY=(--no-summary)
+    python3 -m delta_attn.cli eval sweep --windows "${WINDOWS:-128,256,512,1024}" --gammas "${GAMMAS:-8,16,32,64}" \
+      --first-window 256 --length "${LENGTHS%%,*}" --tasks "$ISSUE8_TASKS" --samples "$SAMPLES" \
+      --continuation "${CONT:-1024}" --ppl-docs "${SWEEP_DOCS:-8}" --methods delta,recompute --no-progress \
+      "${SUMMARY[@]}" "${COMMON[@]}" --out "$OUT" "${RESUME[@]}" --time-limit "$(left)" || fail M
+    ;;
+  *) echo "unknown part $PART (A, B, C, V, P or M)"; exit 2 ;;
 esac
 echo "part $PART done in $(( $(date +%s) - T0 ))s; failed steps:${FAILED:- none}; files in $OUT:"; ls -la "$OUT"
