@@ -32,7 +32,7 @@
 #   128,256,512,1024), GAMMAS (default 8,16,32,64), CONT (default 1024), SWEEP_DOCS (default 8) for M.
 #   CPU dry run of a part (the bundled model; ~2-4 min each on 2 cores):
 #     PATH=.venv/bin:$PATH GGUF=$(python -c "from delta_attn.models import smollm2_gguf_path as p; print(p())") \
-#     TEXTS=~/.cache/delta-attn/texts OUT=/tmp/dry LENGTHS=512 SAMPLES=1 PPL_DOCS=1 CONTS=64,128 \
+#     TEXTS=~/.cache/delta-attn/texts OUT=/tmp/dry LENGTHS=768 SAMPLES=1 PPL_DOCS=1 CONTS=64,128 \
 #     WINDOWS=32,64 GAMMAS=8,16 CONT=128 SWEEP_DOCS=1 BACKEND=reference bash scripts/gpu_eval.sh V   # or P, M
 set -euo pipefail
 PART=${1:?usage: scripts/gpu_eval.sh A|B|C|V|P|M}

@@ -136,3 +136,22 @@ def test_run_cppl_records_resume_keys_and_table(tmp_path):
     text = cppl_table(data, n_resamples=99)
     assert "last M = 16 tokens" in text and "| dense | " in text and "| sparse | " in text
     assert "| delta | " in text and "÷ dense" in text
+
+
+def test_table_with_one_document_shows_the_difference_without_a_test():
+    recs = [
+        {
+            "record": "cppl",
+            "doc": "a",
+            "length": 64,
+            "cont": 8,
+            "method": m,
+            "nll_sum": s,
+            "tokens": 8,
+            "run_id": "r",
+            "config": {"method": {"mode": m}},
+        }
+        for m, s in (("dense", 16.0), ("delta", 24.0))
+    ]
+    text = cppl_table(CpplData.from_records(recs), n_resamples=99)
+    assert "| dense | 7.389 | 1.000 | -1.0000 (n 1) |" in text and "| delta | 20.086 | 2.718 | – |" in text

@@ -461,7 +461,9 @@ def cppl_table(data: CpplData, *, ref: str = "delta", dense: str = "dense", n_re
             test = "–"
             if ref in docs and m != ref:
                 keys = sorted(set(docs[m]) & set(docs[ref]))
-                if keys:
+                if len(keys) == 1:  # a permutation test needs two pairs at least
+                    test = f"{docs[m][keys[0]] - docs[ref][keys[0]]:+.4f} (n 1)"
+                elif keys:
                     r = paired_permutation_test(
                         [docs[m][k] for k in keys],
                         [docs[ref][k] for k in keys],
