@@ -155,3 +155,27 @@ def test_table_with_one_document_shows_the_difference_without_a_test():
     ]
     text = cppl_table(CpplData.from_records(recs), n_resamples=99)
     assert "| dense | 7.389 | 1.000 | -1.0000 (n 1) |" in text and "| delta | 20.086 | 2.718 | – |" in text
+
+
+def test_resume_keys_include_length_and_continuation():
+    from delta_attn.eval.resume import plan_resume
+
+    cfg = {"method": {"mode": "delta", "window": 256}}
+    recs = [
+        {
+            "record": "cppl",
+            "doc": "a",
+            "length": L,
+            "cont": M,
+            "method": "delta",
+            "nll_sum": 1.0,
+            "tokens": M,
+            "config": cfg,
+        }
+        for L, M in ((8192, 256), (8192, 1024), (4096, 256))
+    ]
+    recs.append({"record": "ppl", "doc": "a", "length": 8192, "method": "delta", "config": cfg})  # row-wise
+    plan = plan_resume(Records(items=recs), "cppl", cppl_key, {"delta": cfg})
+    assert plan.done == {("a", 8192, 256, "delta"), ("a", 8192, 1024, "delta"), ("a", 4096, 256, "delta")}
+    other = plan_resume(Records(items=recs), "cppl", cppl_key, {"delta": {"method": {"mode": "delta", "window": 64}}})
+    assert not other.done and "window (256 vs 64)" in other.lines()[1]
