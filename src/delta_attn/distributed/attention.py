@@ -9,8 +9,8 @@ What is exchanged, per call:
 1. the shard shapes (a few ints per rank, ``all_gather_object``): every rank validates every
    rank's inputs, so a bad input on one rank raises the same error on all of them instead of
    leaving the others waiting in a collective;
-2. K and V (``all_gather_into_tensor``): each rank needs the keys ``[0, q1)`` for its dense
-   anchor/tail rows; the sparse rows only read sink + window halo, but the dense rows read every
+2. K and V (``all_gather_single``): each rank needs the keys ``[0, q1)`` for its dense anchor/tail
+   rows; the sparse rows only read sink + window halo, but the dense rows read every
    earlier key, so all of K and V is gathered (2·B·Hkv·N·D elements per rank — the same as the
    KV cache a single device would hold; Q and the output stay sharded);
 3. one small summary per rank (B·Hq·(1+S)·D numbers + 3 ints): the Δ of its last anchor and its
@@ -143,7 +143,8 @@ def gather_sequence(x: Tensor, lengths: list[int], group=None) -> Tensor:
     if local.shape[0] < n0:
         local = torch.cat([local, local.new_zeros(n0 - local.shape[0], *local.shape[1:])])
     buf = local.new_empty(world * n0, *local.shape[1:])
-    dist.all_gather_into_tensor(buf, local.contiguous(), group=group)
+    gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
+    gather_into(buf, local.contiguous(), group=group)
     return buf[:total].permute(1, 2, 0, 3)
 
 
