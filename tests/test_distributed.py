@@ -232,3 +232,49 @@ def test_cp_prefill_of_a_llama_model_then_greedy_decode():
         assert r["logit_err"] < 1e-4 and r["cache_err"] < 1e-5 and r["after_err"] < 1e-4, (rank, r)
         assert r["same_tokens"], (rank, r)
         assert r["sparse_gap"] > 1e-3, (rank, r)
+
+
+TRITON_SHARDS = """
+import json, sys, torch
+from oracle import make_qkv
+from delta_attn import DeltaConfig
+from delta_attn.kernels import triton_prefill
+from delta_attn.distributed import shard_bounds
+from delta_attn.distributed.shard import apply_carry, carries_from_summaries, local_shard
+errs = []
+for base, interp in [("streaming", "repeat"), ("streaming", "ema"), ("dense", "abg")]:
+    cfg = DeltaConfig(sparse=base, window=24, sink=3, gamma=16, tail=8, interp=interp)
+    q, k, v = make_qkv(int(sys.argv[1]), 1, 1, 2, 150, 16, torch.float32)
+    ref = triton_prefill(q, k, v, cfg, scale=0.3, prompt_len=150)
+    outs, sums = [], []
+    for r in range(3):
+        lo, hi = shard_bounds(150, 3, r)
+        o, s = local_shard(q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], cfg, scale=0.3, prompt_len=150,
+                           backend=triton_prefill)
+        outs.append(o)
+        sums.append(s)
+    got = torch.cat([apply_carry(outs[r], cfg, sums[r], *carries_from_summaries(cfg, sums, r)) for r in range(3)], 2)
+    errs.append((got.float() - ref.float()).abs().max().item())
+print(json.dumps(errs))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: scripts/gpu_cp.sh checks the kernels")
+def test_shards_through_the_triton_kernels_in_the_interpreter(seed):
+    """The GPU backend's path (zero-carry kernel calls + fix-up) on CPU through TRITON_INTERPRET=1."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    tests_dir = os.path.dirname(__file__)
+    src = os.path.join(os.path.dirname(tests_dir), "src")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([src, tests_dir]))
+    proc = subprocess.run(
+        [sys.executable, "-c", TRITON_SHARDS, str(seed)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert max(errs) < 1e-5, errs
