@@ -79,12 +79,14 @@ def _bad_input_rank(rank, world):
     messages = []
     scenarios = {
         "dtype": lambda: (q.float(), k.float(), v.float()) if rank == 1 else (q, k, v),
+        "config": lambda: (q, k, v),
         "longer last": lambda: (q, k, v) if rank < world - 1 else make_qkv(0, 1, 1, 2, 41, 8),
         "qk rows": lambda: (q, k[:, :, :5], v[:, :, :5]) if rank == 0 else (q, k, v),
     }
     for name, make in scenarios.items():
         try:
-            cp_delta_attention(*make(), DeltaConfig(gamma=8, window=8, sink=2))
+            cfg = DeltaConfig(gamma=8, window=8, sink=2 + (name == "config" and rank == 1))
+            cp_delta_attention(*make(), cfg)
             messages.append((name, "no error"))
         except ValueError as exc:
             messages.append((name, str(exc)))
@@ -103,6 +105,7 @@ def test_bad_input_on_one_rank_raises_on_every_rank():
     results = run_ranks(_bad_input_rank, 2, timeout=90, collective_timeout=20)
     expected = [
         ("dtype", "rank 1: dtype torch.float32 differs"),
+        ("config", "rank 1: config differs from rank 0's"),
         ("longer last", "rank 1 (the last): holds 41 rows"),
         ("qk rows", "rank 0: q has 40 rows but k/v 5"),
         ("linear", 'interp="linear" makes rows read later anchors'),
@@ -192,7 +195,14 @@ def _hf_rank(rank, world, n_tokens, configs):
                 logits = model(input_ids=nxt, position_ids=pos, use_cache=True, **{cache_arg: cache}).logits[:, -1]
         return torch.cat(tokens, dim=1), logits
 
-    return [_hf_case(model, ids, DeltaConfig(**kw), rank, world, greedy) for kw in configs]
+    from delta_attn.distributed import cp_prefill
+
+    try:  # rank 0 holds fewer tokens than the last rank: the same error everywhere
+        cp_prefill(model, ids[:, : 3 if rank == 0 else 5], config=DeltaConfig(**configs[0]))
+        bad_shards = "no error"
+    except ValueError as exc:
+        bad_shards = str(exc)
+    return bad_shards, [_hf_case(model, ids, DeltaConfig(**kw), rank, world, greedy) for kw in configs]
 
 
 def _hf_case(model, ids, cfg, rank, world, greedy):
@@ -227,7 +237,9 @@ def _hf_case(model, ids, cfg, rank, world, greedy):
 def test_cp_prefill_of_a_llama_model_then_greedy_decode():
     configs = [dict(window=16, sink=2, gamma=16, tail=20, interp=i, dense_layers=[1]) for i in ("ema", "repeat")]
     results = run_ranks(_hf_rank, 2, 157, configs, timeout=180)
-    for rank, r in ((rank, r) for rank, rows in enumerate(results) for r in rows):
+    for rank, (bad_shards, _) in enumerate(results):
+        assert bad_shards.startswith("cp_prefill: shard lengths [3, 5]"), (rank, bad_shards)
+    for rank, r in ((rank, r) for rank, (_, rows) in enumerate(results) for r in rows):
         assert r["cache_len"] == 157, (rank, r)
         assert r["logit_err"] < 1e-4 and r["cache_err"] < 1e-5 and r["after_err"] < 1e-4, (rank, r)
         assert r["same_tokens"], (rank, r)

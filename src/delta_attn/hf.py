@@ -23,7 +23,9 @@ causal + left padding; anything else raises) and every sequence is processed at 
 The config lives in a small :class:`_Binding` object set as an attribute on the model and on each
 of its layers that has a ``layer_idx``; no model code is forked and no ``forward`` is rebound.
 Sliding-window layers whose window is shorter than the context keep the model's own windowed
-attention (they are already sparse; Δ corrects full-attention layers only).
+attention (they are already sparse; Δ corrects full-attention layers only). :func:`prefill_override`
+routes every attention call through another function for a while (the context-parallel prefill of
+:mod:`delta_attn.distributed` uses it: each rank forwards its shard of the prompt).
 """
 
 from __future__ import annotations

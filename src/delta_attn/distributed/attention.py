@@ -24,6 +24,7 @@ see ~N keys, those of the first ~n (see docs/algorithm.md §14 for the numbers a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -98,6 +99,13 @@ def _local_problem(q, k, v, config, scale, backend_name: str) -> str | None:
     return None
 
 
+def _config_key(config: DeltaConfig) -> tuple:
+    """The config as plain values (the base by name), to check that every rank runs the same one."""
+    return (config.method_name,) + tuple(
+        (f.name, getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "sparse"
+    )
+
+
 def _exchange_shapes(q, k, v, config, scale, group) -> list[int]:
     """Validate every rank's inputs on every rank; returns the shard lengths (raises the same error everywhere)."""
     backend_name = str(dist.get_backend(group))
@@ -110,6 +118,7 @@ def _exchange_shapes(q, k, v, config, scale, group) -> list[int]:
             dtype=str(q.dtype),
             device=q.device.type,
             scale=None if scale is None else float(scale),
+            config=_config_key(config),
         )
     infos: list = [None] * dist.get_world_size(group)
     dist.all_gather_object(infos, info, group=group)
@@ -117,9 +126,10 @@ def _exchange_shapes(q, k, v, config, scale, group) -> list[int]:
     if not bad:
         first, last = infos[0], len(infos) - 1
         for r, i in enumerate(infos):
-            for key in ("shape", "dtype", "device", "scale"):
+            for key in ("shape", "dtype", "device", "scale", "config"):
                 if i[key] != first[key]:
-                    bad.append(f"rank {r}: {key} {i[key]} differs from rank 0's {first[key]}")
+                    what = "config" if key == "config" else f"{key} {i[key]}"  # configs are long: name only
+                    bad.append(f"rank {r}: {what} differs from rank 0's")
             if r < last and i["n"] != first["n"]:
                 bad.append(f"rank {r}: holds {i['n']} rows but rank 0 {first['n']} (only the last may hold fewer)")
             if r == last and i["n"] > first["n"]:
