@@ -290,3 +290,23 @@ def test_shards_through_the_triton_kernels_in_the_interpreter(seed):
     assert proc.returncode == 0, proc.stderr[-3000:]
     errs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert max(errs) < 1e-5, errs
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nccl_equivalences_on_the_gpus(tmp_path):
+    """scripts/gpu_cp.sh's equivalences with NCCL on up to 2 GPUs (world size 1 on a single GPU)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    nproc = min(2, torch.cuda.device_count())
+    src = os.path.join(os.path.dirname(os.path.dirname(__file__)), "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    cmd += ["-m", "delta_attn.distributed.check", "--skip-timing", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "cp_check.json").read_text())["equivalence"]
+    assert len(rows) == 54 and all(r["ok"] for r in rows)
