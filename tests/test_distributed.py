@@ -22,9 +22,10 @@ from ranks import RankError, run_ranks
 BASES = ["streaming", "block", "dense"]
 CAUSAL_INTERPS = ["repeat", "ema", "abg"]
 GAMMAS = [1, 16, 64]
-# (tokens, tail): shards of ceil(N/W) split γ-blocks, the window (24) and the tail; (18, 0) on 3 ranks
-# leaves the middle rank without an anchor (the last rank's open block has its anchor two ranks back)
-LENGTHS = [(203, 40), (150, 8), (18, 0)]
+# (tokens, tail): shards of ceil(N/W) split γ-blocks, the window (24) and the tail (203 on 3 ranks: the last
+# rank is all tail for γ ≤ 16); (18, 0) on 3 ranks leaves the middle rank without an anchor (the last
+# rank's open block has its anchor two ranks back)
+LENGTHS = [(203, 80), (150, 8), (18, 0)]
 
 
 def _config(sparse, interp, gamma, tail, **extra):
