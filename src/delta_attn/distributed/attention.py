@@ -212,6 +212,9 @@ def cp_delta_attention(
     Raises:
         ValueError on every rank (naming the rank) when any rank's input is invalid — a non-causal
         config (naming ``config.non_causal_reason``), mismatched shapes/dtypes/devices, a shard longer
-        than rank 0's; RuntimeError without an initialized process group.
+        than rank 0's; RuntimeError without an initialized process group. A rank that fails later (inside
+        the computation, e.g. out of memory) leaves the others in a collective until the group's timeout:
+        pass ``timeout=`` to ``init_process_group``. With NCCL, call ``torch.cuda.set_device`` (or pass
+        ``device_id``) first: the shape exchange uses ``all_gather_object``.
     """
     return cp_attention(q, k, v, config, group=group, scale=scale).out
