@@ -256,7 +256,7 @@ def register(subparsers) -> None:
         nargs="+",
         required=True,
         type=opt.existing_path,
-        help="result files or directories: ruler*.jsonl, ppl*.jsonl, analysis*.json, .gz too (required)",
+        help="result files or directories: ruler*.jsonl, ppl*.jsonl, analysis*.json, needle*.json, .gz too (required)",
     )
     rep.add_argument("--out", type=opt.output_path, default=Path("RESULTS.md"), help="output file (default RESULTS.md)")
     rep.add_argument(

@@ -129,7 +129,9 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     out_file.write_text(json.dumps(result, indent=1))
     if not args.no_summary:
-        (args.out / "needle.md").write_text(needle.needle_markdown(result))
+        from .format_report import needle_markdown
+
+        (args.out / "needle.md").write_text(needle_markdown(result))
     if args.plots:
         from . import plots
 

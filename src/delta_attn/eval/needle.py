@@ -99,32 +99,3 @@ def summarize(per_prompt: Sequence[dict]) -> dict:
 def _nanmean(xs) -> float:
     v = [x for x in xs if not (x is None or math.isnan(x))]
     return sum(v) / len(v) if v else float("nan")
-
-
-def needle_markdown(result: dict, layers: Sequence[int] | None = None) -> str:
-    """needle.md: per method the metrics' means over layers, and per layer the last row's needle mass."""
-    meta, methods = result.get("meta", {}), result.get("methods", {})
-    if not methods:
-        return "_no needle analysis._\n"
-    lines = [
-        f"Needle analysis: {meta.get('samples', '?')} × `{meta.get('task', '?')}` prompts of "
-        f"{meta.get('prompt_tokens', '?')} tokens (needle depths {meta.get('depths', '?')}).\n",
-        "| method | needle key cos | needle value cos | last-row needle mass | consecutive-anchor Δ cos |",
-        "|---|---|---|---|---|",
-    ]
-    for name, s in methods.items():
-        cells = [_f(s.get(f"{m}_mean"), 3 if m == "mass" else 4) for m in METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("\n(means over layers; key/value cosine to the dense run over the needle's tokens and KV heads)\n")
-    all_layers = next(iter(methods.values()))["layers"]
-    shown = list(layers) if layers is not None else all_layers
-    lines.append("| layer | " + " | ".join(f"mass {m}" for m in methods) + " |")
-    lines.append("|---|" + "---|" * len(methods))
-    for li in shown:
-        i = all_layers.index(li)
-        lines.append(f"| {li} | " + " | ".join(_f(s["mass"][i], 3) for s in methods.values()) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _f(x, nd: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
