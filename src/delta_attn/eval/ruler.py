@@ -180,6 +180,8 @@ def task_spec(name: str) -> TaskSpec:
     if spec.family != "niah":
         raise ValueError(f"{name!r}: prompt formats apply to the NIAH tasks only, not to {base}")
     params = dict(spec.params)
+    if "text" in wanted and "noise" in wanted:
+        raise ValueError(f"{name!r}: @text (text haystack) and @noise (noise haystack) exclude each other")
     if "text" in wanted or "noise" in wanted:
         new = "essay" if "text" in wanted else "noise"
         if params["haystack"] != ("noise" if new == "essay" else "essay"):
