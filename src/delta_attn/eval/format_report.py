@@ -99,7 +99,7 @@ def format_section(d: RulerData, needles: Sequence[dict], *, n_resamples: int = 
     parts = [
         "\n## Why the prompt format matters\n",
         "The same NIAH task in prompt-format variants (task-name suffixes: "
-        + ", ".join(f"`@{f}` {why}" for f, why in FORMATS.items())
+        + "; ".join(f"`@{f}`: {why}" for f, why in FORMATS.items())
         + "). A variant's sample i has the default format's value and needle depth. Accuracy × 100 with the "
         "number of samples; Δ − recompute is the paired mean difference (points) with a two-sided paired "
         "permutation test.\n",

@@ -149,7 +149,7 @@ PROMPT_FORMAT = 1
 #: default format: a variant of sample i draws the same value and needle depth as the default's sample i.
 FORMATS = {
     "noheader": "no instruction line before the haystack (the question after it stays)",
-    "hyphen": "keys are two hyphenated nouns (tiger-maple) instead of RULER's adjective-noun keys",
+    "hyphen": "keys are two hyphenated nouns (tiger-lamp) instead of RULER's adjective-noun keys",
     "text": "public-domain text haystack (the essay books) instead of the noise sentences",
     "noise": "noise-sentence haystack instead of the essay text",
 }
