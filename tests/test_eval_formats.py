@@ -156,7 +156,9 @@ def test_needle_metrics_dense_is_exact_and_mass_matches_a_hand_computation(tiny_
     again = analysis.capture_run(tiny_model, ids, None)
     m = needle.needle_metrics(dense, again, pos)
     assert m["layers"] == [0, 1, 2] and "delta_cos" not in m
-    assert m["k_cos"] == [1.0] * 3 and m["v_cos"] == [1.0] * 3
+    # two dense runs write bit-identical caches: cosine 1 up to the rounding of the cosine itself
+    assert all(torch.equal(dense.layers[li]["k"], again.layers[li]["k"]) for li in m["layers"])
+    assert m["k_cos"] == pytest.approx([1.0] * 3, abs=1e-12) and m["v_cos"] == pytest.approx([1.0] * 3, abs=1e-12)
     for li, mass in zip(m["layers"], m["mass"]):
         q, k = dense.layers[li]["q"].double(), dense.layers[li]["k"].double()
         for h in range(q.shape[1]):  # 4 query heads over 2 KV heads
@@ -180,7 +182,7 @@ def test_needle_metrics_dense_is_exact_and_mass_matches_a_hand_computation(tiny_
         a, b = run.layers[li]["k"][0, :, 50:57].double(), dense.layers[li]["k"][0, :, 50:57].double()
         hand = float(((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).mean())
         assert s["k_cos"][li] == pytest.approx(hand, abs=1e-9)
-    assert s["k_cos"][0] == 1.0 and s["k_cos"][2] < 0.999 and s["v_cos"][2] < 0.999
+    assert s["k_cos"][0] == pytest.approx(1.0, abs=1e-12) and s["k_cos"][2] < 0.999 and s["v_cos"][2] < 0.999
     delta = needle.anchor_deltas(run.layers[1]["q"], run.layers[1]["k"], run.layers[1]["v"], cfg, 0.25)
     x, y = delta[0, :, :-1].double(), delta[0, :, 1:].double()
     hand = float(((x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1))).mean())
