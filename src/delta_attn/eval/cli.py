@@ -241,8 +241,12 @@ def register(subparsers) -> None:
     nd.add_argument("--out", type=opt.output_dir, required=True, help="output directory (required)")
     nd.add_argument("--plots", action="store_true", help="also write needle.png (default off)")
     nd.add_argument("--no-summary", action="store_true", help="no needle.md (default: write one)")
-    nd.add_argument("--force", action="store_true", help="redo a complete analysis with the same settings")
-    nd.add_argument("--time-limit", type=nonnegative_float, default=None, help="seconds; later prompts skipped")
+    nd.add_argument(
+        "--force", action="store_true", help="redo a complete analysis with the same settings (default off)"
+    )
+    nd.add_argument(
+        "--time-limit", type=nonnegative_float, default=None, help="seconds; later prompts skipped (default none)"
+    )
     nd.set_defaults(func=cli_needle.run)
 
     rep = sub.add_parser(
