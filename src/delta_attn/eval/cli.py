@@ -231,7 +231,10 @@ def register(subparsers) -> None:
     nd = sub.add_parser("needle", help="needle keys/values, decode attention on the needle, Δ per layer", **epilog)
     nd.description = cli_needle.__doc__
     nd.add_argument(
-        "--task", type=cli_needle.task_name, default="niah_single_1", help="NIAH task, formats allowed (%(default)s)"
+        "--task",
+        type=cli_needle.task_name,
+        default="niah_single_1",
+        help="NIAH task, formats allowed (default %(default)s)",
     )
     nd.add_argument("--length", type=positive_int, default=8192, help="nominal prompt length (default 8192)")
     nd.add_argument("--samples", type=positive_int, default=8, help="prompts (default 8)")

@@ -232,6 +232,7 @@ def plot_needle(result: dict, path: Path) -> Path | None:
         ax.set_title(title)
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="y", useOffset=False)  # cosines near 1: show the values, not an offset
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     meta = result.get("meta", {})
