@@ -116,8 +116,11 @@ case "$PART" in
     F_LEN=${F_LEN:-8192}
     F_TASKS=niah_single_1,niah_single_1@noheader,niah_single_1@hyphen,niah_single_1@noheader+hyphen
     F_METHODS=$CORE
-    # delta_auto (Δ scaled by a λ fitted from the anchors) only where this checkout has that method spec
-    if python3 -c "from delta_attn.eval.methods import parse_method; parse_method('delta_auto')" 2>/dev/null; then
+    # delta_auto (Δ scaled by a λ fitted from the anchors) only where this checkout has that method spec and
+    # the operator runs it (a tiny call on random tensors)
+    if python3 -c "import torch; from delta_attn.ops import delta_attention; from delta_attn.eval.methods import \
+parse_method; c = parse_method('delta_auto').config.replace(window=32, sink=4, gamma=8, backend='reference'); \
+q = torch.randn(1, 2, 200, 16); delta_attention(q, q, q, c)" 2>/dev/null; then
       F_METHODS=$F_METHODS,delta_auto
     fi
     python3 -m delta_attn.cli eval ruler --tasks "$F_TASKS" --samples "${SAMPLES_GIVEN:-30}" --lengths "$F_LEN" \
