@@ -8,6 +8,10 @@
 #                           delta_g16, block (block 512), block+delta                       (~5-6 min)
 #   scripts/gpu_eval.sh C   optional extras with whatever budget is left: RULER γ ablation and
 #                           interpolation variants at 8K, vertical_slash ± Δ                 (~4 min)
+#   scripts/gpu_eval.sh F   why the prompt format matters (issue 8): RULER niah_single_1 at 8K in 4 formats
+#                           (default, @noheader, @hyphen, @noheader+hyphen) × dense, sparse, recompute,
+#                           delta (+ delta_auto where that method spec exists) × 30 samples, then
+#                           `eval needle` on 8 prompts of @noheader and of the default format  (~3-4 min)
 #   scripts/gpu_eval.sh V   issue 8, the Δ variants on RULER at 8K: niah_single_1, niah_single_2,
 #                           niah_multikey_1, vt × SAMPLES (default 30) × dense, sparse, recompute, delta,
 #                           delta_auto, delta_autog, delta_l0.5, delta_x25 (sink 64 + window 256, γ 64)
@@ -27,15 +31,15 @@
 #   BACKEND delta_attention backend: auto (Triton on CUDA) | reference | triton (default auto)
 #   SAMPLES samples per task and length (default 50); LENGTHS (default 8192,4096,2048,1024);
 #   TASKS (default all); PPL_LEN / AN_LEN perplexity / analysis length (default 8192); PPL_DOCS (default
-#   29): smaller values make a dry run on a CPU possible. Parts V/P/M: LENGTHS defaults to 8192 (V, M: the
-#   first length is used) and 8192,4096,2048 (P); CONTS (P, default 256,1024); WINDOWS (default
-#   128,256,512,1024), GAMMAS (default 8,16,32,64), CONT (default 1024), SWEEP_DOCS (default 8) for M.
-#   CPU dry run of a part (the bundled model; ~2-4 min each on 2 cores):
-#     PATH=.venv/bin:$PATH GGUF=$(python -c "from delta_attn.models import smollm2_gguf_path as p; print(p())") \
-#     TEXTS=~/.cache/delta-attn/texts OUT=/tmp/dry LENGTHS=768 SAMPLES=1 PPL_DOCS=1 CONTS=64,128 \
-#     WINDOWS=32,64 GAMMAS=8,16 CONT=128 SWEEP_DOCS=1 BACKEND=reference bash scripts/gpu_eval.sh V   # or P, M
+#   29): smaller values make a dry run on a CPU possible
+#   Part F: SAMPLES (default 30 there), F_LEN (default 8192), NEEDLE_SAMPLES (default 8); NO_GPU=1 skips the
+#   GPU and model-file checks (the CPU dry run: scripts/gpu_eval_dry_run.sh F)
+#   Parts V/P/M: LENGTHS defaults to 8192 (V, M: the first length is used) and 8192,4096,2048 (P);
+#   CONTS (P, default 256,1024); WINDOWS (default 128,256,512,1024), GAMMAS (default 8,16,32,64), CONT
+#   (default 1024), SWEEP_DOCS (default 8) for M; their CPU dry run: scripts/gpu_eval_dry_run.sh V|P|M
 set -euo pipefail
-PART=${1:?usage: scripts/gpu_eval.sh A|B|C|V|P|M}
+PART=${1:?usage: scripts/gpu_eval.sh A|B|C|F|V|P|M}
+SAMPLES_GIVEN=${SAMPLES:-}
 T0=$(date +%s)
 OUT=${OUT:-./out}
 PREV=${PREV:-.results}
@@ -69,7 +73,9 @@ if ! python3 -c "import gguf" 2>/dev/null; then
     echo "the 'gguf' package is missing: carry its wheel in .whl/ (pip download --no-deps -d .whl gguf==0.19.0)"; exit 2
   fi
 fi
-if [ ! -f "$GGUF" ]; then
+if [ -n "${NO_GPU:-}" ]; then
+  :  # CPU dry run: the bundled model (GGUF empty) or the given file, no checksum
+elif [ ! -f "$GGUF" ]; then
   if [ -f /tmp/m/part.00 ] && [ -f .mB/part.01 ]; then
     cat /tmp/m/part.00 .mB/part.01 > "$GGUF"
   else
@@ -77,7 +83,7 @@ if [ ! -f "$GGUF" ]; then
   fi
 fi
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  # SmolLM2-135M-Instruct.Q4_1.gguf
-if [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" != "$SHA" ]; then
+if [ -z "${NO_GPU:-}" ] && [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" != "$SHA" ]; then
   echo "model file $GGUF has the wrong sha256 (a part is missing or stale): redo the model transfer"; rm -f "$GGUF"; exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -88,7 +94,9 @@ FAILED=""
 fail() { echo "!!! step $1 failed; continuing with the next step"; FAILED="$FAILED $1"; }
 RESUME=(--resume-from)
 [ -e "$PREV" ] && RESUME+=("$PREV")
-COMMON=(--gguf "$GGUF" --texts-dir "$TEXTS" --backend "$BACKEND" --base streaming --sink 64 --window 256
+GGUF_OPT=(--gguf "$GGUF")
+if [ -n "${NO_GPU:-}" ] && [ ! -f "$GGUF" ]; then GGUF_OPT=(); fi  # dry run: the bundled model
+COMMON=("${GGUF_OPT[@]}" --texts-dir "$TEXTS" --backend "$BACKEND" --base streaming --sink 64 --window 256
         --gamma 64 --block-size 512 --vertical-size 512 --slash-size 512)
 RULER=(python3 -m delta_attn.cli eval ruler --tasks "$TASKS" --samples "$SAMPLES" --no-summary "${COMMON[@]}")
 CORE=dense,sparse,recompute,delta
@@ -121,6 +129,28 @@ case "$PART" in
     "${RULER[@]}" --lengths "${LENGTHS%%,*}" --methods delta_g32,delta_g128,delta_ema0.75,delta_linear,vs,vs+delta \
       --out "$OUT" "${RESUME[@]}" --time-limit "$(left)" || fail C2
     ;;
+  F)
+    # RULER's instruction header vs none, RULER's adjective-noun keys vs noun-noun keys (docs/results/reproduce.md)
+    F_LEN=${F_LEN:-8192}
+    F_TASKS=niah_single_1,niah_single_1@noheader,niah_single_1@hyphen,niah_single_1@noheader+hyphen
+    F_METHODS=$CORE
+    # delta_auto (Δ scaled by a λ fitted from the anchors) only where this checkout has that method spec and
+    # the operator runs it (a tiny call on random tensors)
+    if python3 -c "import torch; from delta_attn.ops import delta_attention; from delta_attn.eval.methods import \
+parse_method; c = parse_method('delta_auto').config.replace(window=32, sink=4, gamma=8, backend='reference'); \
+q = torch.randn(1, 2, 200, 16); delta_attention(q, q, q, c)" 2>/dev/null; then
+      F_METHODS=$F_METHODS,delta_auto
+    fi
+    python3 -m delta_attn.cli eval ruler --tasks "$F_TASKS" --samples "${SAMPLES_GIVEN:-30}" --lengths "$F_LEN" \
+      --methods "$F_METHODS" --no-summary "${COMMON[@]}" --out "$OUT" "${RESUME[@]}" \
+      --time-limit "$(( $(left) - 150 ))" || fail F1
+    # needle analyses (one needle.json per folder); the first leaves ~60 s for the second
+    NEEDLE=(python3 -m delta_attn.cli eval needle --length "$F_LEN" --samples "${NEEDLE_SAMPLES:-8}"
+            --methods "$F_METHODS" --no-summary "${COMMON[@]}")
+    "${NEEDLE[@]}" --task niah_single_1@noheader --out "$OUT/needle_noheader" --time-limit "$(( $(left) - 60 ))" \
+      || fail F-needle-noheader
+    "${NEEDLE[@]}" --task niah_single_1 --out "$OUT/needle_default" --time-limit "$(left)" || fail F-needle-default
+    ;;
   V)
     # the variants raise NotImplementedError until the operator implements them (logged; a rerun resumes)
     python3 -m delta_attn.cli eval ruler --tasks "$ISSUE8_TASKS" --samples "$SAMPLES" --no-summary "${COMMON[@]}" \
@@ -140,6 +170,6 @@ case "$PART" in
       --continuation "${CONT:-1024}" --ppl-docs "${SWEEP_DOCS:-8}" --methods delta,recompute --no-progress \
       "${SUMMARY[@]}" "${COMMON[@]}" --out "$OUT" "${RESUME[@]}" --time-limit "$(left)" || fail M
     ;;
-  *) echo "unknown part $PART (A, B, C, V, P or M)"; exit 2 ;;
+  *) echo "unknown part $PART (A, B, C, F, V, P or M)"; exit 2 ;;
 esac
 echo "part $PART done in $(( $(date +%s) - T0 ))s; failed steps:${FAILED:- none}; files in $OUT:"; ls -la "$OUT"

@@ -44,6 +44,7 @@ class Inputs:
     ppl: list[Path] = field(default_factory=list)
     analysis: list[Path] = field(default_factory=list)
     sweep: list[Path] = field(default_factory=list)
+    needle: list[Path] = field(default_factory=list)  # needle*.json of `eval needle`
 
     @classmethod
     def find(cls, paths: Sequence[Path]) -> Inputs:
@@ -59,11 +60,13 @@ class Inputs:
                     found.analysis.append(f)
                 elif name.startswith("sweep") and name.endswith(".jsonl"):
                     found.sweep.append(f)
+                elif name.startswith("needle") and name.endswith(".json"):
+                    found.needle.append(f)
         return found
 
     @property
     def count(self) -> int:
-        return len(self.ruler) + len(self.ppl) + len(self.analysis) + len(self.sweep)
+        return len(self.ruler) + len(self.ppl) + len(self.analysis) + len(self.needle) + len(self.sweep)
 
 
 @dataclass(frozen=True)
@@ -242,14 +245,21 @@ def results_document(
     Raises :class:`NotesError` when a note describes a run that is not among the inputs.
     """
     from . import plots
+    from .format_report import format_section
     from .sweep import SweepData, sweep_markdown
 
-    d = tables.RulerData.from_records(ruler_records.items)
+    # prompt-format variants (task@format) get their own section, not a place in the task averages
+    variants = tables.RulerData.from_records(ruler_records.items)
+    d = tables.RulerData.from_records(r for r in ruler_records.items if "@" not in str(r.get("task", "")))
+    needles = []
+    for p in inputs.needle:
+        with open_text(Path(p)) as fh:
+            needles.append(json.load(fh))
     sweep = SweepData.from_records(sweep_records.items if sweep_records is not None else [])
     ppl = tables.PplData.from_records(ppl_records.items)
     cppl = tables.CpplData.from_records(ppl_records.items)
     an = load_analysis(inputs.analysis)
-    runs = all_runs(d, ppl, an, sweep.runs)
+    runs = all_runs(variants, ppl, an, sweep.runs) + [n["meta"]["run"] for n in needles if n.get("meta", {}).get("run")]
     known = {r.get("run_id") for r in runs}
     for note in notes:
         unknown = [r for r in note.runs if r not in known]
@@ -316,5 +326,6 @@ def results_document(
         parts.append(sweep_markdown(sweep, sweep_img))
     parts.append("\n## Analysis (paper Fig. 3 and Fig. 6b on our model)\n")
     parts.append(tables.analysis_markdown(an) + pic("analysis.png", "analysis") + pic("sweep.png", "per-layer sweep"))
+    parts.append(format_section(variants, needles, n_resamples=n_resamples))
     parts.append("\n" + reproduce_section(runs, command))
     return "\n".join(parts)
