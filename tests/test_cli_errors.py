@@ -107,6 +107,7 @@ def test_gguf_option_must_be_a_gguf_file(prompt, capsys):
         (["eval", "sweep", "--methods", "delta,sparse"], "--methods sparse: dense and sparse run as references"),
         (["eval", "sweep", "--methods", "delta_zz"], "unknown option 'zz'"),
         (["eval", "sweep", "--length", "100"], "--length 100: must be at least 384"),
+        (["eval", "sweep", "--length", "512", "--tasks", "vt", "--ppl-docs", "0"], "--length: vt at length 512"),
         (["eval", "sweep", "--length", "1024", "--continuation", "1024"], "--continuation 1024: must be shorter"),
         (["demo", "--length", "10000"], "--allow-overflow"),
         (["demo", "--min-depth", "0.9", "--max-depth", "0.5"], "deeper than --max-depth"),

@@ -143,6 +143,14 @@ def _ppl(tmp_path):
     assert all(1.5 < p < 200 for p in ppl), ppl
     assert all(r["causal"] is False for r in recs if r["method"] == "delta_linear")
     assert "non-causal" in (out / "ppl_summary.md").read_text()
+    # continuation perplexity into the same file: the cache of a 448-token prefill, the last 64 scored densely
+    argv = ["eval", "ppl", "--lengths", "512", "--docs", "2", "--methods", "dense,sparse,delta", "--out", str(out)]
+    assert main([*argv, "--continuation", "64", "--no-progress", *COMMON]) == 0
+    crecs = list(read_records([out / "ppl.jsonl"], "cppl"))
+    assert len(crecs) == 6 and all(r["cont"] == 64 and r["tokens"] == 64 for r in crecs)
+    by = {(r["doc"], r["method"]): r["nll_sum"] for r in crecs}
+    assert any(by[d, "sparse"] != by[d, "dense"] for d, _ in by)  # the sparse cache differs from dense
+    assert "last M = 64 tokens scored" in (out / "ppl_summary.md").read_text()
     return out
 
 
@@ -218,6 +226,7 @@ def test_eval_cli_end_to_end(tmp_path):
         "## RULER-style accuracy",
         "## Significance",
         "## Perplexity",
+        "## Continuation perplexity",
         "## Analysis",
         "## Reproduce",
     ):

@@ -49,15 +49,16 @@ def build_samples(builder, cells, n, *, seed, reserve, workers: int, log=None):
     return samples
 
 
-def _probe(builder, cells, *, seed: int, reserve: int) -> None:
-    """Build sample 0 of each cell: a length below a task's minimum fails here, in seconds, as a UsageError."""
+def probe_cells(builder, cells, *, seed: int, reserve: int, option: str = "--lengths") -> None:
+    """Build sample 0 of each cell: a length below a task's minimum fails here, in seconds, as a UsageError
+    naming ``option``."""
     from . import ruler
 
     for task, length in cells:
         try:
             ruler.generate_sample(builder, task, length, 0, seed=seed, reserve=reserve)
         except ValueError as exc:
-            raise UsageError(f"--lengths: {exc}") from None
+            raise UsageError(f"{option}: {exc}") from None
 
 
 def run(args) -> int:
@@ -106,7 +107,7 @@ def run(args) -> int:
         )
         return 0
     builder = ruler.PromptBuilder(load_tokenizer(args.gguf), texts_dir=args.texts_dir)
-    _probe(builder, cells, seed=args.seed, reserve=args.reserve)
+    probe_cells(builder, cells, seed=args.seed, reserve=args.reserve)
     samples = build_samples(
         builder, cells, args.samples, seed=args.seed, reserve=args.reserve, workers=args.workers, log=log
     )

@@ -6,6 +6,8 @@ Each cell runs the compared methods (``--methods``, default ``delta,recompute``)
 and ``eval ppl --continuation``, each with its full config, so ``--time-limit`` (checked between batches and
 between cells) and a rerun with the same ``--out`` resume where the last run stopped. Then ``sweep.md`` and
 one heat map per measure (``sweep_ruler.png``, ``sweep_cppl<M>.png``: the first method − the second).
+``--window`` and ``--gamma`` are set per cell; the other method options (``--sink``, ``--base``,
+``--interp`` ...) apply to every cell.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def run(args) -> int:
     from ..models import load_tokenizer
     from . import ruler
     from .cli_ppl import check_continuations
-    from .cli_ruler import _probe, build_samples
+    from .cli_ruler import build_samples, probe_cells
     from .corpus import ESSAY_BOOKS, PPL_BOOKS
     from .cppl import run_cppl
     from .ppl import DOC_FORMAT, ppl_documents
@@ -80,7 +82,7 @@ def run(args) -> int:
         samples = []
         if todo_ruler:
             builder = ruler.PromptBuilder(load_tokenizer(args.gguf), texts_dir=args.texts_dir)
-            _probe(builder, [(t, length) for t in tasks], seed=args.seed, reserve=args.reserve)
+            probe_cells(builder, [(t, length) for t in tasks], seed=args.seed, reserve=args.reserve, option="--length")
             samples = build_samples(
                 builder,
                 [(t, length) for t in tasks],
