@@ -93,6 +93,25 @@ def test_sweep_tables_heat_maps_and_report_section(tmp_path):
     g = d.grid("cppl256", "delta", "recompute")
     assert g[0][0] == pytest.approx(math.exp(2.2) - math.exp(2.4)) and g[1][1] == pytest.approx(-g[0][0])
     assert d.value("ruler", "dense", None, None) == 100.0 and d.value("ruler", "sparse", 128, None) == 0.0
+    # other runs' records (plain method names, e.g. from a --resume-from folder), other lengths and records
+    # read twice do not change the map
+    recs = _records(cells)
+    cfg = {"method": sweep_cells(["delta"], [128], [8], DEFAULTS)[-1].methods[0].canonical()}
+    other = [
+        {
+            "record": "sample",
+            "task": "qa_1",
+            "length": 1024,
+            "index": 0,
+            "method": "delta",
+            "score": 0.0,
+            "config": cfg,
+        },
+        {**recs[1], "length": 512, "score": 0.0},
+    ]
+    again = SweepData.from_records(recs + recs + other)
+    assert again.tasks == d.tasks and again.grid("ruler", "delta", "recompute") == d.grid("ruler", "delta", "recompute")
+    assert again.ruler == d.ruler and again.length == {1024}
     text = sweep_markdown(d, {"ruler": "sweep_ruler.png"})
     assert "| 128 | 75.0 / 50.0 (+25.0) | 75.0 / 50.0 (+25.0) | 0.0 |" in text
     assert "dense: 100.0" in text and "](sweep_ruler.png)" in text and "last 256 tokens" in text
@@ -160,7 +179,7 @@ def test_sweep_cli_stops_between_cells_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.Deadline, "allows", lambda self, s: calls.append(s) or len(calls) <= 3)
     assert main([*argv, "--time-limit", "1000"]) == 0
     first = Records.load([out / "sweep.jsonl"])
-    assert sorted({r["method"] for r in first.items if r["record"] != "run"}) == ["dense"]
+    assert sorted({r["method"] for r in first.items if r["record"] != "run"}) == ["dense@sweep"]
     assert "stopping before cell w32;" in (out / "sweep.log").read_text()
     monkeypatch.undo()
     assert main(argv) == 0

@@ -3,8 +3,9 @@
 A **cell** is one (window, γ) pair; it runs the compared methods (``--methods``, default ``delta,recompute``)
 with that window and γ. Besides the cells, ``sparse`` runs once per window and ``dense`` once: the
 references every cell is read against. Each run is a :class:`~delta_attn.eval.methods.Method` named
-``SPEC@wW/gG`` (``sparse@wW``, ``dense``) whose config carries the window and γ, so records resume and
-report like any other (:mod:`delta_attn.eval.records`).
+``SPEC@wW/gG`` (``sparse@wW``, ``dense@sweep``) whose config carries the window and γ, so records resume
+and report like any other (:mod:`delta_attn.eval.records`); other runs' records (plain method names) are
+never counted as sweep cells, even when read from the same ``--resume-from`` folder.
 
 **Order** (a time-limited run gets the most informative part first): ``dense``, then the row of
 ``first_window`` (256 by default: issue 8's 8K setting, sink 64 + window 256) — its ``sparse`` and then
@@ -51,7 +52,8 @@ def sweep_cells(
     """Every cell of the sweep in run order (see the module docstring); bad specs raise ValueError."""
     windows, gammas = list(dict.fromkeys(windows)), list(dict.fromkeys(gammas))
     order = sorted(windows, key=lambda w: (w != first_window, abs(math.log2(w / first_window)), w))
-    cells = [Cell(None, None, (parse_method("dense", defaults),))]
+    # "dense@sweep", not "dense": a sweep's records never mix with (or resume from) other runs' method names
+    cells = [Cell(None, None, (Method("dense@sweep", None),))]
     for w in order:
         sparse = parse_method("sparse", {**defaults, "window": w})
         cells.append(Cell(w, None, (Method(f"sparse@w{w}", sparse.config),)))
@@ -82,25 +84,29 @@ class SweepData:
     runs: list = field(default_factory=list)
 
     @classmethod
-    def from_records(cls, records: Iterable[dict]) -> SweepData:
+    def from_records(cls, records: Iterable[dict], length: int | None = None) -> SweepData:
+        """The sweep records (method names with ``@``) at ``length`` (default: the longest present); a record
+        read twice (an output folder also given to ``--resume-from``) counts once."""
         records = list(records)
         runs = [r for r in records if r.get("record") == "run" and r.get("kind") == "sweep"]
         by_id = {r["run_id"]: r for r in records if r.get("record") == "run" and "run_id" in r}
+        ours = [r for r in records if r.get("record") in ("sample", "cppl") and "@" in str(r.get("method", ""))]
+        if length is None:
+            length = max((int(r["length"]) for r in ours), default=None)
         d = cls(runs=runs)
-        ruler: dict = defaultdict(lambda: defaultdict(list))
+        ruler: dict = defaultdict(lambda: defaultdict(dict))
         cppl: dict = defaultdict(dict)
-        for r in records:
-            kind = r.get("record")
-            if kind not in ("sample", "cppl"):
+        for r in ours:
+            if int(r["length"]) != length:
                 continue
             cfg = (config_of(r, by_id) or {}).get("method", {})
             key = (_root(r["method"]), cfg.get("window"), cfg.get("gamma"))
-            d.length.add(int(r["length"]))
-            if kind == "sample":
-                ruler[key][r["task"]].append(float(r["score"]))
+            d.length.add(length)
+            if r["record"] == "sample":
+                ruler[key][r["task"]][(int(r["index"]), int(r.get("seed", 0)))] = float(r["score"])
             else:
                 cppl[(*key, int(r["cont"]))][r["doc"]] = float(r["nll_sum"]) / int(r["tokens"])
-        d.ruler = {k: dict(v) for k, v in ruler.items()}
+        d.ruler = {k: {t: list(v.values()) for t, v in per.items()} for k, per in ruler.items()}
         d.cppl = dict(cppl)
         return d
 
