@@ -37,14 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import AttentionInterface, PreTrainedModel
-from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
 from .backend import DeltaState
 from .config import DEFAULT_CONFIG, DeltaConfig
+from .kv_cache import PreallocatedCache
 from .ops import delta_attention
 
 ATTN_NAME = "delta"
+DECODE_ROOM = 1024  # tokens of decoding the cache made by chunked_prefill holds before it grows
 _BINDING_ATTR = "_delta_attn"
 # kwargs some models pass to attention functions that change the math Δ implements
 _UNSUPPORTED_KWARGS = {
@@ -426,6 +427,7 @@ def chunked_prefill(
     past_key_values: Any = None,
     prompt_len: int | None = None,
     state: PrefillState | None = None,
+    max_cache_len: int | None = None,
     progress: bool = False,
 ) -> PrefillOutput:
     """Prefill a long prompt in chunks of ``chunk_size`` tokens with Δ attention.
@@ -442,11 +444,16 @@ def chunked_prefill(
             begun by an earlier call (then pass that call's ``past_key_values`` and ``state``).
         attention_mask: (B, cached + N), 1 for real tokens, 0 for left padding (default all ones).
         chunk_size: tokens per forward (a multiple of γ keeps chunk boundaries on γ-blocks; any value works).
-        past_key_values: the cache to fill: default a new ``DynamicCache``; a non-empty cache must come
-            from an earlier call on the same prompt, together with its ``state``.
+        past_key_values: the cache to fill: default a new :class:`~delta_attn.kv_cache.PreallocatedCache`
+            (one buffer per layer, allocated once, chunks written in place: no chunk re-copies the
+            cache); any transformers ``DynamicCache`` works too. A non-empty cache must come from an
+            earlier call on the same prompt, together with its ``state``.
         prompt_len: the whole prompt's length (cached + all tokens still to come) when ``input_ids`` is
             not the end of the prompt: it places the exact tail. Default: cached + N (this call ends it).
         state: ``PrefillOutput.state`` of the earlier call when continuing a prompt.
+        max_cache_len: tokens the new cache is allocated for (default ``prompt_len`` + 1024 for
+            decoding; decoding past it grows the buffers by 25 %, one copy each time). Only used
+            when ``past_key_values`` is None.
         progress: show a tqdm bar over the chunks.
     Returns:
         :class:`PrefillOutput` (cache, last-position logits (B, vocab), attention mask, state). To decode,
@@ -468,8 +475,12 @@ def chunked_prefill(
             f"{binding.config.non_causal_reason} is non-causal and cannot run chunked; "
             "choose causal settings or prefill in one call"
         )
-    cache = DynamicCache(config=model.config) if past_key_values is None else past_key_values
-    past, n = cache.get_seq_length(), input_ids.shape[1]
+    if max_cache_len is not None and past_key_values is not None:
+        raise ValueError(
+            "max_cache_len sizes a new cache: pass it without past_key_values (the given cache keeps its size)"
+        )
+    past = 0 if past_key_values is None else past_key_values.get_seq_length()
+    n = input_ids.shape[1]
     if past and state is None:
         raise ValueError(
             "past_key_values already holds tokens: to continue a prompt pass state=<the earlier "
@@ -486,6 +497,11 @@ def chunked_prefill(
         )
     if prompt_len < total:
         raise ValueError(f"prompt_len={prompt_len} is shorter than the {total} tokens given so far")
+    if max_cache_len is None:
+        max_cache_len = prompt_len + DECODE_ROOM
+    elif isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len < prompt_len:
+        raise ValueError(f"max_cache_len must be an int >= the prompt length {prompt_len}, got {max_cache_len!r}")
+    cache = PreallocatedCache(max_cache_len, config=model.config) if past_key_values is None else past_key_values
     bsz = input_ids.shape[0]
     if attention_mask is None:
         attention_mask = input_ids.new_ones(bsz, total)
