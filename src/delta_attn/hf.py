@@ -335,6 +335,36 @@ def _check_supported(model: Any) -> None:
         raise ValueError(f"{name} has non-causal attention layers (is_causal=False); delta attention is causal-only")
     if any("cross" in type(m).__name__.lower() or getattr(m, "is_cross_attention", False) for m in layers):
         raise ValueError(f"{name} has cross-attention layers; delta attention supports self-attention only")
+    check_tensor_parallel(model)
+
+
+def tensor_parallel_size(model: Any) -> int:
+    """Ranks a model loaded with transformers' tensor parallelism (``tp_plan="auto"``) is sharded over (1: none)."""
+    return int(getattr(model, "tp_size", None) or 1)
+
+
+def check_tensor_parallel(model: Any) -> None:
+    """Δ on a tensor-parallel model runs on each rank's local heads (the attention function sees the
+    rank's shards of q/k/v: every head count it uses comes from the tensors). That needs a plan that
+    splits attention by heads, never by positions, and KV heads that split evenly over the ranks."""
+    tp = tensor_parallel_size(model)
+    if tp <= 1:
+        return
+    name, plan = type(model).__name__, dict(getattr(model, "tp_plan", None) or {})
+    by_position = sorted(k for k, style in plan.items() if "sequence" in str(style))
+    if by_position:
+        raise ValueError(
+            f"{name} is tensor-parallel with a plan that shards along the sequence ({by_position}); delta attention "
+            "places sinks, windows and anchors at absolute positions and needs every position of a chunk on each "
+            "rank: load it with the model's own head-sharding plan (tp_plan='auto')"
+        )
+    kv = getattr(model.config.get_text_config(decoder=True), "num_key_value_heads", None)
+    kv_sharded = any("k_proj" in k and str(style).startswith("colwise") for k, style in plan.items())
+    if kv is not None and kv_sharded and kv % tp:
+        raise ValueError(
+            f"{name} has {kv} key/value heads, which do not split evenly over tp_size={tp} ranks; delta attention "
+            "runs grouped-query attention on each rank's local heads: use a tp_size that divides the KV head count"
+        )
 
 
 def _causal_layers(model) -> bool:
@@ -347,7 +377,12 @@ def enable(model: PreTrainedModel, config: DeltaConfig | None = None) -> PreTrai
     Calling it again replaces the config. Prefill uses :func:`delta_attn.delta_attention`, decode is
     dense (see the module docstring). Raises ``ValueError`` naming the reason for models Δ cannot
     serve: no AttentionInterface dispatch, encoder-decoder / cross-attention, non-causal attention,
-    logit soft-capping, composite models, or ``dense_layers`` beyond the model's depth.
+    logit soft-capping, composite models, ``dense_layers`` beyond the model's depth, or a
+    tensor-parallel plan Δ cannot run on (sequence sharding, KV heads not divisible by the ranks).
+
+    Tensor parallelism: a model loaded under ``torchrun`` with ``tp_plan="auto"`` (transformers'
+    head-sharding plan) works as is — each rank runs Δ on its local heads, decode stays dense, and
+    :func:`chunked_prefill` works the same (every rank gets the same tokens).
     """
     config = DEFAULT_CONFIG if config is None else config
     if not isinstance(config, DeltaConfig):
