@@ -1,0 +1,75 @@
+"""``delta-attn bench e2e`` on CPU (the tiny shape): the whole code path, its reports and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from delta_attn.bench import e2e
+from delta_attn.cli import main as cli_main
+
+TINY = ["--device", "cpu", "--model-shape", "tiny", "--window", "32", "--sink", "4", "--gamma", "16"]
+
+
+@pytest.mark.slow  # builds a model and runs 7 cells: ~10 s
+def test_e2e_cpu_tiny_all_methods(tmp_path):
+    out = tmp_path / "run"
+    argv = [*TINY, "--lengths", "256", "--chunk-size", "0,64", "--warmup-length", "64", "--out", str(out)]
+    assert cli_main(["bench", "e2e", *argv]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert (out / "results.md").exists() and (out / "plot.png").stat().st_size > 0
+    meta = res["meta"]
+    assert meta["warmup"]["done"] and meta["warmup"]["length"] == 64 and meta["layers"] == 2
+    cells = {(c["method"], c["chunk"]): c for c in res["cells"]}
+    assert set(cells) == {(m, c) for m in e2e.METHODS for c in (0, 64)}
+    assert "skipped" in cells[("dense", 64)]
+    assert cells[("dense", 0)]["speedup_vs_dense"] == 1.0
+    for m in ("sparse", "delta", "recompute"):
+        one, chunked = cells[(m, 0)], cells[(m, 64)]
+        assert one["ttft_s"] > 0 and one["tokens_per_s"] == pytest.approx(256 / one["ttft_s"])
+        assert chunked["max_abs_diff_vs_one_shot"] < 1e-4 and chunked["first_token"] == one["first_token"]
+        assert chunked["chunked_over_one_shot"] == pytest.approx(chunked["ttft_s"] / one["ttft_s"])
+        assert one["finite"] and "speedup_vs_dense" in one
+    md = (out / "results.md").read_text()
+    assert "| 256 | delta | 64 |" in md and "Warm-up excluded" in md
+
+
+@pytest.mark.slow
+def test_e2e_time_limit_and_oom_are_recorded(tmp_path, monkeypatch):
+    real = e2e.run_cell
+
+    def fake(model, ids, method, chunk, *args):
+        if method == "sparse" and ids.shape[1] >= 96:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        return real(model, ids, method, chunk, *args)
+
+    monkeypatch.setattr(e2e, "run_cell", fake)
+    out = tmp_path / "run"
+    argv = [*TINY, "--lengths", "96,128", "--methods", "sparse,delta", "--layers", "1", "--out", str(out)]
+    assert e2e.main([*argv, "--no-warmup", "--warmup-length", "32"]) == 0
+    cells = {(c["n"], c["method"]): c for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert cells[(96, "sparse")]["error"].startswith("OOM") and "shorter length" in cells[(128, "sparse")]["skipped"]
+    assert "ttft_s" in cells[(128, "delta")]
+    assert e2e.main([*argv, "--time-limit", "1e-9"]) == 0
+    cells = json.loads((out / "results.json").read_text())["cells"]
+    assert all("time limit" in c["skipped"] for c in cells)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--model-shape", "gpt-9"], "--model-shape"),
+        (["--methods", "delta,flash"], "--methods"),
+        (["--lengths", "12x"], "--lengths"),
+        (["--chunk-size", "-1"], "--chunk-size"),
+        (["--gpus", "2"], "multi-GPU"),
+        (["--layers", "3"], "has 2 layers"),
+        (["--dense-backend", "math"], "--dense-backend"),
+    ],
+)
+def test_e2e_usage_errors_before_any_model(bad, message, monkeypatch, capsys):
+    monkeypatch.setattr(e2e, "build_model", lambda *a, **k: pytest.fail("model built before the options were checked"))
+    assert cli_main(["bench", "e2e", *TINY, *bad]) == 2
+    assert message in capsys.readouterr().err
