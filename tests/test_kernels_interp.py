@@ -35,6 +35,7 @@ QUICK = [
     "recompute-stream",
     "chunk-repeat",
     "chunk-ema",
+    "chunk-gqa-strided",
     "prompt-longer",
     "unit",
 ]
@@ -69,6 +70,8 @@ def test_tma_descriptors_in_interpreter(seed, tmp_path):
     tma = {name: dict(cfg, USE_TMA=True) for name, cfg in TINY_TILES.items()}
     path = tmp_path / "tma.json"
     path.write_text(json.dumps(tma))
-    rows = _run_tiny(["delta-stream-g4", "delta-d80-g8", "delta-vs"], seed, kernel_config=str(path))
+    rows = _run_tiny(
+        ["delta-stream-g4", "delta-d80-g8", "delta-vs", "chunk-gqa-strided"], seed, kernel_config=str(path)
+    )
     bad = [r for r in rows if not r["ok"]]
     assert rows and not bad, bad

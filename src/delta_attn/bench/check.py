@@ -104,6 +104,8 @@ def gpu_cases() -> list[Case]:
         Case("chunk-repeat", n=1500, chunks=(500, 433, 1, 566), cfg=sw),
         Case("chunk-ema", n=1500, chunks=(700, 1, 799), cfg=dict(sw, interp="abg")),
         Case("chunk-recompute-b2", b=2, n=1200, chunks=(613, 587), cfg=dict(sw, mode="recompute")),
+        # K/V of a later chunk are views of a longer buffer (as PreallocatedCache hands them): strided, not contiguous
+        Case("chunk-gqa-strided", hq=8, hkv=2, n=1500, chunks=(512, 488, 500), cfg=sw),
         Case(
             "chunk-vs",
             n=1200,
