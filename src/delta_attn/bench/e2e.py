@@ -116,6 +116,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         default="0",
         help="comma-separated chunk sizes for chunked_prefill; 0 = one forward (default 0; e.g. 0,16384)",
     )
+    p.add_argument(
+        "--chunk-methods",
+        default="sparse,delta,recompute",
+        help="methods that also run chunked (default sparse,delta,recompute; dense never does)",
+    )
+    p.add_argument("--chunk-lengths", default="", help="lengths at which chunked cells run (default: every length)")
     p.add_argument("--gamma", type=positive_int, default=64, help="anchor stride γ (default 64)")
     p.add_argument("--window", type=positive_int, default=2048, help="sliding window of the sparse base (default 2048)")
     p.add_argument("--sink", type=positive_int, default=128, help="attention-sink tokens (default 128)")
@@ -154,6 +160,15 @@ def validate(args: argparse.Namespace) -> dict:
             "--lengths / --warmup-length / --chunk-size: expected integers (K/M suffixes for lengths), "
             f"got {args.lengths!r} / {args.warmup_length!r} / {args.chunk_size!r}"
         ) from None
+    chunk_methods = _csv(args.chunk_methods)
+    if [m for m in chunk_methods if m not in METHODS or m == "dense"]:
+        raise UsageError(f"--chunk-methods: choose from sparse, delta, recompute, got {args.chunk_methods!r}")
+    try:
+        chunk_lengths = [parse_length(x) for x in _csv(args.chunk_lengths)] or None
+    except (ValueError, IndexError):
+        raise UsageError(
+            f"--chunk-lengths: expected lengths (K/M suffixes allowed), got {args.chunk_lengths!r}"
+        ) from None
     if not lengths or min(lengths) < 2:
         raise UsageError(f"--lengths: expected prompt lengths >= 2, got {args.lengths!r}")
     if warm < 2:
@@ -173,7 +188,14 @@ def validate(args: argparse.Namespace) -> dict:
     if args.layers is not None and args.layers > n_layers:
         raise UsageError(f"--layers {args.layers}: {args.model_shape} has {n_layers} layers")
     check_device(args.device)
-    return dict(methods=methods, lengths=lengths, chunks=sorted(set(chunks)), warmup_length=warm)
+    return dict(
+        methods=methods,
+        lengths=lengths,
+        chunks=sorted(set(chunks)),
+        warmup_length=warm,
+        chunk_methods=chunk_methods,
+        chunk_lengths=chunk_lengths,
+    )
 
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -340,16 +362,18 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     sdpa_backend, sdpa_timings = (None, {})
     if "dense" in methods:
         sdpa_backend, sdpa_timings = pick_dense_backend(model, warm_ids, args.dense_backend, device)
-    warm_s = 0.0
-    if args.warmup:
-        t0 = time.perf_counter()
+    warm_s, warm_cells = 0.0, {}
+    if args.warmup:  # per cell: the first call of a (method, chunk) pays Triton compilation: recorded
         for m in methods:
             for c in chunks:
-                if m == "dense" and c:
+                if c and m not in opts["chunk_methods"]:
                     continue
+                _sync(device)
+                t0 = time.perf_counter()
                 prefill(model, warm_ids, m, min(c, max(1, warm_n // 2)), delta_config, sdpa_backend)
-        _sync(device)
-        warm_s = time.perf_counter() - t0
+                _sync(device)
+                warm_cells[f"{m}/{c}"] = time.perf_counter() - t0
+        warm_s = sum(warm_cells.values())
     print(
         f"model {args.model_shape} ({n_layers} layers, {count_params(model) / 1e9:.2f} B params, {dtype}) on "
         f"{device}; dense SDPA backend: {sdpa_backend or 'PyTorch default'} {sdpa_timings or ''}; "
@@ -366,8 +390,8 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 key = (m, c)
                 cell = dict(n=n, label=fmt_length(n), method=m, chunk=c)
                 cells.append(cell)
-                if m == "dense" and c:
-                    cell["skipped"] = "dense chunked: a chunk over a cached prefix needs a masked (non-flash) SDPA"
+                if c and (m not in opts["chunk_methods"] or n not in (opts["chunk_lengths"] or [n])):
+                    cells.pop()  # not asked for (dense never: see the module docstring): no row
                     continue
                 if c >= n:
                     cell["skipped"] = f"chunk {c} >= length: the same as one forward"
@@ -429,7 +453,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         delta=dict(gamma=args.gamma, window=args.window, sink=args.sink, sparse="streaming"),
         dense_backend=sdpa_backend or "PyTorch default",
         dense_backend_timings=sdpa_timings,
-        warmup=dict(done=bool(args.warmup), length=warm_n, seconds=warm_s),
+        warmup=dict(done=bool(args.warmup), length=warm_n, seconds=warm_s, cells_s=warm_cells),
         reps=args.reps,
         time_limit_s=args.time_limit,
         wall_s=time.perf_counter() - t_start,
@@ -466,7 +490,8 @@ def markdown(res: dict) -> str:
     lines = [
         f"Model: {meta['model_shape']} shape, {meta['layers']} layers{cut}, {meta['params_b']:.2f} B random weights, "
         f"{meta['dtype']}, on {meta['device']}{gpus}; torch {meta['torch']}, {meta['date']}.",
-        f"Dense: SDPA on the {meta['dense_backend']} backend{picked}. Δ: streaming base, "
+        f"Dense: SDPA on the {meta['dense_backend']} backend{picked}, one forward only (a chunk over a cached "
+        "prefix needs a masked SDPA, which flash/cuDNN do not run). Δ: streaming base, "
         f"sink {meta['delta']['sink']}, window {meta['delta']['window']}, γ = {meta['delta']['gamma']}.",
         (
             f"Warm-up excluded: every method and chunk size ran once at {fmt_length(warm['length'])} tokens "
