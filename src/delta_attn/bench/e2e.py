@@ -526,16 +526,24 @@ def markdown(res: dict) -> str:
 
 
 def summary(res: dict) -> str:
-    """A short fixed-width table (TTFT in s per length and method/chunk)."""
-    cols = sorted({(c["method"], c["chunk"]) for c in res["cells"]}, key=lambda mc: (METHODS.index(mc[0]), mc[1]))
-    cols = [mc for mc in cols if any("ttft_s" in c for c in res["cells"] if (c["method"], c["chunk"]) == mc)]
+    """A short fixed-width table: TTFT (s) per length and method/chunk, Δ's speed-up, then the chunked ratios."""
+    cells = res["cells"]
+    cols = sorted({(c["method"], c["chunk"]) for c in cells}, key=lambda mc: (METHODS.index(mc[0]), mc[1]))
+    cols = [mc for mc in cols if any("ttft_s" in c for c in cells if (c["method"], c["chunk"]) == mc)]
     name = lambda mc: mc[0] if not mc[1] else f"{mc[0]}/c{fmt_length(mc[1])}"  # noqa: E731
-    out = [f"{'N':>5s} " + " ".join(f"{name(mc):>14s}" for mc in cols) + f" {'delta x dense':>13s}"]
-    for n in sorted({c["n"] for c in res["cells"]}):
-        by = {(c["method"], c["chunk"]): c for c in res["cells"] if c["n"] == n}
-        row = [f"{_f(by.get(mc, {}).get('ttft_s'), '.3f'):>14s}" for mc in cols]
+    out = [f"{'N':>5s} " + " ".join(f"{name(mc):>13s}" for mc in cols) + f" {'delta x dense':>13s} {'peak GB':>8s}"]
+    for n in sorted({c["n"] for c in cells}):
+        by = {(c["method"], c["chunk"]): c for c in cells if c["n"] == n}
+        row = [f"{_f(by.get(mc, {}).get('ttft_s'), '.3f'):>13s}" for mc in cols]
         sp = by.get(("delta", 0), {}).get("speedup_vs_dense")
-        out.append(f"{fmt_length(n):>5s} " + " ".join(row) + f" {_f(sp):>13s}")
+        peak = max((c.get("peak_gb", 0.0) for c in by.values()), default=0.0)
+        out.append(f"{fmt_length(n):>5s} " + " ".join(row) + f" {_f(sp):>13s} {_f(peak or None, '.1f'):>8s}")
+    for c in cells:
+        if c["chunk"] and "chunked_over_one_shot" in c:
+            out.append(
+                f"{c['method']} chunked ({c['chunk']}) at {c['label']}: {c['ttft_s']:.3f} s = "
+                f"{c['chunked_over_one_shot']:.3f} x one-shot (runs: {', '.join(f'{t:.3f}' for t in c['times_s'])} s)"
+            )
     return "\n".join(out)
 
 
