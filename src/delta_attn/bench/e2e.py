@@ -129,13 +129,26 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         "--reps", type=positive_int, default=1, help="timed runs per cell; the fastest is reported (default 1)"
     )
     p.add_argument("--warmup-length", default="4096", help="tokens of the untimed warm-up runs (default 4096)")
-    p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up (cold first cell)")
-    p.add_argument("--dense-backend", default="auto", help="auto (fastest that runs) or one of cudnn, flash, efficient")
+    p.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="skip the warm-up: the first cell of each method pays compilation (default: warm-up on)",
+    )
+    p.add_argument(
+        "--dense-backend",
+        default="auto",
+        help="auto (the fastest that runs, default) or one of cudnn, flash, efficient",
+    )
     p.add_argument("--time-limit", type=nonnegative_float, default=0.0, help="seconds for all cells (default 0: none)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (tiny sizes: the code path, for tests)")
     p.add_argument("--gpus", type=positive_int, default=1, help="GPUs (default 1; more needs the multi-GPU mode)")
     p.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
-    p.add_argument("--out", default="runs/bench-e2e", help="directory for results.json, results.md, plot.png")
+    p.add_argument(
+        "--out",
+        default="runs/bench-e2e",
+        help="directory for results.json, results.md, plot.png (default runs/bench-e2e)",
+    )
     return p
 
 
