@@ -76,6 +76,7 @@ def test_layer_writes_in_place_and_grows():
     layer.batch_select_indices(torch.tensor([1]))  # replaced by a new tensor: moved into a new buffer
     keys, _ = layer.update(k3[1:], v3[1:])
     assert keys.shape == (1, 3, 10, 8) and keys.data_ptr() == layer.key_buffer.data_ptr()
+    assert layer.key_buffer.shape[2] == 10  # moved, not grown: max(capacity, filled)
     torch.testing.assert_close(keys, torch.cat([k[1:], k2[1:, :, :4], k3[1:], k3[1:]], 2), rtol=0, atol=0)
     with pytest.raises(ValueError, match="capacity"):
         PreallocatedLayer(0)

@@ -71,8 +71,11 @@ class PreallocatedLayer(DynamicLayer):
             and kb.device == key_states.device
         )
         if not fits:
-            grown = int(kb.shape[2] * GROWTH) if kb is not None and n else 0
-            self._allocate(key_states, value_states, n, max(self.capacity, end, grown))
+            old = kb.shape[2] if kb is not None else 0
+            capacity = max(self.capacity, end)
+            if n and end > old > 0:  # decoding outgrew the buffer: grow geometrically (few copies)
+                capacity = max(capacity, int(old * GROWTH))
+            self._allocate(key_states, value_states, n, capacity)
         self.key_buffer[:, :, n:end].copy_(key_states)
         self.value_buffer[:, :, n:end].copy_(value_states)
         self.keys = self.key_buffer[:, :, :end]
