@@ -193,6 +193,11 @@ def validate(args: argparse.Namespace) -> dict:
     if args.device not in ("cuda", "cpu") and not args.device.startswith("cuda:"):
         raise UsageError(f"--device {args.device!r}: use cuda, cuda:N or cpu")
     if args.gpus > 1:
+        # the multi-GPU hook. Tensor parallel: run this module under torchrun, save the random model once
+        # (rank 0, save_pretrained) and load it on every rank with from_pretrained(path, tp_plan="auto"),
+        # then time the same cells (enable() works on the sharded model; peak memory per rank). Context
+        # parallel: the prefill of each cell through delta_attn.distributed.cp_prefill (branch dist1), once
+        # that module is on main. Both replace build_model / prefill only; the cells, reports and plot stay.
         raise UsageError(
             "--gpus > 1: the multi-GPU mode (tensor parallel under torchrun, context parallel through "
             "delta_attn.distributed) is not in bench e2e yet; run one GPU, or see the hook in delta_attn/bench/e2e.py"
