@@ -26,6 +26,7 @@ code path at tiny sizes (the ``tiny`` shape, float32) for tests.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -432,8 +433,11 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                         raise
                     failed.add(key)
                     cell["error"] = "OOM: " + str(exc).splitlines()[0][:200]
+                    res = None
+                if res is None:  # outside the except block: its traceback no longer pins the cell's tensors
                     print(f"  {fmt_length(n):>5s} {m:9s} chunk {c:<6d} OOM", flush=True)
                     if device.type == "cuda":
+                        gc.collect()
                         torch.cuda.empty_cache()
                     continue
                 logits = res.pop("logits")
