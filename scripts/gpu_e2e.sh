@@ -5,7 +5,9 @@
 #   scripts/gpu_e2e.sh          warm-up at 4K (every method; compile times recorded), then dense / sparse /
 #                               delta / recompute one-shot at 32K, 64K, 128K and 256K (256K cells are skipped
 #                               when the forecast overruns LIMIT), and delta chunked (16384) vs one-shot at
-#                               128K (compilation is paid in the warm-up, whose per-method times are printed)
+#                               128K, chunked both into the in-place PreallocatedCache (the default) and into
+#                               transformers' DynamicCache (concatenation per chunk; contiguous K/V) for
+#                               comparison. Compilation is paid in the warm-up, whose per-cell times are printed
 #   DRY=1 scripts/gpu_e2e.sh    CPU dry run: the same code path on the tiny shape (256 / 512 tokens, chunk 64)
 #
 # Runs from the repository root with the package NOT installed (PYTHONPATH=src). Environment:
@@ -14,6 +16,7 @@
 #   SHAPE    model shape (default llama-3-8b; llama-3.2-1b, llama-3.2-3b, qwen2.5-7b)
 #   LAYERS   keep only the first L layers (default all; stated in the output)
 #   LENGTHS  prompt lengths (default 32K,64K,128K,256K); CHUNK (default 16384) and CHUNK_AT (default 128K)
+#   CHUNK_CACHE  caches of the chunked cells (default preallocated,dynamic)
 #   REPS     timed runs per cell (default 1; with REPS=2 give LIMIT=540: the fastest is reported, all are in
 #            results.json)
 set -euo pipefail
@@ -45,6 +48,7 @@ if [ "$BUDGET" -lt 30 ]; then echo "LIMIT=$LIMIT leaves no time for the benchmar
 $PY -m delta_attn.cli bench e2e "${ARGS[@]}" \
   --lengths "$LENGTHS" --methods dense,sparse,delta,recompute \
   --chunk-size "0,$CHUNK" --chunk-methods delta --chunk-lengths "$CHUNK_AT" \
+  --chunk-cache "${CHUNK_CACHE:-preallocated,dynamic}" \
   --reps "${REPS:-1}" --time-limit "$BUDGET" --out "$OUT/e2e"
 
 echo

@@ -24,7 +24,7 @@ def test_e2e_cpu_tiny_all_methods(tmp_path):
     assert meta["warmup"]["done"] and meta["warmup"]["length"] == 64 and meta["layers"] == 2
     cells = {(c["method"], c["chunk"]): c for c in res["cells"]}
     assert set(cells) == {(m, c) for m in e2e.METHODS for c in (0, 64)} - {("dense", 64)}
-    assert set(meta["warmup"]["cells_s"]) == {"dense/0"} | {f"{m}/{c}" for m in e2e.METHODS[1:] for c in (0, 64)}
+    assert set(meta["warmup"]["cells_s"]) == {*e2e.METHODS, "sparse/c64", "delta/c64", "recompute/c64"}
     assert cells[("dense", 0)]["speedup_vs_dense"] == 1.0
     for m in ("sparse", "delta", "recompute"):
         one, chunked = cells[(m, 0)], cells[(m, 64)]
@@ -49,12 +49,18 @@ def test_e2e_time_limit_and_oom_are_recorded(tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = [*TINY, "--lengths", "96,128", "--methods", "sparse,delta", "--layers", "1", "--out", str(out)]
     argv += ["--chunk-size", "0,32", "--chunk-methods", "delta", "--chunk-lengths", "128"]
+    argv += ["--chunk-cache", "preallocated,dynamic"]
     assert e2e.main([*argv, "--no-warmup", "--warmup-length", "32"]) == 0
     cells = {(c["n"], c["method"]): c for c in json.loads((out / "results.json").read_text())["cells"]}
     assert cells[(96, "sparse")]["error"].startswith("OOM") and "shorter length" in cells[(128, "sparse")]["skipped"]
     assert "ttft_s" in cells[(128, "delta")]
-    chunked = [(c["n"], c["method"]) for c in json.loads((out / "results.json").read_text())["cells"] if c["chunk"]]
-    assert chunked == [(128, "delta")]
+    chunked = [c for c in json.loads((out / "results.json").read_text())["cells"] if c["chunk"]]
+    assert [(c["n"], c["method"], c["cache"]) for c in chunked] == [
+        (128, "delta", "preallocated"),
+        (128, "delta", "dynamic"),
+    ]
+    assert all(c["max_abs_diff_vs_one_shot"] < 1e-4 for c in chunked)
+    assert "| 128 | delta | 32 (dynamic) |" in (out / "results.md").read_text()
     assert e2e.main([*argv, "--time-limit", "1e-9"]) == 0
     cells = json.loads((out / "results.json").read_text())["cells"]
     assert all("time limit" in c["skipped"] for c in cells)
@@ -71,6 +77,7 @@ def test_e2e_time_limit_and_oom_are_recorded(tmp_path, monkeypatch):
         (["--layers", "3"], "has 2 layers"),
         (["--dense-backend", "math"], "--dense-backend"),
         (["--chunk-methods", "dense"], "--chunk-methods"),
+        (["--chunk-cache", "static"], "--chunk-cache"),
     ],
 )
 def test_e2e_usage_errors_before_any_model(bad, message, monkeypatch, capsys):

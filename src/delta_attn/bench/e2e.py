@@ -99,6 +99,7 @@ SHAPES = {
 METHODS = ("dense", "sparse", "delta", "recompute")
 LENGTHS = "32K,64K,128K,256K"
 SDPA_BACKENDS = ("cudnn", "flash", "efficient")
+CHUNK_CACHES = ("preallocated", "dynamic")
 
 
 # ---- the command line ----------------------------------------------------------------------------
@@ -123,6 +124,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         help="methods that also run chunked (default sparse,delta,recompute; dense never does)",
     )
     p.add_argument("--chunk-lengths", default="", help="lengths at which chunked cells run (default: every length)")
+    p.add_argument(
+        "--chunk-cache",
+        default="preallocated",
+        help="KV cache of the chunked cells: preallocated (written in place, the default), dynamic "
+        "(transformers' DynamicCache: concatenates per chunk), or both: preallocated,dynamic",
+    )
     p.add_argument("--gamma", type=positive_int, default=64, help="anchor stride γ (default 64)")
     p.add_argument("--window", type=positive_int, default=2048, help="sliding window of the sparse base (default 2048)")
     p.add_argument("--sink", type=positive_int, default=128, help="attention-sink tokens (default 128)")
@@ -183,6 +190,9 @@ def validate(args: argparse.Namespace) -> dict:
         raise UsageError(
             f"--chunk-lengths: expected lengths (K/M suffixes allowed), got {args.chunk_lengths!r}"
         ) from None
+    chunk_caches = _csv(args.chunk_cache)
+    if not chunk_caches or [x for x in chunk_caches if x not in CHUNK_CACHES]:
+        raise UsageError(f"--chunk-cache: choose from {', '.join(CHUNK_CACHES)}, got {args.chunk_cache!r}")
     if not lengths or min(lengths) < 2:
         raise UsageError(f"--lengths: expected prompt lengths >= 2, got {args.lengths!r}")
     if warm < 2:
@@ -214,6 +224,7 @@ def validate(args: argparse.Namespace) -> dict:
         warmup_length=warm,
         chunk_methods=chunk_methods,
         chunk_lengths=chunk_lengths,
+        chunk_caches=list(dict.fromkeys(chunk_caches)),
     )
 
 
@@ -266,8 +277,11 @@ def sdpa_context(backend: str | None):
     return sdpa_kernel([names[backend]])
 
 
-def prefill(model, ids, method: str, chunk: int, delta_config, sdpa_backend: str | None):
-    """One prefill of ``ids`` with ``method``; returns the last position's logits (B, vocab)."""
+def prefill(model, ids, method: str, chunk: int, delta_config, sdpa_backend: str | None, cache: str = ""):
+    """One prefill of ``ids`` with ``method``; returns the last position's logits (B, vocab).
+
+    ``cache`` (chunked only): ``"dynamic"`` gives chunked_prefill a transformers DynamicCache instead of
+    its default PreallocatedCache."""
     import torch
 
     import delta_attn
@@ -278,11 +292,16 @@ def prefill(model, ids, method: str, chunk: int, delta_config, sdpa_backend: str
         delta_attn.enable(model, delta_config.replace(mode=method))
     with torch.no_grad(), sdpa_context(sdpa_backend if method == "dense" else None):
         if chunk:
-            return delta_attn.chunked_prefill(model, ids, chunk_size=chunk).logits
+            past = None
+            if cache == "dynamic":
+                from transformers import DynamicCache
+
+                past = DynamicCache(config=model.config)
+            return delta_attn.chunked_prefill(model, ids, chunk_size=chunk, past_key_values=past).logits
         return model(input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1]
 
 
-def run_cell(model, ids, method: str, chunk: int, delta_config, sdpa_backend, reps: int) -> dict:
+def run_cell(model, ids, method: str, chunk: int, delta_config, sdpa_backend, reps: int, cache: str = "") -> dict:
     """Time ``reps`` prefills (TTFT: the forward(s) and the first token's argmax); peak memory over them."""
     import torch
 
@@ -297,7 +316,7 @@ def run_cell(model, ids, method: str, chunk: int, delta_config, sdpa_backend, re
         logits = None  # free the previous run's cache before the next one
         _sync(device)
         t0 = time.perf_counter()
-        logits = prefill(model, ids, method, chunk, delta_config, sdpa_backend)
+        logits = prefill(model, ids, method, chunk, delta_config, sdpa_backend, cache)
         first = logits.argmax(-1)
         _sync(device)
         times.append(time.perf_counter() - t0)
@@ -387,11 +406,12 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
             for c in chunks:
                 if c and m not in opts["chunk_methods"]:
                     continue
-                _sync(device)
-                t0 = time.perf_counter()
-                prefill(model, warm_ids, m, min(c, max(1, warm_n // 2)), delta_config, sdpa_backend)
-                _sync(device)
-                warm_cells[f"{m}/{c}"] = time.perf_counter() - t0
+                for cache in opts["chunk_caches"] if c else [""]:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    prefill(model, warm_ids, m, min(c, max(1, warm_n // 2)), delta_config, sdpa_backend, cache)
+                    _sync(device)
+                    warm_cells[variant_name((m, c, cache))] = time.perf_counter() - t0
         warm_s = sum(warm_cells.values())
     print(
         f"model {args.model_shape} ({n_layers} layers, {count_params(model) / 1e9:.2f} B params, {dtype}) on "
@@ -405,9 +425,9 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         ids = prompt(n)
         one_shot_logits = {}
         for m in methods:
-            for c in chunks:
-                key = (m, c)
-                cell = dict(n=n, label=fmt_length(n), method=m, chunk=c)
+            for c, cache in [(size, kv) for size in chunks for kv in (opts["chunk_caches"] if size else [""])]:
+                key = (m, c, cache)
+                cell = dict(n=n, label=fmt_length(n), method=m, chunk=c, cache=cache)
                 cells.append(cell)
                 if c and (m not in opts["chunk_methods"] or n not in (opts["chunk_lengths"] or [n])):
                     cells.pop()  # not asked for (dense never: see the module docstring): no row
@@ -424,10 +444,10 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                     cell["skipped"] = (
                         f"time limit: {spent:.0f} s spent, ~{need:.0f} s forecast, limit {args.time_limit:.0f} s"
                     )
-                    print(f"  {fmt_length(n):>5s} {m:9s} chunk {c:<6d} skipped ({cell['skipped']})", flush=True)
+                    print(f"  {fmt_length(n):>5s} {variant_name(key):24s} skipped ({cell['skipped']})", flush=True)
                     continue
                 try:
-                    res = run_cell(model, ids, m, c, delta_config, sdpa_backend, args.reps)
+                    res = run_cell(model, ids, m, c, delta_config, sdpa_backend, args.reps, cache)
                 except (torch.OutOfMemoryError, RuntimeError) as exc:
                     if not is_oom(exc):
                         raise
@@ -435,7 +455,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                     cell["error"] = "OOM: " + str(exc).splitlines()[0][:200]
                     res = None
                 if res is None:  # outside the except block: its traceback no longer pins the cell's tensors
-                    print(f"  {fmt_length(n):>5s} {m:9s} chunk {c:<6d} OOM", flush=True)
+                    print(f"  {fmt_length(n):>5s} {variant_name(key):24s} OOM", flush=True)
                     if device.type == "cuda":
                         gc.collect()
                         torch.cuda.empty_cache()
@@ -450,7 +470,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 last_ok[key] = (n, res)
                 mem = f"  peak {res['peak_gb']:.1f} GB" if "peak_gb" in res else ""
                 print(
-                    f"  {fmt_length(n):>5s} {m:9s} chunk {c:<6d} TTFT {res['ttft_s']:8.3f} s  "
+                    f"  {fmt_length(n):>5s} {variant_name(key):24s} TTFT {res['ttft_s']:8.3f} s  "
                     f"{res['tokens_per_s']:10.0f} tok/s{mem}",
                     flush=True,
                 )
@@ -499,6 +519,23 @@ def add_ratios(cells: list[dict]) -> None:
 # ---- reporting -----------------------------------------------------------------------------------
 
 
+def variant(cell: dict) -> tuple[str, int, str]:
+    """(method, chunk size, chunked cache) of a cell: one series of the tables and the plot."""
+    return cell["method"], cell["chunk"], cell.get("cache", "")
+
+
+def variant_order(key: tuple[str, int, str]):
+    return METHODS.index(key[0]), key[1], key[2]
+
+
+def variant_name(key: tuple[str, int, str]) -> str:
+    """``delta``, ``delta/c16K`` (chunked, preallocated cache), ``delta/c16K/dyn`` (chunked, DynamicCache)."""
+    m, chunk, cache = key
+    if not chunk:
+        return m
+    return f"{m}/c{fmt_length(chunk)}" + ("/dyn" if cache == "dynamic" else "")
+
+
 def _f(x, fmt=".2f") -> str:
     return "—" if x is None else format(x, fmt)
 
@@ -529,7 +566,7 @@ def markdown(res: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in res["cells"]:
-        chunk = "one-shot" if not c["chunk"] else str(c["chunk"])
+        chunk = "one-shot" if not c["chunk"] else str(c["chunk"]) + (" (dynamic)" if c["cache"] == "dynamic" else "")
         if "ttft_s" not in c:
             note = c.get("error") or c.get("skipped", "")
             lines.append(f"| {c['label']} | {c['method']} | {chunk} | — | — | — | — | — | {note} |")
@@ -550,20 +587,21 @@ def markdown(res: dict) -> str:
 def summary(res: dict) -> str:
     """A short fixed-width table: TTFT (s) per length and method/chunk, Δ's speed-up, then the chunked ratios."""
     cells = res["cells"]
-    cols = sorted({(c["method"], c["chunk"]) for c in cells}, key=lambda mc: (METHODS.index(mc[0]), mc[1]))
-    cols = [mc for mc in cols if any("ttft_s" in c for c in cells if (c["method"], c["chunk"]) == mc)]
-    name = lambda mc: mc[0] if not mc[1] else f"{mc[0]}/c{fmt_length(mc[1])}"  # noqa: E731
-    out = [f"{'N':>5s} " + " ".join(f"{name(mc):>13s}" for mc in cols) + f" {'delta x dense':>13s} {'peak GB':>8s}"]
+    cols = sorted({variant(c) for c in cells}, key=variant_order)
+    cols = [mc for mc in cols if any("ttft_s" in c for c in cells if variant(c) == mc)]
+    out = [
+        f"{'N':>5s} " + " ".join(f"{variant_name(mc):>13s}" for mc in cols) + f" {'delta x dense':>13s} {'peak GB':>8s}"
+    ]
     for n in sorted({c["n"] for c in cells}):
-        by = {(c["method"], c["chunk"]): c for c in cells if c["n"] == n}
+        by = {variant(c): c for c in cells if c["n"] == n}
         row = [f"{_f(by.get(mc, {}).get('ttft_s'), '.3f'):>13s}" for mc in cols]
-        sp = by.get(("delta", 0), {}).get("speedup_vs_dense")
+        sp = by.get(("delta", 0, ""), {}).get("speedup_vs_dense")
         peak = max((c.get("peak_gb", 0.0) for c in by.values()), default=0.0)
         out.append(f"{fmt_length(n):>5s} " + " ".join(row) + f" {_f(sp):>13s} {_f(peak or None, '.1f'):>8s}")
     for c in cells:
         if c["chunk"] and "chunked_over_one_shot" in c:
             out.append(
-                f"{c['method']} chunked ({c['chunk']}) at {c['label']}: {c['ttft_s']:.3f} s = "
+                f"{variant_name(variant(c))} at {c['label']}: {c['ttft_s']:.3f} s = "
                 f"{c['chunked_over_one_shot']:.3f} x one-shot (runs: {', '.join(f'{t:.3f}' for t in c['times_s'])} s)"
             )
     return "\n".join(out)
@@ -576,18 +614,14 @@ def plot(res: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series = sorted({(c["method"], c["chunk"]) for c in res["cells"]}, key=lambda mc: (METHODS.index(mc[0]), mc[1]))
-    for m, ch in series:
-        label = m if not ch else f"{m} chunk {fmt_length(ch)}"
-        pts = [(c["n"], c["ttft_s"]) for c in res["cells"] if (c["method"], c["chunk"]) == (m, ch) and "ttft_s" in c]
-        style = dict(marker="o", color=f"C{METHODS.index(m)}", linestyle="--" if ch else "-")
+    for key in sorted({variant(c) for c in res["cells"]}, key=variant_order):
+        m, ch, cache = key
+        label = variant_name(key)
+        pts = [(c["n"], c["ttft_s"]) for c in res["cells"] if variant(c) == key and "ttft_s" in c]
+        style = dict(marker="o", color=f"C{METHODS.index(m)}", linestyle={"": "-", "dynamic": ":"}.get(cache, "--"))
         if pts:
             ax1.plot(*zip(*pts), label=label, **style)
-        sp = [
-            (c["n"], c["speedup_vs_dense"])
-            for c in res["cells"]
-            if (c["method"], c["chunk"]) == (m, ch) and "speedup_vs_dense" in c
-        ]
+        sp = [(c["n"], c["speedup_vs_dense"]) for c in res["cells"] if variant(c) == key and "speedup_vs_dense" in c]
         if sp and m != "dense":
             ax2.plot(*zip(*sp), label=label, **style)
     ns = sorted({c["n"] for c in res["cells"]})
