@@ -525,7 +525,7 @@ def variant(cell: dict) -> tuple[str, int, str]:
 
 
 def variant_order(key: tuple[str, int, str]):
-    return METHODS.index(key[0]), key[1], key[2]
+    return METHODS.index(key[0]), key[1], ("", *CHUNK_CACHES).index(key[2])
 
 
 def variant_name(key: tuple[str, int, str]) -> str:
