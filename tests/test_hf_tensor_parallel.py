@@ -56,7 +56,13 @@ def tp_rank(rank: int, world: int, path: str) -> dict:
         return original(q, k, v, *args, **kwargs)
 
     hf.delta_attention = recording
-    model = AutoModelForCausalLM.from_pretrained(path, tp_plan="auto").eval()
+    try:  # transformers >= 5.18 takes the plan through a DistributedConfig (tp_plan= is deprecated there)
+        from transformers import DistributedConfig
+
+        how = dict(distributed_config=DistributedConfig(tp_plan="auto"))
+    except ImportError:
+        how = dict(tp_plan="auto")
+    model = AutoModelForCausalLM.from_pretrained(path, **how).eval()
     result = {name: t.tolist() for name, t in run_delta(model).items()}  # plain values: the queue shares tensors by fd
     result.update(tp_size=hf.tensor_parallel_size(model), heads=sorted(heads))
     return result

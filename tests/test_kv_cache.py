@@ -153,3 +153,20 @@ def test_prompt_in_pieces_keeps_one_buffer_and_forks(model):
         out = delta_attn.chunked_prefill(model, ending, past_key_values=cache, state=state, chunk_size=48)
         torch.testing.assert_close(out.logits, last, atol=3e-5, rtol=1e-4)
         assert (out.past_key_values.layers[1].key_buffer.data_ptr() == ptr) is not fork
+
+
+def test_left_padded_batch_same_as_dynamic_cache(model):
+    """Padding longer than a chunk: the in-place cache gives what DynamicCache gives, row by row."""
+    delta_attn.enable(model, DELTA)
+    a, b = rand_ids(1, 180, seed=8), rand_ids(1, 90, seed=9)
+    ids = torch.cat([a, torch.cat([torch.zeros(1, 90, dtype=torch.long), b], 1)])
+    mask = torch.ones_like(ids)
+    mask[1, :90] = 0
+    ref = delta_attn.chunked_prefill(model, ids, mask, chunk_size=40, past_key_values=DynamicCache(config=model.config))
+    out = delta_attn.chunked_prefill(model, ids, mask, chunk_size=40)
+    assert isinstance(out.past_key_values, PreallocatedCache)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-6, rtol=1e-5)
+    real = mask.bool()[:, None, :, None]
+    for mine, theirs in zip(out.past_key_values.layers, ref.past_key_values.layers):
+        torch.testing.assert_close(mine.keys * real, theirs.keys * real, atol=0, rtol=0)
+        torch.testing.assert_close(mine.values * real, theirs.values * real, atol=0, rtol=0)
