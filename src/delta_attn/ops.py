@@ -139,8 +139,6 @@ def delta_attention(
             "chunked; prefill the whole prompt in one call or choose causal settings "
             "(interp='repeat'/'ema'/'abg', delta_scale a float or 'auto', extra_anchors=0)"
         )
-    if config.mode == "delta" and (config.delta_scale != 1.0 or config.extra_anchors > 0):
-        raise NotImplementedError("delta_scale/extra_anchors: the backends do not implement them yet (TEMPORARY)")
     pads = _left_pad_list(left_pad, bsz, prompt_len)
     if nq == 0 or bsz == 0:  # nothing to compute (an empty batch is a valid input)
         return q.new_zeros(bsz, hq, nq, d)
