@@ -34,7 +34,9 @@ Writing a new backend (e.g. context-parallel: rank r holds the rows ``[q0, q1)``
 
 For context parallelism each rank builds a :class:`SequenceState` from what the previous shard
 handed over (``next_pos=q0``, ``block_index=q0 // γ``, ``block_delta``: the Δ of the block open at q0,
-``scan``: the filter state after row q0 − 1) and hands its own end state to the next rank. The Δ of
+``scan``: the filter state after row q0 − 1; for ``delta_scale="auto"`` also ``scale_sums``, the two running
+sums through the block before q0's first anchor, with ``block_delta`` the raw Δ of that block) and hands
+its own end state to the next rank. The Δ of
 the open block needs only that block's anchor row (one dense and one sparse row), so it can be sent
 early; the ``ema``/``abg`` state is an affine function of the state before the shard
 (``s_end = M^L s_start + local term``, see :mod:`delta_attn.scan`), so shards can compute their local
