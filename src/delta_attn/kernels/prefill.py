@@ -18,9 +18,11 @@ inputs the kernels do not take (CPU tensors, float64, head dims above 256) run
 The Δ variants (docs/algorithm.md §13): ``delta_scale`` other than 1.0 takes the unfused path of
 step 3 with the Δs scaled in PyTorch (λ from :func:`delta_attn.combine.delta_scales`) and writes the
 anchor rows from D; ``delta_scale=1.0`` keeps the fused epilogue untouched. ``extra_anchors``
-computes Õ and the anchors with the kernels, chooses the blocks in PyTorch, computes the extra rows
-with the dense-row kernel (one launch per sequence, as the choice differs per sequence) and combines
-in PyTorch (:func:`delta_attn.combine.combine`): correct, but it materialises the Δ of every body row.
+takes the unfused path too, chooses the blocks in PyTorch, computes the extra rows with the dense-row
+kernel (one launch per sequence, as the choice differs per sequence, the rows as an explicit position
+list) and, for ``repeat``, rewrites the second half of each chosen block in PyTorch (a gather over those
+rows only); ``linear`` with extra anchors is combined in PyTorch (:func:`delta_attn.combine.combine`),
+which materialises the Δ of every body row.
 """
 
 from __future__ import annotations
@@ -152,8 +154,7 @@ def triton_prefill(
 
     # ---- mode == "delta" -------------------------------------------------------------------------
     n_anchor = plan.n_anchors
-    if config.interp not in ("repeat", *FILTER_INTERPS) or config.extra_anchors > 0:
-        # e.g. linear, extra anchors: PyTorch combine on kernel-computed rows
+    if config.interp not in ("repeat", *FILTER_INTERPS):  # linear: PyTorch combine on kernel-computed rows
         sp = sparse_rows(torch.float32)
         extra = None
         if plan.has_body and config.extra_anchors > 0:
@@ -171,6 +172,7 @@ def triton_prefill(
     carry = plan.carried_delta.float().contiguous() if plan.carried_delta is not None else None
     fused = (
         config.delta_scale == 1.0
+        and config.extra_anchors == 0
         and config.interp == "repeat"
         and spec is not None
         and bmp % gamma == 0
@@ -206,24 +208,53 @@ def triton_prefill(
         last_delta = raw[:, :, -1]
         if lam is not None and n_anchor:  # λ ≠ 1: the anchor rows are exact
             out[:, :, anchors] = dense[:, :, :n_anchor].to(out.dtype)
+        if config.extra_anchors > 0:  # repeat (the filters refuse extra anchors)
+            _apply_extra_anchors(plan, q, k, v, sp, raw, lam, out, scale=scale, config=kc.get("dense"))
     finish(state, plan, last_delta=last_delta, scan_state=scan_state, scale_sums=scale_sums)
     return out
+
+
+def _apply_extra_anchors(
+    plan, q: Tensor, k: Tensor, v: Tensor, sp: Tensor, raw: Tensor, lam, out: Tensor, *, scale, config
+) -> None:
+    """``extra_anchors`` with ``repeat`` on an output already holding Õ + λΔ: rows m_j … (j+1)γ − 1 of
+    each chosen block become Õ + λ_j Δ'_j and the row m_j itself D(m_j) (docs/algorithm.md §13).
+
+    Only the rewritten rows are gathered (E · (γ − γ//2) per sequence), never every body row.
+    """
+    blocks = extra_anchor_blocks(plan, raw)
+    if blocks.shape[1] == 0:
+        return
+    gamma, half, q0 = plan.gamma, plan.gamma // 2, plan.q_start
+    extra = _extra_rows_at(q, k, v, extra_anchor_positions(plan, blocks), scale=scale, config=config)
+    offsets = torch.arange(gamma - half, device=q.device)
+    for b in range(q.shape[0]):
+        mids = extra_anchor_positions(plan, blocks[b]) - q0  # (E,)
+        d_extra = extra[b] - sp[b][:, mids]  # Δ'_j, (H, E, D)
+        if isinstance(lam, Tensor):
+            d_extra = d_extra * lam[b][:, blocks[b] - plan.first_block].unsqueeze(-1).to(d_extra.dtype)
+        elif lam is not None:
+            d_extra = d_extra * lam
+        rows = (mids.view(-1, 1) + offsets.view(1, -1)).flatten()  # (E·(γ − half),)
+        out[b][:, rows] = (sp[b][:, rows] + d_extra.repeat_interleave(gamma - half, dim=1)).to(out.dtype)
+        out[b][:, mids] = extra[b].to(out.dtype)
+
+
+def _extra_rows_at(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, *, scale: float, config) -> Tensor:
+    """D at the positions ``pos`` (B, E) of each sequence, (B, Hq, E, D) float32: the dense-row kernel
+    with an explicit position list, one launch per sequence (the positions differ per sequence)."""
+    bsz, hq, _, d = q.shape
+    rows = torch.empty(bsz, hq, pos.shape[1], d, device=q.device, dtype=torch.float32)
+    for b, p in enumerate(pos.tolist()):
+        sl = slice(b, b + 1)
+        dense_rows(q[sl], k[sl], v[sl], PositionList(tuple(p)), scale=scale, out=rows[sl], config=config)
+    return rows
 
 
 def _extra_anchor_rows(
     plan, q: Tensor, k: Tensor, v: Tensor, sp: Tensor, dense: Tensor, *, scale: float, config: dict | None
 ) -> tuple[Tensor, Tensor]:
-    """``extra_anchors``: the chosen blocks (B, E) and D of their midpoint rows (B, Hq, E, D) float32.
-
-    The dense-row kernel takes the rows as an explicit position list; the choice differs per sequence,
-    so each sequence is one launch.
-    """
+    """``extra_anchors`` for :func:`delta_attn.combine.combine`: the chosen blocks (B, E) and D of their
+    midpoint rows (B, Hq, E, D) float32."""
     blocks = extra_anchor_blocks(plan, anchor_deltas(plan, sp, dense))
-    pos = extra_anchor_positions(plan, blocks).tolist()
-    bsz, hq, _, d = sp.shape
-    rows = torch.empty(bsz, hq, blocks.shape[1], d, device=q.device, dtype=torch.float32)
-    if blocks.shape[1]:
-        for b in range(bsz):
-            sl = slice(b, b + 1)
-            dense_rows(q[sl], k[sl], v[sl], PositionList(tuple(pos[b])), scale=scale, out=rows[sl], config=config)
-    return blocks, rows
+    return blocks, _extra_rows_at(q, k, v, extra_anchor_positions(plan, blocks), scale=scale, config=config)
