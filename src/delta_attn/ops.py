@@ -96,6 +96,11 @@ def delta_attention(
         ``"sparse"``: Õ everywhere (the base method alone, no dense tail).
         ``"dense"``: exact causal attention.
 
+    Δ variants (``config.delta_scale``, ``config.extra_anchors``; docs/algorithm.md §13): body rows get
+    Õ_i + λΔ(i) (λ a float, or ``"auto"``: causal, per sequence and head, from the anchors so far;
+    ``"auto-global"``: from all anchors, one-shot only), anchor and tail rows stay exact; extra anchors
+    add a dense row in the middle of the γ-blocks whose Δ changes most (one-shot only).
+
     Args:
         config: a :class:`DeltaConfig` (defaults: streaming base, window 2048, sink 128, γ = 64).
         scale: softmax scale, default ``1/sqrt(D)``.
