@@ -8,6 +8,10 @@
 #                           delta_g16, block (block 512), block+delta                       (~5-6 min)
 #   scripts/gpu_eval.sh C   optional extras with whatever budget is left: RULER γ ablation and
 #                           interpolation variants at 8K, vertical_slash ± Δ                 (~4 min)
+#   scripts/gpu_eval.sh F   why the prompt format matters (issue 8): RULER niah_single_1 at 8K in 4 formats
+#                           (default, @noheader, @hyphen, @noheader+hyphen) × dense, sparse, recompute,
+#                           delta (+ delta_auto where that method spec exists) × 30 samples, then
+#                           `eval needle` on 8 prompts of @noheader and of the default format  (~3-4 min)
 #   Running a part again resumes it (records already in $OUT or $PREV are skipped).
 #
 # Runs from the repository root with the package NOT installed (PYTHONPATH=src). Environment:
@@ -20,8 +24,11 @@
 #   SAMPLES samples per task and length (default 50); LENGTHS (default 8192,4096,2048,1024);
 #   TASKS (default all); PPL_LEN / AN_LEN perplexity / analysis length (default 8192); PPL_DOCS (default
 #   29): smaller values make a dry run on a CPU possible
+#   Part F: SAMPLES (default 30 there), F_LEN (default 8192), NEEDLE_SAMPLES (default 8); NO_GPU=1 skips the
+#   GPU and model-file checks (the CPU dry run: scripts/gpu_eval_dry_run.sh F)
 set -euo pipefail
-PART=${1:?usage: scripts/gpu_eval.sh A|B|C}
+PART=${1:?usage: scripts/gpu_eval.sh A|B|C|F}
+SAMPLES_GIVEN=${SAMPLES:-}
 T0=$(date +%s)
 OUT=${OUT:-./out}
 PREV=${PREV:-.results}
@@ -48,7 +55,9 @@ if ! python3 -c "import gguf" 2>/dev/null; then
     echo "the 'gguf' package is missing: carry its wheel in .whl/ (pip download --no-deps -d .whl gguf==0.19.0)"; exit 2
   fi
 fi
-if [ ! -f "$GGUF" ]; then
+if [ -n "${NO_GPU:-}" ]; then
+  :  # CPU dry run: the bundled model (GGUF empty) or the given file, no checksum
+elif [ ! -f "$GGUF" ]; then
   if [ -f /tmp/m/part.00 ] && [ -f .mB/part.01 ]; then
     cat /tmp/m/part.00 .mB/part.01 > "$GGUF"
   else
@@ -56,7 +65,7 @@ if [ ! -f "$GGUF" ]; then
   fi
 fi
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  # SmolLM2-135M-Instruct.Q4_1.gguf
-if [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" != "$SHA" ]; then
+if [ -z "${NO_GPU:-}" ] && [ "$(sha256sum "$GGUF" | cut -d' ' -f1)" != "$SHA" ]; then
   echo "model file $GGUF has the wrong sha256 (a part is missing or stale): redo the model transfer"; rm -f "$GGUF"; exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -67,7 +76,9 @@ FAILED=""
 fail() { echo "!!! step $1 failed; continuing with the next step"; FAILED="$FAILED $1"; }
 RESUME=(--resume-from)
 [ -e "$PREV" ] && RESUME+=("$PREV")
-COMMON=(--gguf "$GGUF" --texts-dir "$TEXTS" --backend "$BACKEND" --base streaming --sink 64 --window 256
+GGUF_OPT=(--gguf "$GGUF")
+if [ -n "${NO_GPU:-}" ] && [ ! -f "$GGUF" ]; then GGUF_OPT=(); fi  # dry run: the bundled model
+COMMON=("${GGUF_OPT[@]}" --texts-dir "$TEXTS" --backend "$BACKEND" --base streaming --sink 64 --window 256
         --gamma 64 --block-size 512 --vertical-size 512 --slash-size 512)
 RULER=(python3 -m delta_attn.cli eval ruler --tasks "$TASKS" --samples "$SAMPLES" --no-summary "${COMMON[@]}")
 CORE=dense,sparse,recompute,delta
@@ -100,6 +111,28 @@ case "$PART" in
     "${RULER[@]}" --lengths "${LENGTHS%%,*}" --methods delta_g32,delta_g128,delta_ema0.75,delta_linear,vs,vs+delta \
       --out "$OUT" "${RESUME[@]}" --time-limit "$(left)" || fail C2
     ;;
-  *) echo "unknown part $PART (A, B or C)"; exit 2 ;;
+  F)
+    # RULER's instruction header vs none, RULER's adjective-noun keys vs noun-noun keys (docs/results/reproduce.md)
+    F_LEN=${F_LEN:-8192}
+    F_TASKS=niah_single_1,niah_single_1@noheader,niah_single_1@hyphen,niah_single_1@noheader+hyphen
+    F_METHODS=$CORE
+    # delta_auto (Δ scaled by a λ fitted from the anchors) only where this checkout has that method spec and
+    # the operator runs it (a tiny call on random tensors)
+    if python3 -c "import torch; from delta_attn.ops import delta_attention; from delta_attn.eval.methods import \
+parse_method; c = parse_method('delta_auto').config.replace(window=32, sink=4, gamma=8, backend='reference'); \
+q = torch.randn(1, 2, 200, 16); delta_attention(q, q, q, c)" 2>/dev/null; then
+      F_METHODS=$F_METHODS,delta_auto
+    fi
+    python3 -m delta_attn.cli eval ruler --tasks "$F_TASKS" --samples "${SAMPLES_GIVEN:-30}" --lengths "$F_LEN" \
+      --methods "$F_METHODS" --no-summary "${COMMON[@]}" --out "$OUT" "${RESUME[@]}" \
+      --time-limit "$(( $(left) - 150 ))" || fail F1
+    # needle analyses (one needle.json per folder); the first leaves ~60 s for the second
+    NEEDLE=(python3 -m delta_attn.cli eval needle --length "$F_LEN" --samples "${NEEDLE_SAMPLES:-8}"
+            --methods "$F_METHODS" --no-summary "${COMMON[@]}")
+    "${NEEDLE[@]}" --task niah_single_1@noheader --out "$OUT/needle_noheader" --time-limit "$(( $(left) - 60 ))" \
+      || fail F-needle-noheader
+    "${NEEDLE[@]}" --task niah_single_1 --out "$OUT/needle_default" --time-limit "$(left)" || fail F-needle-default
+    ;;
+  *) echo "unknown part $PART (A, B, C or F)"; exit 2 ;;
 esac
 echo "part $PART done in $(( $(date +%s) - T0 ))s; failed steps:${FAILED:- none}; files in $OUT:"; ls -la "$OUT"

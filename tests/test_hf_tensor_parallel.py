@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 import delta_attn
 from delta_attn import DeltaConfig
-from tp_ranks import run_ranks
+from ranks import run_ranks
 
 pytestmark = pytest.mark.slow  # two fresh processes importing transformers: ~10-20 s
 

@@ -64,6 +64,23 @@ def test_tiny_cases_in_interpreter(seed):
     assert not bad, bad
 
 
+VARIANTS = [  # Δ variants (docs/algorithm.md §13): the unfused scaled path, auto λ, extra anchors, chunked auto
+    "delta-scale0.5",
+    "delta-scale0.5-abg",
+    "delta-auto-global",
+    "delta-extra0.25",
+    "delta-extra0.25-linear-auto",
+    "chunk-auto",
+]
+
+
+def test_delta_variants_in_interpreter(seed):
+    rows = _run_tiny(VARIANTS, seed)
+    assert sorted(r["name"] for r in rows if not r["name"].startswith("unit")) == sorted(VARIANTS)
+    bad = [r for r in rows if not r["ok"]]
+    assert not bad, bad
+
+
 def test_tma_descriptors_in_interpreter(seed, tmp_path):
     from delta_attn.bench.check import TINY_TILES
 

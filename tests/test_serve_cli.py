@@ -4,6 +4,7 @@ command (a subprocess on a free port) answers HTTP, logs one line per request an
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import queue
@@ -20,7 +21,7 @@ import pytest
 
 from delta_attn import models
 from delta_attn.cli import main
-from delta_attn.serve.cli import delta_scale
+from delta_attn.cli_options import delta_scale
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ def busy_port():
         (["--interp", "linear"], "not causal"),
         (["--dense-layers", "31"], "dense_layers 31: the model has 30 layers"),
         (["--window", "16", "--sparse", "nosuch"], "prefill method: "),
-        (["--delta-scale", "7"], "prefill method: "),
+        (["--delta-scale", "7"], "argument --delta-scale: must lie in [0, 1]"),
         (["--device", "cuda:7"], "--device cuda:7"),
         (["--port", "{busy_port}"], "cannot listen on 127.0.0.1:{busy_port}"),
     ],
@@ -101,7 +102,10 @@ def test_a_gguf_file_and_an_hf_folder_load_the_same_model():
 
 def test_delta_scale_takes_numbers_and_names():
     assert delta_scale("0.25") == 0.25 and delta_scale("1") == 1.0
-    assert delta_scale("auto") == "auto"
+    assert delta_scale("auto") == "auto" and delta_scale("auto-global") == "auto-global"
+    for bad in ("1.5", "-0.1", "automatic", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            delta_scale(bad)
 
 
 def _lines(stream, into: queue.Queue) -> None:

@@ -72,6 +72,23 @@ def fraction(text: str) -> float:
     return value
 
 
+def delta_scale(text: str) -> float | str:
+    """λ of ``--delta-scale``: a number in [0, 1] or one of ``auto``/``auto-global``."""
+    from .config import DELTA_SCALE_MODES
+
+    if text in DELTA_SCALE_MODES:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in [0, 1] or one of {', '.join(DELTA_SCALE_MODES)}, got {text!r}"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
 def positive_int_list(text: str) -> list[int]:
     """A comma-separated list of ints >= 1 (``"1024,2048"``), at least one, duplicates dropped."""
     items = [t.strip() for t in text.split(",") if t.strip()]
@@ -273,6 +290,29 @@ def add_method_options(
         help="how Δ spreads over a γ-block (default repeat, the paper's)",
     )
     g.add_argument("--tail", type=nonnegative_int, default=None, help="minimum exact tail rows (default max(128, γ))")
+    g.add_argument(
+        "--delta-scale",
+        type=delta_scale,
+        default=1.0,
+        help="λ of the Δ broadcast: a number in [0, 1] (0 = recompute), auto (causal least squares per head) "
+        "or auto-global (non-causal) (default 1.0, the paper's)",
+    )
+    g.add_argument(
+        "--extra-anchors",
+        type=fraction,
+        default=0.0,
+        help="fraction of γ-blocks given a second dense row where Δ changes most (non-causal; default 0)",
+    )
+
+
+def method_settings(args: argparse.Namespace) -> dict:
+    """The DeltaConfig fields :func:`add_method_options` collects (plus ``--mode``/``--dense-layers`` if present)."""
+    names = ("sparse", "window", "sink", "gamma", "interp", "tail", "delta_scale", "extra_anchors")
+    settings = {name: getattr(args, name) for name in names}
+    for name in ("mode", "dense_layers"):
+        if hasattr(args, name):
+            settings[name] = getattr(args, name)
+    return settings
 
 
 def add_mode_option(p: argparse.ArgumentParser, default: str = "delta") -> None:

@@ -239,15 +239,7 @@ def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_s
 def method_config(method: str, args):
     from .config import DeltaConfig
 
-    return DeltaConfig(
-        mode=method,
-        sparse=args.sparse,
-        window=args.window,
-        sink=args.sink,
-        gamma=args.gamma,
-        interp=args.interp,
-        tail=args.tail,
-    )
+    return DeltaConfig(**{**opt.method_settings(args), "mode": method})
 
 
 def _shown(answer: str) -> str:

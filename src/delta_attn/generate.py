@@ -62,16 +62,7 @@ def run(args) -> int:
     if not text.strip():
         raise opt.UsageError("the prompt is empty: pass a file or pipe text on stdin")
     config = opt.config_or_usage_error(
-        lambda: DeltaConfig(
-            mode=args.mode,
-            sparse=args.sparse,
-            window=args.window,
-            sink=args.sink,
-            gamma=args.gamma,
-            interp=args.interp,
-            tail=args.tail,
-            dense_layers=args.dense_layers,
-        ),
+        lambda: DeltaConfig(**opt.method_settings(args)),
         "prefill method",
     )
     if args.chunk_size and not config.is_causal:

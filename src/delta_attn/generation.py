@@ -21,6 +21,7 @@ continues it per prompt) hand it to :func:`decode` as a :class:`Prefilled`.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -124,6 +125,12 @@ def stop_token_ids(tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
+def cache_argument(model) -> str:
+    """The forward's name for the KV cache: ``cache`` from transformers 5.24 on (``past_key_values``, the
+    older name, still works there but warns on every call)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -186,17 +193,19 @@ def prefill(
 
             out = chunked_prefill(model, ids[sl], None if mask is None else mask[sl], chunk_size=chunk_size)
             logits.append(out.logits)
+            caches.append(out.past_key_values)
         else:
+            part_cache = DynamicCache(config=model.config)  # filled in place by the forward
             out = model(
                 input_ids=ids[sl],
                 attention_mask=None if mask is None else mask[sl],
                 position_ids=None if pos is None else pos[sl],
-                past_key_values=DynamicCache(config=model.config),
                 use_cache=True,
                 logits_to_keep=1,
+                **{cache_argument(model): part_cache},
             )
             logits.append(out.logits[:, -1])
-        caches.append(out.past_key_values)
+            caches.append(part_cache)
         del out
     cache = caches[0] if len(caches) == 1 else _merge_caches(caches, model.config)
     del caches
@@ -262,6 +271,7 @@ def decode(
     if len(params) != bsz:
         raise ValueError(f"got {len(params)} SamplingParams for {bsz} sequences")
     cache = start.cache
+    cache_kw = cache_argument(model)
     mask = start.attention_mask
     padded = mask is not None and not bool(mask.all())
     cur_pos = mask.sum(-1) if padded else None  # next position of each sequence (left padding shifts them)
@@ -312,7 +322,7 @@ def decode(
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             kwargs = {"attention_mask": mask, "position_ids": cur_pos.view(-1, 1)}
             cur_pos = cur_pos + 1
-        out = model(input_ids=nxt.view(-1, 1), past_key_values=cache, use_cache=True, **kwargs)
+        out = model(input_ids=nxt.view(-1, 1), use_cache=True, **{cache_kw: cache}, **kwargs)
         steps += 1
         nxt = sampler(out.logits[:, -1], active)
         del out

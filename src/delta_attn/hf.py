@@ -23,13 +23,17 @@ causal + left padding; anything else raises) and every sequence is processed at 
 The config lives in a small :class:`_Binding` object set as an attribute on the model and on each
 of its layers that has a ``layer_idx``; no model code is forked and no ``forward`` is rebound.
 Sliding-window layers whose window is shorter than the context keep the model's own windowed
-attention (they are already sparse; Δ corrects full-attention layers only).
+attention (they are already sparse; Δ corrects full-attention layers only). :func:`prefill_override`
+routes every attention call through another function for a while (the context-parallel prefill of
+:mod:`delta_attn.distributed` uses it: each rank forwards its shard of the prompt).
 """
 
 from __future__ import annotations
 
 import inspect
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +78,7 @@ class _Binding:
     config: DeltaConfig
     previous: str  # attention implementation restored by disable()
     chunk: PrefillState | None = None
+    prefill_override: Callable | None = None  # set by prefill_override() (context-parallel prefill)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,6 +266,14 @@ def delta_attention_forward(
     layer_idx = getattr(module, "layer_idx", None)
     nq, nk = query.shape[2], key.shape[2]
 
+    override = binding.prefill_override if binding is not None else None
+    if override is not None:
+        if nq != nk or attention_mask is not None:
+            raise ValueError(
+                "a prefill override (context-parallel prefill) takes forwards without a cache or attention mask"
+            )
+        return override(module, query, key, value, scaling, **kwargs).transpose(1, 2).contiguous(), None
+
     if chunk is None and nq < nk:  # decode (or any forward over a cached prefix): dense, every mode
         out = dense_sdpa(query, key, value, attention_mask, scaling)
         return out.transpose(1, 2).contiguous(), None
@@ -417,6 +430,27 @@ def disable(model: PreTrainedModel) -> PreTrainedModel:
             delattr(m, _BINDING_ATTR)
     model.set_attn_implementation(binding.previous)
     return model
+
+
+@contextmanager
+def prefill_override(model: PreTrainedModel, fn: Callable) -> Iterator[None]:
+    """Route every attention call of ``model`` through ``fn`` while the context is open.
+
+    ``fn(module, query, key, value, scaling, **kwargs)`` gets what the attention function gets (query
+    (B, Hq, N, D), key/value (B, Hkv, N, D), the layer module with its ``layer_idx``) and returns
+    (B, Hq, N, D). Used by :func:`delta_attn.distributed.cp_prefill`, whose ranks each forward their
+    shard of the prompt (no cache, no attention mask). The model must be switched on with :func:`enable`.
+    """
+    binding: _Binding | None = getattr(model, _BINDING_ATTR, None)
+    if binding is None or model.config._attn_implementation != ATTN_NAME:
+        raise ValueError("prefill_override needs a model switched to delta attention: call delta_attn.enable first")
+    if binding.prefill_override is not None:
+        raise RuntimeError("a prefill override is already active on this model (nested prefills are not supported)")
+    binding.prefill_override = fn
+    try:
+        yield
+    finally:
+        binding.prefill_override = None
 
 
 def current_config(model: PreTrainedModel) -> DeltaConfig | None:

@@ -6,7 +6,9 @@ import argparse
 
 # help texts of `bench layer` options that bench/layer.py leaves short; every one states its default
 LAYER_HELP = {
-    "methods": "any of cudnn, flash, sparse, delta, recompute, rows (dense-rows kernel alone) (default all six)",
+    "methods": "any of cudnn, flash, sparse, delta, recompute, rows (dense-rows kernel alone), and Δ variants "
+    "delta_<parts> (l<λ>, auto, global, x<percent> joined by '_', e.g. delta_l0.5, delta_x25) "
+    "(default the first six)",
     "batch": "batch size (default 1)",
     "heads": "query heads (default 32, Llama-3-8B)",
     "kv_heads": "key/value heads (default 8)",

@@ -226,6 +226,32 @@ def register(subparsers) -> None:
     )
     a.set_defaults(func=cli_analyze.run)
 
+    from . import cli_needle  # eval needle: where the needle goes under each method (prompt formats)
+
+    nd = sub.add_parser("needle", help="needle keys/values, decode attention on the needle, Δ per layer", **epilog)
+    nd.description = cli_needle.__doc__
+    nd.add_argument(
+        "--task",
+        type=cli_needle.task_name,
+        default="niah_single_1",
+        help="NIAH task, formats allowed (default %(default)s)",
+    )
+    nd.add_argument("--length", type=positive_int, default=8192, help="nominal prompt length (default 8192)")
+    nd.add_argument("--samples", type=positive_int, default=8, help="prompts (default 8)")
+    _seed_reserve(nd)
+    _model_opts(nd)
+    _method_opts(nd, "dense,sparse,recompute,delta")
+    nd.add_argument("--out", type=opt.output_dir, required=True, help="output directory (required)")
+    nd.add_argument("--plots", action="store_true", help="also write needle.png (default off)")
+    nd.add_argument("--no-summary", action="store_true", help="no needle.md (default: write one)")
+    nd.add_argument(
+        "--force", action="store_true", help="redo a complete analysis with the same settings (default off)"
+    )
+    nd.add_argument(
+        "--time-limit", type=nonnegative_float, default=None, help="seconds; later prompts skipped (default none)"
+    )
+    nd.set_defaults(func=cli_needle.run)
+
     rep = sub.add_parser(
         "report",
         help="RESULTS.md (tables, permutation tests, plots) from result files",
@@ -237,7 +263,7 @@ def register(subparsers) -> None:
         nargs="+",
         required=True,
         type=opt.existing_path,
-        help="result files or directories: ruler*.jsonl, ppl*.jsonl, analysis*.json, .gz too (required)",
+        help="result files or directories: ruler*.jsonl, ppl*.jsonl, analysis*.json, needle*.json, .gz too (required)",
     )
     rep.add_argument("--out", type=opt.output_path, default=Path("RESULTS.md"), help="output file (default RESULTS.md)")
     rep.add_argument(

@@ -59,7 +59,7 @@ def run(args) -> int:
     common.check_lengths(
         [args.length], info.context_length, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS, what="--length"
     )
-    if ruler.TASKS[args.task].params.get("haystack") == "essay" or ruler.TASKS[args.task].is_qa:
+    if ruler.task_spec(args.task).needs_texts:
         common.check_texts(ESSAY_BOOKS, args.texts_dir)
     device, dtype = common.device_and_dtype(args)
     out_file = args.out / "analysis.json"

@@ -20,7 +20,7 @@ def run(args) -> int:
     inputs = Inputs.find(args.inputs)
     if not inputs.count:
         shown = " ".join(map(str, args.inputs))
-        raise UsageError(f"no result files (ruler*.jsonl, ppl*.jsonl, analysis*.json, or .gz) in {shown}")
+        raise UsageError(f"no result files (ruler*.jsonl, ppl*.jsonl, analysis*.json, needle*.json, or .gz) in {shown}")
     try:
         notes = [read_note(p, read_text_file(p)) for p in args.notes]
     except NotesError as exc:

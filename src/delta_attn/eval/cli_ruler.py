@@ -30,7 +30,7 @@ def build_samples(builder, cells, n, *, seed, reserve, workers: int, log=None):
     from . import ruler
 
     t0 = time.perf_counter()
-    if any(ruler.TASKS[t].params.get("haystack") == "essay" or ruler.TASKS[t].is_qa for t, _ in cells):
+    if any(ruler.task_spec(t).needs_texts for t, _ in cells):
         builder.essay()  # tokenise the essay books once, before forking
     chunk = 10
     jobs = [(t, L, list(range(i, min(n, i + chunk))), seed, reserve) for t, L in cells for i in range(0, n, chunk)]
@@ -73,7 +73,7 @@ def run(args) -> int:
     tasks, lengths = args.tasks, args.lengths
     info = common.model_info(args)
     common.check_lengths(lengths, info.context_length, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS)
-    if any(ruler.TASKS[t].params.get("haystack") == "essay" or ruler.TASKS[t].is_qa for t in tasks):
+    if any(ruler.task_spec(t).needs_texts for t in tasks):
         common.check_texts(ESSAY_BOOKS, args.texts_dir)
     device, dtype = common.device_and_dtype(args)
     out_jsonl = args.out / "ruler.jsonl"

@@ -43,6 +43,7 @@ class Inputs:
     ruler: list[Path] = field(default_factory=list)
     ppl: list[Path] = field(default_factory=list)
     analysis: list[Path] = field(default_factory=list)
+    needle: list[Path] = field(default_factory=list)  # needle*.json of `eval needle`
 
     @classmethod
     def find(cls, paths: Sequence[Path]) -> Inputs:
@@ -56,11 +57,13 @@ class Inputs:
                     found.ppl.append(f)
                 elif name.startswith("analysis") and name.endswith(".json"):
                     found.analysis.append(f)
+                elif name.startswith("needle") and name.endswith(".json"):
+                    found.needle.append(f)
         return found
 
     @property
     def count(self) -> int:
-        return len(self.ruler) + len(self.ppl) + len(self.analysis)
+        return len(self.ruler) + len(self.ppl) + len(self.analysis) + len(self.needle)
 
 
 @dataclass(frozen=True)
@@ -227,11 +230,18 @@ def results_document(
     Raises :class:`NotesError` when a note describes a run that is not among the inputs.
     """
     from . import plots
+    from .format_report import format_section
 
-    d = tables.RulerData.from_records(ruler_records.items)
+    # prompt-format variants (task@format) get their own section, not a place in the task averages
+    variants = tables.RulerData.from_records(ruler_records.items)
+    d = tables.RulerData.from_records(r for r in ruler_records.items if "@" not in str(r.get("task", "")))
+    needles = []
+    for p in inputs.needle:
+        with open_text(Path(p)) as fh:
+            needles.append(json.load(fh))
     ppl = tables.PplData.from_records(ppl_records.items)
     an = load_analysis(inputs.analysis)
-    runs = all_runs(d, ppl, an)
+    runs = all_runs(variants, ppl, an) + [n["meta"]["run"] for n in needles if n.get("meta", {}).get("run")]
     known = {r.get("run_id") for r in runs}
     for note in notes:
         unknown = [r for r in note.runs if r not in known]
@@ -290,5 +300,6 @@ def results_document(
     parts.append(pic("gamma.png", "gamma ablation") or "_no γ ablation (needs delta_g<γ> methods)._\n")
     parts.append("\n## Analysis (paper Fig. 3 and Fig. 6b on our model)\n")
     parts.append(tables.analysis_markdown(an) + pic("analysis.png", "analysis") + pic("sweep.png", "per-layer sweep"))
+    parts.append(format_section(variants, needles, n_resamples=n_resamples))
     parts.append("\n" + reproduce_section(runs, command))
     return "\n".join(parts)

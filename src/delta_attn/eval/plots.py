@@ -210,3 +210,34 @@ def plot_gamma(d: RulerData, ppl: PplData, path: Path, *, sparse: str = "sparse"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_needle(result: dict, path: Path) -> Path | None:
+    """needle.png: per layer, needle key/value cosine to dense, last-row needle mass, consecutive-anchor Δ cos."""
+    methods = result.get("methods", {})
+    if not methods:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    panels = [
+        ("k_cos", "needle keys: cosine to dense"),
+        ("v_cos", "needle values: cosine to dense"),
+        ("mass", "last prompt row: attention mass on the needle"),
+        ("delta_cos", "Δ: cosine between consecutive anchors"),
+    ]
+    for ax, (key, title) in zip([a for row in axes for a in row], panels):
+        for m, s in methods.items():
+            if key in s:
+                ax.plot(s["layers"], s[key], marker=".", label=m)
+        ax.set_title(title)
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis="y", useOffset=False)  # cosines near 1: show the values, not an offset
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    meta = result.get("meta", {})
+    fig.suptitle(f"{meta.get('task', '?')}, {meta.get('samples', '?')} prompts of {meta.get('prompt_tokens', '?')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -93,10 +93,21 @@ class TaskSpec:
     max_new_tokens: int
     metric: str  # "all" (string_match_all) | "part" (string_match_part)
     params: dict = field(default_factory=dict)
+    formats: tuple[str, ...] = ()  # prompt-format variants (see FORMATS), in FORMATS order
 
     @property
     def is_qa(self) -> bool:
         return self.family == "qa"
+
+    @property
+    def base(self) -> str:
+        """The RULER task this spec is a format variant of (its own name when it is none)."""
+        return self.name.partition("@")[0]
+
+    @property
+    def needs_texts(self) -> bool:
+        """Whether its prompts read the public-domain texts (essay haystack or QA passages)."""
+        return self.params.get("haystack") == "essay" or self.is_qa
 
 
 def _niah(name, haystack, k, v, nk=1, nv=1, nq=1):
@@ -133,8 +144,63 @@ MIN_PROMPT_TOKENS = 256
 PROMPT_FORMAT = 1
 
 
+#: prompt-format variants of the NIAH tasks, selected by a task-name suffix and composable:
+#: ``niah_single_1@noheader+hyphen+text``. Everything else (value, depth, length) stays as in the
+#: default format: a variant of sample i draws the same value and needle depth as the default's sample i.
+FORMATS = {
+    "noheader": "no instruction line before the haystack (the question after it stays)",
+    "hyphen": "keys are two hyphenated nouns (tiger-lamp) instead of RULER's adjective-noun keys",
+    "text": "public-domain text haystack (the essay books) instead of the noise sentences",
+    "noise": "noise-sentence haystack instead of the essay text",
+}
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The :class:`TaskSpec` of a task name, format suffixes included (``niah_single_1@noheader+hyphen``).
+
+    The returned spec's name is canonical (formats in :data:`FORMATS` order), so that two spellings of
+    one format never become two tasks in records. Unknown tasks or formats: ``ValueError`` naming the
+    known ones.
+    """
+    base, at, suffix = name.partition("@")
+    if base not in TASKS:
+        raise ValueError(f"unknown task {base!r}; choose from {TASK_NAMES} or all/niah/qa/non_qa")
+    spec = TASKS[base]
+    if not at:
+        return spec
+    wanted = [f.strip() for f in suffix.split("+")]
+    unknown = [f for f in wanted if f not in FORMATS]
+    if unknown or not wanted:
+        raise ValueError(
+            f"unknown prompt format {'+'.join(unknown) or '(empty)'!r} in {name!r}; formats (join with '+'): "
+            + ", ".join(f"@{f} ({why})" for f, why in FORMATS.items())
+        )
+    if len(set(wanted)) != len(wanted):
+        raise ValueError(f"{name!r} names a prompt format twice")
+    if spec.family != "niah":
+        raise ValueError(f"{name!r}: prompt formats apply to the NIAH tasks only, not to {base}")
+    params = dict(spec.params)
+    if "text" in wanted and "noise" in wanted:
+        raise ValueError(f"{name!r}: @text (text haystack) and @noise (noise haystack) exclude each other")
+    if "text" in wanted or "noise" in wanted:
+        new = "essay" if "text" in wanted else "noise"
+        if params["haystack"] != ("noise" if new == "essay" else "essay"):
+            raise ValueError(
+                f"{name!r}: {base} has the {params['haystack']} haystack; @text switches a noise haystack to "
+                "text, @noise an essay haystack to noise"
+            )
+        params["haystack"] = new
+    if "hyphen" in wanted:
+        if params["type_k"] != "words":
+            raise ValueError(f"{name!r}: @hyphen replaces word keys, and {base} has {params['type_k']} keys")
+        params["type_k"] = "noun_pairs"
+    formats = tuple(f for f in FORMATS if f in wanted)
+    return TaskSpec(f"{base}@{'+'.join(formats)}", spec.family, spec.max_new_tokens, spec.metric, params, formats)
+
+
 def parse_tasks(spec: str | Sequence[str] | None) -> list[str]:
-    """``"all"``, ``"niah"`` (all 8 NIAH), ``"qa"``, ``"non_qa"`` or a comma list of task names."""
+    """``"all"``, ``"niah"`` (all 8 NIAH), ``"qa"``, ``"non_qa"`` or a comma list of task names
+    (format variants such as ``niah_single_1@noheader+hyphen`` included, see :data:`FORMATS`)."""
     items = spec.split(",") if isinstance(spec, str) else list(spec or ["all"])
     out: list[str] = []
     for item in (s.strip() for s in items):
@@ -148,10 +214,8 @@ def parse_tasks(spec: str | Sequence[str] | None) -> list[str]:
             names = QA_TASKS
         elif item == "non_qa":
             names = [t for t in TASK_NAMES if t not in QA_TASKS]
-        elif item in TASKS:
-            names = [item]
         else:
-            raise ValueError(f"unknown task {item!r}; choose from {TASK_NAMES} or all/niah/qa/non_qa")
+            names = [task_spec(item).name]
         out.extend(n for n in names if n not in out)
     return out
 
@@ -284,7 +348,8 @@ def _layout(
     (RULER counts depth in sentences; tokens make the recorded depth exact to within one unit);
     specials at one boundary keep the order of their depths. The very first element is re-tokenised
     with ``first_sep`` when given (e.g. ``"\\n"`` after the instruction line while units are joined by
-    spaces). Returns the flat ids and the token offset of each special (in the order given).
+    spaces). Returns the flat ids, the token offset of each special (in the order given) and the
+    offset just past it.
     """
     cum = [0]
     for u in units:
@@ -297,6 +362,7 @@ def _layout(
         slots.setdefault(slot, []).append(i)
     flat: list[int] = []
     offsets = [0] * len(specials)
+    ends = [0] * len(specials)
 
     def put(unit: Unit) -> None:
         flat.extend(builder.enc(first_sep + unit[0]) if (first_sep is not None and not flat) else unit[1])
@@ -305,9 +371,10 @@ def _layout(
         for i in slots.get(pos, []):
             offsets[i] = len(flat)
             put(specials[i])
+            ends[i] = len(flat)
         if pos < len(units):
             put(units[pos])
-    return flat, offsets
+    return flat, offsets, ends
 
 
 class _Stream:
@@ -350,6 +417,8 @@ def _needle_value(rng: random.Random, kind: str) -> str:
         return _uuid(rng)
     if kind == "words":
         return words.niah_key(rng)
+    if kind == "noun_pairs":  # drawn through a RULER key, so the draws after it match the default format's
+        return words.noun_pair(random.Random(words.niah_key(rng)))
     raise ValueError(kind)
 
 
@@ -420,24 +489,28 @@ def generate_niah(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, 
     answers = [v for i in queried for v in values[i]]
     query = ", ".join(queries[:-1]) + ", and " + queries[-1] if len(queries) > 1 else queries[0]
     template, prefix = TEMPLATES["niah"]
+    noheader = "noheader" in spec.formats
+    if noheader:  # the haystack follows the chat header directly; the question after it stays
+        template = "{context}" + template[template.index("\n{context}") + len("\n{context}") :]
     type_v_eff = type_v
     if p["num_q"] * p["num_v"] == 1:  # RULER's singular rewrite (before the query is filled in)
         template = template.replace("Some", "A").replace("are all", "is").replace("are", "is")
         prefix = prefix.replace("are", "is")
         type_v_eff = type_v[:-1]
     fill = lambda s: s.replace("{type_needle_v}", type_v_eff).replace("{query}", query)  # noqa: E731
-    user_head, user_tail = fill(template).split("\n{context}")
+    user_head, user_tail = fill(template).split("{context}" if noheader else "\n{context}")
     head, tail = builder.wrap(user_head, user_tail, fill(prefix))
 
     sep = " " if hay == "essay" else "\n"
     specials = [(n, builder.enc(sep + n)) for n in needles]
     stream = _Stream(_haystack(builder, hay, rng, sep, set(keys), type_k, type_v))
-    layout = lambda n: _layout(builder, stream[0:n], specials, depths, first_sep="\n")  # noqa: E731
+    first_sep = "" if noheader else "\n"
+    layout = lambda n: _layout(builder, stream[0:n], specials, depths, first_sep=first_sep)  # noqa: E731
     budget = target - len(head) - len(tail)
     n, context = _fit(
         budget, lambda n: layout(n)[0], lambda n, d: _take(stream.ids_from(n), d), start=max(1, budget // 40)
     )
-    offsets = layout(n)[1]
+    _, offsets, ends = layout(n)
     # the needles holding the answers, in the order of ``answers``
     answer_needles = [
         needles.index(NIAH_NEEDLE.format(type_needle_v=type_v, key=keys[i], value=v))
@@ -446,14 +519,28 @@ def generate_niah(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, 
     ]
     meta = {
         "haystack": hay,
+        "formats": list(spec.formats),
         "query": query,
         "haystack_units": n,
         "depths": [depths[i] for i in answer_needles],
         "all_depths": list(depths),
         "needle_offsets": [len(head) + offsets[i] for i in answer_needles],
+        # [start, end) token indices of each answer needle's sentence (without the separator before it)
+        "needle_spans": [
+            [len(head) + offsets[i] + _lead_space(builder, context[offsets[i] : ends[i]]), len(head) + ends[i]]
+            for i in answer_needles
+        ],
     }
     meta["context_span"] = [len(head), len(head) + len(context)]
     return head + context + tail, answers, meta
+
+
+def _lead_space(builder: "PromptBuilder", ids: list[int]) -> int:
+    """How many of the first ``ids`` decode to whitespace only (the separator before a needle)."""
+    n = 0
+    while n < len(ids) and not builder.tok.decode(ids[n : n + 1]).strip():
+        n += 1
+    return n
 
 
 def _vt_chain(rng: random.Random, num_hops: int, taken: set[str]) -> tuple[list[str], list[str], str]:
@@ -675,8 +762,8 @@ def generate_sample(
     builder: PromptBuilder, task: str, length: int, index: int, *, seed: int = 0, reserve: int = DEFAULT_RESERVE
 ) -> Sample:
     """Sample ``index`` of ``task`` at nominal length ``length`` (deterministic)."""
-    spec = TASKS[task]
-    rng = sample_rng(seed, task, length, index)
+    spec = task_spec(task)
+    rng = sample_rng(seed, spec.base, length, index)  # a format variant draws what the default format draws
     target = prompt_tokens_for(length, reserve)
     try:
         return _generate(builder, spec, rng, target, length, index)
@@ -687,7 +774,7 @@ def generate_sample(
 def _generate(
     builder: PromptBuilder, spec: TaskSpec, rng: random.Random, target: int, length: int, index: int
 ) -> Sample:
-    task = spec.name
+    task = spec.name  # canonical (formats in FORMATS order): what the records carry
     if spec.family == "niah":
         ids, answers, meta = generate_niah(builder, spec, rng, target)
     elif spec.family == "vt":
@@ -729,6 +816,8 @@ __all__ = [
     "QA_TASKS",
     "DISPLAY_NAMES",
     "TaskSpec",
+    "FORMATS",
+    "task_spec",
     "Sample",
     "PromptBuilder",
     "parse_tasks",

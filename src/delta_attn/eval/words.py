@@ -117,5 +117,11 @@ def niah_key(rng) -> str:
     return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
 
 
+#: the ``@hyphen`` prompt format's keys: two different nouns, ``tiger-lamp``.
+def noun_pair(rng) -> str:
+    first, second = rng.sample(NOUNS, 2)
+    return f"{first}-{second}"
+
+
 #: RULER's cwe vocabulary: nouns + adjectives + verbs, de-duplicated and sorted.
 CWE_WORDS = sorted(set(ADJECTIVES) | set(NOUNS) | set(VERBS))

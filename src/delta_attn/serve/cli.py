@@ -31,29 +31,10 @@ def port_number(text: str) -> int:
     return value
 
 
-def delta_scale(text: str) -> float | str:
-    """A number (λ) or a name such as ``auto``; ``DeltaConfig`` checks the value."""
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 def _config(args):
     from ..config import DeltaConfig
 
-    settings = dict(
-        mode=args.mode,
-        sparse=args.sparse,
-        window=args.window,
-        sink=args.sink,
-        gamma=args.gamma,
-        interp=args.interp,
-        tail=args.tail,
-        dense_layers=args.dense_layers,
-    )
-    if args.delta_scale is not None:  # passed only when given: DeltaConfig's default stays the default
-        settings["delta_scale"] = args.delta_scale
+    settings = opt.method_settings(args)
     return opt.config_or_usage_error(lambda: DeltaConfig(**settings), "prefill method")
 
 
@@ -206,17 +187,11 @@ def register(subparsers) -> None:
     )
     opt.add_method_options(p, window=2048, sink=128, gamma=64)
     p.add_argument(
-        "--delta-scale",
-        type=delta_scale,
-        default=None,
-        help="scale λ of the Δ broadcast: a number in [0, 1], auto or auto-global (default: DeltaConfig's)",
-    )
-    p.add_argument(
         "--chunk-size",
         type=opt.nonnegative_int,
         default=DEFAULT_CHUNK,
         help=f"prefill in chunks of this many tokens (default {DEFAULT_CHUNK}); 0: the whole prompt in one "
-        "forward, which non-causal settings (--interp linear) need",
+        "forward, which non-causal settings (--interp linear, --delta-scale auto-global, --extra-anchors) need",
     )
     opt.add_model_options(p, dtype=True)
     opt.add_overflow_option(p)

@@ -1,7 +1,5 @@
 """Run a function on W gloo ranks in fresh processes, with timeouts (a helper module for tests).
 
-Same shape as tests/ranks.py of the context-parallel branch (dist1); one of the two can go once both are merged.
-
 ``run_ranks(fn, world, *args)`` spawns ``world`` processes; each joins a gloo group (file rendezvous,
 collective timeout ``collective_timeout`` s), runs ``fn(rank, world, *args)`` and sends back its
 result or its traceback. The parent waits at most ``timeout`` s, kills what is left, and raises
