@@ -9,6 +9,11 @@
 #                               transformers' DynamicCache (concatenation per chunk; contiguous K/V) for
 #                               comparison. Compilation is paid in the warm-up, whose per-cell times are printed
 #   DRY=1 scripts/gpu_e2e.sh    CPU dry run: the same code path on the tiny shape (256 / 512 tokens, chunk 64)
+#   PARALLEL=cp NPROC=2 scripts/gpu_e2e.sh   context parallel over NPROC GPUs of one host (torchrun, NCCL):
+#                               every method one-shot through cp_prefill at CP_LENGTHS (default 128K,256K,512K;
+#                               each rank holds the whole gathered KV cache, 128 KB a token for Llama-3-8B, so
+#                               1M needs > 141 GB per GPU). An OOM on one rank stalls the others until the NCCL
+#                               timeout: keep CP_LENGTHS to what fits. With DRY=1: gloo on CPU, tiny shape
 #
 # Runs from the repository root with the package NOT installed (PYTHONPATH=src). Environment:
 #   OUT      where results go (default ./out): $OUT/e2e/{results.json,results.md,plot.png}, $OUT/gpu_e2e.log
@@ -41,6 +46,15 @@ else
   LENGTHS=${LENGTHS:-32K,64K,128K,256K}; CHUNK=${CHUNK:-16384}; CHUNK_AT=${CHUNK_AT:-128K}
 fi
 [ -n "${LAYERS:-}" ] && ARGS+=(--layers "$LAYERS")
+if [ "${PARALLEL:-none}" = cp ]; then
+  NPROC=${NPROC:-2}
+  [ "${DRY:-0}" = 1 ] || LENGTHS=${CP_LENGTHS:-128K,256K,512K}
+  BUDGET=$(( LIMIT - ($(date +%s) - T0) - 40 ))
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+  $PY -m torch.distributed.run --standalone --nproc-per-node "$NPROC" -m delta_attn.bench.e2e "${ARGS[@]}" \
+    --parallel cp --lengths "$LENGTHS" --chunk-size 0 --reps "${REPS:-1}" --time-limit "$BUDGET" --out "$OUT/e2e_cp"
+  exit 0
+fi
 # the bench's own clock starts after python and torch import: leave them (and the report writing) 25 s
 BUDGET=$(( LIMIT - ($(date +%s) - T0) - 25 ))
 if [ "$BUDGET" -lt 30 ]; then echo "LIMIT=$LIMIT leaves no time for the benchmark"; exit 2; fi

@@ -73,7 +73,9 @@ def test_e2e_time_limit_and_oom_are_recorded(tmp_path, monkeypatch):
         (["--methods", "delta,flash"], "--methods"),
         (["--lengths", "12x"], "--lengths"),
         (["--chunk-size", "-1"], "--chunk-size"),
-        (["--gpus", "2"], "multi-GPU"),
+        (["--parallel", "tp"], "not implemented"),
+        (["--parallel", "cp"], "torchrun"),
+        (["--parallel", "pp"], "--parallel"),
         (["--layers", "3"], "has 2 layers"),
         (["--dense-backend", "math"], "--dense-backend"),
         (["--chunk-methods", "dense"], "--chunk-methods"),
@@ -84,3 +86,26 @@ def test_e2e_usage_errors_before_any_model(bad, message, monkeypatch, capsys):
     monkeypatch.setattr(e2e, "build_model", lambda *a, **k: pytest.fail("model built before the options were checked"))
     assert cli_main(["bench", "e2e", *TINY, *bad]) == 2
     assert message in capsys.readouterr().err
+
+
+def cp_rank(rank: int, world: int, out: str, argv: list) -> dict:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    assert e2e.main([*argv, "--parallel", "cp", "--out", out]) == 0
+    return json.loads(open(os.path.join(out, "results.json")).read()) if rank == 0 else {}
+
+
+@pytest.mark.slow  # two processes: ~15 s
+def test_e2e_context_parallel_two_gloo_ranks(tmp_path):
+    from ranks import run_ranks
+
+    argv = [*TINY, "--lengths", "256", "--methods", "dense,delta", "--warmup-length", "64"]
+    assert e2e.main([*argv, "--out", str(tmp_path / "one")]) == 0
+    one = {c["method"]: c for c in json.loads((tmp_path / "one" / "results.json").read_text())["cells"]}
+    res = run_ranks(cp_rank, 2, str(tmp_path / "cp"), argv, timeout=240)[0]
+    assert res["meta"]["parallel"] == "cp" and res["meta"]["ranks"] == 2
+    cp = {c["method"]: c for c in res["cells"]}
+    for m in ("dense", "delta"):  # the same model and prompt on every rank: the same first token as one process
+        assert cp[m]["ttft_s"] > 0 and cp[m]["first_token"] == one[m]["first_token"]
+    assert "Context parallel over 2 ranks" in (tmp_path / "cp" / "results.md").read_text()

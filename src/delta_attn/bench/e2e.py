@@ -17,10 +17,12 @@ and the larger lengths of that method skipped; cells that would overrun ``--time
 from the previous length) are skipped and marked. Dense chunked prefill is not run: a chunk over a
 cached prefix needs a rectangular mask, which SDPA's flash/cuDNN backends do not take.
 
-Multi-GPU (TP / CP up to 1M tokens) is not in this module yet: ``--gpus`` > 1 raises with what is
-missing (a context-parallel backend, ``delta_attn.distributed``, lands separately; tensor parallel
-works through ``tp_plan="auto"``, see :func:`delta_attn.hf.enable`). ``--device cpu`` runs the same
-code path at tiny sizes (the ``tiny`` shape, float32) for tests.
+Context parallel (``--parallel cp``, under ``torchrun``: one process per GPU): every method's prefill
+runs through :func:`delta_attn.distributed.cp_prefill`, each rank forwarding its shard of the prompt
+(dense too, as ``mode="dense"`` through the same CP attention; one-shot only); a cell's time is the
+slowest rank's, its peak memory the largest rank's. Tensor parallel (``--parallel tp``) is a hook, not
+implemented (see :func:`validate`). ``--device cpu`` runs the same code paths at tiny sizes (the
+``tiny`` shape, float32; gloo for CP) for tests.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import sys
 import time
 
 from ..cli_options import UsageError, check_device, nonnegative_float, positive_int
+from ..config import DEFAULT_CONFIG
 from .layer import fmt_length, parse_length
 
 # the attention-relevant shape of each model family; weights are random, so only the sizes matter
@@ -150,7 +153,11 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     )
     p.add_argument("--time-limit", type=nonnegative_float, default=0.0, help="seconds for all cells (default 0: none)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (tiny sizes: the code path, for tests)")
-    p.add_argument("--gpus", type=positive_int, default=1, help="GPUs (default 1; more needs the multi-GPU mode)")
+    p.add_argument(
+        "--parallel",
+        default="none",
+        help="none (one device, default) or cp (context parallel over the ranks of torchrun; tp: not yet)",
+    )
     p.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
     p.add_argument(
         "--out",
@@ -203,16 +210,21 @@ def validate(args: argparse.Namespace) -> dict:
         raise UsageError(f"--dense-backend {args.dense_backend!r}: choose auto or one of {', '.join(SDPA_BACKENDS)}")
     if args.device not in ("cuda", "cpu") and not args.device.startswith("cuda:"):
         raise UsageError(f"--device {args.device!r}: use cuda, cuda:N or cpu")
-    if args.gpus > 1:
-        # the multi-GPU hook. Tensor parallel: run this module under torchrun, save the random model once
-        # (rank 0, save_pretrained) and load it on every rank with from_pretrained(path, tp_plan="auto"),
-        # then time the same cells (enable() works on the sharded model; peak memory per rank). Context
-        # parallel: the prefill of each cell through delta_attn.distributed.cp_prefill (branch dist1), once
-        # that module is on main. Both replace build_model / prefill only; the cells, reports and plot stay.
-        raise UsageError(
-            "--gpus > 1: the multi-GPU mode (tensor parallel under torchrun, context parallel through "
-            "delta_attn.distributed) is not in bench e2e yet; run one GPU, or see the hook in delta_attn/bench/e2e.py"
-        )
+    if args.parallel not in ("none", "cp", "tp"):
+        raise UsageError(f"--parallel {args.parallel!r}: choose none or cp")
+    if args.parallel == "tp":
+        # the tensor-parallel hook: under torchrun, save the random model once (rank 0, save_pretrained)
+        # and load it on every rank with from_pretrained(path, tp_plan="auto") in build_model; enable()
+        # works on the sharded model, prefill() stays as it is, timings/peaks are reduced as for cp
+        raise UsageError("--parallel tp is not implemented in bench e2e yet (see the hook in delta_attn/bench/e2e.py)")
+    if args.parallel == "cp":
+        if "WORLD_SIZE" not in os.environ:
+            raise UsageError(
+                "--parallel cp runs one process per GPU: launch it with torchrun, e.g. "
+                "python -m torch.distributed.run --standalone --nproc-per-node 2 -m delta_attn.bench.e2e --parallel cp"
+            )
+        if any(chunks):
+            raise UsageError("--parallel cp prefills in one call per rank: use --chunk-size 0")
     n_layers = SHAPES[args.model_shape]["num_hidden_layers"]
     if args.layers is not None and args.layers > n_layers:
         raise UsageError(f"--layers {args.layers}: {args.model_shape} has {n_layers} layers")
@@ -277,14 +289,25 @@ def sdpa_context(backend: str | None):
     return sdpa_kernel([names[backend]])
 
 
-def prefill(model, ids, method: str, chunk: int, delta_config, sdpa_backend: str | None, cache: str = ""):
+def prefill(
+    model, ids, method: str, chunk: int, delta_config, sdpa_backend: str | None, cache: str = "", cp: bool = False
+):
     """One prefill of ``ids`` with ``method``; returns the last position's logits (B, vocab).
 
     ``cache`` (chunked only): ``"dynamic"`` gives chunked_prefill a transformers DynamicCache instead of
-    its default PreallocatedCache."""
+    its default PreallocatedCache. ``cp``: context parallel, this rank forwards its shard of ``ids``."""
     import torch
 
     import delta_attn
+
+    if cp:
+        import torch.distributed as dist
+
+        from ..distributed import cp_prefill, shard_bounds
+
+        lo, hi = shard_bounds(ids.shape[1], dist.get_world_size(), dist.get_rank())
+        config = (delta_config or DEFAULT_CONFIG).replace(mode=method)
+        return cp_prefill(model, ids[:, lo:hi], config=config).logits
 
     if method == "dense":
         delta_attn.disable(model)
@@ -301,7 +324,9 @@ def prefill(model, ids, method: str, chunk: int, delta_config, sdpa_backend: str
         return model(input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1]
 
 
-def run_cell(model, ids, method: str, chunk: int, delta_config, sdpa_backend, reps: int, cache: str = "") -> dict:
+def run_cell(
+    model, ids, method: str, chunk: int, delta_config, sdpa_backend, reps: int, cache: str = "", cp: bool = False
+) -> dict:
     """Time ``reps`` prefills (TTFT: the forward(s) and the first token's argmax); peak memory over them."""
     import torch
 
@@ -315,11 +340,12 @@ def run_cell(model, ids, method: str, chunk: int, delta_config, sdpa_backend, re
     for _ in range(reps):
         logits = None  # free the previous run's cache before the next one
         _sync(device)
+        _barrier(cp)
         t0 = time.perf_counter()
-        logits = prefill(model, ids, method, chunk, delta_config, sdpa_backend, cache)
+        logits = prefill(model, ids, method, chunk, delta_config, sdpa_backend, cache, cp)
         first = logits.argmax(-1)
         _sync(device)
-        times.append(time.perf_counter() - t0)
+        times.append(_slowest(time.perf_counter() - t0, cp, device))
     n = ids.shape[1]
     cell = dict(
         ttft_s=min(times),
@@ -328,11 +354,46 @@ def run_cell(model, ids, method: str, chunk: int, delta_config, sdpa_backend, re
         first_token=first.tolist(),
         finite=bool(torch.isfinite(logits).all().item()),
     )
-    if device.type == "cuda":
-        cell["peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        cell["peak_over_weights_gb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+    if device.type == "cuda":  # with cp: the largest over the ranks
+        peak = _slowest(float(torch.cuda.max_memory_allocated(device)), cp, device)
+        cell["peak_gb"] = peak / 2**30
+        cell["peak_over_weights_gb"] = (peak - base) / 2**30
     cell["logits"] = logits.float()  # compared with the one-shot cell, dropped before writing
     return cell
+
+
+def _barrier(cp: bool) -> None:
+    if cp:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _slowest(value: float, cp: bool, device) -> float:
+    """``value`` on one device; with cp the maximum over the ranks (the slowest rank, the largest peak)."""
+    if not cp:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def setup_distributed(device_name: str):
+    """(rank, world size, device) of this torchrun process; joins the default group if not joined yet."""
+    import torch
+    import torch.distributed as dist
+
+    cuda = device_name.startswith("cuda")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -381,10 +442,17 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     from ..config import DeltaConfig
 
     t_start = time.perf_counter()
-    device = torch.device(args.device)
+    cp = args.parallel == "cp"
+    rank, world, device = setup_distributed(args.device) if cp else (0, 1, torch.device(args.device))
+    log = print if rank == 0 else (lambda *a, **k: None)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     lengths, chunks, methods = opts["lengths"], opts["chunks"], opts["methods"]
     model = build_model(args.model_shape, args.layers, max(lengths), device, dtype, args.seed)
+    if cp:  # the same weights on every rank, whatever the device's random streams do
+        import torch.distributed as dist
+
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=0)
     n_layers = model.config.num_hidden_layers
     weights_gb = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
     delta_config = DeltaConfig(window=args.window, sink=args.sink, gamma=args.gamma, sparse="streaming")
@@ -398,7 +466,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     warm_n = opts["warmup_length"]
     warm_ids = prompt(warm_n)
     sdpa_backend, sdpa_timings = (None, {})
-    if "dense" in methods:
+    if "dense" in methods and not cp:
         sdpa_backend, sdpa_timings = pick_dense_backend(model, warm_ids, args.dense_backend, device)
     warm_s, warm_cells = 0.0, {}
     if args.warmup:  # per cell: the first call of a (method, chunk) pays Triton compilation: recorded
@@ -409,11 +477,11 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 for cache in opts["chunk_caches"] if c else [""]:
                     _sync(device)
                     t0 = time.perf_counter()
-                    prefill(model, warm_ids, m, min(c, max(1, warm_n // 2)), delta_config, sdpa_backend, cache)
+                    prefill(model, warm_ids, m, min(c, max(1, warm_n // 2)), delta_config, sdpa_backend, cache, cp)
                     _sync(device)
                     warm_cells[variant_name((m, c, cache))] = time.perf_counter() - t0
         warm_s = sum(warm_cells.values())
-    print(
+    log(
         f"model {args.model_shape} ({n_layers} layers, {count_params(model) / 1e9:.2f} B params, {dtype}) on "
         f"{device}; dense SDPA backend: {sdpa_backend or 'PyTorch default'} {sdpa_timings or ''}; "
         f"warm-up {'at ' + fmt_length(warm_n) + f' tokens, {warm_s:.1f} s' if args.warmup else 'off'}",
@@ -438,16 +506,16 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 if key in failed:
                     cell["skipped"] = "a shorter length ran out of memory"
                     continue
-                spent = time.perf_counter() - t_start
+                spent = _slowest(time.perf_counter() - t_start, cp, device)  # one decision for all ranks
                 need = forecast(last_ok.get(key), n, m) * args.reps
                 if args.time_limit and spent + need > args.time_limit:
                     cell["skipped"] = (
                         f"time limit: {spent:.0f} s spent, ~{need:.0f} s forecast, limit {args.time_limit:.0f} s"
                     )
-                    print(f"  {fmt_length(n):>5s} {variant_name(key):24s} skipped ({cell['skipped']})", flush=True)
+                    log(f"  {fmt_length(n):>5s} {variant_name(key):24s} skipped ({cell['skipped']})", flush=True)
                     continue
                 try:
-                    res = run_cell(model, ids, m, c, delta_config, sdpa_backend, args.reps, cache)
+                    res = run_cell(model, ids, m, c, delta_config, sdpa_backend, args.reps, cache, cp)
                 except (torch.OutOfMemoryError, RuntimeError) as exc:
                     if not is_oom(exc):
                         raise
@@ -455,7 +523,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                     cell["error"] = "OOM: " + str(exc).splitlines()[0][:200]
                     res = None
                 if res is None:  # outside the except block: its traceback no longer pins the cell's tensors
-                    print(f"  {fmt_length(n):>5s} {variant_name(key):24s} OOM", flush=True)
+                    log(f"  {fmt_length(n):>5s} {variant_name(key):24s} OOM", flush=True)
                     if device.type == "cuda":
                         gc.collect()
                         torch.cuda.empty_cache()
@@ -469,7 +537,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 cell.update(res)
                 last_ok[key] = (n, res)
                 mem = f"  peak {res['peak_gb']:.1f} GB" if "peak_gb" in res else ""
-                print(
+                log(
                     f"  {fmt_length(n):>5s} {variant_name(key):24s} TTFT {res['ttft_s']:8.3f} s  "
                     f"{res['tokens_per_s']:10.0f} tok/s{mem}",
                     flush=True,
@@ -488,12 +556,15 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         weights_gb=weights_gb,
         dtype=str(dtype).replace("torch.", ""),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        gpus=1 if device.type == "cuda" else 0,
+        gpus=world if device.type == "cuda" else 0,
+        parallel=args.parallel,
+        ranks=world,
+        rank=rank,
         torch=torch.__version__,
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
         host=platform.node(),
         delta=dict(gamma=args.gamma, window=args.window, sink=args.sink, sparse="streaming"),
-        dense_backend=sdpa_backend or "PyTorch default",
+        dense_backend="CP dense attention (cp_prefill, mode='dense')" if cp else sdpa_backend or "PyTorch default",
         dense_backend_timings=sdpa_timings,
         warmup=dict(done=bool(args.warmup), length=warm_n, seconds=warm_s, cells_s=warm_cells),
         reps=args.reps,
@@ -549,8 +620,14 @@ def markdown(res: dict) -> str:
     lines = [
         f"Model: {meta['model_shape']} shape, {meta['layers']} layers{cut}, {meta['params_b']:.2f} B random weights, "
         f"{meta['dtype']}, on {meta['device']}{gpus}; torch {meta['torch']}, {meta['date']}.",
-        f"Dense: SDPA on the {meta['dense_backend']} backend{picked}, one forward only (a chunk over a cached "
-        "prefix needs a masked SDPA, which flash/cuDNN do not run). Δ: streaming base, "
+        (
+            f"Context parallel over {meta['ranks']} ranks (cp_prefill; time: the slowest rank, peak: the largest); "
+            "dense is CP dense attention. "
+            if meta.get("parallel") == "cp"
+            else f"Dense: SDPA on the {meta['dense_backend']} backend{picked}, one forward only (a chunk over a "
+            "cached prefix needs a masked SDPA, which flash/cuDNN do not run). "
+        )
+        + "Δ: streaming base, "
         f"sink {meta['delta']['sink']}, window {meta['delta']['window']}, γ = {meta['delta']['gamma']}.",
         (
             f"Warm-up excluded: every method and chunk size ran once at {fmt_length(warm['length'])} tokens "
@@ -665,6 +742,8 @@ def run(args: argparse.Namespace) -> int:
         args.argv = sys.argv[3:]
     opts = validate(args)
     res = run_e2e(args, opts)
+    if res["meta"]["rank"] != 0:  # context parallel: rank 0 reports
+        return 0
     md = write(res, args.out)
     print(md, flush=True)
     print(summary(res), flush=True)
