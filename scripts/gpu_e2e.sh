@@ -14,6 +14,9 @@
 #                               each rank holds the whole gathered KV cache, 128 KB a token for Llama-3-8B, so
 #                               1M needs > 141 GB per GPU). An OOM on one rank stalls the others until the NCCL
 #                               timeout: keep CP_LENGTHS to what fits. With DRY=1: gloo on CPU, tiny shape
+#   PARALLEL=tp NPROC=2 scripts/gpu_e2e.sh   tensor parallel (tp_plan="auto", heads over NPROC GPUs): every
+#                               method one-shot at TP_LENGTHS (default 128K,256K,512K) + delta chunked at CHUNK_AT;
+#                               rank 0 saves the random model to TP_DIR (default /tmp/delta-attn-e2e-tp, 16 GB)
 #
 # Runs from the repository root with the package NOT installed (PYTHONPATH=src). Environment:
 #   OUT      where results go (default ./out): $OUT/e2e/{results.json,results.md,plot.png}, $OUT/gpu_e2e.log
@@ -46,13 +49,20 @@ else
   LENGTHS=${LENGTHS:-32K,64K,128K,256K}; CHUNK=${CHUNK:-16384}; CHUNK_AT=${CHUNK_AT:-128K}
 fi
 [ -n "${LAYERS:-}" ] && ARGS+=(--layers "$LAYERS")
-if [ "${PARALLEL:-none}" = cp ]; then
+if [ "${PARALLEL:-none}" != none ]; then
   NPROC=${NPROC:-2}
-  [ "${DRY:-0}" = 1 ] || LENGTHS=${CP_LENGTHS:-128K,256K,512K}
   BUDGET=$(( LIMIT - ($(date +%s) - T0) - 40 ))
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
-  $PY -m torch.distributed.run --standalone --nproc-per-node "$NPROC" -m delta_attn.bench.e2e "${ARGS[@]}" \
-    --parallel cp --lengths "$LENGTHS" --chunk-size 0 --reps "${REPS:-1}" --time-limit "$BUDGET" --out "$OUT/e2e_cp"
+  RUN=($PY -m torch.distributed.run --standalone --nproc-per-node "$NPROC" -m delta_attn.bench.e2e "${ARGS[@]}"
+       --reps "${REPS:-1}" --time-limit "$BUDGET")
+  if [ "$PARALLEL" = cp ]; then
+    [ "${DRY:-0}" = 1 ] || LENGTHS=${CP_LENGTHS:-128K,256K,512K}
+    "${RUN[@]}" --parallel cp --lengths "$LENGTHS" --chunk-size 0 --out "$OUT/e2e_cp"
+  else
+    [ "${DRY:-0}" = 1 ] || LENGTHS=${TP_LENGTHS:-128K,256K,512K}
+    "${RUN[@]}" --parallel tp --lengths "$LENGTHS" --chunk-size "0,$CHUNK" --chunk-methods delta \
+      --chunk-lengths "$CHUNK_AT" --tp-dir "${TP_DIR:-/tmp/delta-attn-e2e-tp}" --out "$OUT/e2e_tp"
+  fi
   exit 0
 fi
 # the bench's own clock starts after python and torch import: leave them (and the report writing) 25 s

@@ -73,7 +73,7 @@ def test_e2e_time_limit_and_oom_are_recorded(tmp_path, monkeypatch):
         (["--methods", "delta,flash"], "--methods"),
         (["--lengths", "12x"], "--lengths"),
         (["--chunk-size", "-1"], "--chunk-size"),
-        (["--parallel", "tp"], "not implemented"),
+        (["--parallel", "tp"], "torchrun"),
         (["--parallel", "cp"], "torchrun"),
         (["--parallel", "pp"], "--parallel"),
         (["--layers", "3"], "has 2 layers"),
@@ -88,11 +88,11 @@ def test_e2e_usage_errors_before_any_model(bad, message, monkeypatch, capsys):
     assert message in capsys.readouterr().err
 
 
-def cp_rank(rank: int, world: int, out: str, argv: list) -> dict:
+def parallel_rank(rank: int, world: int, mode: str, out: str, argv: list) -> dict:
     import os
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
-    assert e2e.main([*argv, "--parallel", "cp", "--out", out]) == 0
+    assert e2e.main([*argv, "--parallel", mode, "--out", out]) == 0
     return json.loads(open(os.path.join(out, "results.json")).read()) if rank == 0 else {}
 
 
@@ -103,9 +103,28 @@ def test_e2e_context_parallel_two_gloo_ranks(tmp_path):
     argv = [*TINY, "--lengths", "256", "--methods", "dense,delta", "--warmup-length", "64"]
     assert e2e.main([*argv, "--out", str(tmp_path / "one")]) == 0
     one = {c["method"]: c for c in json.loads((tmp_path / "one" / "results.json").read_text())["cells"]}
-    res = run_ranks(cp_rank, 2, str(tmp_path / "cp"), argv, timeout=240)[0]
+    res = run_ranks(parallel_rank, 2, "cp", str(tmp_path / "cp"), argv, timeout=240)[0]
     assert res["meta"]["parallel"] == "cp" and res["meta"]["ranks"] == 2
     cp = {c["method"]: c for c in res["cells"]}
     for m in ("dense", "delta"):  # the same model and prompt on every rank: the same first token as one process
         assert cp[m]["ttft_s"] > 0 and cp[m]["first_token"] == one[m]["first_token"]
     assert "Context parallel over 2 ranks" in (tmp_path / "cp" / "results.md").read_text()
+
+
+@pytest.mark.slow  # two processes: ~15 s
+def test_e2e_tensor_parallel_two_gloo_ranks(tmp_path):
+    from ranks import run_ranks
+
+    argv = [*TINY, "--lengths", "256", "--methods", "dense,delta", "--chunk-size", "0,64", "--warmup-length", "64"]
+    assert e2e.main([*argv, "--out", str(tmp_path / "one")]) == 0
+    one = {e2e.variant(c): c for c in json.loads((tmp_path / "one" / "results.json").read_text())["cells"]}
+    argv += ["--tp-dir", str(tmp_path / "model")]
+    res = run_ranks(parallel_rank, 2, "tp", str(tmp_path / "tp"), argv, timeout=240)[0]
+    assert res["meta"]["parallel"] == "tp" and res["meta"]["ranks"] == 2 and res["meta"]["tp_size"] == 2
+    tp = {e2e.variant(c): c for c in res["cells"]}
+    assert set(tp) == set(one) == {("dense", 0, ""), ("delta", 0, ""), ("delta", 64, "preallocated")}
+    for key, cell in tp.items():  # sharded by heads: the same first tokens as one process
+        assert cell["ttft_s"] > 0 and cell["first_token"] == one[key]["first_token"]
+    assert tp[("delta", 64, "preallocated")]["max_abs_diff_vs_one_shot"] < 1e-4
+    assert not (tmp_path / "model").exists()  # the saved copy is removed
+    assert "Tensor parallel over 2 ranks" in (tmp_path / "tp" / "results.md").read_text()

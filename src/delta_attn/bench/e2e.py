@@ -20,9 +20,11 @@ cached prefix needs a rectangular mask, which SDPA's flash/cuDNN backends do not
 Context parallel (``--parallel cp``, under ``torchrun``: one process per GPU): every method's prefill
 runs through :func:`delta_attn.distributed.cp_prefill`, each rank forwarding its shard of the prompt
 (dense too, as ``mode="dense"`` through the same CP attention; one-shot only); a cell's time is the
-slowest rank's, its peak memory the largest rank's. Tensor parallel (``--parallel tp``) is a hook, not
-implemented (see :func:`validate`). ``--device cpu`` runs the same code paths at tiny sizes (the
-``tiny`` shape, float32; gloo for CP) for tests.
+slowest rank's, its peak memory the largest rank's. Tensor parallel (``--parallel tp``, under
+``torchrun``): rank 0 saves the random model to ``--tp-dir`` once, every rank loads it with
+transformers' head-sharding plan (``tp_plan="auto"``) and runs the cells as on one device (Δ on its
+local heads, chunked too), with the same reductions. ``--device cpu`` runs the same code paths at tiny
+sizes (the ``tiny`` shape, float32; gloo for CP and TP) for tests.
 """
 
 from __future__ import annotations
@@ -156,7 +158,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--parallel",
         default="none",
-        help="none (one device, default) or cp (context parallel over the ranks of torchrun; tp: not yet)",
+        help="none (one device, default), cp (context parallel) or tp (tensor parallel) over the ranks of torchrun",
+    )
+    p.add_argument(
+        "--tp-dir",
+        default="",
+        help="where --parallel tp saves the random model for the ranks to load (default: a folder in the temp dir)",
     )
     p.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
     p.add_argument(
@@ -211,18 +218,13 @@ def validate(args: argparse.Namespace) -> dict:
     if args.device not in ("cuda", "cpu") and not args.device.startswith("cuda:"):
         raise UsageError(f"--device {args.device!r}: use cuda, cuda:N or cpu")
     if args.parallel not in ("none", "cp", "tp"):
-        raise UsageError(f"--parallel {args.parallel!r}: choose none or cp")
-    if args.parallel == "tp":
-        # the tensor-parallel hook: under torchrun, save the random model once (rank 0, save_pretrained)
-        # and load it on every rank with from_pretrained(path, tp_plan="auto") in build_model; enable()
-        # works on the sharded model, prefill() stays as it is, timings/peaks are reduced as for cp
-        raise UsageError("--parallel tp is not implemented in bench e2e yet (see the hook in delta_attn/bench/e2e.py)")
+        raise UsageError(f"--parallel {args.parallel!r}: choose none, cp or tp")
+    if args.parallel != "none" and "WORLD_SIZE" not in os.environ:
+        raise UsageError(
+            f"--parallel {args.parallel} runs one process per GPU: launch it with torchrun, e.g. python -m "
+            f"torch.distributed.run --standalone --nproc-per-node 2 -m delta_attn.bench.e2e --parallel {args.parallel}"
+        )
     if args.parallel == "cp":
-        if "WORLD_SIZE" not in os.environ:
-            raise UsageError(
-                "--parallel cp runs one process per GPU: launch it with torchrun, e.g. "
-                "python -m torch.distributed.run --standalone --nproc-per-node 2 -m delta_attn.bench.e2e --parallel cp"
-            )
         if any(chunks):
             raise UsageError("--parallel cp prefills in one call per rank: use --chunk-size 0")
     n_layers = SHAPES[args.model_shape]["num_hidden_layers"]
@@ -259,6 +261,37 @@ def build_model(shape: str, layers: int | None, max_len: int, device, dtype, see
     return model.eval()
 
 
+def build_tp_model(args, max_len: int, device, dtype, rank: int):
+    """The random model sharded by heads over the ranks: rank 0 saves it once, every rank loads it with
+    transformers' tensor-parallel plan (``tp_plan="auto"``); the saved copy is removed afterwards."""
+    import shutil
+    import tempfile
+
+    import torch
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+
+    path = args.tp_dir or os.path.join(tempfile.gettempdir(), f"delta-attn-e2e-tp-{args.model_shape}")
+    if rank == 0:
+        model = build_model(args.model_shape, args.layers, max_len, device, dtype, args.seed)
+        model.save_pretrained(path)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    dist.barrier()
+    try:  # transformers >= 5.18 takes the plan through a DistributedConfig
+        from transformers import DistributedConfig
+
+        how = dict(distributed_config=DistributedConfig(tp_plan="auto"))
+    except ImportError:
+        how = dict(tp_plan="auto")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", **how).eval()
+    dist.barrier()
+    if rank == 0:
+        shutil.rmtree(path, ignore_errors=True)
+    return model
+
+
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -290,17 +323,18 @@ def sdpa_context(backend: str | None):
 
 
 def prefill(
-    model, ids, method: str, chunk: int, delta_config, sdpa_backend: str | None, cache: str = "", cp: bool = False
+    model, ids, method: str, chunk: int, delta_config, sdpa_backend: str | None, cache: str = "", parallel: str = "none"
 ):
     """One prefill of ``ids`` with ``method``; returns the last position's logits (B, vocab).
 
     ``cache`` (chunked only): ``"dynamic"`` gives chunked_prefill a transformers DynamicCache instead of
-    its default PreallocatedCache. ``cp``: context parallel, this rank forwards its shard of ``ids``."""
+    its default PreallocatedCache. ``parallel="cp"``: this rank forwards its shard of ``ids`` (cp_prefill);
+    with ``"tp"`` the model is sharded by heads and every rank runs the whole prompt as on one device."""
     import torch
 
     import delta_attn
 
-    if cp:
+    if parallel == "cp":
         import torch.distributed as dist
 
         from ..distributed import cp_prefill, shard_bounds
@@ -325,7 +359,7 @@ def prefill(
 
 
 def run_cell(
-    model, ids, method: str, chunk: int, delta_config, sdpa_backend, reps: int, cache: str = "", cp: bool = False
+    model, ids, method: str, chunk: int, delta_config, sdpa_backend, reps: int, cache: str = "", parallel: str = "none"
 ) -> dict:
     """Time ``reps`` prefills (TTFT: the forward(s) and the first token's argmax); peak memory over them."""
     import torch
@@ -340,12 +374,12 @@ def run_cell(
     for _ in range(reps):
         logits = None  # free the previous run's cache before the next one
         _sync(device)
-        _barrier(cp)
+        _barrier(parallel)
         t0 = time.perf_counter()
-        logits = prefill(model, ids, method, chunk, delta_config, sdpa_backend, cache, cp)
+        logits = prefill(model, ids, method, chunk, delta_config, sdpa_backend, cache, parallel)
         first = logits.argmax(-1)
         _sync(device)
-        times.append(_slowest(time.perf_counter() - t0, cp, device))
+        times.append(_slowest(time.perf_counter() - t0, parallel, device))
     n = ids.shape[1]
     cell = dict(
         ttft_s=min(times),
@@ -354,24 +388,24 @@ def run_cell(
         first_token=first.tolist(),
         finite=bool(torch.isfinite(logits).all().item()),
     )
-    if device.type == "cuda":  # with cp: the largest over the ranks
-        peak = _slowest(float(torch.cuda.max_memory_allocated(device)), cp, device)
+    if device.type == "cuda":  # over several ranks: the largest
+        peak = _slowest(float(torch.cuda.max_memory_allocated(device)), parallel, device)
         cell["peak_gb"] = peak / 2**30
         cell["peak_over_weights_gb"] = (peak - base) / 2**30
     cell["logits"] = logits.float()  # compared with the one-shot cell, dropped before writing
     return cell
 
 
-def _barrier(cp: bool) -> None:
-    if cp:
+def _barrier(parallel: str) -> None:
+    if parallel != "none":
         import torch.distributed as dist
 
         dist.barrier()
 
 
-def _slowest(value: float, cp: bool, device) -> float:
-    """``value`` on one device; with cp the maximum over the ranks (the slowest rank, the largest peak)."""
-    if not cp:
+def _slowest(value: float, parallel: str, device) -> float:
+    """``value`` on one device; over several ranks their maximum (the slowest rank, the largest peak)."""
+    if parallel == "none":
         return value
     import torch
     import torch.distributed as dist
@@ -405,7 +439,7 @@ def is_oom(exc: BaseException) -> bool:
 # ---- the benchmark -------------------------------------------------------------------------------
 
 
-def pick_dense_backend(model, ids, want: str, device) -> tuple[str | None, dict]:
+def pick_dense_backend(model, ids, want: str, device, parallel: str = "none") -> tuple[str | None, dict]:
     """The SDPA backend dense runs on: ``want``, or with ``auto`` the fastest of those that run ``ids``."""
     if device.type != "cuda":
         return None, {}
@@ -418,7 +452,7 @@ def pick_dense_backend(model, ids, want: str, device) -> tuple[str | None, dict]
             t0 = time.perf_counter()
             prefill(model, ids, "dense", 0, None, be)
             _sync(device)
-            timings[be] = time.perf_counter() - t0
+            timings[be] = _slowest(time.perf_counter() - t0, parallel, device)  # the same choice on every rank
         except RuntimeError as exc:  # this backend refuses the shape (or GQA): try the next
             timings[be] = f"refused: {str(exc).splitlines()[0][:120]}"
     ok = {be: t for be, t in timings.items() if isinstance(t, float)}
@@ -442,12 +476,16 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     from ..config import DeltaConfig
 
     t_start = time.perf_counter()
-    cp = args.parallel == "cp"
-    rank, world, device = setup_distributed(args.device) if cp else (0, 1, torch.device(args.device))
+    par = args.parallel
+    cp = par == "cp"
+    rank, world, device = setup_distributed(args.device) if par != "none" else (0, 1, torch.device(args.device))
     log = print if rank == 0 else (lambda *a, **k: None)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     lengths, chunks, methods = opts["lengths"], opts["chunks"], opts["methods"]
-    model = build_model(args.model_shape, args.layers, max(lengths), device, dtype, args.seed)
+    if par == "tp":
+        model = build_tp_model(args, max(lengths), device, dtype, rank)
+    else:
+        model = build_model(args.model_shape, args.layers, max(lengths), device, dtype, args.seed)
     if cp:  # the same weights on every rank, whatever the device's random streams do
         import torch.distributed as dist
 
@@ -467,7 +505,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     warm_ids = prompt(warm_n)
     sdpa_backend, sdpa_timings = (None, {})
     if "dense" in methods and not cp:
-        sdpa_backend, sdpa_timings = pick_dense_backend(model, warm_ids, args.dense_backend, device)
+        sdpa_backend, sdpa_timings = pick_dense_backend(model, warm_ids, args.dense_backend, device, par)
     warm_s, warm_cells = 0.0, {}
     if args.warmup:  # per cell: the first call of a (method, chunk) pays Triton compilation: recorded
         for m in methods:
@@ -477,7 +515,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 for cache in opts["chunk_caches"] if c else [""]:
                     _sync(device)
                     t0 = time.perf_counter()
-                    prefill(model, warm_ids, m, min(c, max(1, warm_n // 2)), delta_config, sdpa_backend, cache, cp)
+                    prefill(model, warm_ids, m, min(c, max(1, warm_n // 2)), delta_config, sdpa_backend, cache, par)
                     _sync(device)
                     warm_cells[variant_name((m, c, cache))] = time.perf_counter() - t0
         warm_s = sum(warm_cells.values())
@@ -506,7 +544,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 if key in failed:
                     cell["skipped"] = "a shorter length ran out of memory"
                     continue
-                spent = _slowest(time.perf_counter() - t_start, cp, device)  # one decision for all ranks
+                spent = _slowest(time.perf_counter() - t_start, par, device)  # one decision for all ranks
                 need = forecast(last_ok.get(key), n, m) * args.reps
                 if args.time_limit and spent + need > args.time_limit:
                     cell["skipped"] = (
@@ -515,7 +553,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                     log(f"  {fmt_length(n):>5s} {variant_name(key):24s} skipped ({cell['skipped']})", flush=True)
                     continue
                 try:
-                    res = run_cell(model, ids, m, c, delta_config, sdpa_backend, args.reps, cache, cp)
+                    res = run_cell(model, ids, m, c, delta_config, sdpa_backend, args.reps, cache, par)
                 except (torch.OutOfMemoryError, RuntimeError) as exc:
                     if not is_oom(exc):
                         raise
@@ -559,6 +597,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         gpus=world if device.type == "cuda" else 0,
         parallel=args.parallel,
         ranks=world,
+        tp_size=int(getattr(model, "tp_size", None) or 1),  # the ranks the weights are sharded over
         rank=rank,
         torch=torch.__version__,
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -624,7 +663,13 @@ def markdown(res: dict) -> str:
             f"Context parallel over {meta['ranks']} ranks (cp_prefill; time: the slowest rank, peak: the largest); "
             "dense is CP dense attention. "
             if meta.get("parallel") == "cp"
-            else f"Dense: SDPA on the {meta['dense_backend']} backend{picked}, one forward only (a chunk over a "
+            else (
+                f"Tensor parallel over {meta['ranks']} ranks (tp_plan='auto': each rank runs its heads; time: the "
+                "slowest rank, peak: the largest). "
+                if meta.get("parallel") == "tp"
+                else ""
+            )
+            + f"Dense: SDPA on the {meta['dense_backend']} backend{picked}, one forward only (a chunk over a "
             "cached prefix needs a masked SDPA, which flash/cuDNN do not run). "
         )
         + "Δ: streaming base, "
