@@ -545,7 +545,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                     cell["skipped"] = "a shorter length ran out of memory"
                     continue
                 spent = _slowest(time.perf_counter() - t_start, par, device)  # one decision for all ranks
-                need = forecast(last_ok.get(key), n, m) * args.reps
+                need = forecast(last_ok.get(key), n, m)  # its reps included
                 if args.time_limit and spent + need > args.time_limit:
                     cell["skipped"] = (
                         f"time limit: {spent:.0f} s spent, ~{need:.0f} s forecast, limit {args.time_limit:.0f} s"
