@@ -37,12 +37,16 @@ def test_e2e_cpu_tiny_all_methods(tmp_path):
 
 
 @pytest.mark.slow
-def test_e2e_time_limit_and_oom_are_recorded(tmp_path, monkeypatch):
+def test_e2e_time_limit_oom_and_errors_are_recorded(tmp_path, monkeypatch):
     real = e2e.run_cell
 
     def fake(model, ids, method, chunk, *args):
         if method == "sparse" and ids.shape[1] >= 96:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        if (
+            method == "delta" and chunk and args[-2] == "dynamic"
+        ):  # (..., reps, cache, parallel)  # any other failure: recorded, the run goes on
+            raise RuntimeError("no kernel for this shape")
         return real(model, ids, method, chunk, *args)
 
     monkeypatch.setattr(e2e, "run_cell", fake)
@@ -51,15 +55,20 @@ def test_e2e_time_limit_and_oom_are_recorded(tmp_path, monkeypatch):
     argv += ["--chunk-size", "0,32", "--chunk-methods", "delta", "--chunk-lengths", "128"]
     argv += ["--chunk-cache", "preallocated,dynamic"]
     assert e2e.main([*argv, "--no-warmup", "--warmup-length", "32"]) == 0
-    cells = {(c["n"], c["method"]): c for c in json.loads((out / "results.json").read_text())["cells"]}
-    assert cells[(96, "sparse")]["error"].startswith("OOM") and "shorter length" in cells[(128, "sparse")]["skipped"]
-    assert "ttft_s" in cells[(128, "delta")]
-    chunked = [c for c in json.loads((out / "results.json").read_text())["cells"] if c["chunk"]]
-    assert [(c["n"], c["method"], c["cache"]) for c in chunked] == [
-        (128, "delta", "preallocated"),
-        (128, "delta", "dynamic"),
+    cells = {(c["n"], *e2e.variant(c)): c for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert list(cells) == [
+        (96, "sparse", 0, ""),
+        (96, "delta", 0, ""),
+        (128, "sparse", 0, ""),
+        (128, "delta", 0, ""),
+        (128, "delta", 32, "preallocated"),
+        (128, "delta", 32, "dynamic"),
     ]
-    assert all(c["max_abs_diff_vs_one_shot"] < 1e-4 for c in chunked)
+    assert cells[(96, "sparse", 0, "")]["error"].startswith("OOM")
+    assert "shorter length" in cells[(128, "sparse", 0, "")]["skipped"]
+    assert "ttft_s" in cells[(96, "delta", 0, "")] and "ttft_s" in cells[(128, "delta", 0, "")]
+    assert cells[(128, "delta", 32, "preallocated")]["max_abs_diff_vs_one_shot"] < 1e-4
+    assert cells[(128, "delta", 32, "dynamic")]["error"] == "error (RuntimeError): no kernel for this shape"
     assert "| 128 | delta | 32 (dynamic) |" in (out / "results.md").read_text()
     assert e2e.main([*argv, "--time-limit", "1e-9"]) == 0
     cells = json.loads((out / "results.json").read_text())["cells"]

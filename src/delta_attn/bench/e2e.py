@@ -542,7 +542,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                     cell["skipped"] = f"chunk {c} >= length: the same as one forward"
                     continue
                 if key in failed:
-                    cell["skipped"] = "a shorter length ran out of memory"
+                    cell["skipped"] = "failed at a shorter length (out of memory or an error)"
                     continue
                 spent = _slowest(time.perf_counter() - t_start, par, device)  # one decision for all ranks
                 need = forecast(last_ok.get(key), n, m)  # its reps included
@@ -555,13 +555,15 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 try:
                     res = run_cell(model, ids, m, c, delta_config, sdpa_backend, args.reps, cache, par)
                 except (torch.OutOfMemoryError, RuntimeError) as exc:
-                    if not is_oom(exc):
-                        raise
+                    if par != "none" and not is_oom(exc):
+                        raise  # the other ranks wait in a collective: stop them all
+                    # one device: record it and go on (the other cells' numbers are not lost)
                     failed.add(key)
-                    cell["error"] = "OOM: " + str(exc).splitlines()[0][:200]
+                    what = "OOM" if is_oom(exc) else f"error ({type(exc).__name__})"
+                    cell["error"] = f"{what}: " + (str(exc).splitlines() or [""])[0][:200]
                     res = None
                 if res is None:  # outside the except block: its traceback no longer pins the cell's tensors
-                    log(f"  {fmt_length(n):>5s} {variant_name(key):24s} OOM", flush=True)
+                    log(f"  {fmt_length(n):>5s} {variant_name(key):24s} {cell['error']}", flush=True)
                     if device.type == "cuda":
                         gc.collect()
                         torch.cuda.empty_cache()
