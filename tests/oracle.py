@@ -99,16 +99,24 @@ def oracle_attention(q, k, v, config: DeltaConfig, *, scale=None, pattern=None):
         a = j * gamma
         return dense[:, :, a] - sparse[:, :, a]
 
+    n_blocks = -(-body // gamma)  # the last body block may be partial (tail not a multiple of γ)
+    lam = _scales(config, [delta_of_block(j) for j in range(n_blocks)], bsz, hq)  # (B, H, n_blocks)
+    chosen = _extra_blocks(config, [delta_of_block(j) for j in range(n_blocks)], bsz)  # per b: set of j
+    half = gamma // 2
+
+    def scaled(j, delta):  # λ_j · Δ, per (b, h)
+        return lam[:, :, j].unsqueeze(-1) * delta
+
     filt = None
     for p in range(n):
         if p >= body:
             out[:, :, p] = dense[:, :, p]
             continue
         j = p // gamma
-        z = delta_of_block(j)
+        z = scaled(j, delta_of_block(j))
         if config.interp == "linear":
             t = (p % gamma) / gamma
-            nxt = delta_of_block(j + 1) if (j + 1) * gamma < body else z
+            nxt = scaled(j + 1, delta_of_block(j + 1)) if (j + 1) * gamma < body else z
             z = (1 - t) * z + t * nxt
         elif config.interp == "ema":
             beta = config.ema_beta
@@ -125,4 +133,60 @@ def oracle_attention(q, k, v, config: DeltaConfig, *, scale=None, pattern=None):
                 filt = (xp + alpha * r, vp + beta * r, acc + 2 * gam * r)
             z = filt[0]
         out[:, :, p] = sparse[:, :, p] + z
+        for b in range(bsz):  # extra anchors: the rows of a chosen block from its midpoint on
+            if j not in chosen[b]:
+                continue
+            mid = j * gamma + half
+            extra = scaled(j, dense[:, :, mid] - sparse[:, :, mid])[b]
+            this = scaled(j, delta_of_block(j))[b]
+            nxt = scaled(j + 1, delta_of_block(j + 1))[b]
+            o = p % gamma
+            if config.interp == "repeat":
+                zb = extra if o >= half else this
+            elif o < half:
+                zb = (1 - o / half) * this + (o / half) * extra
+            else:
+                t = (o - half) / (gamma - half)
+                zb = (1 - t) * extra + t * nxt
+            out[b, :, p] = sparse[b, :, p] + zb
+            if o == half:
+                out[b, :, p] = dense[b, :, p]  # the extra row is exact
+        if config.delta_scale != 1.0 and p % gamma == 0:
+            out[:, :, p] = dense[:, :, p]  # λ ≠ 1: anchor rows stay exact
     return out
+
+
+def _scales(config: DeltaConfig, deltas, bsz, heads):
+    """λ (B, H, n_blocks) for config.delta_scale, from the raw anchor Δs (a list of (B, H, D))."""
+    n_blocks = len(deltas)
+    ds = config.delta_scale
+    if not isinstance(ds, str):
+        return torch.full((bsz, heads, n_blocks), float(ds), dtype=torch.float64)
+    lam = torch.ones(bsz, heads, n_blocks, dtype=torch.float64)
+    for b in range(bsz):
+        for h in range(heads):
+            num = den = 0.0
+            per_block = [1.0]
+            for j in range(1, n_blocks):
+                num += float(deltas[j][b, h] @ deltas[j - 1][b, h])
+                den += float(deltas[j - 1][b, h] @ deltas[j - 1][b, h])
+                per_block.append(1.0 if den == 0 else min(1.0, max(0.0, num / den)))
+            if ds == "auto-global":
+                per_block = [per_block[-1]] * n_blocks
+            lam[b, h] = torch.tensor(per_block[:n_blocks], dtype=torch.float64)
+    return lam
+
+
+def _extra_blocks(config: DeltaConfig, deltas, bsz):
+    """Per sequence, the set of γ-blocks that get an extra dense row at their midpoint."""
+    n_blocks = len(deltas)
+    f = config.extra_anchors
+    if f == 0 or config.gamma < 2 or n_blocks < 2:
+        return [set() for _ in range(bsz)]
+    count = min(n_blocks - 1, math.ceil(round(f * n_blocks, 9)))
+    chosen = []
+    for b in range(bsz):
+        scores = [(float((deltas[j + 1][b] - deltas[j][b]).norm(dim=-1).sum()), j) for j in range(n_blocks - 1)]
+        ranked = sorted(scores, key=lambda sj: (-sj[0], sj[1]))  # highest score first, ties to the lower j
+        chosen.append({j for _, j in ranked[:count]})
+    return chosen

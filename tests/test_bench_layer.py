@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+
+import pytest
 
 from delta_attn.bench.layer import fmt_length, markdown, parse_length, plot, summary
 
@@ -62,3 +65,20 @@ def test_cli_wiring():
 
     args = build_parser().parse_args(["bench", "layer", "--lengths", "32K", "--methods", "delta"])
     assert args.lengths == "32K" and callable(args.func)
+
+
+def test_variant_method_names():
+    from delta_attn import DeltaConfig
+    from delta_attn.bench.layer import method_config, run
+
+    base = DeltaConfig(window=128, gamma=64)
+    assert method_config("cudnn", base) is None and method_config("sparse", base).mode == "sparse"
+    assert method_config("delta_l0.5", base) == base.replace(delta_scale=0.5)
+    assert method_config("delta_auto", base) == base.replace(delta_scale="auto")
+    assert method_config("delta_global", base) == base.replace(delta_scale="auto-global")
+    assert method_config("delta_auto_x25", base) == base.replace(delta_scale="auto", extra_anchors=0.25)
+    for bad in ("delta_l2", "delta_x", "delta_fast", "dense"):
+        with pytest.raises(ValueError):
+            method_config(bad, base)
+    args = argparse.Namespace(methods="delta,delta_fast", argv=[])
+    assert run(args) == 2  # refused before any GPU work

@@ -39,6 +39,8 @@ def _cases():
         cases.append(dict(cfg=dict(sparse=base, interp=interp, gamma=gamma, tail=tail), n=n, shape=shape))
     for mode in ("recompute", "sparse", "dense"):
         cases.append(dict(cfg=dict(sparse="streaming", interp="repeat", gamma=16, tail=40, mode=mode), n=203))
+    for interp in CAUSAL_INTERPS:  # a float λ scales the carried Δ too
+        cases.append(dict(cfg=dict(sparse="streaming", interp=interp, gamma=16, tail=40, delta_scale=0.5), n=203))
     for dtype in ("float32", "bfloat16"):
         cases.append(dict(cfg=dict(sparse="streaming", interp="ema", gamma=16, tail=40), n=203, dtype=dtype))
     return cases
@@ -145,12 +147,13 @@ def test_shard_bounds():
         shard_bounds(5, 4, 0)  # ceil(5/4) = 2: ranks 0-2 take 6 > 5 tokens
 
 
+@pytest.mark.parametrize("delta_scale", [1.0, 0.5])
 @pytest.mark.parametrize("interp", CAUSAL_INTERPS)
-def test_shard_arithmetic_in_process(interp, seed):
+def test_shard_arithmetic_in_process(interp, delta_scale, seed):
     """Without ranks: zero-carry shards + exclusive scan + fix-up equal one shot, and the fix-up is needed."""
     n, world = 203, 4
     q, k, v = make_qkv(seed, 1, 2, 2, n, 8)
-    cfg = _config("streaming", interp, 16, 40)
+    cfg = _config("streaming", interp, 16, 40, delta_scale=delta_scale)
     ref = delta_attention(q, k, v, cfg, scale=0.3)
     outs, sums = [], []
     for r in range(world):

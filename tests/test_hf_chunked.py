@@ -67,6 +67,23 @@ def test_chunked_equals_one_shot_streaming(model, chunk_size, interp):
     assert (sparse_last - last).abs().max() > 1e-3
 
 
+def test_chunked_auto_scale_equals_one_shot(model):
+    """delta_scale="auto" carries its running sums through the model's chunked prefill (docs/algorithm.md §13).
+
+    A window below γ gives every anchor but the first a real Δ (λ of rounding noise would be noise).
+    """
+    cfg = DeltaConfig(sparse="streaming", window=10, sink=2, gamma=16, tail=16, delta_scale="auto")
+    delta_attn.enable(model, cfg)
+    ids = rand_ids(1, 301, seed=3)
+    mask = torch.ones_like(ids)
+    cache, last = one_shot(model, ids, mask)
+    out = delta_attn.chunked_prefill(model, ids, chunk_size=50)
+    torch.testing.assert_close(out.logits, last, atol=3e-5, rtol=1e-4)
+    assert_same_cache(out.past_key_values, cache, CFG["num_hidden_layers"], mask)
+    delta_attn.enable(model, cfg.replace(delta_scale=1.0))
+    assert (delta_attn.chunked_prefill(model, ids, chunk_size=50).logits - last).abs().max() > 1e-4
+
+
 def test_chunked_left_padded_batch(model):
     """Padding longer than a chunk: early chunks of the short sequence are all padding."""
     delta_attn.enable(model, DeltaConfig(window=24, sink=4, gamma=16, tail=16))
@@ -148,7 +165,8 @@ def test_chunked_prefill_errors(model):
         delta_attn.chunked_prefill(model, ids, past_key_values=full)
     with pytest.raises(ValueError, match="shorter than"):
         delta_attn.chunked_prefill(model, ids, prompt_len=39)
-    delta_attn.enable(model, DeltaConfig(window=8, sink=2, gamma=8, interp="linear"))
-    with pytest.raises(ValueError, match="non-causal"):
-        delta_attn.chunked_prefill(model, ids, chunk_size=16)
+    for noncausal in (dict(interp="linear"), dict(delta_scale="auto-global"), dict(extra_anchors=0.25)):
+        delta_attn.enable(model, DeltaConfig(window=8, sink=2, gamma=8, **noncausal))
+        with pytest.raises(ValueError, match="non-causal"):
+            delta_attn.chunked_prefill(model, ids, chunk_size=16)
     delta_attn.disable(model)

@@ -35,6 +35,7 @@ QUICK = [
     "recompute-stream",
     "chunk-repeat",
     "chunk-ema",
+    "chunk-gqa-strided",
     "prompt-longer",
     "unit",
 ]
@@ -63,12 +64,31 @@ def test_tiny_cases_in_interpreter(seed):
     assert not bad, bad
 
 
+VARIANTS = [  # Δ variants (docs/algorithm.md §13): the unfused scaled path, auto λ, extra anchors, chunked auto
+    "delta-scale0.5",
+    "delta-scale0.5-abg",
+    "delta-auto-global",
+    "delta-extra0.25",
+    "delta-extra0.25-linear-auto",
+    "chunk-auto",
+]
+
+
+def test_delta_variants_in_interpreter(seed):
+    rows = _run_tiny(VARIANTS, seed)
+    assert sorted(r["name"] for r in rows if not r["name"].startswith("unit")) == sorted(VARIANTS)
+    bad = [r for r in rows if not r["ok"]]
+    assert not bad, bad
+
+
 def test_tma_descriptors_in_interpreter(seed, tmp_path):
     from delta_attn.bench.check import TINY_TILES
 
     tma = {name: dict(cfg, USE_TMA=True) for name, cfg in TINY_TILES.items()}
     path = tmp_path / "tma.json"
     path.write_text(json.dumps(tma))
-    rows = _run_tiny(["delta-stream-g4", "delta-d80-g8", "delta-vs"], seed, kernel_config=str(path))
+    rows = _run_tiny(
+        ["delta-stream-g4", "delta-d80-g8", "delta-vs", "chunk-gqa-strided"], seed, kernel_config=str(path)
+    )
     bad = [r for r in rows if not r["ok"]]
     assert rows and not bad, bad

@@ -34,7 +34,9 @@ Writing a new backend (e.g. context-parallel: rank r holds the rows ``[q0, q1)``
 
 For context parallelism each rank builds a :class:`SequenceState` from what the previous shard
 handed over (``next_pos=q0``, ``block_index=q0 // γ``, ``block_delta``: the Δ of the block open at q0,
-``scan``: the filter state after row q0 − 1) and hands its own end state to the next rank. The Δ of
+``scan``: the filter state after row q0 − 1; for ``delta_scale="auto"`` also ``scale_sums``, the two running
+sums through the block before q0's first anchor, with ``block_delta`` the raw Δ of that block) and hands
+its own end state to the next rank. The Δ of
 the open block needs only that block's anchor row (one dense and one sparse row), so it can be sent
 early; the ``ema``/``abg`` state is an affine function of the state before the shard
 (``s_end = M^L s_start + local term``, see :mod:`delta_attn.scan`), so shards can compute their local
@@ -44,6 +46,7 @@ shards that hand over exactly these plain values and checks the one-shot result.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,12 +66,16 @@ class SequenceState:
     block_delta: (B, Hq, D) Δ of that block, in the dtype the backend computed it in.
     scan:        (B, Hq, S, D) state of the ``ema``/``abg`` filter after row ``next_pos - 1``
                  (S = 1 for ema, 3 for abg); None for the other interpolations.
+    scale_sums:  (B, Hq, 2) float64 running sums (Σ⟨Δ_i, Δ_{i-1}⟩, Σ‖Δ_{i-1}‖²) over the anchors
+                 1..``block_index`` for ``delta_scale="auto"`` (docs/algorithm.md §13); None otherwise.
+                 ``block_delta`` stays the raw (unscaled) Δ, the next anchor's predecessor.
     """
 
     next_pos: int = 0
     block_index: int = -1
     block_delta: Tensor | None = None
     scan: Tensor | None = None
+    scale_sums: Tensor | None = None
 
 
 @dataclass
@@ -133,6 +140,10 @@ class CallPlan:
     carried_delta: (B, Hq, D) Δ of the γ-block open at ``q_start`` (its anchor came in an earlier
                    call), or None when the call starts a block or needs no Δ.
     carried_scan:  (B, Hq, S, D) ``ema``/``abg`` filter state after row ``q_start - 1``, or None.
+    carried_sums:  (B, Hq, 2) float64 ``delta_scale="auto"`` running sums through the γ-block before the
+                   call's first anchor (docs/algorithm.md §13), or None when the call starts the prompt.
+    previous_delta: (B, Hq, D) raw Δ of the γ-block ending at ``q_start`` when the call starts on a
+                   block boundary (``delta_scale="auto"`` reads it as its first anchor's predecessor).
     """
 
     config: DeltaConfig
@@ -143,6 +154,8 @@ class CallPlan:
     dense_pos: Tensor
     carried_delta: Tensor | None = None
     carried_scan: Tensor | None = None
+    carried_sums: Tensor | None = None
+    previous_delta: Tensor | None = None
 
     @property
     def gamma(self) -> int:
@@ -205,10 +218,18 @@ def plan_call(
     """The :class:`CallPlan` of a call whose queries are the positions ``[q_start, n_keys)``.
 
     Reads (and checks) the carry a ``delta`` call needs from ``state``: the Δ of the open γ-block when
-    ``q_start`` is not a multiple of γ, and the ``ema``/``abg`` filter state when ``q_start > 0``.
-    Raises ``ValueError`` telling the caller to pass the same state to every chunk, in order, when
-    it is missing or belongs to another position.
+    ``q_start`` is not a multiple of γ, the ``ema``/``abg`` filter state when ``q_start > 0``, and for
+    ``delta_scale="auto"`` the running sums and the previous block's Δ. Raises ``ValueError``
+    telling the caller to pass the same state to every chunk, in order, when it is missing or belongs
+    to another position, and for a non-causal Δ variant (``delta_scale="auto-global"``,
+    ``extra_anchors``) asked for a part of a prompt.
     """
+    if config.mode == "delta" and (config.delta_scale == "auto-global" or config.extra_anchors > 0):
+        if q_start > 0 or prompt_len > n_keys:
+            raise ValueError(
+                f"{config.non_causal_reason} reads every anchor of the prompt (non-causal): prefill the whole "
+                "prompt in one call"
+            )
     tail_start = prompt_len - config.tail_rows(prompt_len)
     pos = torch.arange(q_start, n_keys, device=device)
     if config.mode == "dense":
@@ -236,7 +257,45 @@ def plan_call(
                 "to every chunk of this layer, in order"
             )
         carried_scan = state.scan
-    return CallPlan(config, q_start, n_keys, prompt_len, tail_start, dense_pos, carried_delta, carried_scan)
+    carried_sums = previous_delta = None
+    if config.delta_scale == "auto" and q_start > 0:
+        if state is None or state.scale_sums is None or state.next_pos != q_start:
+            raise ValueError(
+                'delta_scale="auto" carries running sums across chunks: pass the same DeltaState to every '
+                "chunk of this layer, in order"
+            )
+        carried_sums = state.scale_sums
+        if q_start % config.gamma == 0:  # the previous call ended the block before our first anchor
+            if state.block_index != plan.first_block - 1:
+                raise ValueError(
+                    f"the γ-block before position {q_start} was not the previous chunk's last: pass the same "
+                    "DeltaState to every chunk of this layer, in order"
+                )
+            previous_delta = state.block_delta
+    return CallPlan(
+        config,
+        q_start,
+        n_keys,
+        prompt_len,
+        tail_start,
+        dense_pos,
+        carried_delta,
+        carried_scan,
+        carried_sums,
+        previous_delta,
+    )
+
+
+def extra_anchor_count(config: DeltaConfig, n_blocks: int) -> int:
+    """How many γ-blocks of a body of ``n_blocks`` get an extra dense row (``extra_anchors``, §13).
+
+    ``ceil(extra_anchors · n_blocks)``, at most the ``n_blocks − 1`` blocks that have a next anchor;
+    0 for γ < 2 (a block of one row has no midpoint) and outside ``mode="delta"``.
+    """
+    if config.mode != "delta" or config.extra_anchors <= 0 or config.gamma < 2 or n_blocks < 2:
+        return 0
+    # the 1e-9 keeps a product like 0.1·30 = 3.0000000000000004 from rounding up to 4
+    return min(n_blocks - 1, math.ceil(config.extra_anchors * n_blocks - 1e-9))
 
 
 def filter_system(config: DeltaConfig) -> tuple[Tensor, Tensor]:
@@ -261,12 +320,17 @@ def filter_start(plan: CallPlan, z0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def finish(
-    state: SequenceState | None, plan: CallPlan, last_delta: Tensor | None = None, scan_state: Tensor | None = None
+    state: SequenceState | None,
+    plan: CallPlan,
+    last_delta: Tensor | None = None,
+    scan_state: Tensor | None = None,
+    scale_sums: Tensor | None = None,
 ) -> None:
     """Leave in ``state`` what the next call of the prompt needs.
 
-    last_delta: (B, Hq, D) Δ of the call's last body block (required when ``plan.has_body``).
+    last_delta: (B, Hq, D) raw (unscaled) Δ of the call's last body block (required when ``plan.has_body``).
     scan_state: (B, Hq, S, D) ``ema``/``abg`` filter state after the last body row (None otherwise).
+    scale_sums: (B, Hq, 2) ``delta_scale="auto"`` running sums through the last body block (None otherwise).
     """
     if state is None:
         return
@@ -277,6 +341,8 @@ def finish(
         state.block_delta = last_delta
         if scan_state is not None:
             state.scan = scan_state
+        if scale_sums is not None:
+            state.scale_sums = scale_sums
     state.next_pos = plan.n_keys
 
 

@@ -5,6 +5,10 @@ and the dense output D of the rows ``plan.dense_pos`` selects — and hands them
 (docs/algorithm.md §3–§5). Kernels may fuse the combine step, but this is the definition. The call's
 bookkeeping (which rows, which γ-blocks, the carried Δ and filter state) comes from
 :func:`delta_attn.backend.plan_call`.
+
+The Δ variants (docs/algorithm.md §13) are defined here too: :func:`delta_scales` (λ per γ-block for
+``delta_scale``) and :func:`extra_anchor_blocks` (which blocks get an extra dense row for
+``extra_anchors``; the backend computes those rows and hands them to :func:`combine`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backend import CallPlan, SequenceState, filter_start, finish
+from .backend import CallPlan, SequenceState, extra_anchor_count, filter_start, finish
 from .config import FILTER_INTERPS
 from .scan import lti_scan
 
@@ -22,6 +26,7 @@ def combine(
     sparse_out: Tensor | None,
     dense_out: Tensor | None,
     state: SequenceState | None = None,
+    extra: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Assemble the output rows of one call and leave the carry for the next one in ``state``.
 
@@ -30,12 +35,14 @@ def combine(
         sparse_out: Õ for every row of the call, (B, H, Nq, D); may be None for ``mode="dense"``.
         dense_out: D for the rows in ``plan.dense_pos``, (B, H, len(dense_pos), D).
         state: the sequence group's chunk carry (written for the next call; read through ``plan``).
+        extra: ``extra_anchors`` only: (blocks (B, E) from :func:`extra_anchor_blocks`, D of their
+            rows :func:`extra_anchor_positions` (B, H, E, D)). Required when E > 0.
     Returns:
         (B, H, Nq, D) in the dtype of the inputs.
     """
     mode = plan.config.mode
     if mode == "delta":
-        return _delta(plan, sparse_out, dense_out, state)
+        return _delta(plan, sparse_out, dense_out, state, extra)
     if mode == "dense":
         out = dense_out
     elif mode == "sparse":
@@ -47,8 +54,98 @@ def combine(
     return out
 
 
-def _delta(plan: CallPlan, sparse_out: Tensor, dense_out: Tensor, state: SequenceState | None) -> Tensor:
-    """``mode="delta"``: Õ + Δ on the body rows, D on the tail rows (docs/algorithm.md §3, §5)."""
+def anchor_deltas(plan: CallPlan, sparse_out: Tensor, dense_out: Tensor) -> Tensor:
+    """Raw Δ of every γ-block the call's body touches, (B, H, n_blocks, D): the carried one, then D − Õ
+    at each of the call's anchors."""
+    local = plan.dense_pos[: plan.n_anchors] - plan.q_start
+    deltas = dense_out[:, :, : plan.n_anchors] - sparse_out[:, :, local]
+    if plan.carried_delta is not None:
+        deltas = torch.cat([plan.carried_delta.unsqueeze(2).to(deltas.dtype), deltas], dim=2)
+    return deltas
+
+
+def _lstsq_factor(sums: Tensor) -> Tensor:
+    """clip(Σ⟨Δ_i, Δ_{i-1}⟩ / Σ‖Δ_{i-1}‖², 0, 1) from sums (..., 2); 0/0 (no pair yet, or zero Δs) is 1."""
+    num, den = sums[..., 0], sums[..., 1]
+    ratio = torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(num))
+    return ratio.clamp(0.0, 1.0)
+
+
+def delta_scales(plan: CallPlan, deltas: Tensor) -> tuple[Tensor | float | None, Tensor | None]:
+    """λ of every γ-block of the call for ``config.delta_scale`` (docs/algorithm.md §13).
+
+    deltas: the raw Δs from :func:`anchor_deltas` (B, H, n_blocks, D).
+    Returns ``(λ, sums)``: λ is None for the default 1.0 (nothing to scale), the float itself, or a
+    float64 (B, H, n_blocks) tensor for ``"auto"``/``"auto-global"``; ``sums`` (B, H, 2) are the
+    ``"auto"`` running sums through the call's last block (None otherwise), for the next chunk.
+
+    ``"auto"`` (causal): λ_j = clip(Σ_{1≤i≤j} ⟨Δ_i, Δ_{i-1}⟩ / Σ_{1≤i≤j} ‖Δ_{i-1}‖², 0, 1), λ_0 = 1.
+    Block j's λ reads anchors ≤ j only, and the carried sums continue a chunked prompt; the sums are
+    accumulated sequentially in float64 from the carried value, so a chunked prompt repeats the
+    one-shot additions. ``"auto-global"``: the same ratio with j = the call's last block, for every block.
+    """
+    scale = plan.config.delta_scale
+    if not isinstance(scale, str):
+        return (None, None) if scale == 1.0 else (float(scale), None)
+    bsz, heads, n_blocks, _ = deltas.shape
+    d64 = deltas.double()
+    n_carried = 1 if plan.carried_delta is not None else 0
+    new = d64[:, :, n_carried:]  # the Δs of the call's own anchors, blocks first_block + n_carried + i
+    if n_carried:
+        prev = d64[:, :, :-1]
+    elif plan.previous_delta is not None:
+        prev = torch.cat([plan.previous_delta.double().unsqueeze(2), d64[:, :, :-1]], dim=2)
+    else:  # the call starts the prompt: block 0 has no predecessor and adds nothing to the sums
+        prev = torch.cat([torch.zeros_like(d64[:, :, :1]), d64[:, :, :-1]], dim=2)
+    terms = torch.stack([(new * prev).sum(-1), (prev * prev).sum(-1)], dim=-1)  # (B, H, n_new, 2)
+    start = plan.carried_sums.double() if plan.carried_sums is not None else d64.new_zeros(bsz, heads, 2)
+    sums = torch.cat([start.unsqueeze(2), terms], dim=2).cumsum(dim=2)  # sums[:, :, 0] = carried
+    if scale == "auto-global":
+        lam = _lstsq_factor(sums[:, :, -1]).unsqueeze(2).expand(bsz, heads, n_blocks)
+        return lam, None
+    lam = _lstsq_factor(sums[:, :, 1 - n_carried :])  # the carried block keeps the carried sums' λ
+    return lam, sums[:, :, -1].contiguous()
+
+
+def scale_deltas(deltas: Tensor, lam: Tensor | float | None) -> Tensor:
+    """λ_j·Δ_j (deltas (B, H, n_blocks, D); λ from :func:`delta_scales`)."""
+    if lam is None:
+        return deltas
+    if isinstance(lam, float):
+        return deltas * lam
+    return deltas * lam.unsqueeze(-1).to(deltas.dtype)
+
+
+def extra_anchor_blocks(plan: CallPlan, deltas: Tensor) -> Tensor:
+    """The γ-blocks that get an extra dense row (``extra_anchors``, docs/algorithm.md §13), (B, E) ascending.
+
+    deltas: the raw Δs of a one-shot call (B, H, n_blocks, D). Candidates are the blocks with a next
+    anchor (j < n_blocks − 1); block j scores s_j = Σ_h ‖Δ_{j+1} − Δ_j‖ per sequence (one choice for
+    all heads, so the extra rows stay one rectangular batch per sequence); the top
+    ``ceil(extra_anchors · n_blocks)`` win, ties to the lower j.
+    """
+    bsz, n_blocks = deltas.shape[0], deltas.shape[2]
+    n_extra = extra_anchor_count(plan.config, n_blocks) if plan.has_body else 0
+    if n_extra == 0:
+        return torch.zeros(bsz, 0, dtype=torch.long, device=deltas.device)
+    score = (deltas[:, :, 1:] - deltas[:, :, :-1]).double().norm(dim=-1).sum(dim=1)  # (B, n_blocks - 1)
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices  # stable: ties keep the lower j
+    return order[:, :n_extra].sort(dim=1).values + plan.first_block
+
+
+def extra_anchor_positions(plan: CallPlan, blocks: Tensor) -> Tensor:
+    """Absolute positions ``jγ + γ//2`` of the extra dense rows of ``blocks`` (B, E)."""
+    return blocks * plan.gamma + plan.gamma // 2
+
+
+def _delta(
+    plan: CallPlan,
+    sparse_out: Tensor,
+    dense_out: Tensor,
+    state: SequenceState | None,
+    extra: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """``mode="delta"``: Õ + λΔ on the body rows, D on the tail rows (docs/algorithm.md §3, §5, §13)."""
     config, gamma, q0, body_end = plan.config, plan.gamma, plan.q_start, plan.body_end
     local = plan.dense_pos - q0
     n_anchor = plan.n_anchors
@@ -57,21 +154,65 @@ def _delta(plan: CallPlan, sparse_out: Tensor, dense_out: Tensor, state: Sequenc
     if not plan.has_body:
         finish(state, plan)
         return out
-    deltas = dense_out[:, :, :n_anchor] - sparse_out[:, :, local[:n_anchor]]  # (B, H, nA, D)
-    if plan.carried_delta is not None:
-        deltas = torch.cat([plan.carried_delta.unsqueeze(2).to(deltas.dtype), deltas], dim=2)
-    assert deltas.shape[2] == plan.n_blocks
+    raw = anchor_deltas(plan, sparse_out, dense_out)  # (B, H, n_blocks, D)
+    assert raw.shape[2] == plan.n_blocks
+    lam, sums = delta_scales(plan, raw)
+    deltas = scale_deltas(raw, lam)
     rows = torch.arange(q0, body_end, device=sparse_out.device)
     block_of_row = rows // gamma - plan.first_block
     z = deltas[:, :, block_of_row]  # repeat: Δ(i) = Δ_{i // γ}
     scan_state = None
+    second = None
+    if extra is not None and extra[0].shape[1] > 0:
+        blocks, extra_dense = extra
+        second, ext = _extra_deltas(plan, sparse_out, extra_dense, blocks, lam)
+        half = gamma // 2
+        second = second[:, block_of_row].view(z.shape[0], 1, -1, 1)  # (B, 1, R, 1): row's block has one
+        late = ((rows % gamma) >= half).view(1, 1, -1, 1)  # rows from the extra anchor on
+        ext_z = ext[:, :, block_of_row]
     if config.interp == "linear":
         nxt = torch.cat([deltas[:, :, 1:], deltas[:, :, -1:]], dim=2)  # the last block keeps Δ_j
+        nxt_z = nxt[:, :, block_of_row]
         t = ((rows % gamma).to(z.dtype) / gamma).view(1, 1, -1, 1)
-        z = (1 - t) * z + t * nxt[:, :, block_of_row]
+        lin = (1 - t) * z + t * nxt_z
+        if second is not None:  # anchor → extra anchor → next anchor
+            off = (rows % gamma).to(z.dtype).view(1, 1, -1, 1)
+            t1 = off / half
+            t2 = (off - half) / (gamma - half)
+            early_z = (1 - t1) * z + t1 * ext_z
+            late_z = (1 - t2) * ext_z + t2 * nxt_z
+            lin = torch.where(second, torch.where(late, late_z, early_z), lin)
+        z = lin
     elif config.interp in FILTER_INTERPS:
         m, k, s_prev = filter_start(plan, z[:, :, 0])
         z, scan_state = lti_scan(z, m, k, s_prev.to(z.dtype))
+    elif second is not None:  # repeat: the rows from the extra anchor on use its Δ
+        z = torch.where(second & late, ext_z, z)
     out[:, :, : body_end - q0] = sparse_out[:, :, : body_end - q0] + z
-    finish(state, plan, last_delta=deltas[:, :, -1], scan_state=scan_state)
+    if lam is not None:  # λ ≠ 1: the anchor rows are exact (Õ + λΔ would not be)
+        out[:, :, local[:n_anchor]] = dense_out[:, :, :n_anchor].to(out.dtype)
+    if second is not None:  # the extra rows are exact
+        pos = extra_anchor_positions(plan, extra[0]) - q0  # (B, E)
+        b_idx = torch.arange(pos.shape[0], device=pos.device).view(-1, 1)
+        out.permute(0, 2, 1, 3)[b_idx, pos] = extra[1].to(out.dtype).permute(0, 2, 1, 3)
+    finish(state, plan, last_delta=raw[:, :, -1], scan_state=scan_state, scale_sums=sums)
     return out
+
+
+def _extra_deltas(
+    plan: CallPlan, sparse_out: Tensor, extra_dense: Tensor, blocks: Tensor, lam: Tensor | float | None
+) -> tuple[Tensor, Tensor]:
+    """(has_extra (B, n_blocks) bool, λ_j·Δ'_j placed at its block (B, H, n_blocks, D), zero elsewhere)."""
+    bsz, heads, _, d = sparse_out.shape
+    pos = extra_anchor_positions(plan, blocks) - plan.q_start  # (B, E)
+    idx = pos.view(bsz, 1, -1, 1).expand(bsz, heads, pos.shape[1], d)
+    raw = extra_dense.to(sparse_out.dtype) - sparse_out.gather(2, idx)  # Δ'_j = D(m_j) − Õ(m_j)
+    local_blocks = blocks - plan.first_block
+    if isinstance(lam, Tensor):
+        lam = lam.gather(2, local_blocks.view(bsz, 1, -1).expand(bsz, heads, -1))
+    scaled = scale_deltas(raw, lam)  # block j's λ_j (E entries per head)
+    ext = sparse_out.new_zeros(bsz, heads, plan.n_blocks, d)
+    ext.scatter_(2, local_blocks.view(bsz, 1, -1, 1).expand(bsz, heads, -1, d), scaled)
+    has = torch.zeros(bsz, plan.n_blocks, dtype=torch.bool, device=sparse_out.device)
+    has.scatter_(1, local_blocks, True)
+    return has, ext

@@ -90,9 +90,10 @@ class DeltaConfig:
         ``"auto-global"``, the same factor fitted on all anchors of the call (**non-causal**).
     extra_anchors: fraction in [0, 1] of γ-blocks that get a second dense row at their midpoint; the
         blocks whose Δ changes most between neighbouring anchors are chosen (adaptive anchors, as in
-        the official code's iterative correction). The rows from the midpoint on use the new Δ.
-        Costs ``extra_anchors / gamma`` of dense attention more; **non-causal** (the choice reads
-        later anchors). Default 0.0.
+        the official code's iterative correction). The rows from the midpoint on use the new Δ
+        (``"repeat"``; ``"linear"`` interpolates anchor → extra anchor → next anchor; ``"ema"``/``"abg"``
+        are refused). Costs about ``extra_anchors / gamma`` of dense attention more; **non-causal**
+        (the choice reads later anchors). Default 0.0.
 
     Base-method options
     -------------------
@@ -178,6 +179,12 @@ class DeltaConfig:
         else:
             _check_float("delta_scale", self.delta_scale, 0.0, 1.0, low_open=False, high_open=False)
         _check_float("extra_anchors", self.extra_anchors, 0.0, 1.0, low_open=False, high_open=False)
+        if self.extra_anchors > 0 and self.interp in FILTER_INTERPS:
+            raise ValueError(
+                f"DeltaConfig.extra_anchors works with interp 'repeat' or 'linear' (an extra anchor splits a "
+                f"γ-block's Δ; the {self.interp!r} filter has no such split): set interp='repeat'/'linear' "
+                "or extra_anchors=0"
+            )
         dl = self.dense_layers
         if isinstance(dl, bool) or not isinstance(dl, (int, Sequence)) or isinstance(dl, str):
             raise TypeError(f"DeltaConfig.dense_layers must be an int or a sequence of ints, got {dl!r}")

@@ -9,7 +9,13 @@ Counts are per (batch element, query head), for a one-shot prefill of ``n`` toke
   ones (``topk``, ``vertical_slash``: an upper bound, and only when asked for with
   ``allow_upper_bound=True``); a base that says nothing has no analytic cost (``ValueError``);
 * **the dense rows** of ``delta``/``recompute`` (anchors every γ below the tail, then every tail row,
-  :attr:`delta_attn.backend.CallPlan.dense_pos`), each over its own causal prefix.
+  :attr:`delta_attn.backend.CallPlan.dense_pos`), each over its own causal prefix;
+* **the extra anchors** of ``extra_anchors > 0`` (docs/algorithm.md §13): ``ceil(f · n_blocks)`` more
+  dense rows at block midpoints. Which blocks is chosen from the data, so their pairs are counted at
+  the latest blocks they may sit at (an upper bound; ``exact`` is then False). They are included in
+  ``dense_rows``/``n_dense_rows`` and reported alone in ``extra_rows``/``n_extra_rows``. Choosing the
+  blocks (a norm per block and head) and ``delta_scale`` (a dot product per anchor) are O(N·d/γ), not
+  counted, like the Δ broadcast.
 
 A method's total (:attr:`PrefillCost.total`) counts what it needs: ``delta`` scores the base only on
 the rows before the exact tail (the tail's sparse rows are never used; the Triton backend skips them),
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import plan_call
+from .backend import extra_anchor_count, plan_call
 from .config import DeltaConfig
 from .sparse import resolve_sparse_method
 
@@ -78,7 +84,9 @@ class PrefillCost:
     base_body:  the sparse base over the rows before the exact tail (what ``delta`` needs).
     dense_rows: the dense rows, each over its causal prefix (every row for ``dense``, none for ``sparse``).
     n_dense_rows: how many rows are dense.
-    exact:      False when the base is data-dependent and ``base``/``base_body`` are its budget.
+    exact:      False when the base is data-dependent and ``base``/``base_body`` are its budget, or when
+                extra anchors are counted at their latest possible blocks (an upper bound).
+    extra_rows, n_extra_rows: the part of ``dense_rows``/``n_dense_rows`` that are ``extra_anchors`` rows.
     """
 
     mode: str
@@ -88,6 +96,8 @@ class PrefillCost:
     dense_rows: int
     n_dense_rows: int
     exact: bool
+    extra_rows: int = 0
+    n_extra_rows: int = 0
 
     @property
     def total(self) -> int:
@@ -115,4 +125,28 @@ def prefill_cost(config: DeltaConfig, n: int, *, allow_upper_bound: bool = False
     tail_start = n - config.tail_rows(n)
     base_body, exact = base_pairs(config, 0, tail_start, allow_upper_bound=allow_upper_bound)
     base_tail, _ = base_pairs(config, tail_start, n, allow_upper_bound=allow_upper_bound)
-    return PrefillCost(config.mode, n, base_body + base_tail, base_body, dense_rows, len(dense_pos), exact)
+    extra_pos = extra_row_positions_bound(config, n)
+    extra_rows = int((extra_pos + 1).sum())
+    return PrefillCost(
+        config.mode,
+        n,
+        base_body + base_tail,
+        base_body,
+        dense_rows + extra_rows,
+        len(dense_pos) + len(extra_pos),
+        exact and not len(extra_pos),
+        extra_rows,
+        len(extra_pos),
+    )
+
+
+def extra_row_positions_bound(config: DeltaConfig, n: int) -> np.ndarray:
+    """The ``extra_anchors`` rows of an ``n``-token prefill placed at the latest blocks they may take.
+
+    ``ceil(f · n_blocks)`` blocks among those with a next anchor (j < n_blocks − 1), each with a row at
+    ``jγ + γ//2``; the data choose which, so the latest ones bound the pairs from above.
+    """
+    n_blocks = -(-(n - config.tail_rows(n)) // config.gamma)  # anchors below the tail
+    count = extra_anchor_count(config, n_blocks)
+    blocks = np.arange(n_blocks - 1 - count, n_blocks - 1, dtype=np.int64)
+    return blocks * config.gamma + config.gamma // 2

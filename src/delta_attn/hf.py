@@ -41,14 +41,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import AttentionInterface, PreTrainedModel
-from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
 from .backend import DeltaState
 from .config import DEFAULT_CONFIG, DeltaConfig
+from .kv_cache import PreallocatedCache
 from .ops import delta_attention
 
 ATTN_NAME = "delta"
+DECODE_ROOM = 1024  # tokens of decoding the cache made by chunked_prefill holds before it grows
 _BINDING_ATTR = "_delta_attn"
 # kwargs some models pass to attention functions that change the math Δ implements
 _UNSUPPORTED_KWARGS = {
@@ -347,6 +348,36 @@ def _check_supported(model: Any) -> None:
         raise ValueError(f"{name} has non-causal attention layers (is_causal=False); delta attention is causal-only")
     if any("cross" in type(m).__name__.lower() or getattr(m, "is_cross_attention", False) for m in layers):
         raise ValueError(f"{name} has cross-attention layers; delta attention supports self-attention only")
+    check_tensor_parallel(model)
+
+
+def tensor_parallel_size(model: Any) -> int:
+    """Ranks a model loaded with transformers' tensor parallelism (``tp_plan="auto"``) is sharded over (1: none)."""
+    return int(getattr(model, "tp_size", None) or 1)
+
+
+def check_tensor_parallel(model: Any) -> None:
+    """Δ on a tensor-parallel model runs on each rank's local heads (the attention function sees the
+    rank's shards of q/k/v: every head count it uses comes from the tensors). That needs a plan that
+    splits attention by heads, never by positions, and KV heads that split evenly over the ranks."""
+    tp = tensor_parallel_size(model)
+    if tp <= 1:
+        return
+    name, plan = type(model).__name__, dict(getattr(model, "tp_plan", None) or {})
+    by_position = sorted(k for k, style in plan.items() if "sequence" in str(style))
+    if by_position:
+        raise ValueError(
+            f"{name} is tensor-parallel with a plan that shards along the sequence ({by_position}); delta attention "
+            "places sinks, windows and anchors at absolute positions and needs every position of a chunk on each "
+            "rank: load it with the model's own head-sharding plan (tp_plan='auto')"
+        )
+    kv = getattr(model.config.get_text_config(decoder=True), "num_key_value_heads", None)
+    kv_sharded = any("k_proj" in k and str(style).startswith("colwise") for k, style in plan.items())
+    if kv is not None and kv_sharded and kv % tp:
+        raise ValueError(
+            f"{name} has {kv} key/value heads, which do not split evenly over tp_size={tp} ranks; delta attention "
+            "runs grouped-query attention on each rank's local heads: use a tp_size that divides the KV head count"
+        )
 
 
 def _causal_layers(model) -> bool:
@@ -359,7 +390,12 @@ def enable(model: PreTrainedModel, config: DeltaConfig | None = None) -> PreTrai
     Calling it again replaces the config. Prefill uses :func:`delta_attn.delta_attention`, decode is
     dense (see the module docstring). Raises ``ValueError`` naming the reason for models Δ cannot
     serve: no AttentionInterface dispatch, encoder-decoder / cross-attention, non-causal attention,
-    logit soft-capping, composite models, or ``dense_layers`` beyond the model's depth.
+    logit soft-capping, composite models, ``dense_layers`` beyond the model's depth, or a
+    tensor-parallel plan Δ cannot run on (sequence sharding, KV heads not divisible by the ranks).
+
+    Tensor parallelism: a model loaded under ``torchrun`` with ``tp_plan="auto"`` (transformers'
+    head-sharding plan) works as is — each rank runs Δ on its local heads, decode stays dense, and
+    :func:`chunked_prefill` works the same (every rank gets the same tokens).
     """
     config = DEFAULT_CONFIG if config is None else config
     if not isinstance(config, DeltaConfig):
@@ -460,6 +496,7 @@ def chunked_prefill(
     past_key_values: Any = None,
     prompt_len: int | None = None,
     state: PrefillState | None = None,
+    max_cache_len: int | None = None,
     progress: bool = False,
 ) -> PrefillOutput:
     """Prefill a long prompt in chunks of ``chunk_size`` tokens with Δ attention.
@@ -476,11 +513,16 @@ def chunked_prefill(
             begun by an earlier call (then pass that call's ``past_key_values`` and ``state``).
         attention_mask: (B, cached + N), 1 for real tokens, 0 for left padding (default all ones).
         chunk_size: tokens per forward (a multiple of γ keeps chunk boundaries on γ-blocks; any value works).
-        past_key_values: the cache to fill: default a new ``DynamicCache``; a non-empty cache must come
-            from an earlier call on the same prompt, together with its ``state``.
+        past_key_values: the cache to fill: default a new :class:`~delta_attn.kv_cache.PreallocatedCache`
+            (one buffer per layer, allocated once, chunks written in place: no chunk re-copies the
+            cache); any transformers ``DynamicCache`` works too. A non-empty cache must come from an
+            earlier call on the same prompt, together with its ``state``.
         prompt_len: the whole prompt's length (cached + all tokens still to come) when ``input_ids`` is
             not the end of the prompt: it places the exact tail. Default: cached + N (this call ends it).
         state: ``PrefillOutput.state`` of the earlier call when continuing a prompt.
+        max_cache_len: tokens the new cache is allocated for (default ``prompt_len`` + 1024 for
+            decoding; decoding past it grows the buffers by 25 %, one copy each time). Only used
+            when ``past_key_values`` is None.
         progress: show a tqdm bar over the chunks.
     Returns:
         :class:`PrefillOutput` (cache, last-position logits (B, vocab), attention mask, state). To decode,
@@ -502,8 +544,12 @@ def chunked_prefill(
             f"{binding.config.non_causal_reason} is non-causal and cannot run chunked; "
             "choose causal settings or prefill in one call"
         )
-    cache = DynamicCache(config=model.config) if past_key_values is None else past_key_values
-    past, n = cache.get_seq_length(), input_ids.shape[1]
+    if max_cache_len is not None and past_key_values is not None:
+        raise ValueError(
+            "max_cache_len sizes a new cache: pass it without past_key_values (the given cache keeps its size)"
+        )
+    past = 0 if past_key_values is None else past_key_values.get_seq_length()
+    n = input_ids.shape[1]
     if past and state is None:
         raise ValueError(
             "past_key_values already holds tokens: to continue a prompt pass state=<the earlier "
@@ -520,6 +566,11 @@ def chunked_prefill(
         )
     if prompt_len < total:
         raise ValueError(f"prompt_len={prompt_len} is shorter than the {total} tokens given so far")
+    if max_cache_len is None:
+        max_cache_len = prompt_len + DECODE_ROOM
+    elif isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len < prompt_len:
+        raise ValueError(f"max_cache_len must be an int >= the prompt length {prompt_len}, got {max_cache_len!r}")
+    cache = PreallocatedCache(max_cache_len, config=model.config) if past_key_values is None else past_key_values
     bsz = input_ids.shape[0]
     if attention_mask is None:
         attention_mask = input_ids.new_ones(bsz, total)

@@ -96,6 +96,11 @@ def delta_attention(
         ``"sparse"``: Õ everywhere (the base method alone, no dense tail).
         ``"dense"``: exact causal attention.
 
+    Δ variants (``config.delta_scale``, ``config.extra_anchors``; docs/algorithm.md §13): body rows get
+    Õ_i + λΔ(i) (λ a float, or ``"auto"``: causal, per sequence and head, from the anchors so far;
+    ``"auto-global"``: from all anchors, one-shot only), anchor and tail rows stay exact; extra anchors
+    add a dense row in the middle of the γ-blocks whose Δ changes most (one-shot only).
+
     Args:
         config: a :class:`DeltaConfig` (defaults: streaming base, window 2048, sink 128, γ = 64).
         scale: softmax scale, default ``1/sqrt(D)``.
@@ -139,8 +144,6 @@ def delta_attention(
             "chunked; prefill the whole prompt in one call or choose causal settings "
             "(interp='repeat'/'ema'/'abg', delta_scale a float or 'auto', extra_anchors=0)"
         )
-    if config.mode == "delta" and (config.delta_scale != 1.0 or config.extra_anchors > 0):
-        raise NotImplementedError("delta_scale/extra_anchors: the backends do not implement them yet (TEMPORARY)")
     pads = _left_pad_list(left_pad, bsz, prompt_len)
     if nq == 0 or bsz == 0:  # nothing to compute (an empty batch is a valid input)
         return q.new_zeros(bsz, hq, nq, d)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backend import SequenceState, plan_call
-from .combine import combine
+from .backend import CallPlan, SequenceState, plan_call
+from .combine import anchor_deltas, combine, extra_anchor_blocks, extra_anchor_positions
 from .config import DeltaConfig
 from .sparse import SparsePattern, plan_pattern, visible_keys
 
@@ -212,4 +212,46 @@ def reference_prefill(
         chunk_elements=chunk_elements,
         method=config.method_name,
     )
-    return combine(plan, sparse, dense, state)
+    extra = None
+    if plan.has_body and config.extra_anchors > 0:
+        extra = extra_anchor_rows(plan, q, k, v, sparse, dense, scale=scale, compute_dtype=cdt)
+    return combine(plan, sparse, dense, state, extra)
+
+
+def extra_anchor_rows(
+    plan: CallPlan,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    sparse: Tensor,
+    dense: Tensor,
+    *,
+    scale: float,
+    compute_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """``extra_anchors``: the chosen γ-blocks (B, E) and the dense output of their midpoint rows (B, H, E, D).
+
+    The blocks come from the anchors' Δs (:func:`delta_attn.combine.extra_anchor_blocks`), so they
+    differ per sequence: each sequence's rows are computed on their own (queries ``[lo, hi]`` of its
+    extra rows over keys ``[0, hi]``).
+    """
+    blocks = extra_anchor_blocks(plan, anchor_deltas(plan, sparse, dense))
+    pos = extra_anchor_positions(plan, blocks)
+    bsz, hq, _, d = sparse.shape
+    rows = sparse.new_empty(bsz, hq, pos.shape[1], d)
+    if pos.shape[1] == 0:
+        return blocks, rows
+    q0 = plan.q_start
+    for b in range(bsz):
+        lo, hi = int(pos[b, 0]), int(pos[b, -1]) + 1
+        _, rows[b : b + 1] = attention_rows(
+            q[b : b + 1, :, lo - q0 : hi - q0],
+            k[b : b + 1, :, :hi],
+            v[b : b + 1, :, :hi],
+            scale=scale,
+            q_start=lo,
+            pattern=None,
+            dense_pos=pos[b],
+            compute_dtype=compute_dtype,
+        )
+    return blocks, rows

@@ -104,6 +104,8 @@ def gpu_cases() -> list[Case]:
         Case("chunk-repeat", n=1500, chunks=(500, 433, 1, 566), cfg=sw),
         Case("chunk-ema", n=1500, chunks=(700, 1, 799), cfg=dict(sw, interp="abg")),
         Case("chunk-recompute-b2", b=2, n=1200, chunks=(613, 587), cfg=dict(sw, mode="recompute")),
+        # K/V of a later chunk are views of a longer buffer (as PreallocatedCache hands them): strided, not contiguous
+        Case("chunk-gqa-strided", hq=8, hkv=2, n=1500, chunks=(512, 488, 500), cfg=sw),
         Case(
             "chunk-vs",
             n=1200,
@@ -113,6 +115,42 @@ def gpu_cases() -> list[Case]:
         Case("prompt-longer", n=1000, chunks=(600, 250), cfg=dict(sw, tail=200)),
         Case("fp16-delta", n=1000, dtype="fp16", cfg=sw),
         Case("fp32-delta", n=700, d=64, dtype="fp32", cfg=sw),
+        # Δ variants (docs/algorithm.md §13). λ="auto" and the extra-anchor choice are data-dependent: a
+        # window below γ makes every anchor's Δ real (not rounding noise), and float32 keeps the kernel's
+        # choices those of the float64 oracle
+        Case("delta-scale0.5", n=1000, cfg=dict(sw, delta_scale=0.5)),
+        Case("delta-scale0.5-abg", n=1000, cfg=dict(sw, interp="abg", delta_scale=0.5)),
+        Case(
+            "delta-auto", hq=4, hkv=2, n=1000, dtype="fp32", cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto")
+        ),
+        Case(
+            "delta-auto-ema",
+            n=1000,
+            dtype="fp32",
+            cfg=dict(sink=4, window=48, gamma=64, interp="ema", delta_scale="auto"),
+        ),
+        Case(
+            "delta-auto-global",
+            b=2,
+            n=1000,
+            dtype="fp32",
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto-global"),
+        ),
+        Case("delta-extra0.25", b=2, n=1300, dtype="fp32", cfg=dict(sink=4, window=48, gamma=64, extra_anchors=0.25)),
+        Case(
+            "delta-extra0.25-linear-auto",
+            n=1300,
+            dtype="fp32",
+            cfg=dict(sink=4, window=48, gamma=64, interp="linear", extra_anchors=0.25, delta_scale="auto"),
+        ),
+        Case(
+            "chunk-auto",
+            n=1500,
+            dtype="fp32",
+            chunks=(500, 433, 1, 566),
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
+        ),
+        Case("chunk-scale0.5-abg", n=1500, chunks=(700, 1, 799), cfg=dict(sw, interp="abg", delta_scale=0.5)),
     ]
     return c
 

@@ -6,7 +6,9 @@ import argparse
 
 # help texts of `bench layer` options that bench/layer.py leaves short; every one states its default
 LAYER_HELP = {
-    "methods": "any of cudnn, flash, sparse, delta, recompute, rows (dense-rows kernel alone) (default all six)",
+    "methods": "any of cudnn, flash, sparse, delta, recompute, rows (dense-rows kernel alone), and Δ variants "
+    "delta_<parts> (l<λ>, auto, global, x<percent> joined by '_', e.g. delta_l0.5, delta_x25) "
+    "(default the first six)",
     "batch": "batch size (default 1)",
     "heads": "query heads (default 32, Llama-3-8B)",
     "kv_heads": "key/value heads (default 8)",
@@ -31,8 +33,14 @@ def _layer(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _e2e(args: argparse.Namespace) -> int:
+    from .e2e import run
+
+    return run(args)
+
+
 def register(subparsers) -> None:
-    """Add ``bench`` (with ``layer``) to the ``delta-attn`` command line."""
+    """Add ``bench`` (with ``layer`` and ``e2e``) to the ``delta-attn`` command line."""
     from .layer import build_parser
 
     bench = subparsers.add_parser(
@@ -48,4 +56,13 @@ def register(subparsers) -> None:
     for action in layer._actions:
         action.help = LAYER_HELP.get(action.dest, action.help)
     layer.set_defaults(func=_layer)
+    from .e2e import build_parser as build_e2e_parser
+
+    e2e = sub.add_parser(
+        "e2e",
+        help="end-to-end prefill of a random-weight model (Llama-3-8B shape): dense vs sparse vs Δ vs recompute",
+        description="End-to-end prefill: time to first token, tokens/s, peak memory (see delta_attn/bench/e2e.py).",
+    )
+    build_e2e_parser(e2e)
+    e2e.set_defaults(func=_e2e)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)

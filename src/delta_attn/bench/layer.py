@@ -7,7 +7,11 @@ several lengths. Methods:
   ``enable_gqa``; if a backend refuses it, K/V are expanded for that backend and the row says so);
 * ``sparse``: the sparse base alone (sink + window), Triton kernels;
 * ``delta``: Δ attention (γ = 64, repeat), Triton kernels — dense rows + sparse with fused Δ;
-* ``recompute``: the same rows, no broadcast.
+* ``recompute``: the same rows, no broadcast;
+* Δ variants (docs/algorithm.md §13), ``delta_`` followed by ``_``-joined parts: ``l<λ>``
+  (``delta_scale=λ``, e.g. ``delta_l0.5``), ``auto`` (``delta_scale="auto"``), ``global``
+  (``"auto-global"``), ``x<percent>`` (``extra_anchors``, e.g. ``delta_x25``); e.g. ``delta_auto_x25``.
+  Their FLOPs come from the same cost model (extra anchors: the upper bound, see :mod:`delta_attn.cost`).
 
 Timing: CUDA events around each call, after warm-up; the median of repeated calls. Dense SDPA at
 the largest lengths (``--dense-once-above``) is timed from a single call (it takes seconds) and
@@ -32,6 +36,40 @@ import sys
 import time
 
 LENGTHS = "32K,64K,128K,256K,512K,1M"
+DENSE_METHODS = ("cudnn", "flash", "rows")  # timed without a DeltaConfig
+
+
+def method_config(name: str, base):
+    """The :class:`~delta_attn.config.DeltaConfig` a Triton method name runs (None for cudnn/flash/rows).
+
+    ``sparse``/``delta``/``recompute`` set the mode; ``delta_<parts>`` are Δ variants (module docstring).
+    Raises ValueError for an unknown name.
+    """
+    if name in DENSE_METHODS:
+        return None
+    if name in ("sparse", "delta", "recompute"):
+        return base.replace(mode=name)
+    if not name.startswith("delta_"):
+        raise ValueError(f"unknown method {name!r}")
+    changes = {}
+    for part in name[len("delta_") :].split("_"):
+        try:
+            if part == "auto":
+                changes["delta_scale"] = "auto"
+            elif part == "global":
+                changes["delta_scale"] = "auto-global"
+            elif part.startswith("l"):
+                changes["delta_scale"] = float(part[1:])
+            elif part.startswith("x"):
+                changes["extra_anchors"] = int(part[1:]) / 100
+            else:
+                raise ValueError(part)
+        except ValueError:
+            raise ValueError(
+                f"unknown method {name!r}: Δ variants are delta_ + parts joined by '_': l<λ> (e.g. l0.5), "
+                "auto, global, x<percent> (e.g. x25)"
+            ) from None
+    return base.replace(mode="delta", **changes)
 
 
 def parse_length(s: str) -> int:
@@ -211,14 +249,16 @@ def run_layer(args) -> dict:
                 fn, expanded = sdpa_fn(m, q, k, v)
                 record(m, fn, flops["dense"], once=once, note="K/V expanded" if expanded else "")
                 del fn
-            elif m in ("sparse", "delta", "recompute"):
-                cfg = base.replace(mode=m)
+            elif m not in DENSE_METHODS:  # sparse, delta, recompute and the Δ variants
+                cfg = method_config(m, base)
+                fl = flops[m] if m in flops else prefill_cost(cfg, n).flops(d, hq, b)
                 record(
                     m,
                     lambda cfg=cfg, q=q, k=k, v=v: triton_prefill(
                         q, k, v, cfg, scale=scale, prompt_len=n, kernel_configs=kcfg
                     ),
-                    flops[m],
+                    fl,
+                    note="FLOPs: extra rows at their upper bound" if cfg.extra_anchors > 0 else "",
                 )
             elif m == "rows":  # kernel level: the dense-rows kernel alone on Δ's rows
                 record(
@@ -364,7 +404,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--methods",
         default="cudnn,flash,sparse,delta,recompute,rows",
-        help="any of cudnn, flash, sparse, delta, recompute, rows (dense-rows kernel alone)",
+        help="any of cudnn, flash, sparse, delta, recompute, rows (dense-rows kernel alone), and Δ variants "
+        "delta_<parts> with parts l<λ>, auto, global, x<percent> joined by '_' (e.g. delta_l0.5, delta_auto, "
+        "delta_x25)",
     )
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=32)
@@ -400,6 +442,15 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     import torch
 
+    from ..config import DeltaConfig
+
+    for m in (x.strip() for x in args.methods.split(",")):
+        if m:
+            try:
+                method_config(m, DeltaConfig())
+            except ValueError as exc:  # before any GPU work
+                print(f"bench layer: {exc}", file=sys.stderr)
+                return 2
     if not torch.cuda.is_available():
         print("bench layer needs a CUDA GPU", file=sys.stderr)
         return 2

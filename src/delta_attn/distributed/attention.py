@@ -60,8 +60,11 @@ def _check_config(config: DeltaConfig) -> None:
             "split over ranks; choose causal settings (interp='repeat'/'ema'/'abg', a float delta_scale, "
             "extra_anchors=0)"
         )
-    if config.mode == "delta" and (config.delta_scale != 1.0 or config.extra_anchors > 0):
-        raise NotImplementedError("delta_scale/extra_anchors: the backends do not implement them yet")
+    if config.mode == "delta" and config.delta_scale == "auto":
+        raise NotImplementedError(
+            "delta_scale='auto' carries running sums whose ratio sets each block's λ; context parallelism does not "
+            "exchange them yet: use a float delta_scale (or run the prompt on one device)"
+        )
     if config.mode != "dense" and not isinstance(resolve_sparse_method(config.sparse), STATIC_BASES):
         raise ValueError(
             f"sparse={config.method_name!r} estimates its pattern from the whole call's queries and keys, so a "

@@ -100,9 +100,9 @@ def carries_from_summaries(
 ) -> tuple[Tensor | None, Tensor | None]:
     """(Δ_in, s_start) of shard ``rank`` from the summaries of the shards before it (an exclusive scan).
 
-    Δ_in: the last anchor Δ of the latest earlier shard that has one (None when the shard opens no
-    block inherited from before). s_start: the true filter state after the previous shard (None
-    without a filter, or for the first shard, whose filter starts from its own first Δ).
+    Δ_in: the last anchor Δ of the latest earlier shard that has one, times a float ``delta_scale``
+    (None when the shard opens no block inherited from before). s_start: the true filter state after the
+    previous shard (None without a filter, or for the first shard, whose filter starts from its own first Δ).
     """
     me = summaries[rank]
     if me.n_body == 0:
@@ -110,6 +110,14 @@ def carries_from_summaries(
 
     def delta_into(j: int) -> Tensor | None:
         return next((s.last_delta for s in reversed(summaries[:j]) if s.has_anchor), None)
+
+    lam = float(config.delta_scale)  # a float λ scales every Δ before it reaches a row (docs/algorithm.md §13)
+    if lam != 1.0:
+        inner = delta_into
+
+        def delta_into(j: int) -> Tensor | None:
+            raw = inner(j)
+            return None if raw is None else raw * lam
 
     delta_in = delta_into(rank) if me.open_rows else None
     if me.open_rows and delta_in is None:
@@ -149,6 +157,7 @@ def apply_carry(
         out[:, :, :m] = (out[:, :, :m].to(delta_in.dtype) + delta_in.unsqueeze(2)).to(out.dtype)
         return out
     m64, k64 = filter_system(config)
+    exact_anchors = float(config.delta_scale) != 1.0  # docs/algorithm.md §13
     bsz, hq, _, d = out.shape
     ref = delta_in if delta_in is not None else s_start
     s = s_start if s_start is not None else ref.new_zeros(bsz, hq, m64.shape[0], d)
@@ -158,5 +167,8 @@ def apply_carry(
         if delta_in is not None and r0 < summary.open_rows:
             z[:, :, : summary.open_rows - r0] = delta_in.unsqueeze(2)
         x, s = lti_scan(z, m64, k64, s)
+        if exact_anchors:  # λ ≠ 1: the anchor rows hold D itself, which no carry changes
+            r = torch.arange(r0, r1, device=x.device)
+            x[:, :, (r >= summary.open_rows) & ((r - summary.open_rows) % config.gamma == 0)] = 0
         out[:, :, r0:r1] = (out[:, :, r0:r1].to(x.dtype) + x).to(out.dtype)
     return out

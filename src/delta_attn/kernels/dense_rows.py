@@ -63,6 +63,23 @@ class RowSet:
         return self.n_anchors + max(0, self.tail_hi - self.tail_lo)
 
 
+@dataclass(frozen=True)
+class PositionList:
+    """An explicit sorted tuple of absolute row positions (the ``extra_anchors`` rows); used like a :class:`RowSet`."""
+
+    rows: tuple[int, ...]
+
+    def positions(self) -> np.ndarray:
+        return np.asarray(self.rows, dtype=np.int64)
+
+    @property
+    def n_anchors(self) -> int:
+        return len(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 # Launch configuration per input dtype, chosen by `python -m delta_attn.bench.sweep` on an H200
 # (BENCHMARKS.md). USE_TMA falls back to pointer loads where descriptors are not allowed.
 CONFIG = {
@@ -366,7 +383,7 @@ def dense_rows(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    rows: RowSet,
+    rows: RowSet | PositionList,
     *,
     scale: float,
     out: torch.Tensor | None = None,

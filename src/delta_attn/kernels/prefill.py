@@ -14,6 +14,15 @@ user ``mask_mod`` patterns get Õ from the PyTorch reference, interpolations oth
 and the filters (``linear``) are combined in PyTorch (:func:`delta_attn.combine.combine`), and
 inputs the kernels do not take (CPU tensors, float64, head dims above 256) run
 :func:`reference_prefill` whole.
+
+The Δ variants (docs/algorithm.md §13): ``delta_scale`` other than 1.0 takes the unfused path of
+step 3 with the Δs scaled in PyTorch (λ from :func:`delta_attn.combine.delta_scales`) and writes the
+anchor rows from D; ``delta_scale=1.0`` keeps the fused epilogue untouched. ``extra_anchors``
+takes the unfused path too, chooses the blocks in PyTorch, computes the extra rows with the dense-row
+kernel (one launch per sequence, as the choice differs per sequence, the rows as an explicit position
+list) and, for ``repeat``, rewrites the second half of each chosen block in PyTorch (a gather over those
+rows only); ``linear`` with extra anchors is combined in PyTorch (:func:`delta_attn.combine.combine`),
+which materialises the Δ of every body row.
 """
 
 from __future__ import annotations
@@ -22,13 +31,13 @@ import torch
 from torch import Tensor
 
 from ..backend import SequenceState, filter_start, finish, plan_call
-from ..combine import combine
+from ..combine import anchor_deltas, combine, delta_scales, extra_anchor_blocks, extra_anchor_positions, scale_deltas
 from ..config import FILTER_INTERPS, DeltaConfig
 from ..reference import attention_rows, reference_prefill
 from ..sparse import plan_pattern
 from . import sparse as sparse_mod
 from .blocks import spec_for
-from .dense_rows import RowSet, dense_rows, kernel_config
+from .dense_rows import PositionList, RowSet, dense_rows, kernel_config
 from .interpret import active as interpreting
 from .interpret import enable as enable_interpreter
 from .scan import delta_scan_apply
@@ -145,8 +154,12 @@ def triton_prefill(
 
     # ---- mode == "delta" -------------------------------------------------------------------------
     n_anchor = plan.n_anchors
-    if config.interp not in ("repeat", *FILTER_INTERPS):  # e.g. linear: PyTorch combine on kernel-computed rows
-        return combine(plan, sparse_rows(torch.float32), dense, state)
+    if config.interp not in ("repeat", *FILTER_INTERPS):  # linear: PyTorch combine on kernel-computed rows
+        sp = sparse_rows(torch.float32)
+        extra = None
+        if plan.has_body and config.extra_anchors > 0:
+            extra = _extra_anchor_rows(plan, q, k, v, sp, dense, scale=scale, config=kc.get("dense"))
+        return combine(plan, sp, dense, state, extra)
 
     out = torch.empty(bsz, hq, nq, d, device=q.device, dtype=q.dtype)
     if nk > plan.tail_start:  # exact tail rows
@@ -157,8 +170,15 @@ def triton_prefill(
     if dense is None:  # a chunk inside one γ-block whose anchor came earlier: no dense rows here
         dense = torch.zeros(bsz, hq, 1, d, device=q.device, dtype=torch.float32)
     carry = plan.carried_delta.float().contiguous() if plan.carried_delta is not None else None
-    fused = config.interp == "repeat" and spec is not None and bmp % gamma == 0 and sp_cfg["BM"] // gamma <= 8
-    scan_state = None
+    fused = (
+        config.delta_scale == 1.0
+        and config.extra_anchors == 0
+        and config.interp == "repeat"
+        and spec is not None
+        and bmp % gamma == 0
+        and sp_cfg["BM"] // gamma <= 8
+    )
+    scan_state = scale_sums = None
     if fused:
         delta_out = None
         if state is not None:
@@ -172,9 +192,11 @@ def triton_prefill(
     else:
         sp = sparse_rows(torch.float32)
         anchors = torch.arange(plan.anchor_lo, max(plan.anchor_lo, body_end), gamma, device=q.device) - q0
-        deltas = dense[:, :, :n_anchor] - sp[:, :, anchors]
+        raw = dense[:, :, :n_anchor] - sp[:, :, anchors]
         if carry is not None:
-            deltas = torch.cat([carry.unsqueeze(2), deltas], dim=2)
+            raw = torch.cat([carry.unsqueeze(2), raw], dim=2)
+        lam, scale_sums = delta_scales(plan, raw)  # λ = None for delta_scale=1.0
+        deltas = scale_deltas(raw, lam)
         if config.interp == "repeat":  # the system M = 0, K = 1: x_i = z_i
             m, kk = torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
             s_prev = deltas.new_zeros(bsz, hq, 1, d)
@@ -183,6 +205,56 @@ def triton_prefill(
             s_prev = s_prev.float()
         s_last = delta_scan_apply(sp, deltas, s_prev, m, kk, q_start=q0, body_end=body_end, gamma=gamma, out=out)
         scan_state = s_last if config.interp != "repeat" else None
-        last_delta = deltas[:, :, -1]
-    finish(state, plan, last_delta=last_delta, scan_state=scan_state)
+        last_delta = raw[:, :, -1]
+        if lam is not None and n_anchor:  # λ ≠ 1: the anchor rows are exact
+            out[:, :, anchors] = dense[:, :, :n_anchor].to(out.dtype)
+        if config.extra_anchors > 0:  # repeat (the filters refuse extra anchors)
+            _apply_extra_anchors(plan, q, k, v, sp, raw, lam, out, scale=scale, config=kc.get("dense"))
+    finish(state, plan, last_delta=last_delta, scan_state=scan_state, scale_sums=scale_sums)
     return out
+
+
+def _apply_extra_anchors(
+    plan, q: Tensor, k: Tensor, v: Tensor, sp: Tensor, raw: Tensor, lam, out: Tensor, *, scale, config
+) -> None:
+    """``extra_anchors`` with ``repeat`` on an output already holding Õ + λΔ: rows m_j … (j+1)γ − 1 of
+    each chosen block become Õ + λ_j Δ'_j and the row m_j itself D(m_j) (docs/algorithm.md §13).
+
+    Only the rewritten rows are gathered (E · (γ − γ//2) per sequence), never every body row.
+    """
+    blocks = extra_anchor_blocks(plan, raw)
+    if blocks.shape[1] == 0:
+        return
+    gamma, half, q0 = plan.gamma, plan.gamma // 2, plan.q_start
+    extra = _extra_rows_at(q, k, v, extra_anchor_positions(plan, blocks), scale=scale, config=config)
+    offsets = torch.arange(gamma - half, device=q.device)
+    for b in range(q.shape[0]):
+        mids = extra_anchor_positions(plan, blocks[b]) - q0  # (E,)
+        d_extra = extra[b] - sp[b][:, mids]  # Δ'_j, (H, E, D)
+        if isinstance(lam, Tensor):
+            d_extra = d_extra * lam[b][:, blocks[b] - plan.first_block].unsqueeze(-1).to(d_extra.dtype)
+        elif lam is not None:
+            d_extra = d_extra * lam
+        rows = (mids.view(-1, 1) + offsets.view(1, -1)).flatten()  # (E·(γ − half),)
+        out[b][:, rows] = (sp[b][:, rows] + d_extra.repeat_interleave(gamma - half, dim=1)).to(out.dtype)
+        out[b][:, mids] = extra[b].to(out.dtype)
+
+
+def _extra_rows_at(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, *, scale: float, config) -> Tensor:
+    """D at the positions ``pos`` (B, E) of each sequence, (B, Hq, E, D) float32: the dense-row kernel
+    with an explicit position list, one launch per sequence (the positions differ per sequence)."""
+    bsz, hq, _, d = q.shape
+    rows = torch.empty(bsz, hq, pos.shape[1], d, device=q.device, dtype=torch.float32)
+    for b, p in enumerate(pos.tolist()):
+        sl = slice(b, b + 1)
+        dense_rows(q[sl], k[sl], v[sl], PositionList(tuple(p)), scale=scale, out=rows[sl], config=config)
+    return rows
+
+
+def _extra_anchor_rows(
+    plan, q: Tensor, k: Tensor, v: Tensor, sp: Tensor, dense: Tensor, *, scale: float, config: dict | None
+) -> tuple[Tensor, Tensor]:
+    """``extra_anchors`` for :func:`delta_attn.combine.combine`: the chosen blocks (B, E) and D of their
+    midpoint rows (B, Hq, E, D) float32."""
+    blocks = extra_anchor_blocks(plan, anchor_deltas(plan, sp, dense))
+    return blocks, _extra_rows_at(q, k, v, extra_anchor_positions(plan, blocks), scale=scale, config=config)
