@@ -64,3 +64,12 @@ def test_permutation_test_rejects_unpaired():
         stats.paired_permutation_test([1, 2, 3], [1, 2])
     with pytest.raises(ValueError):
         stats.paired_permutation_test([], [])
+
+
+def test_one_pair_is_enumerated():
+    from delta_attn.eval.stats import paired_permutation_test
+
+    r = paired_permutation_test([1.0], [0.0], n_resamples=99)
+    assert (r.n, r.diff, r.p_value, r.exact) == (1, 1.0, 0.5, True)  # +d and −d: half the patterns reach d
+    assert paired_permutation_test([0.0], [1.0], n_resamples=99).p_value == 1.0
+    assert paired_permutation_test([0.0], [1.0], alternative="two-sided").p_value == 1.0

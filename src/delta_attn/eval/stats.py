@@ -53,6 +53,10 @@ def paired_permutation_test(
         # every pair tied: the null distribution is a point mass at 0 and p = 1
         return PermutationResult(n, float(x.mean()), float(y.mean()), 0.0, 1.0, True)
 
+    if n == 1:  # scipy needs two pairs; one pair has two sign patterns: enumerate them
+        p = exact_sign_flip_p(x, y, alternative)
+        return PermutationResult(n, float(x.mean()), float(y.mean()), float(d.mean()), p, True)
+
     def statistic(u, v, axis=-1):
         return np.mean(u - v, axis=axis)
 
