@@ -130,7 +130,7 @@ case "$PART" in
       --out "$OUT" "${RESUME[@]}" --time-limit "$(left)" || fail C2
     ;;
   F)
-    # RULER's instruction header vs none, RULER's adjective-noun keys vs noun-noun keys (docs/results/reproduce.md)
+    # RULER's instruction header vs none, RULER's adjective-noun keys vs noun-noun keys (docs/reproduce.md)
     F_LEN=${F_LEN:-8192}
     F_TASKS=niah_single_1,niah_single_1@noheader,niah_single_1@hyphen,niah_single_1@noheader+hyphen
     F_METHODS=$CORE

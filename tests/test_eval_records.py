@@ -254,3 +254,10 @@ def test_notes_must_name_runs_that_are_among_the_inputs(tmp_path, capsys):
 def test_recorded_configs_are_plain_json():
     cfg = _config("delta_ema0.9")
     assert json.loads(json.dumps(cfg)) == cfg and cfg["method"]["ema_beta"] == 0.9
+
+
+def test_the_bundled_model_is_named_by_its_hash_under_any_file_name():
+    from delta_attn.eval.document import model_name
+
+    assert model_name([{"model_id": "model.gguf@sha256:b179c9523d0e"}]) == "SmolLM2-135M-Instruct"
+    assert model_name([{"model_id": "other.gguf@sha256:0123456789ab"}]) == "other.gguf"

@@ -29,6 +29,8 @@ from .records import Records, open_text
 
 # a run's model (its --model option in older runs, its GGUF file name in newer ones) -> display name
 MODEL_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf": "SmolLM2-135M-Instruct"}
+# a copy of the bundled GGUF under another file name (e.g. reassembled on a GPU machine) is known by its hash
+MODEL_NAMES_BY_SHA = {"b179c9523d0e": "SmolLM2-135M-Instruct"}
 _RUNS_LINE = re.compile(r"^\s*<!--\s*runs:\s*([\w\s,-]+?)\s*-->\s*$")
 
 
@@ -122,7 +124,10 @@ def model_name(runs: Sequence[dict]) -> str:
     names = set()
     for r in runs:
         key = r["model_id"].partition("@")[0] if r.get("model_id") else r.get("options", {}).get("model")
-        if key:
+        sha = r["model_id"].partition("@sha256:")[2] if r.get("model_id") else ""
+        if sha in MODEL_NAMES_BY_SHA:
+            names.add(MODEL_NAMES_BY_SHA[sha])
+        elif key:
             names.add(MODEL_NAMES.get(key, key))
     return " / ".join(sorted(names)) or "an unnamed model"
 
