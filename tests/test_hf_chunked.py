@@ -11,20 +11,9 @@ from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 import delta_attn
 from delta_attn import DeltaConfig
 from delta_attn.hf import left_padding_position_ids
+from tiny_models import VOCAB, tiny_llama_kwargs
 
-VOCAB = 256
-CFG = dict(
-    vocab_size=VOCAB,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-)
+CFG = tiny_llama_kwargs(num_hidden_layers=3)
 
 
 @pytest.fixture(scope="module")

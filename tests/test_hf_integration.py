@@ -32,20 +32,9 @@ from transformers import (
 import delta_attn
 from delta_attn import DeltaConfig
 from delta_attn.hf import current_config
+from tiny_models import VOCAB, tiny_llama_kwargs
 
-VOCAB = 256
-_COMMON = dict(
-    vocab_size=VOCAB,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
-)
+_COMMON = tiny_llama_kwargs()
 CONFIGS = {
     "llama": lambda: LlamaConfig(**_COMMON),
     "qwen2": lambda: Qwen2Config(**_COMMON),

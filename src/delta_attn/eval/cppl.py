@@ -22,8 +22,6 @@ causality, the NLL summed over the M tokens, ``tokens`` (= M), and the full ``co
 from __future__ import annotations
 
 import inspect
-import time
-import traceback
 from collections.abc import Callable, Sequence
 
 import torch
@@ -79,62 +77,49 @@ def run_cppl(
     """
     import delta_attn
 
-    device = next(model.parameters()).device
+    from .ppl import score_in_batches
+
+    def records_of(m: Method, cont: int):
+        def records(chunk, sums, wall):
+            return [
+                {
+                    "record": "cppl",
+                    "doc": name,
+                    "length": length,
+                    "cont": cont,
+                    "method": m.name,
+                    "causal": m.causal,
+                    "nll_sum": round(s, 4),
+                    "tokens": cont,
+                    "run_id": run_id,
+                    "batch": {"size": len(chunk), "wall_s": round(wall, 4)},
+                    "config": configs[m.name],
+                }
+                for (name, _), s in zip(chunk, sums)
+            ]
+
+        return records
+
     written = 0
     try:
         for m in methods:
             for cont in conts:
                 ds = [d for d in docs if (d[0], length, cont, m.name) not in done]
-                bs, i = batch_size, 0
-                try:
-                    if m.is_dense:
-                        delta_attn.disable(model)
-                    else:
-                        delta_attn.enable(model, m.config)
-                    while i < len(ds):
-                        if deadline is not None and not deadline.allows(0.0):
-                            log(f"time limit: continuation ppl stopped before {m.name}@{length} M={cont}")
-                            return written
-                        chunk = ds[i : i + bs]
-                        ids = torch.tensor([d[1] for d in chunk], dtype=torch.long, device=device)
-                        t0 = time.perf_counter()
-                        try:
-                            sums = continuation_nll(model, ids, cont)
-                        except torch.OutOfMemoryError:
-                            if bs == 1:
-                                raise
-                            bs = max(1, bs // 2)
-                            del ids
-                            torch.cuda.empty_cache()
-                            log(f"out of memory: continuation ppl {m.name}@{length} continues with batch {bs}")
-                            continue
-                        wall = time.perf_counter() - t0
-                        recs = [
-                            {
-                                "record": "cppl",
-                                "doc": name,
-                                "length": length,
-                                "cont": cont,
-                                "method": m.name,
-                                "causal": m.causal,
-                                "nll_sum": round(s, 4),
-                                "tokens": cont,
-                                "run_id": run_id,
-                                "batch": {"size": len(chunk), "wall_s": round(wall, 4)},
-                                "config": configs[m.name],
-                            }
-                            for (name, _), s in zip(chunk, sums)
-                        ]
-                        writer.write(recs)
-                        written += len(recs)
-                        i += len(chunk)
-                except NotImplementedError as exc:  # a variant the operator does not implement yet
-                    log(f"SKIPPED continuation ppl {m.name}@{length} M={cont} ({len(ds) - i} documents): {exc}")
-                except Exception:  # one broken method must not cost the others
-                    log(
-                        f"ERROR in continuation ppl {m.name}@{length} M={cont}, {len(ds) - i} documents skipped:\n"
-                        f"{traceback.format_exc()}"
-                    )
+                n, stopped = score_in_batches(
+                    model,
+                    m,
+                    ds,
+                    writer,
+                    batch_size=batch_size,
+                    score=lambda ids, cont=cont: continuation_nll(model, ids, cont),
+                    records=records_of(m, cont),
+                    what=f"continuation ppl {m.name}@{length} M={cont}",
+                    log=log,
+                    deadline=deadline,
+                )
+                written += n
+                if stopped:
+                    return written
     finally:
         delta_attn.disable(model)
     return written

@@ -88,6 +88,67 @@ def nll_by_position(
     return per_seq, counts
 
 
+def score_in_batches(
+    model,
+    method: Method,
+    docs: Sequence[tuple[str, list[int]]],
+    writer: JsonlWriter,
+    *,
+    batch_size: int,
+    score: Callable[[torch.Tensor], list],
+    records: Callable[[Sequence[tuple[str, list[int]]], list, float], list[dict]],
+    what: str,
+    log: Callable[[str], None] = print,
+    deadline=None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[int, bool]:
+    """Score ``docs`` with ``method`` a batch at a time and write their records; (records written, stopped).
+
+    ``score(ids)`` returns one result per document of the batch, ``records(batch, results, wall_s)`` the
+    records to write. A batch that runs out of GPU memory is retried at half the size; a method that fails
+    (or that the operator does not implement) is logged and skipped, so one broken method costs no other.
+    ``stopped`` is True when ``deadline`` ran out before every document was scored. ``what`` names the
+    job in log lines (e.g. ``"ppl delta@8192"``).
+    """
+    import delta_attn
+
+    device = next(model.parameters()).device
+    bs, i, written = batch_size, 0, 0
+    try:
+        if method.is_dense:
+            delta_attn.disable(model)
+        else:
+            delta_attn.enable(model, method.config)
+        while i < len(docs):
+            if deadline is not None and not deadline.allows(0.0):
+                log(f"time limit: {what} stopped ({len(docs) - i} documents left for a resumed run)")
+                return written, True
+            chunk = docs[i : i + bs]
+            ids = torch.tensor([d[1] for d in chunk], dtype=torch.long, device=device)
+            t0 = time.perf_counter()
+            try:
+                results = score(ids)
+            except torch.OutOfMemoryError:
+                if bs == 1:
+                    raise
+                bs = max(1, bs // 2)
+                del ids
+                torch.cuda.empty_cache()
+                log(f"out of memory: {what} continues with batch {bs}")
+                continue
+            recs = records(chunk, results, time.perf_counter() - t0)
+            writer.write(recs)
+            written += len(recs)
+            i += len(chunk)
+            if on_batch is not None:
+                on_batch(len(chunk))
+    except NotImplementedError as exc:  # a variant the operator does not implement
+        log(f"SKIPPED {what} ({len(docs) - i} documents): {exc}")
+    except Exception:  # one broken method must not cost the others
+        log(f"ERROR in {what}, {len(docs) - i} documents skipped:\n{traceback.format_exc()}")
+    return written, False
+
+
 def run_ppl(
     model,
     docs: Sequence[tuple[str, list[int]]],
@@ -109,7 +170,6 @@ def run_ppl(
     """
     import delta_attn
 
-    device = next(model.parameters()).device
     edges = bucket_edges(length)
     jobs = [(m, [d for d in docs if (d[0], length, m.name) not in done]) for m in methods]
     jobs = [(m, ds) for m, ds in jobs if ds]
@@ -119,56 +179,51 @@ def run_ppl(
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc=f"ppl@{length}", unit="doc", mininterval=5.0, dynamic_ncols=True)
+
+    def records_of(m: Method):
+        def records(chunk, results, wall):
+            return [
+                {
+                    "record": "ppl",
+                    "doc": name,
+                    "length": length,
+                    "method": m.name,
+                    "causal": m.causal,
+                    "edges": edges,
+                    "nll_sum": [round(x, 4) for x in s],
+                    "tokens": counts,
+                    "run_id": run_id,
+                    "batch": {"size": len(chunk), "wall_s": round(wall, 4)},
+                    "config": configs[m.name],
+                }
+                for (name, _), (s, counts) in zip(chunk, results)
+            ]
+
+        return records
+
+    def score(ids):
+        sums, counts = nll_by_position(model, ids, edges)
+        return [(s, counts) for s in sums]
+
     written = 0
     try:
         for m, ds in jobs:
-            bs, i = batch_size, 0
-            try:
-                if m.is_dense:
-                    delta_attn.disable(model)
-                else:
-                    delta_attn.enable(model, m.config)
-                while i < len(ds):
-                    if deadline is not None and not deadline.allows(0.0):
-                        log(f"time limit: ppl stopped before {m.name}@{length}")
-                        return written
-                    chunk = ds[i : i + bs]
-                    ids = torch.tensor([d[1] for d in chunk], dtype=torch.long, device=device)
-                    t0 = time.perf_counter()
-                    try:
-                        sums, counts = nll_by_position(model, ids, edges)
-                    except torch.OutOfMemoryError:
-                        if bs == 1:
-                            raise
-                        bs = max(1, bs // 2)
-                        del ids
-                        torch.cuda.empty_cache()
-                        log(f"out of memory: ppl {m.name}@{length} continues with batch {bs}")
-                        continue
-                    wall = time.perf_counter() - t0
-                    recs = [
-                        {
-                            "record": "ppl",
-                            "doc": name,
-                            "length": length,
-                            "method": m.name,
-                            "causal": m.causal,
-                            "edges": edges,
-                            "nll_sum": [round(x, 4) for x in s],
-                            "tokens": counts,
-                            "run_id": run_id,
-                            "batch": {"size": len(chunk), "wall_s": round(wall, 4)},
-                            "config": configs[m.name],
-                        }
-                        for (name, _), s in zip(chunk, sums)
-                    ]
-                    writer.write(recs)
-                    written += len(recs)
-                    i += len(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-            except Exception:  # one broken method must not cost the others
-                log(f"ERROR in ppl {m.name}@{length}, {len(ds) - i} documents skipped:\n{traceback.format_exc()}")
+            n, stopped = score_in_batches(
+                model,
+                m,
+                ds,
+                writer,
+                batch_size=batch_size,
+                score=score,
+                records=records_of(m),
+                what=f"ppl {m.name}@{length}",
+                log=log,
+                deadline=deadline,
+                on_batch=bar.update if bar is not None else None,
+            )
+            written += n
+            if stopped:
+                break
     finally:
         if bar is not None:
             bar.close()
