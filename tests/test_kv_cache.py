@@ -78,7 +78,7 @@ def test_chunked_prefill_in_place_equals_one_shot(model, chunk_size, buffer_poin
     with torch.no_grad():
         ref = model(input_ids=ids, use_cache=True)
         reference = model.generate(input_ids=ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
-    out = delta_attn.chunked_prefill(model, ids, chunk_size=chunk_size)
+    out = delta_attn.chunked_prefill(model, ids, chunk_size=chunk_size, max_cache_len=203 + delta_attn.hf.DECODE_ROOM)
     assert isinstance(out.past_key_values, PreallocatedCache)
     torch.testing.assert_close(out.logits, ref.logits[:, -1], atol=3e-5, rtol=1e-4)
     # one buffer per layer for the whole prompt: every chunk's keys are a view of the same memory
@@ -130,7 +130,7 @@ def test_prompt_in_pieces_keeps_one_buffer_and_forks(model):
     copy forks it (its own buffer) and both endings equal their one-shot prefills."""
     delta_attn.enable(model, DELTA)
     prefix, endings = rand_ids(1, 120, seed=5), [rand_ids(1, 40, seed=6), rand_ids(1, 40, seed=7)]
-    pre = delta_attn.chunked_prefill(model, prefix, chunk_size=48, prompt_len=160)
+    pre = delta_attn.chunked_prefill(model, prefix, chunk_size=48, prompt_len=160, max_cache_len=200)
     ptr = pre.past_key_values.layers[1].key_buffer.data_ptr()
     for i, ending in enumerate(endings):
         full = torch.cat([prefix, ending], 1)
@@ -152,10 +152,16 @@ def test_left_padded_batch_same_as_dynamic_cache(model):
     mask = torch.ones_like(ids)
     mask[1, :90] = 0
     ref = delta_attn.chunked_prefill(model, ids, mask, chunk_size=40, past_key_values=DynamicCache(config=model.config))
-    out = delta_attn.chunked_prefill(model, ids, mask, chunk_size=40)
+    out = delta_attn.chunked_prefill(model, ids, mask, chunk_size=40, max_cache_len=180 + 8)
     assert isinstance(out.past_key_values, PreallocatedCache)
     torch.testing.assert_close(out.logits, ref.logits, atol=1e-6, rtol=1e-5)
     real = mask.bool()[:, None, :, None]
     for mine, theirs in zip(out.past_key_values.layers, ref.past_key_values.layers):
         torch.testing.assert_close(mine.keys * real, theirs.keys * real, atol=0, rtol=0)
         torch.testing.assert_close(mine.values * real, theirs.values * real, atol=0, rtol=0)
+
+
+def test_the_default_cache_is_dynamic(model):
+    delta_attn.enable(model, DELTA)
+    out = delta_attn.chunked_prefill(model, rand_ids(1, 100), chunk_size=32)
+    assert type(out.past_key_values) is DynamicCache and out.past_key_values.get_seq_length() == 100

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
 from .backend import DeltaState
@@ -49,7 +49,7 @@ from .kv_cache import PreallocatedCache
 from .ops import delta_attention
 
 ATTN_NAME = "delta"
-DECODE_ROOM = 1024  # tokens of decoding the cache made by chunked_prefill holds before it grows
+DECODE_ROOM = 1024  # a typical max_cache_len margin for decoding after chunked_prefill (prompt_len + DECODE_ROOM)
 _BINDING_ATTR = "_delta_attn"
 # kwargs some models pass to attention functions that change the math Δ implements
 _UNSUPPORTED_KWARGS = {
@@ -513,16 +513,18 @@ def chunked_prefill(
             begun by an earlier call (then pass that call's ``past_key_values`` and ``state``).
         attention_mask: (B, cached + N), 1 for real tokens, 0 for left padding (default all ones).
         chunk_size: tokens per forward (a multiple of γ keeps chunk boundaries on γ-blocks; any value works).
-        past_key_values: the cache to fill: default a new :class:`~delta_attn.kv_cache.PreallocatedCache`
-            (one buffer per layer, allocated once, chunks written in place: no chunk re-copies the
-            cache); any transformers ``DynamicCache`` works too. A non-empty cache must come from an
-            earlier call on the same prompt, together with its ``state``.
+        past_key_values: the cache to fill: default a new transformers ``DynamicCache`` (or a
+            :class:`~delta_attn.kv_cache.PreallocatedCache` when ``max_cache_len`` is given). A non-empty
+            cache must come from an earlier call on the same prompt, together with its ``state``.
         prompt_len: the whole prompt's length (cached + all tokens still to come) when ``input_ids`` is
             not the end of the prompt: it places the exact tail. Default: cached + N (this call ends it).
         state: ``PrefillOutput.state`` of the earlier call when continuing a prompt.
-        max_cache_len: tokens the new cache is allocated for (default ``prompt_len`` + 1024 for
-            decoding; decoding past it grows the buffers by 25 %, one copy each time). Only used
-            when ``past_key_values`` is None.
+        max_cache_len: allocate a :class:`~delta_attn.kv_cache.PreallocatedCache` of this many tokens
+            (at least the prompt; e.g. ``prompt_len + DECODE_ROOM``): one buffer per layer, chunks written
+            in place, no chunk re-copies the cache (decoding past it grows the buffers by 25 %). Default
+            None: a ``DynamicCache``, which concatenates per chunk but hands the kernels contiguous K/V —
+            1.05× one-shot at 128K on the H200 against 1.24× for the in-place cache, at the same peak
+            memory (BENCHMARKS.md). Only used when ``past_key_values`` is None.
         progress: show a tqdm bar over the chunks.
     Returns:
         :class:`PrefillOutput` (cache, last-position logits (B, vocab), attention mask, state). To decode,
@@ -566,11 +568,16 @@ def chunked_prefill(
         )
     if prompt_len < total:
         raise ValueError(f"prompt_len={prompt_len} is shorter than the {total} tokens given so far")
-    if max_cache_len is None:
-        max_cache_len = prompt_len + DECODE_ROOM
-    elif isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len < prompt_len:
+    if max_cache_len is not None and (
+        isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len < prompt_len
+    ):
         raise ValueError(f"max_cache_len must be an int >= the prompt length {prompt_len}, got {max_cache_len!r}")
-    cache = PreallocatedCache(max_cache_len, config=model.config) if past_key_values is None else past_key_values
+    if past_key_values is not None:
+        cache = past_key_values
+    elif max_cache_len is not None:
+        cache = PreallocatedCache(max_cache_len, config=model.config)
+    else:  # measured faster on the H200 (BENCHMARKS.md, end to end): the kernels get contiguous K/V
+        cache = DynamicCache(config=model.config)
     bsz = input_ids.shape[0]
     if attention_mask is None:
         attention_mask = input_ids.new_ones(bsz, total)

@@ -132,8 +132,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--chunk-cache",
         default="preallocated",
-        help="KV cache of the chunked cells: preallocated (written in place, the default), dynamic "
-        "(transformers' DynamicCache: concatenates per chunk), or both: preallocated,dynamic",
+        help="KV cache of the chunked cells: preallocated (written in place; default), dynamic "
+        "(transformers' DynamicCache, chunked_prefill's own default: concatenates per chunk), or both",
     )
     p.add_argument("--gamma", type=positive_int, default=64, help="anchor stride γ (default 64)")
     p.add_argument("--window", type=positive_int, default=2048, help="sliding window of the sparse base (default 2048)")
@@ -327,9 +327,10 @@ def prefill(
 ):
     """One prefill of ``ids`` with ``method``; returns the last position's logits (B, vocab).
 
-    ``cache`` (chunked only): ``"dynamic"`` gives chunked_prefill a transformers DynamicCache instead of
-    its default PreallocatedCache. ``parallel="cp"``: this rank forwards its shard of ``ids`` (cp_prefill);
-    with ``"tp"`` the model is sharded by heads and every rank runs the whole prompt as on one device."""
+    ``cache`` (chunked only): ``"dynamic"`` is chunked_prefill's default transformers DynamicCache, else the
+    in-place PreallocatedCache (``max_cache_len``). ``parallel="cp"``: this rank forwards its shard of
+    ``ids`` (cp_prefill); with ``"tp"`` the model is sharded by heads and every rank runs the whole prompt as
+    on one device."""
     import torch
 
     import delta_attn
@@ -349,12 +350,10 @@ def prefill(
         delta_attn.enable(model, delta_config.replace(mode=method))
     with torch.no_grad(), sdpa_context(sdpa_backend if method == "dense" else None):
         if chunk:
-            past = None
-            if cache == "dynamic":
-                from transformers import DynamicCache
-
-                past = DynamicCache(config=model.config)
-            return delta_attn.chunked_prefill(model, ids, chunk_size=chunk, past_key_values=past).logits
+            if cache == "dynamic":  # chunked_prefill's default
+                return delta_attn.chunked_prefill(model, ids, chunk_size=chunk).logits
+            room = ids.shape[1] + delta_attn.hf.DECODE_ROOM  # the in-place cache, sized as for decoding after
+            return delta_attn.chunked_prefill(model, ids, chunk_size=chunk, max_cache_len=room).logits
         return model(input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1]
 
 
