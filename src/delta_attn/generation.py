@@ -126,8 +126,8 @@ def stop_token_ids(tokenizer) -> frozenset[int]:
 
 
 def cache_argument(model) -> str:
-    """The forward's name for the KV cache: ``cache`` from transformers 5.24 on (``past_key_values``, the
-    older name, still works there but warns on every call)."""
+    """The name ``model.forward`` takes the KV cache under: ``cache`` from transformers 5.24 on
+    (``past_key_values``, the older name, still works there but warns on every call)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 

@@ -45,6 +45,7 @@ from transformers.masking_utils import AttentionMaskInterface, causal_mask_funct
 
 from .backend import DeltaState
 from .config import DEFAULT_CONFIG, DeltaConfig
+from .generation import cache_argument
 from .kv_cache import PreallocatedCache
 from .ops import delta_attention
 
@@ -589,7 +590,7 @@ def chunked_prefill(
     position_ids = left_padding_position_ids(attention_mask)
     forward_params = inspect.signature(model.forward).parameters
     keep_last = "logits_to_keep" in forward_params
-    cache_arg = "cache" if "cache" in forward_params else "past_key_values"  # renamed in transformers 5.24
+    cache_arg = cache_argument(model)
     starts = range(past, total, chunk_size)
     if progress:
         from tqdm.auto import tqdm

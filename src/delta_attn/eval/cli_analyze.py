@@ -31,17 +31,6 @@ def _earlier(paths: list[Path]) -> list[Path]:
     return found
 
 
-def _meta_config(path: Path) -> tuple[dict | None, bool]:
-    from .records import open_text
-
-    try:
-        with open_text(path) as f:
-            meta = json.load(f).get("meta", {})
-    except (OSError, ValueError):
-        return None, False
-    return meta.get("config"), bool(meta.get("complete"))
-
-
 def run(args) -> int:
     import torch
 
@@ -65,23 +54,14 @@ def run(args) -> int:
     out_file = args.out / "analysis.json"
     log = common.Log(args.out / "analysis.log")
     config = {
-        "model": info.model_id,
-        "dtype": common.dtype_name(dtype),
-        "seed": args.seed,
-        "prompt": {
-            "task": args.task,
-            "length": args.length,
-            "samples": args.samples,
-            "reserve": args.reserve,
-            "format": ruler.PROMPT_FORMAT,
-        },
+        **common.prompt_settings(args, info, dtype),
         "base": base.canonical(),
         "gammas": args.gammas,
         "methods": {m.name: m.canonical() for m in methods},
         "sweep": {m.name: m.canonical() for m in sweep},
     }
     for path in _earlier([args.out, *args.resume_from]):
-        earlier, complete = _meta_config(path)
+        earlier, complete = common.result_meta(path)
         if earlier == config and complete and not args.force:
             log(f"{path} holds a complete analysis with the same settings; nothing to do (--force to redo)")
             return 0

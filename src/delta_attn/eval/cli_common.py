@@ -93,3 +93,36 @@ def load_model(args, device, dtype):
 
 def dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
+
+
+def prompt_settings(args, info, dtype) -> dict:
+    """What an analysis of ``args.samples`` prompts of one task depends on besides its methods (model, dtype,
+    seed, prompt): the ``config`` its result file records, compared before redoing it."""
+    from . import ruler
+
+    return {
+        "model": info.model_id,
+        "dtype": dtype_name(dtype),
+        "seed": args.seed,
+        "prompt": {
+            "task": args.task,
+            "length": args.length,
+            "samples": args.samples,
+            "reserve": args.reserve,
+            "format": ruler.PROMPT_FORMAT,
+        },
+    }
+
+
+def result_meta(path: Path) -> tuple[dict | None, bool]:
+    """(recorded config, complete?) of an analysis result file (JSON, or .gz); (None, False) if unreadable."""
+    import json
+
+    from .records import open_text
+
+    try:
+        with open_text(path) as f:
+            meta = json.load(f).get("meta", {})
+    except (OSError, ValueError):
+        return None, False
+    return meta.get("config"), bool(meta.get("complete"))

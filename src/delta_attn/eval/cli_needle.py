@@ -30,21 +30,7 @@ def task_name(text: str) -> str:
 
 
 def _settings(args, info, dtype, methods) -> dict:
-    from . import ruler
-
-    return {
-        "model": info.model_id,
-        "dtype": common.dtype_name(dtype),
-        "seed": args.seed,
-        "prompt": {
-            "task": args.task,
-            "length": args.length,
-            "samples": args.samples,
-            "reserve": args.reserve,
-            "format": ruler.PROMPT_FORMAT,
-        },
-        "methods": {m.name: m.canonical() for m in methods},
-    }
+    return {**common.prompt_settings(args, info, dtype), "methods": {m.name: m.canonical() for m in methods}}
 
 
 def run(args) -> int:
@@ -72,14 +58,11 @@ def run(args) -> int:
     log = common.Log()
     settings = _settings(args, info, dtype, methods)
     if out_file.is_file() and not args.force:
-        try:
-            meta = json.loads(out_file.read_text()).get("meta", {})
-        except ValueError:
-            meta = {}
-        if meta.get("config") == settings and meta.get("complete"):
+        earlier, complete = common.result_meta(out_file)
+        if earlier == settings and complete:
             log(f"{out_file} holds a complete needle analysis with the same settings; nothing to do (--force redoes)")
             return 0
-        if meta.get("config") != settings:
+        if earlier != settings:
             raise UsageError(f"{out_file} holds a needle analysis with other settings; use another --out or --force")
 
     builder = ruler.PromptBuilder(load_tokenizer(args.gguf), texts_dir=args.texts_dir)

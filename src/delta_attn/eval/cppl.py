@@ -21,7 +21,6 @@ causality, the NLL summed over the M tokens, ``tokens`` (= M), and the full ``co
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -36,11 +35,13 @@ def continuation_nll(model, ids: torch.Tensor, cont: int, slice_len: int = 1024)
     ``L − cont`` with the model's current attention and a dense teacher-forced continuation."""
     from transformers import DynamicCache
 
+    from ..generation import cache_argument
+
     n = ids.shape[1]
     if not 1 <= cont < n:
         raise ValueError(f"continuation of {cont} tokens needs 1 <= M < window length {n}")
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    cache_arg = cache_argument(base)
     cache = DynamicCache(config=model.config)
     p = n - cont
     pre = base(input_ids=ids[:, :p], use_cache=True, **{cache_arg: cache}).last_hidden_state[:, -1:]

@@ -317,6 +317,15 @@ def ruler_summary(d: RulerData, *, pairs: Sequence[tuple[str, str]] | None = Non
 # perplexity
 
 
+def labelled_records(records: Iterable[dict], kind: str) -> tuple[list, list, list, dict]:
+    """(the ``kind`` records, their method labels, the run headers, config per label)."""
+    records = list(records)
+    runs = [r for r in records if r.get("record") == "run"]
+    recs = [r for r in records if r.get("record") == kind]
+    labels, configs = method_labels(recs, {r["run_id"]: r for r in runs if "run_id" in r})
+    return recs, labels, runs, configs
+
+
 @dataclass
 class PplData:
     """Perplexity records, each with its method label (see :func:`method_labels`)."""
@@ -328,11 +337,7 @@ class PplData:
 
     @classmethod
     def from_records(cls, records: Iterable[dict]) -> PplData:
-        records = list(records)
-        runs = [r for r in records if r.get("record") == "run"]
-        recs = [r for r in records if r.get("record") == "ppl"]
-        labels, configs = method_labels(recs, {r["run_id"]: r for r in runs if "run_id" in r})
-        return cls(recs, labels, runs, configs)
+        return cls(*labelled_records(records, "ppl"))
 
     @property
     def lengths(self) -> list[int]:
@@ -411,11 +416,7 @@ class CpplData:
 
     @classmethod
     def from_records(cls, records: Iterable[dict]) -> CpplData:
-        records = list(records)
-        runs = [r for r in records if r.get("record") == "run"]
-        recs = [r for r in records if r.get("record") == "cppl"]
-        labels, configs = method_labels(recs, {r["run_id"]: r for r in runs if "run_id" in r})
-        return cls(recs, labels, runs, configs)
+        return cls(*labelled_records(records, "cppl"))
 
     @property
     def cells(self) -> list[tuple[int, int]]:
