@@ -276,14 +276,14 @@ def _sparse_kernel(
     n_full = n_sf + (y - x) // BN
     for i in range(0, n_full):
         k0 = tl.where(i < n_sf, i * BN, x + (i - n_sf) * BN)
-        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, False, USE_TMA)
+        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, False, USE_TMA)
         acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, None, False, DOT_PREC)
     m1 = (a_end - sf_end + BN - 1) // BN
     m2 = m1 + (x - b_lo + BN - 1) // BN
     n_masked = m2 + (p_end - y + BN - 1) // BN
     for i in range(0, n_masked):
         k0 = tl.where(i < m1, sf_end + i * BN, tl.where(i < m2, b_lo + (i - m1) * BN, y + (i - m2) * BN))
-        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA)
+        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA)
         allowed = _allowed(
             pos,
             k0 + offs_n,
@@ -313,7 +313,7 @@ def _sparse_kernel(
             k0 = tl.load(BlkIdx + lst * blk_max + i) * BN
             if (k0 >= a_end) & ((k0 < b_lo) | (k0 >= p_end)):  # not visited by the ranges above
                 k, v = load_kv(
-                    kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA
+                    kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA
                 )
                 allowed = _allowed(
                     pos,
