@@ -64,13 +64,19 @@ def test_tiny_cases_in_interpreter(seed):
     assert not bad, bad
 
 
-VARIANTS = [  # Δ variants (docs/algorithm.md §13): the unfused scaled path, auto λ, extra anchors, chunked auto
+VARIANTS = [  # Δ variants (docs/algorithm.md §13): λ fused (float, auto), unfused (filters, top-k), extra anchors
     "delta-scale0.5",
     "delta-scale0.5-abg",
     "delta-auto-global",
     "delta-extra0.25",
     "delta-extra0.25-linear-auto",
     "chunk-auto",
+    "chunk-scale0.3-gqa",
+    "delta-auto-d80-g8",
+    "delta-auto-b2-gqa",
+    "delta-auto-block",
+    "delta-auto-topk",
+    "chunk-auto-gqa",
 ]
 
 

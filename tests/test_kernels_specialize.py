@@ -34,7 +34,7 @@ from delta_attn.config import DeltaConfig
 
 seen = record_specialisations({
     "dense_rows": dr._dense_rows_kernel, "merge": dr._merge_kernel, "sparse": sp._sparse_kernel,
-    "anchor_sparse": dr._anchor_sparse_kernel,
+    "anchor_sparse": sp._anchor_sparse_kernel,
     "scan_states": sc._segment_states, "scan_apply": sc._segment_apply,
 })
 lengths = json.loads(sys.argv[1])

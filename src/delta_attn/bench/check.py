@@ -151,6 +151,49 @@ def gpu_cases() -> list[Case]:
             cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
         ),
         Case("chunk-scale0.5-abg", n=1500, chunks=(700, 1, 799), cfg=dict(sw, interp="abg", delta_scale=0.5)),
+        # λ in the fused epilogue: float λ (chunked too), "auto" through the anchor-row Õ pass on GQA, head
+        # dim 80, batch 2, the anchor-block base, and top-k (index lists: the unfused path)
+        Case("chunk-scale0.3-gqa", hq=8, hkv=2, n=1500, chunks=(500, 433, 1, 566), cfg=dict(sw, delta_scale=0.3)),
+        Case(
+            "delta-auto-d80-g8",
+            hq=8,
+            hkv=1,
+            n=1203,
+            d=80,
+            dtype="fp32",
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
+        ),
+        Case(
+            "delta-auto-b2-gqa",
+            b=2,
+            hq=8,
+            hkv=2,
+            n=1500,
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
+        ),
+        Case(
+            "delta-auto-block",
+            n=1300,
+            dtype="fp32",
+            cfg=dict(gamma=64, sparse="block", block_size=300, delta_scale="auto"),
+        ),
+        Case(
+            "delta-auto-topk",
+            hq=4,
+            hkv=2,
+            n=1500,
+            dtype="fp32",
+            cfg=dict(sink=8, window=48, gamma=64, sparse="topk", topk_block=64, topk_blocks=4, delta_scale="auto"),
+        ),
+        Case(
+            "chunk-auto-gqa",
+            hq=8,
+            hkv=2,
+            n=1500,
+            dtype="fp32",
+            chunks=(512, 488, 500),
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
+        ),
     ]
     return c
 

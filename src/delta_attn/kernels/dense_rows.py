@@ -178,10 +178,14 @@ def _dense_rows_kernel(
     full_end = ((p_min + 1) // BN) * BN
     mid = tl.maximum(k_lo, tl.minimum(k_hi, full_end))
     for k0 in range(k_lo, mid, BN):
-        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, False, USE_TMA)
+        k, v = load_kv(
+            kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, False, USE_TMA
+        )
         acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, None, False, DOT_PREC)
     for k0 in range(mid, k_hi, BN):
-        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA)
+        k, v = load_kv(
+            kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA
+        )
         allowed = (k0 + offs_n)[None, :] <= pos[:, None]
         acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, True, DOT_PREC)
 
