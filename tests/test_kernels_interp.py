@@ -98,3 +98,16 @@ def test_tma_descriptors_in_interpreter(seed, tmp_path):
     )
     bad = [r for r in rows if not r["ok"]]
     assert rows and not bad, bad
+
+
+def test_dense_rows_split_options_in_interpreter(seed, tmp_path):
+    """The dense-rows schedule options (work items per SM, key chunk cap) split every tile into many
+    chunks merged by log-sum-exp: the same results (GQA 4:1 and 2:1, head dim 24, strided chunked K/V, auto λ)."""
+    from delta_attn.bench.check import TINY_TILES
+
+    split = dict(TINY_TILES, dense=dict(TINY_TILES["dense"], ITEMS_PER_SM=64, MAX_CHUNK=32))
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(split))
+    rows = _run_tiny(["delta-d80-g8", "chunk-gqa-strided", "delta-auto-b2-gqa", "dense-g4"], seed, str(path))
+    bad = [r for r in rows if not r["ok"]]
+    assert rows and not bad, bad

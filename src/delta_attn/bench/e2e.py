@@ -383,6 +383,9 @@ def run_cell(
     cell = dict(
         ttft_s=min(times),
         times_s=times,
+        # the first call at this (never-seen) length after the warm-up at another one, against the steady
+        # time of the later reps: a new length must not compile or tune anything (issue 16)
+        first_vs_steady=times[0] / min(times[1:]) if len(times) > 1 else None,
         tokens_per_s=n * ids.shape[0] / min(times),
         first_token=first.tolist(),
         finite=bool(torch.isfinite(logits).all().item()),
@@ -576,6 +579,8 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 cell.update(res)
                 last_ok[key] = (n, res)
                 mem = f"  peak {res['peak_gb']:.1f} GB" if "peak_gb" in res else ""
+                if res.get("first_vs_steady") is not None:
+                    mem += f"  first call {res['times_s'][0]:.3f} s = {res['first_vs_steady']:.2f}x steady"
                 log(
                     f"  {fmt_length(n):>5s} {variant_name(key):24s} TTFT {res['ttft_s']:8.3f} s  "
                     f"{res['tokens_per_s']:10.0f} tok/s{mem}",
@@ -699,6 +704,8 @@ def markdown(res: dict) -> str:
             notes.append("non-finite logits")
         if "max_abs_diff_vs_one_shot" in c:
             notes.append(f"logits within {c['max_abs_diff_vs_one_shot']:.2g} of one-shot")
+        if c.get("first_vs_steady") is not None:  # the first call at this length, after the warm-up at another
+            notes.append(f"first call {c['times_s'][0]:.3f} s = {c['first_vs_steady']:.2f}× steady")
         lines.append(
             f"| {c['label']} | {c['method']} | {chunk} | {c['ttft_s']:.3f} | {c['tokens_per_s']:.0f} | "
             f"{_f(c.get('speedup_vs_dense'))} | {_f(c.get('chunked_over_one_shot'))} | {_f(c.get('peak_gb'), '.1f')} "

@@ -276,7 +276,16 @@ class _Schedule:
     n_merge: int
 
 
-def plan_items(pos: np.ndarray, g: int, bm: int, bn: int, n_heads: int, n_sm: int) -> dict:
+def plan_items(
+    pos: np.ndarray,
+    g: int,
+    bm: int,
+    bn: int,
+    n_heads: int,
+    n_sm: int,
+    items_per_sm: int = ITEMS_PER_SM,
+    max_chunk: int = MAX_CHUNK,
+) -> dict:
     """Host-side schedule: tiles of BM packed rows, their key chunks, and the merge lists.
 
     Key chunks are at most ``MAX_CHUNK`` keys (and smaller when there are too few tiles to fill the
@@ -296,7 +305,7 @@ def plan_items(pos: np.ndarray, g: int, bm: int, bn: int, n_heads: int, n_sm: in
     cost = -(-length // bn)  # key tiles per row tile
     # no item above ~1/ITEMS_PER_SM of one SM's share of the work (balance), nor above MAX_CHUNK (L2)
     share = int(cost.sum()) * n_heads / max(1, n_sm)
-    chunk_tiles = min(MAX_CHUNK // bn, max(16, int(np.ceil(share / ITEMS_PER_SM))))
+    chunk_tiles = min(max(1, max_chunk // bn), max(16, int(np.ceil(share / items_per_sm))))
     chunk = chunk_tiles * bn
     n_chunks = -(-length // chunk)
     it_tile = np.repeat(t, n_chunks)
@@ -325,8 +334,18 @@ def plan_items(pos: np.ndarray, g: int, bm: int, bn: int, n_heads: int, n_sm: in
 
 
 @lru_cache(maxsize=64)
-def _schedule(rows: RowSet, g: int, bm: int, bn: int, n_heads: int, n_sm: int, device: str) -> _Schedule:
-    plan = plan_items(rows.positions(), g, bm, bn, n_heads, n_sm)
+def _schedule(
+    rows: RowSet,
+    g: int,
+    bm: int,
+    bn: int,
+    n_heads: int,
+    n_sm: int,
+    device: str,
+    items_per_sm: int = ITEMS_PER_SM,
+    max_chunk: int = MAX_CHUNK,
+) -> _Schedule:
+    plan = plan_items(rows.positions(), g, bm, bn, n_heads, n_sm, items_per_sm, max_chunk)
     keys = [
         "pos",
         "item_tile",
@@ -428,8 +447,10 @@ def dense_rows(
         return out
     cfg = kernel_config(q.dtype, CONFIG) if config is None else dict(config)
     bm, bn = cfg.pop("BM"), cfg.pop("BN")
+    # the split over keys (schedule options, not compile options): work items per SM, keys per item at most
+    split = (int(cfg.pop("ITEMS_PER_SM", ITEMS_PER_SM)), int(cfg.pop("MAX_CHUNK", MAX_CHUNK)))
     bd = max(16, triton.next_power_of_2(d))
-    sched = _schedule(rows, g, bm, bn, bsz * hkv, num_sms(q.device), str(q.device))
+    sched = _schedule(rows, g, bm, bn, bsz * hkv, num_sms(q.device), str(q.device), *split)
     # float32 dummies when nothing is split: the same argument types as a split launch (one compiled kernel)
     part_o = part_l = _dummy_f32(q.device)
     if sched.n_slots:

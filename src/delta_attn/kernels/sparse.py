@@ -695,8 +695,8 @@ def anchor_sparse_rows(
         return out
     cfg = kernel_config(q.dtype, DENSE_CONFIG) if config is None else dict(config)
     bm, bn = cfg.pop("BM"), cfg.pop("BN")
-    cfg.pop("USE_TMA", None)
-    cfg.pop("HP", None)
+    for key in ("USE_TMA", "HP", "ITEMS_PER_SM", "MAX_CHUNK"):  # not options of this kernel
+        cfg.pop(key, None)
     bd = max(16, triton.next_power_of_2(d))
     grid = (triton.cdiv(n_anchor * g, bm), bsz * hkv)
     _anchor_sparse_kernel[grid](
