@@ -36,6 +36,7 @@ QUICK = [
     "chunk-repeat",
     "chunk-ema",
     "chunk-gqa-strided",
+    "delta-hf-layout",
     "prompt-longer",
     "unit",
 ]
@@ -94,7 +95,9 @@ def test_tma_descriptors_in_interpreter(seed, tmp_path):
     path = tmp_path / "tma.json"
     path.write_text(json.dumps(tma))
     rows = _run_tiny(
-        ["delta-stream-g4", "delta-d80-g8", "delta-vs", "chunk-gqa-strided"], seed, kernel_config=str(path)
+        ["delta-stream-g4", "delta-d80-g8", "delta-vs", "chunk-gqa-strided", "delta-hf-layout", "chunk-hf-layout-auto"],
+        seed,
+        kernel_config=str(path),
     )
     bad = [r for r in rows if not r["ok"]]
     assert rows and not bad, bad

@@ -59,6 +59,7 @@ class Case:
     dtype: str = "bf16"
     cfg: dict = field(default_factory=dict)
     chunks: tuple = ()  # chunk lengths of a chunked prefill (empty: one call)
+    layout: str = ""  # "hf": q/k/v in a model's (B, N, H, D) memory, seen as (B, H, N, D) (strided)
 
 
 def gpu_cases() -> list[Case]:
@@ -185,6 +186,16 @@ def gpu_cases() -> list[Case]:
             dtype="fp32",
             cfg=dict(sink=8, window=48, gamma=64, sparse="topk", topk_block=64, topk_blocks=4, delta_scale="auto"),
         ),
+        Case("delta-hf-layout", hq=8, hkv=2, n=2000, cfg=sw, layout="hf"),
+        Case(
+            "chunk-hf-layout-auto",
+            hq=8,
+            hkv=2,
+            n=1500,
+            chunks=(700, 800),
+            cfg=dict(sw, delta_scale="auto"),
+            layout="hf",
+        ),
         Case(
             "chunk-auto-gqa",
             hq=8,
@@ -225,7 +236,7 @@ def tiny_cases() -> list[Case]:
         hq = min(c.hq, 4)
         hkv = c.hkv if hq % c.hkv == 0 else 1
         d = 24 if c.d == 80 else min(c.d, 32)
-        out.append(Case(c.name, c.b, hq, hkv, n, d, "fp16" if c.dtype == "fp16" else "fp32", cfg, chunks))
+        out.append(Case(c.name, c.b, hq, hkv, n, d, "fp16" if c.dtype == "fp16" else "fp32", cfg, chunks, c.layout))
     return out
 
 
@@ -289,6 +300,8 @@ def run_case(
     shape_q = (case.b, case.hq, case.n, case.d)
     shape_k = (case.b, case.hkv, case.n, case.d)
     q, k, v = (torch.randn(s, generator=gen).to(dev, dt) for s in (shape_q, shape_k, shape_k))
+    if case.layout == "hf":  # the same values in (B, N, H, D) memory: the projections' layout in a model
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     config = _config(case, q, k)
     scale = 1.0 / math.sqrt(case.d)
     chunks, kw = case.chunks, dict(scale=scale, prompt_len=case.n)
