@@ -42,7 +42,7 @@ left() { echo $(( LIMIT - ($(date +%s) - T0) )); }
 cap() { local l; l=$(( $(left) - $2 )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 5 ] && l=5; echo "$l"; }
 part() { echo; echo "== $1 (t = $(( $(date +%s) - T0 )) s, $(left) s left)"; }
 
-METHODS="cudnn,sparse,delta,delta+strided,delta+devtma,delta+hf,delta_auto,delta_l0.5,rows,rows+ips8,rows+ips16,rows+chunk16384"
+METHODS="cudnn,sparse,delta,delta+strided,delta+devtma,delta+hf,delta_auto,delta_l0.5,rows,rows+ips8,rows+ips16,rows+chunk16384,rows+bn128"
 CHECKS="delta-stream-g4,delta-stream-big,delta-d64-b2-mha,delta-d80-g8,delta-g3-d128,delta-gamma48-unfused,dense-g4"
 CHECKS+=",chunk-repeat,chunk-gqa-strided,prompt-longer,fp32-delta,delta-topk,delta-vs,delta-scale0.5,delta-auto"
 CHECKS+=",delta-auto-global,chunk-auto,chunk-scale0.3-gqa,delta-auto-d80-g8,delta-auto-b2-gqa,delta-auto-block"

@@ -92,6 +92,8 @@ def modified_configs(mods: list[str], dtype, kcfg: dict | None) -> dict | None:
             dense["BM"] = int(m[2:])
         elif m.startswith("bn"):
             dense["BN"] = int(m[2:])
+            if dense["BN"] >= 128:  # K and V tiles of 128 keys: 2 stages keep shared memory under the limit
+                dense["num_stages"] = min(dense.get("num_stages", 2), 2)
     return dict(kcfg, dense=dense, sparse=sparse)
 
 
@@ -288,9 +290,12 @@ def run_layer(args) -> dict:
             q, k, v = inputs(warm, split_method(m)[1], seed=1)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            triton_call(m, warm, q, k, v)()
-            torch.cuda.synchronize()
-            warmup_s[m] = time.perf_counter() - t0
+            try:
+                triton_call(m, warm, q, k, v)()
+                torch.cuda.synchronize()
+                warmup_s[m] = time.perf_counter() - t0
+            except Exception as exc:  # reported again, per length, by record()
+                print(f"warm-up of {m} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
             del q, k, v
         print(f"warm-up at {fmt_length(warm)}: " + ", ".join(f"{m} {t:.2f} s" for m, t in warmup_s.items()), flush=True)
     for n in lengths:
@@ -343,6 +348,10 @@ def run_layer(args) -> dict:
             except torch.OutOfMemoryError as exc:
                 row["methods"][name] = dict(error=f"OOM: {exc}".splitlines()[0])
                 print(f"  {fmt_length(n):>5s} {name:10s} OOM", flush=True)
+            except Exception as exc:  # a launch option that does not compile here: recorded, the others still run
+                msg = f"{type(exc).__name__}: " + (str(exc).splitlines() or [""])[0][:200]
+                row["methods"][name] = dict(error=msg)
+                print(f"  {fmt_length(n):>5s} {name:10s} FAILED {msg}", flush=True)
             torch.cuda.empty_cache()
 
         for m in methods:
