@@ -193,7 +193,8 @@ def gpu_cases() -> list[Case]:
             hkv=2,
             n=1500,
             chunks=(700, 800),
-            cfg=dict(sw, delta_scale="auto"),
+            dtype="fp32",  # auto: a window below γ keeps every anchor's Δ real (not rounding noise), as above
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
             layout="hf",
         ),
         Case(
