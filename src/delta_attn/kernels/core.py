@@ -78,11 +78,12 @@ def load_kv(
     :func:`make_kv_descriptors`; out-of-range rows/columns are zero-filled by the hardware); otherwise
     through plain pointer loads, masked when ``CHECK_N`` (tile may cross ``n_keys``) or when D is padded.
     """
-    if USE_TMA == 3:  # host descriptors over (B, Hkv, Nk, D) with any strides: block (1, 1, BN, BD)
-        BN: tl.constexpr = offs_n.shape[0]
-        BD: tl.constexpr = offs_d.shape[0]
-        k = desc_k.load([tma_b, tma_h, k0, 0]).reshape(BN, BD).T
-        v = desc_v.load([tma_b, tma_h, k0, 0]).reshape(BN, BD)
+    if USE_TMA == 3:  # host descriptors over (B, Hkv, Nk, D) with any strides: box (1, 1, BN, BD)
+        # drop the two unit dims as triton.tools.ragged_tma.load_ragged does after its rank-4 loads
+        k = desc_k.load([tma_b, tma_h, k0, 0])
+        k = tl.reshape(k, k.shape[2:]).T
+        v = desc_v.load([tma_b, tma_h, k0, 0])
+        v = tl.reshape(v, v.shape[2:])
     elif USE_TMA:
         k = desc_k.load([row0 + k0, 0]).T
         v = desc_v.load([row0 + k0, 0])

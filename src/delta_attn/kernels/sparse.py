@@ -659,7 +659,23 @@ def _anchor_sparse_kernel(
         k0 = tl.where(i < n_sink, i * BN, b_lo + (i - n_sink) * BN)
         k, v = load_kv(kt_ptrs, v_ptrs, 0, 0, 0, 0, 0, k0, offs_n, offs_d, skn, svn, n_keys, D, True, 0)
         allowed = _allowed(
-            pos, k0 + offs_n, sink, window, bsize, 0, 0, 1, 0, 1, 1, 0, 0, 0, n_keys, PATTERN_RANGES, HAS_BLOCK
+            pos,
+            k0 + offs_n,
+            sink,
+            window,
+            bsize,
+            0,
+            0,
+            1,
+            0,
+            1,
+            1,
+            0,
+            0,
+            0,
+            n_keys,
+            0,
+            HAS_BLOCK,  # pattern 0: ranges
         )
         acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, True, DOT_PREC)
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
