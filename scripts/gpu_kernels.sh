@@ -21,8 +21,9 @@
 #                         (DynamicCache would copy the cache at every chunk: ~1 TB moved at 1M), dense at 1M
 #                         extrapolated from an N² fit of the measured dense times (labelled so)
 #
-#   DRY=1 scripts/gpu_kernels.sh   CPU dry run: (a) and (c) through Triton's interpreter at tiny sizes, (b) checks the
-#                                  method names only, (d) the tiny model on CPU; the same summary code at the end
+#   DRY=1 scripts/gpu_kernels.sh   CPU dry run: (a) and (c) through Triton's interpreter at tiny sizes plus every kernel
+#                                  variant compiled for sm_90 (bench/sm90_report.py), (b) checks the method names only,
+#                                  (d) the tiny model on CPU; the same summary code at the end
 #
 # Environment: OUT (default ./out), LIMIT (seconds, default 470), PY (default python3). PYTHONPATH=src (the package
 # is not installed on the GPU machine).
@@ -64,6 +65,10 @@ if [ "$DRY" = 1 ]; then
     --cases delta-stream-g4,chunk-gqa-strided,delta-auto-b2-gqa,chunk-scale0.3-gqa,delta-hf-layout \
     > "$OUT/checks_tiny.json"
   echo "exit $? ($(grep -o '"ok": true' "$OUT/checks_tiny.json" | wc -l) passed)"
+  # every kernel variant the GPU run launches, compiled for sm_90 with Triton's ptxas (compile errors, spills)
+  timeout "$(cap 600 100)" $PY -m delta_attn.bench.sm90_report --modes delta,sparse --variants strided,hf,devtma,auto,lam,bn128 \
+    > "$OUT/sm90_report.log" 2>&1
+  echo "sm_90 compile: exit $?"; cat "$OUT/sm90_report.log" | cut -c1-160
 else
   timeout "$(cap 90 370)" $PY -m delta_attn.bench.check --workers 8 --cases "$CHECKS" --out "$OUT/checks" \
     > "$OUT/checks.log" 2>&1

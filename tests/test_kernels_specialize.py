@@ -72,19 +72,26 @@ def _keys_per_length(lengths, configs, chunk, tiles=None):
     return json.loads(lines[-1][len("COUNTS ") :])
 
 
+TMA = {"dense": {"USE_TMA": True}, "sparse": {"USE_TMA": True}}  # host descriptors: 2-D contiguous, 4-D strided
+
+
 @pytest.mark.parametrize(
-    "configs",
+    "configs, tma",
     [
-        [{}],  # Δ (fused repeat)
-        [{"delta_scale": 0.5}, {"delta_scale": "auto"}],  # λ variants
+        ([{}], False),  # Δ (fused repeat)
+        ([{"delta_scale": 0.5}, {"delta_scale": "auto"}], False),  # λ variants
+        ([{}, {"delta_scale": "auto"}], True),  # through TMA descriptors, as on the GPU
     ],
-    ids=["delta", "lambda"],
+    ids=["delta", "lambda", "tma"],
 )
-def test_no_new_compile_key_at_a_new_length(configs):
+def test_no_new_compile_key_at_a_new_length(configs, tma):
+    from delta_attn.bench.check import TINY_TILES
+
+    tiles = {name: dict(cfg, **TMA[name]) for name, cfg in TINY_TILES.items()} if tma else None
     rng = random.Random()
     warm = rng.randrange(300, 420)
     later = sorted(rng.sample(range(421, 700), 3))
-    per_length = _keys_per_length([warm, *later], configs, chunk=rng.randrange(97, 160))
+    per_length = _keys_per_length([warm, *later], configs, chunk=rng.randrange(97, 160), tiles=tiles)
     first = per_length[0]
     assert first["dense_rows"] and first["sparse"] and first["merge"], first  # the warm-up launched them
     for n, keys in zip(later, per_length[1:]):
