@@ -275,6 +275,9 @@ def run_layer(args) -> dict:
         name, mods = split_method(m)
         cfgs = modified_configs(mods, dtype, kcfg)
         if name == "rows":
+            from ..kernels.prefill import ensure_allocator
+
+            ensure_allocator()  # descriptors made in-kernel (+devtma) need Triton's scratch allocator
             tail_start = n - base.tail_rows(n)
             rs = RowSet(0, tail_start, args.gamma, tail_start, n)
             return lambda: dense_rows(q, k, v, rs, scale=scale, config=(cfgs or {}).get("dense"))
