@@ -494,22 +494,24 @@ def dense_rows(
         DOT_PREC=prec,
         **cfg,
     )
+    merge_args = (
+        out,
+        part_o,
+        part_l,
+        sched.merge_tile,
+        sched.merge_slot0,
+        sched.merge_count,
+        *out.stride()[:3],
+        n_rows,
+        hkv,
+        g,
+        max(1, sched.n_slots),
+    )
+    merge_options = dict(D=d, BD=bd, BM=bm, num_warps=8)
     if sched.n_merge:
-        _merge_kernel[(sched.n_merge, bsz * hkv)](
-            out,
-            part_o,
-            part_l,
-            sched.merge_tile,
-            sched.merge_slot0,
-            sched.merge_count,
-            *out.stride()[:3],
-            n_rows,
-            hkv,
-            g,
-            sched.n_slots,
-            D=d,
-            BD=bd,
-            BM=bm,
-            num_warps=8,
-        )
+        _merge_kernel[(sched.n_merge, bsz * hkv)](*merge_args, **merge_options)
+    else:
+        # Nothing split (a short prompt): compile the merge kernel anyway, with the argument types a split call
+        # will have, so that the first longer prompt does not pay its compilation (a cache hit after this).
+        _merge_kernel.warmup(*merge_args, grid=(1, 1), **merge_options)
     return out
