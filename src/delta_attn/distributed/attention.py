@@ -62,8 +62,8 @@ def _check_config(config: DeltaConfig) -> None:
         )
     if config.mode == "delta" and config.delta_scale in CAUSAL_SCALE_MODES:
         raise NotImplementedError(
-            f"delta_scale={config.delta_scale!r} carries running sums whose ratio sets each block's λ; context parallelism does not "
-            "exchange them yet: use a float delta_scale (or run the prompt on one device)"
+            f"delta_scale={config.delta_scale!r} carries running sums whose ratio sets each block's λ; "
+            "context parallelism does not exchange them yet: use a float delta_scale (or run the prompt on one device)"
         )
     if config.mode != "dense" and not isinstance(resolve_sparse_method(config.sparse), STATIC_BASES):
         raise ValueError(
