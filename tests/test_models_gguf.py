@@ -115,3 +115,19 @@ def test_generate_and_demo_on_the_gguf(tiny, tmp_path, capsys):
     assert "loading tiny-qwen2.gguf" in out
     table = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["dense"], ["delta"])}
     assert set(table) == {"dense", "delta"} and all(row[1].endswith("/1") for row in table.values())
+
+
+def test_bench_e2e_times_the_real_weights(tiny, tmp_path, capsys):
+    path, _ = tiny
+    out = tmp_path / "bench"
+    argv = ["bench", "e2e", "--device", "cpu", "--model", path, "--window", "32", "--sink", "4", "--gamma", "16"]
+    argv += ["--lengths", "256", "--methods", "dense,delta", "--warmup-length", "64"]
+    rc, _, err = _run([*argv, "--out", out], capsys)
+    assert rc == 0, err
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["real_weights"] and res["meta"]["model_shape"] == str(path) and res["meta"]["layers"] == 2
+    assert {c["method"] for c in res["cells"]} == {"dense", "delta"} and all(c["ttft_s"] > 0 for c in res["cells"])
+    md = (out / "results.md").read_text()
+    assert f"Model: {path}, 2 layers" in md and "real weights" in md
+    rc, _, err = _run([*argv, "--layers", "3", "--out", out], capsys)
+    assert rc == 2 and "has 2 layers" in err
