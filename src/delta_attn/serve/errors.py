@@ -59,10 +59,10 @@ def log_failure(request_id: str, method: str, path: str, exc: APIError) -> None:
 
 
 def _response(request: Request, exc: APIError) -> JSONResponse:
-    log_failure(getattr(request.state, "request_id", "-"), request.method, request.url.path, exc)
-    return JSONResponse(
-        error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=exc.headers
-    )
+    rid = getattr(request.state, "request_id", "-")
+    log_failure(rid, request.method, request.url.path, exc)
+    headers = {**(exc.headers or {}), **({"x-request-id": rid} if rid != "-" else {})}
+    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=headers)
 
 
 def internal_error(exc: BaseException) -> APIError:
