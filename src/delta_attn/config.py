@@ -11,6 +11,7 @@ This module is the one source of the option vocabularies (:data:`MODES`, :data:`
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -165,6 +166,13 @@ class DeltaConfig:
     def __post_init__(self) -> None:
         if isinstance(self.sparse, str):
             if self.sparse not in BUILTIN_SPARSE_METHODS:
+                if "delta_attn.sparse" not in sys.modules:
+                    # nothing can be registered before delta_attn.sparse is imported: refuse without importing
+                    # it (it imports torch), so that the command line reports a misspelt name at once
+                    raise ValueError(
+                        f"unknown sparse method {self.sparse!r}; choose one of {sorted(BUILTIN_SPARSE_METHODS)} "
+                        "or register your own with delta_attn.register_sparse_method(name, method)"
+                    )
                 from .sparse import resolve_sparse_method  # local: sparse imports config (and torch)
 
                 resolve_sparse_method(self.sparse)  # raises ValueError listing the known names

@@ -259,13 +259,14 @@ def _check(args) -> dict:
 
 
 def run(args) -> int:
+    t_start = time.perf_counter()
+    configs = _check(args)  # before the heavy imports: a mistake is reported at once
+
     from tqdm.auto import tqdm
 
     from .hf import enable
     from .models import load_smollm2, load_tokenizer
 
-    t_start = time.perf_counter()
-    configs = _check(args)
     opt.setup_threads(args.threads)
     tokenizer = load_tokenizer(args.gguf)
     depths = needle_depths(args.needles, args.min_depth, args.max_depth)

@@ -70,14 +70,15 @@ def _serving_packages():
 
 
 def _checked(args):
-    """(model source, Δ config): every check that needs no model weights."""
-    from .engine import config_problem, describe
+    """(model source, Δ config): every check that needs no model weights, the cheap ones first."""
     from .loading import inspect_model
 
     if args.model is not None and args.gguf is not None:
         raise opt.UsageError("give the model either as MODEL or with --gguf, not both")
-    source = inspect_model(args.model or args.gguf, args.served_model_name)
     config = _config(args)
+    source = inspect_model(args.model or args.gguf, args.served_model_name)
+    from .engine import config_problem, describe  # imports torch
+
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(
             f"--chunk-size {args.chunk_size}: these Δ settings ({describe(config)}) are not causal (some rows "
@@ -121,11 +122,11 @@ def _log_requests_to_stderr() -> None:
 
 
 def run(args) -> int:
+    source, config = _checked(args)  # the cheap checks first: a mistake is reported before the heavy imports
+    uvicorn = _serving_packages()
     from .app import build_app
     from .engine import describe, prefill_label
 
-    uvicorn = _serving_packages()
-    source, config = _checked(args)
     opt.setup_threads(args.threads)
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
