@@ -73,10 +73,10 @@ def _checked(args):
     """(model source, Δ config): every check that needs no model weights, the cheap ones first."""
     from .loading import inspect_model
 
-    if args.model is not None and args.gguf is not None:
-        raise opt.UsageError("give the model either as MODEL or with --gguf, not both")
+    if args.model_arg is not None and args.model is not None:
+        raise opt.UsageError("give the model either as MODEL or with --model/--gguf, not both")
     config = _config(args)
-    source = inspect_model(args.model or args.gguf, args.served_model_name)
+    source = inspect_model(args.model_arg or args.model, args.served_model_name)
     from .engine import config_problem, describe  # imports torch
 
     if args.chunk_size and not config.is_causal:
@@ -184,12 +184,13 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "model",
+        "model_arg",
         nargs="?",
-        type=opt.existing_path,
+        type=opt.model_spec,
         default=None,
         metavar="MODEL",
-        help="a .gguf file or a Hugging Face model folder (default: the bundled SmolLM2-135M-Instruct)",
+        help="a model name (delta-attn models list), a .gguf file or a Hugging Face model folder "
+        "(default: smollm2-135m, the bundled SmolLM2-135M-Instruct); same as --model",
     )
     p.add_argument(
         "--served-model-name", default=None, help="the model id clients use (default: the file or folder name)"
