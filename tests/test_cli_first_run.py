@@ -105,7 +105,7 @@ def test_generate_strips_a_prompt_files_trailing_whitespace_and_raw_keeps_it(tmp
         return generation.GenerationResult([[]], ["stop"], 0.0, 0.0, 0)
 
     monkeypatch.setattr(generation, "generate", fake_generate)
-    monkeypatch.setattr(models, "load_smollm2", lambda **kwargs: (object(), tokenizer))
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: (object(), tokenizer))
     monkeypatch.setattr(hf, "enable", lambda model, config: model)
     question = "What is the capital of France?"
     tails = ["", "\n", "\r\n", "\n\n  \t", " \n"]
