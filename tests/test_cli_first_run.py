@@ -59,6 +59,7 @@ def prompt_file(tmp_path) -> Path:
         (["demo", "--methods", "dense,fast"], "unknown method"),
         (["eval", "ruler", "--tasks", ",", "--out", "{out}"], "no task named in ','"),
         (["eval", "ruler", "--tasks", "niah_single_9", "--out", "{out}"], "unknown task 'niah_single_9'"),
+        (["eval", "ppl", "--methods", "delta_zz", "--out", "{out}"], "method 'delta_zz': unknown option 'zz'"),
         (["serve", "--sparse", "nosuch"], "unknown sparse method 'nosuch'"),
         (["serve", "/nonexistent/model"], "/nonexistent/model does not exist"),
         (["bogus"], "invalid choice: 'bogus'"),
