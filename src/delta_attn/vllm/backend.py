@@ -37,7 +37,7 @@ from vllm.v1.attention.backends.flash_attn import (
     FlashAttentionMetadataBuilder,
 )
 
-from .paged import paged_delta_rows
+from .paged import run_delta_rows
 from .plan import BatchPlan, DenseBatch, PrefillCarry, dense_batch, plan_batch
 from .settings import VllmDeltaSettings, parse_settings
 
@@ -203,10 +203,14 @@ class DeltaAttentionMetadataBuilder(FlashAttentionMetadataBuilder):
         fast_build: bool = False,
     ) -> DeltaAttentionMetadata:
         base = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        return self.with_delta(base, common_attn_metadata)
+
+    def with_delta(self, base: FlashAttentionMetadata, cm: CommonAttentionMetadata) -> DeltaAttentionMetadata:
+        """FlashAttention's metadata ``base`` of the step plus its Δ split (uses ``delta_settings`` and ``device``)."""
         meta = DeltaAttentionMetadata(
             **{f.name: getattr(base, f.name) for f in dataclasses.fields(FlashAttentionMetadata)}
         )
-        plan = self._plan(common_attn_metadata, base)
+        plan = self._plan(cm, base)
         if plan is None or not plan.has_delta:
             return meta
         meta.delta_plan = plan
@@ -342,22 +346,19 @@ class DeltaAttentionImpl(FlashAttentionImpl):
                 super().forward(layer, query.index_select(0, index), key, value, kv_cache, meta.dense_metadata, sub_out)
                 output.index_copy_(0, index, sub_out)
         key_cache, value_cache = kv_cache.unbind(1)
-        for rows in plan.delta:
-            chunk, state = self.carry.begin(self.delta_config, rows, layer=getattr(layer, "layer_name", ""))
-            output[rows.token_lo : rows.token_hi] = paged_delta_rows(
-                query[rows.token_lo : rows.token_hi],
-                key_cache,
-                value_cache,
-                meta.block_table[rows.req_index],
-                q_start=rows.q_start,
-                prompt_len=rows.prompt_len,
-                config=self.delta_config,
-                scale=self.scale,
-                state=state,
-                dense_until=chunk.dense_until,
-                dense_config=self.dense_config,
-            )
-            self.carry.end(rows)
+        run_delta_rows(
+            plan.delta,
+            query,
+            output,
+            key_cache,
+            value_cache,
+            meta.block_table,
+            self.carry,
+            self.delta_config,
+            scale=self.scale,
+            dense_config=self.dense_config,
+            layer=getattr(layer, "layer_name", ""),
+        )
         return output
 
 

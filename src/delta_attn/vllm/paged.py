@@ -21,6 +21,7 @@ from torch import Tensor
 from ..backend import DeltaState
 from ..config import DeltaConfig
 from ..ops import delta_attention
+from .plan import DeltaRows, PrefillCarry
 
 
 def paged_prefix(cache: Tensor, block_ids: Tensor, n_keys: int) -> Tensor:
@@ -89,3 +90,41 @@ def paged_delta_rows(
         rows = delta_attention(q[:, :, n_dense:], k, v, config, scale=scale, prompt_len=prompt_len, state=state)
         out[n_dense:] = rows[0].permute(1, 0, 2)
     return out
+
+
+def run_delta_rows(
+    delta_rows: tuple[DeltaRows, ...] | list[DeltaRows],
+    query: Tensor,
+    output: Tensor,
+    key_cache: Tensor,
+    value_cache: Tensor,
+    block_table: Tensor,
+    carry: PrefillCarry,
+    config: DeltaConfig,
+    *,
+    scale: float,
+    dense_config: DeltaConfig | None = None,
+    layer: str = "",
+) -> None:
+    """Write the Δ rows of one step into ``output`` (what the vLLM backend's ``forward`` does per layer).
+
+    query, output: (num_tokens, Hq, D) the step's flat batch; block_table: (num_requests, max_blocks);
+    carry: the layer's :class:`PrefillCarry` (read for each chunk, dropped after a prompt's last chunk).
+    """
+    dense_config = dense_config if dense_config is not None else config.replace(mode="dense")
+    for rows in delta_rows:
+        chunk, state = carry.begin(config, rows, layer=layer)
+        output[rows.token_lo : rows.token_hi] = paged_delta_rows(
+            query[rows.token_lo : rows.token_hi],
+            key_cache,
+            value_cache,
+            block_table[rows.req_index],
+            q_start=rows.q_start,
+            prompt_len=rows.prompt_len,
+            config=config,
+            scale=scale,
+            state=state,
+            dense_until=chunk.dense_until,
+            dense_config=dense_config,
+        )
+        carry.end(rows)
