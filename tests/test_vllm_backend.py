@@ -432,3 +432,116 @@ def test_backend_classes_subclass_vllms_flash_attention():
     assert issubclass(builder, FlashAttentionMetadataBuilder)
     assert builder._cudagraph_support == AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
     assert issubclass(backend.DeltaAttentionMetadata, FlashAttentionMetadata)
+
+
+def _reference_flash_attention_forward(self, layer, query, key, value, kv_cache, meta, output, *args):
+    """FlashAttention's varlen call over the paged cache, as the metadata describes it (CPU stand-in)."""
+    qsl = meta.query_start_loc.tolist()
+    for i in range(len(qsl) - 1):
+        lo, hi = qsl[i], qsl[i + 1]
+        n_keys = int(meta.seq_lens[i])
+        k = paged_prefix(kv_cache[:, 0], meta.block_table[i], n_keys)
+        v = paged_prefix(kv_cache[:, 1], meta.block_table[i], n_keys)
+        rows = delta_attention(
+            query[lo:hi].permute(1, 0, 2)[None], k, v, DeltaConfig(mode="dense", backend="reference"), scale=self.scale
+        )
+        output[lo:hi] = rows[0].permute(1, 0, 2)
+    return output
+
+
+def test_real_builder_and_impl_split_steps_and_match_one_shot(seed, monkeypatch):
+    """The backend's own build (Δ split) and forward, on vLLM's real metadata classes, FlashAttention stood in."""
+    fa = pytest.importorskip("vllm.v1.attention.backends.flash_attn", reason="vLLM 0.25.1 is not installed")
+    from vllm.v1.attention.backend import AttentionType, CommonAttentionMetadata
+
+    from delta_attn.vllm import backend as vb
+    from delta_attn.vllm.settings import VllmDeltaSettings
+
+    monkeypatch.setattr(fa.FlashAttentionImpl, "forward", _reference_flash_attention_forward)
+    cfg = CONFIGS["repeat"]
+    builder = object.__new__(vb.DeltaAttentionMetadataBuilder)
+    builder.delta_settings, builder.device = VllmDeltaSettings(cfg, min_prompt=100), torch.device("cpu")
+    impl = object.__new__(vb.DeltaAttentionImpl)
+    impl.__dict__.update(
+        delta_config=cfg, dense_config=cfg.replace(mode="dense"), carry=PrefillCarry(), _runs_delta=None,
+        attn_type=AttentionType.DECODER, sliding_window=(-1, -1), logits_soft_cap=0, alibi_slopes=None, sinks=None,
+        kv_cache_dtype="auto", dcp_world_size=1, scale=0.35,
+    )  # fmt: skip
+    layer = types.SimpleNamespace(layer_name="model.layers.3.self_attn.attn")
+    hq, hkv, dim = 4, 2, 8
+    prompt, decode_ctx, short = random.randint(200, 300), random.randint(120, 160), random.randint(3, 30)
+    cut = random.randint(60, prompt - 20)
+    lengths = [decode_ctx + 2, prompt, short]  # request slots: decode, long prompt, short prompt
+    cache = FakePagedCache(lengths, hkv, dim)
+    q = [torch.randn(n, hq, dim, dtype=torch.float64) for n in lengths]
+    k = [torch.randn(n, hkv, dim, dtype=torch.float64) for n in lengths]
+    v = [torch.randn(n, hkv, dim, dtype=torch.float64) for n in lengths]
+    cache.write(0, range(decode_ctx), k[0][:decode_ctx], v[0][:decode_ctx])
+    got = torch.empty_like(q[1])
+    steps = [
+        [(0, decode_ctx, decode_ctx + 1), (1, 0, cut), (2, 0, short)],
+        [(0, decode_ctx + 1, decode_ctx + 2), (1, cut, prompt)],
+    ]
+    for pieces in steps:
+        slots = [r for r, _, _ in pieces]
+        qsl = [0]
+        for r, lo, hi in pieces:
+            cache.write(r, range(lo, hi), k[r][lo:hi], v[r][lo:hi])
+            qsl.append(qsl[-1] + hi - lo)
+        seq = torch.tensor([hi for _, _, hi in pieces], dtype=torch.int32)
+        qsl_t = torch.tensor(qsl, dtype=torch.int32)
+        block_table = cache.block_table[slots]
+        cm = CommonAttentionMetadata(
+            query_start_loc=qsl_t, query_start_loc_cpu=qsl_t, seq_lens=seq, num_reqs=len(pieces),
+            num_actual_tokens=qsl[-1], max_query_len=max(hi - lo for _, lo, hi in pieces), max_seq_len=int(seq.max()),
+            block_table_tensor=block_table, slot_mapping=torch.zeros(qsl[-1], dtype=torch.long),
+            seq_lens_cpu_upper_bound=seq,
+        )  # fmt: skip
+        base = fa.FlashAttentionMetadata(
+            num_actual_tokens=qsl[-1], max_query_len=cm.max_query_len, query_start_loc=qsl_t,
+            max_seq_len=cm.max_seq_len, seq_lens=seq, block_table=block_table, slot_mapping=cm.slot_mapping, use_cascade=False,
+            common_prefix_len=0, cu_prefix_query_lens=None, prefix_kv_lens=None, suffix_kv_lens=None,
+        )  # fmt: skip
+        vb.note_step([f"r{r}" for r in slots], [decode_ctx, prompt, short][: len(slots)], qsl_t.diff().tolist())
+        meta = builder.with_delta(base, cm)
+        assert [d.req_index for d in meta.delta_plan.delta] == [1]
+        query = torch.cat([q[r][lo:hi] for r, lo, hi in pieces])
+        output = torch.full_like(query, float("nan"))
+        impl.forward(layer, query, None, None, cache.kv, meta, output)
+        for slot, (r, lo, hi) in enumerate(pieces):
+            rows = output[qsl[slot] : qsl[slot + 1]]
+            if r == 1:
+                got[lo:hi] = rows
+            else:
+                as4 = lambda t: t.permute(1, 0, 2)[None]
+                want = delta_attention(
+                    as4(q[r][lo:hi]), as4(k[r][:hi]), as4(v[r][:hi]), DeltaConfig(mode="dense"), scale=0.35
+                )[0].permute(1, 0, 2)
+                torch.testing.assert_close(rows, want, rtol=1e-10, atol=1e-10)
+    as4 = lambda t: t.permute(1, 0, 2)[None]
+    one_shot = delta_attention(as4(q[1]), as4(k[1]), as4(v[1]), cfg, scale=0.35)[0].permute(1, 0, 2)
+    torch.testing.assert_close(got, one_shot, rtol=1e-10, atol=1e-10)
+    assert len(impl.carry) == 0
+    # a step the runner did not describe (or described differently) stays entirely on FlashAttention
+    vb.note_step(["x"], [prompt], [5])
+    assert builder.with_delta(base, cm).delta_plan is None
+
+
+def test_runner_hook_notes_request_ids_and_prompt_lengths(monkeypatch):
+    runner = pytest.importorskip("vllm.v1.worker.gpu.model_runner", reason="vLLM 0.25.1 is not installed")
+    import numpy as np
+
+    from delta_attn.vllm import backend as vb
+
+    batch = types.SimpleNamespace(
+        req_ids=["b", "a"], idx_mapping_np=np.array([1, 0]), num_scheduled_tokens=np.array([1, 700])
+    )
+    monkeypatch.setattr(runner.GPUModelRunner, "prepare_inputs", lambda self, so, bd: batch)
+    vb.install_runner_hooks()
+    vb.install_runner_hooks()  # idempotent: wrapped once
+    fake_self = types.SimpleNamespace(
+        req_states=types.SimpleNamespace(prompt_len=types.SimpleNamespace(np=np.array([9000, 40])))
+    )
+    assert runner.GPUModelRunner.prepare_inputs(fake_self, None, None) is batch
+    assert vb.current_step() == vb.StepRequests(("b", "a"), (40, 9000), (1, 700))
+    assert not hasattr(runner.GPUModelRunner.prepare_inputs.__wrapped__, "_delta_attn_wrapped")  # not twice
