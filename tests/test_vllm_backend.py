@@ -499,8 +499,8 @@ def test_real_builder_and_impl_split_steps_and_match_one_shot(seed, monkeypatch)
         )  # fmt: skip
         base = fa.FlashAttentionMetadata(
             num_actual_tokens=qsl[-1], max_query_len=cm.max_query_len, query_start_loc=qsl_t,
-            max_seq_len=cm.max_seq_len, seq_lens=seq, block_table=block_table, slot_mapping=cm.slot_mapping, use_cascade=False,
-            common_prefix_len=0, cu_prefix_query_lens=None, prefix_kv_lens=None, suffix_kv_lens=None,
+            max_seq_len=cm.max_seq_len, seq_lens=seq, block_table=block_table, slot_mapping=cm.slot_mapping,
+            use_cascade=False, common_prefix_len=0, cu_prefix_query_lens=None, prefix_kv_lens=None, suffix_kv_lens=None,
         )  # fmt: skip
         vb.note_step([f"r{r}" for r in slots], [decode_ctx, prompt, short][: len(slots)], qsl_t.diff().tolist())
         meta = builder.with_delta(base, cm)
