@@ -6,9 +6,9 @@ request's position p in block ``block_table[r, p // block_size]``, slot ``p % bl
 step's keys and values into the cache before the attention runs, so a chunk at positions ``[q_start, n_keys)``
 finds every key it may read, ``0 .. n_keys − 1``, there.
 
-:func:`paged_prefix` gathers those positions into a contiguous ``(1, Hkv, n_keys, D)`` view (one copy of the
-prefix per chunk and layer: ``2 · n_keys · Hkv · D`` elements, 256 MiB for K and V of a Llama-3-8B layer at
-128K in bf16), and :func:`paged_delta_rows` runs :func:`delta_attn.delta_attention` on it with the
+:func:`paged_prefix` gathers those positions into a head-major ``(1, Hkv, n_keys, D)`` tensor (per chunk and
+layer ``2 · n_keys · Hkv · D`` elements for K and V — 256 MiB for a Llama-3-8B layer at 128K in bf16 — copied
+twice; a few hundred microseconds on an H100, small next to the attention itself), and :func:`paged_delta_rows` runs :func:`delta_attn.delta_attention` on it with the
 chunk's queries, the whole prompt's length and the carried state, so any chunking equals the one-shot prefill
 (docs/algorithm.md §8).
 """
@@ -29,8 +29,9 @@ def paged_prefix(cache: Tensor, block_ids: Tensor, n_keys: int) -> Tensor:
 
     cache:     (num_blocks, block_size, Hkv, D), e.g. ``kv_cache.unbind(1)[0]``.
     block_ids: the request's block-table row (at least ``ceil(n_keys / block_size)`` entries; int32/int64).
-    Returns (1, Hkv, n_keys, D): a view of one gathered copy, head dim contiguous (the layout the Triton
-    kernels and the reference backend read without a further copy).
+    Returns (1, Hkv, n_keys, D) laid out head-major (each head's keys contiguous), the layout of a transformers
+    cache that the Triton kernels are tuned and benchmarked on. Two copies of the prefix: the block gather, then
+    the transpose.
     """
     if cache.dim() != 4:
         raise ValueError(f"cache must be (num_blocks, block_size, kv_heads, head_dim), got shape {tuple(cache.shape)}")
@@ -38,8 +39,10 @@ def paged_prefix(cache: Tensor, block_ids: Tensor, n_keys: int) -> Tensor:
     n_blocks = -(-n_keys // block_size)
     if block_ids.numel() < n_blocks:
         raise ValueError(f"{n_keys} positions need {n_blocks} blocks, the block-table row has {block_ids.numel()}")
-    rows = cache.index_select(0, block_ids[:n_blocks].long())
-    return rows.reshape(n_blocks * block_size, n_heads, head_dim)[:n_keys].permute(1, 0, 2).unsqueeze(0)
+    blocks = cache.index_select(0, block_ids[:n_blocks].long())  # (n_blocks, block_size, Hkv, D)
+    head_major = cache.new_empty(n_heads, n_blocks, block_size, head_dim)
+    head_major.copy_(blocks.permute(2, 0, 1, 3))
+    return head_major.view(n_heads, n_blocks * block_size, head_dim)[None, :, :n_keys]
 
 
 def paged_delta_rows(
@@ -77,7 +80,7 @@ def paged_delta_rows(
         raise ValueError(f"dense_until {dense_until} must lie in [{q_start}, {n_keys}]")
     k = paged_prefix(key_cache, block_ids, n_keys)
     v = paged_prefix(value_cache, block_ids, n_keys)
-    q = query.permute(1, 0, 2).unsqueeze(0)  # (1, Hq, n, D): a view, head dim contiguous
+    q = query.permute(1, 0, 2).contiguous().unsqueeze(0)  # (1, Hq, n, D) head-major, like k and v
     out = torch.empty_like(query)
     n_dense = dense_until - q_start
     if n_dense:
