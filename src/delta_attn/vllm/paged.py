@@ -8,9 +8,10 @@ finds every key it may read, ``0 .. n_keys − 1``, there.
 
 :func:`paged_prefix` gathers those positions into a head-major ``(1, Hkv, n_keys, D)`` tensor (per chunk and
 layer ``2 · n_keys · Hkv · D`` elements for K and V — 256 MiB for a Llama-3-8B layer at 128K in bf16 — copied
-twice; a few hundred microseconds on an H100, small next to the attention itself), and :func:`paged_delta_rows` runs :func:`delta_attn.delta_attention` on it with the
-chunk's queries, the whole prompt's length and the carried state, so any chunking equals the one-shot prefill
-(docs/algorithm.md §8).
+twice, an estimated few hundred microseconds on an H100, small next to the attention itself; chunked prefill
+gathers each chunk's whole prefix again), and :func:`paged_delta_rows` runs :func:`delta_attn.delta_attention`
+on it with the chunk's queries, the whole prompt's length and the carried state, so any chunking equals the
+one-shot prefill (docs/algorithm.md §8).
 """
 
 from __future__ import annotations
