@@ -56,7 +56,7 @@ def run(args) -> int:
     from .config import DeltaConfig
     from .generation import SamplingParams, generate, stop_token_ids
     from .hf import enable
-    from .models import load_smollm2, load_tokenizer, model_info
+    from .models import load_model, load_tokenizer, model_info
 
     text = _read_prompt(args.prompt)
     if not text.strip():
@@ -67,12 +67,12 @@ def run(args) -> int:
     )
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(f"--chunk-size needs a causal method; {config.non_causal_reason} reads later rows")
-    info = model_info(args.gguf)
+    info = model_info(args.model)
     _check_dense_layers(args.dense_layers, info.num_layers)
     opt.check_device(args.device)
     opt.setup_threads(args.threads)
 
-    tokenizer = load_tokenizer(args.gguf)
+    tokenizer = load_tokenizer(args.model)
     if not args.raw:
         from .prompts import chat_frame
 
@@ -89,7 +89,7 @@ def run(args) -> int:
             f"({opt.OVERFLOW_OPTION} to go past it)"
         )
 
-    model, tokenizer = load_smollm2(device=args.device, gguf_path=args.gguf)
+    model, tokenizer = load_model(args.model, device=args.device)
     enable(model, config)
     print(
         f"[{len(ids)} prompt tokens; {config.mode} prefill ({config.method_name} sink {config.sink} + window "

@@ -76,7 +76,7 @@ def run(args) -> int:
                 f"{out_file} holds an analysis with other settings; use another --out, or --force to replace it"
             )
 
-    tok = load_tokenizer(args.gguf)
+    tok = load_tokenizer(args.model)
     builder = ruler.PromptBuilder(tok, texts_dir=args.texts_dir)
     try:
         samples = [

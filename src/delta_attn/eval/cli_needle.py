@@ -65,7 +65,7 @@ def run(args) -> int:
         if earlier != settings:
             raise UsageError(f"{out_file} holds a needle analysis with other settings; use another --out or --force")
 
-    builder = ruler.PromptBuilder(load_tokenizer(args.gguf), texts_dir=args.texts_dir)
+    builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
     try:
         samples = [
             ruler.generate_sample(builder, args.task, args.length, i, seed=args.seed, reserve=args.reserve)
