@@ -201,18 +201,21 @@ class DeltaAttentionMetadataBuilder(FlashAttentionMetadataBuilder):
         common_prefix_len: int,
         common_attn_metadata: CommonAttentionMetadata,
         fast_build: bool = False,
-    ) -> DeltaAttentionMetadata:
+    ) -> FlashAttentionMetadata:
         base = super().build(common_prefix_len, common_attn_metadata, fast_build)
         return self.with_delta(base, common_attn_metadata)
 
-    def with_delta(self, base: FlashAttentionMetadata, cm: CommonAttentionMetadata) -> DeltaAttentionMetadata:
-        """FlashAttention's metadata ``base`` of the step plus its Δ split (uses ``delta_settings`` and ``device``)."""
+    def with_delta(self, base: FlashAttentionMetadata, cm: CommonAttentionMetadata) -> FlashAttentionMetadata:
+        """FlashAttention's metadata ``base`` of the step plus its Δ split (uses ``delta_settings`` and ``device``).
+
+        A step without Δ rows (every decode step) gets ``base`` itself: the stock path, not even a copy.
+        """
+        plan = self._plan(cm, base)
+        if plan is None or not plan.has_delta:
+            return base
         meta = DeltaAttentionMetadata(
             **{f.name: getattr(base, f.name) for f in dataclasses.fields(FlashAttentionMetadata)}
         )
-        plan = self._plan(cm, base)
-        if plan is None or not plan.has_delta:
-            return meta
         meta.delta_plan = plan
         rows = dense_batch(plan.dense)
         if rows is None:
