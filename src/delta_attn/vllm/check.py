@@ -89,7 +89,8 @@ def layer_check(out: Path, *, prompt: int = 20000, seed: int = 0) -> dict:
     for r, n in enumerate(need):
         table[r, :n] = order[at : at + n].int()
         at += n
-    q = [torch.randn(n, hq, d, device=dev, dtype=dt, generator=gen) for n in lengths]
+    # scores with std 2.5 (not 1): attention concentrated enough that rows differ visibly between methods
+    q = [(2.5 * torch.randn(n, hq, d, device=dev, generator=gen)).to(dt) for n in lengths]
     layer = types.SimpleNamespace(
         layer_name="model.layers.5.self_attn.attn",
         _q_scale=torch.ones(1, device=dev),
@@ -155,7 +156,8 @@ def layer_check(out: Path, *, prompt: int = 20000, seed: int = 0) -> dict:
         return {s: output[qsl[i] : qsl[i + 1]] for i, (s, _, _) in enumerate(pieces)}, meta
 
     def max_err(a, b) -> float:
-        return float((a.float() - b.float()).abs().max())
+        """max |a − b| relative to max |b| (attention outputs are small: an absolute bound would prove little)."""
+        return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
     cfg = DeltaConfig(**DELTA_DEFAULTS)
     mixed = [(0, decode_ctx, decode_ctx + 1), (1, 0, prompt), (2, 0, short)]
@@ -190,7 +192,10 @@ def layer_check(out: Path, *, prompt: int = 20000, seed: int = 0) -> dict:
         "triton_dense_vs_stock_fa": max_err(dense_ref, stock[1]),
     }
     tol = 2e-2  # bf16 outputs of two kernels that accumulate in fp32 in different orders
-    record["pass"] = all(
+    record["tolerance"] = tol
+    # the check can fail: sparse-only must be far from stock FlashAttention on the same rows
+    record["sparse_is_distinguishable"] = record["sparse_vs_stock_fa"] > 5 * tol
+    record["pass"] = record["sparse_is_distinguishable"] and all(
         record[key] <= tol
         for key in (
             "delta_rows_vs_delta_attention",
@@ -258,6 +263,11 @@ def bench_engine(args) -> dict:
     delta = json.loads(args.delta)
     kwargs = _engine_kwargs(args.backend, args.model, max_len, chunk, delta, args.compile)
     record: dict = {"backend": args.backend, "chunk": args.chunk, "engine_kwargs": kwargs, "ttft_s": {}}
+
+    def save() -> None:  # after every measurement: a run killed at its time limit keeps what it measured
+        if args.result is not None:
+            args.result.write_text(json.dumps(record, indent=2, default=str))
+
     try:
         llm = LLM(**kwargs)
     except Exception as exc:  # say which configuration failed, try the plainest one
@@ -267,6 +277,7 @@ def bench_engine(args) -> dict:
         record["engine_kwargs"] = kwargs
         llm = LLM(**kwargs)
     record["startup_s"] = time.perf_counter() - t_start
+    save()
     sched = llm.llm_engine.vllm_config.scheduler_config
     record["max_num_batched_tokens"] = sched.max_num_batched_tokens
     vocab = LLAMA3_8B["vocab_size"]
@@ -285,12 +296,14 @@ def bench_engine(args) -> dict:
     run([prompt(8192)], 2)  # warm-up: Triton compiles the Δ kernels here (8K > the default min_prompt)
     run([prompt(1024)], 2)
     record["warmup_s"] = time.perf_counter() - t0
+    save()
     for n in lengths:
         if time.perf_counter() > deadline - 5:
             record["ttft_s"][str(n)] = "skipped: time limit"
             continue
         elapsed, _ = run([prompt(n)], 1)
         record["ttft_s"][str(n)] = elapsed
+        save()
         print(f"[{args.backend} chunk={args.chunk}] TTFT {n}: {elapsed:.3f} s", flush=True)
     if args.decode and time.perf_counter() < deadline - 30:
         for batch, ctx in ((1, 32768), (16, 2048)):
@@ -302,6 +315,7 @@ def bench_engine(args) -> dict:
                     rates.append((len(o.outputs[0].token_ids) - 1) / (m.last_token_ts - m.first_token_ts))
             record[f"decode_tok_s_batch{batch}_ctx{ctx}"] = (sum(rates) / len(rates) * batch) if rates else None
             record[f"decode_wall_s_batch{batch}_ctx{ctx}"] = elapsed
+            save()
     if args.concurrency and time.perf_counter() < deadline - 30:
         sizes = [32768] * 4 + [1024] * 12  # 16 mixed requests at once
         prompts = [prompt(n) for n in sizes]
@@ -316,7 +330,29 @@ def bench_engine(args) -> dict:
             "tokens_per_s": (sum(sizes) + 16 * 64) / elapsed,
         }
     record["total_s"] = time.perf_counter() - t_start
+    save()
     return record
+
+
+def _run_group(cmd: list[str], timeout: float) -> tuple[int | None, str]:
+    """Run ``cmd`` in its own process group; on timeout kill the whole group (vLLM's engine-core child holds the
+    GPU memory the next engine needs). Returns (exit code or None on timeout, stdout + stderr)."""
+    import signal
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # also after a normal exit: no engine process may outlive its run
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        log.seek(0)
+        return code, log.read()
 
 
 def bench(out: Path, *, limit: float, lengths: str, model_dir: Path, delta: dict, compile_: bool) -> dict:
@@ -347,19 +383,16 @@ def bench(out: Path, *, limit: float, lengths: str, model_dir: Path, delta: dict
         if compile_:
             cmd.append("--compile")
         print("$", " ".join(cmd[2:]), flush=True)
-        try:
-            proc = subprocess.run(cmd, timeout=share, capture_output=True, text=True)
-            (out / f"vllm_bench_{backend}_{chunk}.log").write_text(proc.stdout + proc.stderr)
-            if proc.returncode == 0 and path.exists():
-                results.append(json.loads(path.read_text()))
-            else:
-                tail = (proc.stdout + proc.stderr)[-3000:]
-                results.append({"backend": backend, "chunk": chunk, "error": f"exit {proc.returncode}", "tail": tail})
-                print(tail, flush=True)
-        except subprocess.TimeoutExpired as exc:
-            log = (exc.stdout or b"") + (exc.stderr or b"")
-            (out / f"vllm_bench_{backend}_{chunk}.log").write_bytes(log if isinstance(log, bytes) else log.encode())
-            results.append({"backend": backend, "chunk": chunk, "error": f"timeout after {share:.0f} s"})
+        code, log = _run_group(cmd, share)
+        (out / f"vllm_bench_{backend}_{chunk}.log").write_text(log)
+        rec = json.loads(path.read_text()) if path.exists() else {"backend": backend, "chunk": chunk}
+        if code is None:
+            rec["error"] = f"timeout after {share:.0f} s (measurements before it kept)"
+        elif code != 0:
+            rec["error"] = f"exit {code}"
+            rec["tail"] = log[-3000:]
+            print(log[-3000:], flush=True)
+        results.append(rec)
     record = {"runs": results, "lengths": lengths, "delta": delta}
     _write(out, "bench", record)
     return record
@@ -427,9 +460,9 @@ def needles(out: Path, *, gguf: Path, workdir: Path, lengths: list[int], per_tas
             str(folder), "--prompts", str(out / "vllm_needle_prompts.json"), "--result", str(path),
             "--delta", json.dumps(DELTA_DEFAULTS | {"min_prompt": 4096}), "--max-new", str(max_new),
         ]  # fmt: skip
-        proc = subprocess.run(cmd, timeout=max(60, left / 2), capture_output=True, text=True)
-        (out / f"vllm_needles_{backend}.log").write_text(proc.stdout + proc.stderr)
-        vl[backend] = json.loads(path.read_text()) if proc.returncode == 0 else None
+        code, log = _run_group(cmd, max(60, left / 2))
+        (out / f"vllm_needles_{backend}.log").write_text(log)
+        vl[backend] = json.loads(path.read_text()) if code == 0 and path.exists() else None
     pairs = {"delta": ("delta", "delta"), "control": ("flash", "dense")}
     for name, (v_key, h_key) in pairs.items():
         got = vl[v_key]
@@ -513,7 +546,7 @@ def table(out: Path) -> str:
     path = out / "vllm_layer.json"
     if path.exists():
         r = json.loads(path.read_text())
-        lines += ["| layer check (bf16, max abs error) | value |", "|---|---|"]
+        lines += ["| layer check (bf16, max error / max reference) | value |", "|---|---|"]
         for key in (
             "delta_rows_vs_delta_attention",
             "chunked_3_vs_one_shot",
@@ -523,7 +556,7 @@ def table(out: Path) -> str:
             "sparse_vs_stock_fa",
         ):
             lines.append(f"| {key} | {_fmt(r.get(key))} |")
-        lines += [f"| pass (≤ 0.02 on the first four) | {r.get('pass')} |", ""]
+        lines += [f"| pass (≤ 0.02 on the first four, sparse > 0.1) | {r.get('pass')} |", ""]
     path = out / "vllm_bench.json"
     if path.exists():
         runs = {(r["backend"], r["chunk"]): r for r in json.loads(path.read_text())["runs"]}
@@ -608,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )  # noqa: E501
     elif args.part == "bench-engine":
-        args.result.write_text(json.dumps(bench_engine(args), indent=2, default=str))
+        bench_engine(args)  # writes args.result after every measurement
     elif args.part == "needles":
         lengths = [_parse_length(x) for x in args.needle_lengths.split(",")]
         rec = needles(
