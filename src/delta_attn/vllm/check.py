@@ -435,6 +435,7 @@ def needles(out: Path, *, gguf: Path, workdir: Path, lengths: list[int], per_tas
     if not (folder / "config.json").exists():
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
+        model.config.architectures = [type(model).__name__]  # a GGUF config has none; vLLM picks its class by it
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
         del model
@@ -486,6 +487,7 @@ def needles_engine(args) -> list[list[int]]:
     prompts = json.loads(Path(args.prompts).read_text())
     kwargs = dict(
         model=args.model,
+        skip_tokenizer_init=True,  # token-id prompts, token-id outputs: both sides compare ids
         dtype="bfloat16",
         enable_prefix_caching=False,
         max_model_len=max(len(p) for p in prompts) + args.max_new + 16,
