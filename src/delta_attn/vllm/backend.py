@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import re
 from dataclasses import dataclass
 
 import torch
 from vllm.config import get_current_vllm_config_or_none
+from vllm.logger import init_logger
 from vllm.v1.attention.backend import AttentionCGSupport, AttentionType, CommonAttentionMetadata
 from vllm.v1.attention.backends.flash_attn import (
     FlashAttentionBackend,
@@ -41,7 +41,8 @@ from .paged import run_delta_rows
 from .plan import BatchPlan, DenseBatch, PrefillCarry, dense_batch, plan_batch
 from .settings import VllmDeltaSettings, parse_settings
 
-logger = logging.getLogger("delta_attn.vllm")
+# vLLM's logger tree: its handler and format (a plain "delta_attn" logger would print nothing below WARNING)
+logger = init_logger("vllm.delta_attn")
 
 
 # ---- what the model runner knows and the attention metadata does not ------------------------------------
