@@ -87,8 +87,8 @@ def install_runner_hooks() -> None:
     """Wrap the model runners' batch preparation to note request ids and prompt lengths (idempotent)."""
     try:
         from vllm.v1.worker.gpu.model_runner import GPUModelRunner as RunnerV2
-    except ImportError as exc:  # pragma: no cover - present in 0.25.1
-        logger.warning("delta_attn: model runner V2 not importable (%s); Δ needs prompt lengths from it", exc)
+    except Exception as exc:  # pragma: no cover - present in 0.25.1; never stop the engine over it
+        logger.warning("delta_attn: model runner V2 not importable (%r); its steps run stock FlashAttention", exc)
     else:
 
         def make_v2(prepare_inputs):
@@ -106,8 +106,8 @@ def install_runner_hooks() -> None:
         _wrap_once(RunnerV2, "prepare_inputs", make_v2)
     try:
         from vllm.v1.worker.gpu_model_runner import GPUModelRunner as RunnerV1
-    except ImportError as exc:  # pragma: no cover
-        logger.warning("delta_attn: model runner V1 not importable (%s)", exc)
+    except Exception as exc:  # pragma: no cover
+        logger.warning("delta_attn: model runner V1 not importable (%r); its steps run stock FlashAttention", exc)
     else:
 
         def make_v1(build_attention_metadata):
