@@ -1,4 +1,5 @@
-"""`delta_attn.chunked_prefill`: chunk by chunk equals one shot (cache and logits), and decoding continues."""
+"""`delta_attn.chunked_prefill`: chunk by chunk equals one shot (cache and logits); decoding from it:
+tests/test_hf_continuation.py."""
 
 from __future__ import annotations
 
@@ -86,24 +87,6 @@ def test_chunked_left_padded_batch(model):
     assert_same_cache(out.past_key_values, cache, CFG["num_hidden_layers"], mask)
     _, alone = one_shot(model, b, torch.ones_like(b))
     torch.testing.assert_close(out.logits[1], alone[0], atol=3e-5, rtol=1e-4)
-
-
-def test_decoding_continues_from_chunked_prefill(model):
-    delta_attn.enable(model, DeltaConfig(window=24, sink=4, gamma=16, tail=16))
-    ids = rand_ids(1, 230, seed=9)
-    with torch.no_grad():
-        reference = model.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-        out = delta_attn.chunked_prefill(model, ids, chunk_size=64)
-        nxt = out.logits.argmax(-1, keepdim=True)
-        cont = model.generate(
-            input_ids=torch.cat([ids, nxt], 1),
-            attention_mask=torch.ones(1, 231, dtype=torch.long),
-            past_key_values=out.past_key_values,
-            max_new_tokens=5,
-            min_new_tokens=5,
-            do_sample=False,
-        )
-    assert torch.equal(cont, reference)
 
 
 @pytest.mark.parametrize("mode", ["delta", "sparse", "recompute"])

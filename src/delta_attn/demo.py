@@ -280,13 +280,14 @@ def _check(args) -> tuple[dict, object]:
 
 
 def run(args) -> int:
+    t_start = time.perf_counter()
+    configs, info = _check(args)  # before the heavy imports: a mistake is reported at once
+
     from tqdm.auto import tqdm
 
     from .hf import enable
     from .models import load_model, load_tokenizer
 
-    t_start = time.perf_counter()
-    configs, info = _check(args)
     opt.setup_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
     depths = needle_depths(args.needles, args.min_depth, args.max_depth)

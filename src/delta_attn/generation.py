@@ -286,7 +286,9 @@ def decode(
     stops = stops.to(device)
     lim = torch.tensor(limits, device=device)
     active = torch.arange(bsz, device=device)  # batch row -> sequence index
-    gen = torch.full((bsz, max(limits)), -1, dtype=torch.long, device=device)
+    # grown by doubling as tokens come: max_new_tokens may be far beyond what a sequence generates (a server
+    # allowed past the context takes any int32), and a buffer of that size up front could not be allocated
+    gen = torch.full((bsz, min(max(limits), 256)), -1, dtype=torch.long, device=device)
     reason = torch.zeros(bsz, dtype=torch.int8, device=device)  # index into _REASONS; 0 = running
     done = torch.zeros(bsz, dtype=torch.bool, device=device)  # per batch row
     nxt = sampler(start.logits, active)
@@ -296,6 +298,8 @@ def decode(
     while True:
         is_stop = (nxt.view(-1, 1) == stops[active]).any(-1) & ~done
         write = ~done & ~is_stop
+        if t == gen.shape[1]:
+            gen = torch.cat([gen, torch.full_like(gen, -1)], dim=1)
         gen[active[write], t] = nxt[write]
         t += 1
         by_callback = torch.zeros_like(done)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +45,7 @@ from transformers.masking_utils import AttentionMaskInterface, causal_mask_funct
 
 from .backend import DeltaState
 from .config import DEFAULT_CONFIG, DeltaConfig
-from .generation import cache_argument
+from .generation import GenerationResult, cache_argument
 from .kv_cache import PreallocatedCache
 from .ops import delta_attention
 
@@ -466,19 +466,102 @@ def current_config(model: PreTrainedModel) -> DeltaConfig | None:
 
 @dataclass
 class PrefillOutput:
-    """Result of :func:`chunked_prefill`.
+    """Result of :func:`chunked_prefill` (and of :func:`delta_attn.distributed.cp_prefill`).
+
+    Continue it with :meth:`generate` — ``res.generate(max_new_tokens=32)`` — which decodes from the cache
+    it holds: the prompt is never fed to the model again. (``model.generate(input_ids, past_key_values=
+    res.past_key_values)`` does not do that: it prefills the prompt again on top of the cache, silently
+    giving another answer.)
 
     past_key_values: the filled cache (every prompt position given so far).
     logits: (B, vocab) logits of the last position given (the next-token distribution once the prompt is complete).
     attention_mask: (B, cached length) the prompt's mask so far (ones if none was given), to extend while decoding.
     state: the :class:`PrefillState` (prompt length + per-layer :class:`~delta_attn.DeltaState`) to pass back as
         ``state=`` when more of the same prompt follows; updated in place by that call (copy it to fork).
+    model: the model that wrote the cache (what :meth:`generate` decodes with); ``copy.deepcopy`` of a
+        PrefillOutput copies everything else and shares the model.
     """
 
     past_key_values: Any
     logits: Tensor
     attention_mask: Tensor
     state: PrefillState
+    model: Any = field(default=None, repr=False, compare=False)
+
+    def __deepcopy__(self, memo: dict) -> PrefillOutput:
+        import copy
+
+        memo[id(self.model)] = self.model  # fork the cache and state, never the weights
+        return PrefillOutput(
+            copy.deepcopy(self.past_key_values, memo),
+            copy.deepcopy(self.logits, memo),
+            copy.deepcopy(self.attention_mask, memo),
+            copy.deepcopy(self.state, memo),
+            self.model,
+        )
+
+    def generate(
+        self,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_token_ids: Iterable[int] | None = None,
+        on_token: Callable[[int, int], bool] | None = None,
+    ) -> GenerationResult:
+        """Decode up to ``max_new_tokens`` tokens per sequence from this prefill (dense over the cache).
+
+        The first token comes from :attr:`logits`, every later one from one decode step over the cache, so
+        the result equals one-shot prefill + decoding token for token (greedy), at any chunk size. The
+        cache grows by the decoded tokens: a PrefillOutput continues once (``copy.deepcopy(res).generate(...)``
+        continues a copy, e.g. to sample several replies from one prefill).
+
+        Args:
+            max_new_tokens: at most this many tokens per sequence.
+            temperature: 0 (default) = greedy; > 0 samples (with ``top_p``; ``seed`` seeds the sampler).
+            stop_token_ids: tokens that end a sequence (not included in its tokens). Default: the model's
+                ``generation_config.eos_token_id`` (as ``model.generate`` stops); ``()`` for none.
+            on_token: ``(sequence index, token id) -> keep going?``, called for every generated token.
+        Returns:
+            :class:`delta_attn.generation.GenerationResult`: ``tokens`` (the new ids per sequence),
+            ``finish_reasons``, timings.
+        """
+        from .generation import Prefilled, SamplingParams, decode
+
+        if self.model is None:
+            raise ValueError(
+                "this PrefillOutput was built without its model: create it with delta_attn.chunked_prefill"
+            )
+        cached = self.past_key_values.get_seq_length()
+        given = self.attention_mask.shape[1]
+        if cached != given:
+            raise ValueError(
+                f"this PrefillOutput was continued already (its cache holds {cached} tokens, the prompt {given}): "
+                "a prefill continues once; to continue it several times, copy.deepcopy(res).generate(...) each time"
+            )
+        if self.state.prompt_len > given:
+            raise ValueError(
+                f"the prompt is not complete: {given} of its {self.state.prompt_len} tokens are prefilled "
+                "(prompt_len); pass the rest to chunked_prefill(model, rest, past_key_values=res.past_key_values, "
+                "state=res.state) first"
+            )
+        if stop_token_ids is None:
+            stop_token_ids = _eos_ids(self.model)
+        params = SamplingParams(
+            max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_token_ids=frozenset(stop_token_ids)
+        )
+        start = Prefilled(self.past_key_values, self.logits, self.attention_mask)
+        return decode(self.model, start, [params] * self.logits.shape[0], on_token=on_token)
+
+
+def _eos_ids(model) -> frozenset[int]:
+    """The end-of-sequence ids ``model.generate`` stops at: ``generation_config.eos_token_id`` (int or list)."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        return frozenset()
+    return frozenset([int(eos)] if isinstance(eos, int) else [int(i) for i in eos])
 
 
 def left_padding_position_ids(attention_mask: Tensor) -> Tensor:
@@ -528,10 +611,9 @@ def chunked_prefill(
             memory (BENCHMARKS.md). Only used when ``past_key_values`` is None.
         progress: show a tqdm bar over the chunks.
     Returns:
-        :class:`PrefillOutput` (cache, last-position logits (B, vocab), attention mask, state). To decode,
-        append the next token and call ``model.generate(input_ids=torch.cat([input_ids, next], 1),
-        attention_mask=..., past_key_values=out.past_key_values)`` (generate only feeds the uncached
-        token), or run your own loop.
+        :class:`PrefillOutput` (cache, last-position logits (B, vocab), attention mask, state). Continue it
+        with ``res.generate(max_new_tokens=...)`` (:meth:`PrefillOutput.generate`): it decodes from the
+        cache, equal token for token to one-shot prefill + decoding.
     """
     binding: _Binding | None = getattr(model, _BINDING_ATTR, None)
     if binding is None or model.config._attn_implementation != ATTN_NAME:
@@ -612,4 +694,6 @@ def chunked_prefill(
     finally:
         ctx, binding.chunk = binding.chunk, None
     # the model fills `cache` in place (and returns it under a name that depends on the transformers version)
-    return PrefillOutput(past_key_values=cache, logits=out.logits[:, -1], attention_mask=attention_mask, state=ctx)
+    return PrefillOutput(
+        past_key_values=cache, logits=out.logits[:, -1], attention_mask=attention_mask, state=ctx, model=model
+    )

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..backend import select_backend
-from ..config import DEFAULT_CONFIG, DeltaConfig
+from ..config import CAUSAL_SCALE_MODES, DEFAULT_CONFIG, DeltaConfig
 from ..sparse import BlockMethod, DenseMethod, MaskModMethod, StreamingMethod, resolve_sparse_method
 from .shard import ShardSummary, apply_carry, carries_from_summaries, local_shard
 
@@ -60,10 +60,10 @@ def _check_config(config: DeltaConfig) -> None:
             "split over ranks; choose causal settings (interp='repeat'/'ema'/'abg', a float delta_scale, "
             "extra_anchors=0)"
         )
-    if config.mode == "delta" and config.delta_scale == "auto":
+    if config.mode == "delta" and config.delta_scale in CAUSAL_SCALE_MODES:
         raise NotImplementedError(
-            "delta_scale='auto' carries running sums whose ratio sets each block's λ; context parallelism does not "
-            "exchange them yet: use a float delta_scale (or run the prompt on one device)"
+            f"delta_scale={config.delta_scale!r} carries running sums whose ratio sets each block's λ; "
+            "context parallelism does not exchange them yet: use a float delta_scale (or run the prompt on one device)"
         )
     if config.mode != "dense" and not isinstance(resolve_sparse_method(config.sparse), STATIC_BASES):
         raise ValueError(

@@ -14,6 +14,7 @@ A method spec is ``[BASE+]MODE{_OPT}`` or ``BASE{_OPT}``::
     streaming_w512_s128+sparse   the streaming base with window 512 and 128 sinks
     delta_l0.5             Δ scaled by λ = 0.5 (``delta_scale``; docs/algorithm.md §13)
     delta_auto             λ fitted causally from the anchors (``delta_scale="auto"``)
+    delta_autod            λ_auto averaged over the block under geometric decay (``"auto-decay"``, causal)
     delta_autog            λ fitted on all anchors of the call (``"auto-global"``, non-causal)
     delta_x25              a second dense row in 25 % of the γ-blocks (``extra_anchors=0.25``, non-causal)
     delta_g16_auto         options compose
@@ -25,7 +26,7 @@ Options (on either part, ``_``-separated):
     g<int>  γ (anchor stride)       w<int>  window        s<int>  sink tokens     t<int>  tail rows
     b<int>  block_size (block)      v<int>  vertical_size  d<int>  slash_size (diagonals)
     k<int>  topk_blocks             repeat | linear | ema[<β>] | abg[<α>]   interpolation of Δ
-    l<λ>    delta_scale λ in [0, 1]  auto | autog   delta_scale "auto" / "auto-global"
+    l<λ>    delta_scale λ in [0, 1]  auto | autod | autog   delta_scale "auto" / "auto-decay" / "auto-global"
     x<int>  extra_anchors in percent of the γ-blocks (x25 = 0.25)
 
 Anything not given comes from the defaults (CLI: ``--base --window --sink --gamma --block-size ...``).
@@ -43,8 +44,8 @@ from ..config import MODES
 
 BASE_ALIASES = {"vs": "vertical_slash", "stream": "streaming", "str": "streaming"}
 _OPT = re.compile(r"^(g|w|s|t|b|v|d|k)(\d+)$|^(repeat|linear)$|^(ema|abg)(\d*\.?\d*)$")
-_VARIANT_OPT = re.compile(r"^l(\d*\.?\d+)$|^(auto|autog)$|^x(\d+)$")
-_SCALE_MODES = {"auto": "auto", "autog": "auto-global"}
+_VARIANT_OPT = re.compile(r"^l(\d*\.?\d+)$|^(auto|autod|autog)$|^x(\d+)$")
+_SCALE_MODES = {"auto": "auto", "autod": "auto-decay", "autog": "auto-global"}
 _INT_FIELDS = {
     "g": "gamma",
     "w": "window",
