@@ -131,3 +131,20 @@ def test_bench_e2e_times_the_real_weights(tiny, tmp_path, capsys):
     assert f"Model: {path}, 2 layers" in md and "real weights" in md
     rc, _, err = _run([*argv, "--layers", "3", "--out", out], capsys)
     assert rc == 2 and "has 2 layers" in err
+
+
+def test_perplexity_windows_never_overlap(loaded):
+    """Long windows in a short work: a later round's window that would repeat an earlier one's text is left out."""
+    from delta_attn.eval import corpus, ppl
+
+    _, tok = loaded
+    text = corpus.load_text("comus_gut", corpus.resolve_texts_dir(None))
+    length = len(tok.encode(text[: len(text) // 4], add_special_tokens=False))  # a quarter of the work
+    docs = ppl.ppl_documents(tok, length, 4, books=("comus_gut",))
+    names = [name for name, _ in docs]
+    assert names[0] == "comus_gut@0.10" and 1 <= len(docs) < 4 and "comus_gut@0.30" not in names
+    texts = [tok.decode(ids) for _, ids in docs]
+    assert all(len(ids) == length for _, ids in docs)
+    for i, a in enumerate(texts):
+        for b in texts[i + 1 :]:
+            assert a[:300] not in b and b[:300] not in a

@@ -7,7 +7,8 @@ prefixes, token limits and metrics. What differs, and why:
   James Bible by default (:mod:`delta_attn.eval.corpus`). Each sample starts at its own random
   sentence (RULER reuses the same essay prefix for every sample).
 * **QA**: ``qa_1`` / ``qa_2`` are *offline substitutes* for SQuAD / HotpotQA (:mod:`delta_attn.eval.qa`).
-* **Word lists**: our own lists (:mod:`delta_attn.eval.words`) instead of ``wonderwords``.
+* **Word lists**: our own lists (:mod:`delta_attn.eval.words`) instead of ``wonderwords``. They hold ~1,200
+  words; a cwe prompt that uses them all (32K tokens) is filled with made-up words that appear once.
 * **Needle depths**: every needle (also in the noise / needle haystacks) is placed at a depth drawn
   from RULER's 40 evenly spaced depths (RULER draws uniform positions there); the depth is recorded.
 * **Exact length**: every prompt of nominal length L has *exactly* ``L - reserve`` tokens (default
