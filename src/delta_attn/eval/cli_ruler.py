@@ -62,6 +62,8 @@ def probe_cells(builder, cells, *, seed: int, reserve: int, option: str = "--len
 
 
 def run(args) -> int:
+    methods = common.methods(args)  # first: a bad method is reported before the imports below load torch
+
     from ..models import load_tokenizer
     from . import ruler
     from .corpus import ESSAY_BOOKS
@@ -70,7 +72,6 @@ def run(args) -> int:
     from .runner import Deadline, parse_batch_sizes, run_ruler
 
     deadline = Deadline(args.time_limit, start=common.START)
-    methods = common.methods(args)
     tasks, lengths = args.tasks, args.lengths
     info = common.model_info(args)
     common.check_lengths(lengths, info.context_length, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS)

@@ -19,6 +19,8 @@ from . import cli_common as common
 
 
 def run(args) -> int:
+    cells = _cells(args)  # first: a bad method is reported before the imports below load torch
+
     from ..models import load_tokenizer
     from . import ruler
     from .cli_ppl import check_continuations
@@ -31,7 +33,6 @@ def run(args) -> int:
     from .runner import Deadline, parse_batch_sizes, run_ruler
 
     deadline = Deadline(args.time_limit, start=common.START)
-    cells = _cells(args)
     methods = [m for c in cells for m in c.methods]
     info = common.model_info(args)
     length, tasks = args.length, (args.tasks if args.samples else [])
