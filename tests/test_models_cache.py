@@ -116,7 +116,11 @@ def tiny(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "_from_gguf", convert)
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF" + bytes(64))
-    return gguf, calls
+    yield gguf, calls
+    # a load of the real SmolLM2 path during the test went through the fake conversion: forget it, or later
+    # tests in this process would get the tiny model for SmolLM2
+    models._load_cpu.cache_clear()
+    models._folder_tokenizer.cache_clear()
 
 
 def _weights(model) -> dict:

@@ -1,4 +1,5 @@
-"""``delta-attn generate``: answer a prompt (file or stdin) with SmolLM2 and Δ prefill, streaming the reply.
+"""``delta-attn generate``: answer a prompt (file or stdin) with Δ prefill, streaming the reply (``--model``:
+default SmolLM2-135M-Instruct).
 
     delta-attn generate prompt.txt --window 2048 --sink 128 --gamma 64
     cat long.txt | delta-attn generate --mode sparse --window 256
@@ -118,7 +119,7 @@ def run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "generate",
-        help="answer a prompt (file or stdin) with SmolLM2 and Δ prefill",
+        help="answer a prompt (file or stdin) with Δ prefill (default model SmolLM2; --model)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

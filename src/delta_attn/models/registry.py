@@ -190,11 +190,11 @@ class ModelRef:
         return self.named.name if self.named is not None else str(self.path)
 
 
-def resolve(model: str | Path | ModelRef | None = None, *, fetch: bool = False, progress: bool = True) -> ModelRef:
+def resolve(model: str | Path | ModelRef | None = None) -> ModelRef:
     """The :class:`ModelRef` of a name, a path or None (the default model, ``smollm2-135m``).
 
-    A named model not on this machine is downloaded first when ``fetch`` (else :class:`ModelMissingError`
-    with the command that fetches it). Unknown names and unusable paths raise :class:`ModelMissingError`.
+    A named model that is not on this machine is a :class:`ModelMissingError` naming the command that fetches
+    it (commands never start a 1 GB download by themselves); unknown names and unusable paths too.
     """
     if isinstance(model, ModelRef):
         return model
@@ -207,11 +207,7 @@ def resolve(model: str | Path | ModelRef | None = None, *, fetch: bool = False, 
     if named is not None:
         path = local_copy(named)
         if path is None:
-            if not fetch:
-                raise ModelMissingError(missing_message(named))
-            from .fetch import pull
-
-            path = pull(named, progress=progress)
+            raise ModelMissingError(missing_message(named))
         return ModelRef(path.resolve(), True, named)
     path = Path(text).expanduser().resolve()
     return ModelRef(path, path.is_file())
