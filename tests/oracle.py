@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import torch
 
 from delta_attn import DeltaConfig
-from delta_attn.sparse import BlockTopKPattern, VerticalSlashPattern
+from delta_attn.sparse import BlockTopKPattern, VerticalSlashPattern, resolve_sparse_method
 
 
 def make_qkv(seed, b, hkv, group, n, d, dtype=torch.float64):
@@ -163,6 +165,12 @@ def _scales(config: DeltaConfig, deltas, bsz, heads):
     if not isinstance(ds, str):
         return torch.full((bsz, heads, n_blocks), float(ds), dtype=torch.float64)
     lam = torch.ones(bsz, heads, n_blocks, dtype=torch.float64)
+    # §13: anchors whose sparse row sees their whole causal prefix (by the base's row_key_counts) are left
+    # out of the sums: their Δ is 0 in exact arithmetic, rounding noise in floating point
+    positions = np.arange(n_blocks, dtype=np.int64) * config.gamma
+    counts = resolve_sparse_method(config.sparse).row_key_counts(config, positions)
+    covered = [False] * n_blocks if counts is None else [bool(c >= p + 1) for c, p in zip(counts, positions)]
+    deltas = [torch.zeros_like(dj) if covered[j] else dj for j, dj in enumerate(deltas)]
     for b in range(bsz):
         for h in range(heads):
             num = den = 0.0

@@ -80,24 +80,40 @@ def test_scale_one_is_the_default_bit_for_bit(interp, seed):
 
 
 def test_auto_scale_lies_in_unit_interval_and_follows_the_formula(seed):
-    """λ from hand-made Δs: anti-correlated → 0, growing → clipped to 1, zeros → 1 (0/0), block 0 → 1."""
+    """λ from hand-made Δs: anti-correlated → 0, growing → clipped to 1, zeros → 1 (0/0), block 0 → 1.
+
+    Window 2, γ 4: the anchor at 0 sees its whole prefix (left out of the sums, §13), so the first pair that
+    counts is (Δ_2, Δ_1) and block 1 reads 0/0 → 1."""
     gen = torch.Generator().manual_seed(seed)
-    cfg = DeltaConfig(gamma=4, tail=0, delta_scale="auto")
+    cfg = DeltaConfig(gamma=4, tail=0, window=2, sink=0, delta_scale="auto")
     plan = plan_call(cfg, 0, 40, 40)
     base = torch.randn(3, 2, 1, 8, generator=gen, dtype=torch.float64)
     flips = base * torch.tensor([1.0, -1.0] * 5, dtype=torch.float64).view(1, 1, -1, 1)
     grows = base * (2.0 ** torch.arange(10, dtype=torch.float64)).view(1, 1, -1, 1)
     noise = torch.randn(3, 2, 10, 8, generator=gen, dtype=torch.float64)
-    for deltas, want_after_0 in ((flips, 0.0), (grows, 1.0), (torch.zeros(3, 2, 10, 8, dtype=torch.float64), 1.0)):
+    for deltas, want_after_1 in ((flips, 0.0), (grows, 1.0), (torch.zeros(3, 2, 10, 8, dtype=torch.float64), 1.0)):
         lam, sums = delta_scales(plan, deltas)
         assert lam.shape == (3, 2, 10) and sums.shape == (3, 2, 2)
-        assert torch.all(lam[:, :, 0] == 1) and torch.all(lam[:, :, 1:] == want_after_0)
+        assert torch.all(lam[:, :, :2] == 1) and torch.all(lam[:, :, 2:] == want_after_1)
     lam, _ = delta_scales(plan, noise)
     assert torch.all((lam >= 0) & (lam <= 1))
-    j = 6  # the running least-squares ratio, written out
-    num = sum((noise[:, :, i] * noise[:, :, i - 1]).sum(-1) for i in range(1, j + 1))
-    den = sum((noise[:, :, i - 1] ** 2).sum(-1) for i in range(1, j + 1))
+    j = 6  # the running least-squares ratio, written out (pairs from (Δ_2, Δ_1) on)
+    num = sum((noise[:, :, i] * noise[:, :, i - 1]).sum(-1) for i in range(2, j + 1))
+    den = sum((noise[:, :, i - 1] ** 2).sum(-1) for i in range(2, j + 1))
     torch.testing.assert_close(lam[:, :, j], (num / den).clamp(0, 1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", ["auto", "auto-decay", "auto-global"])
+def test_auto_ignores_anchors_whose_sparse_row_is_exact(scale, seed):
+    """Rounding noise in the Δ of anchors the window covers (positions < window) changes no λ (§13)."""
+    gen = torch.Generator().manual_seed(seed)
+    cfg = DeltaConfig(gamma=4, tail=0, window=10, sink=1, delta_scale=scale)  # anchors 0, 4, 8 are exact
+    plan = plan_call(cfg, 0, 40, 40)
+    deltas = torch.randn(2, 3, 10, 8, generator=gen, dtype=torch.float64)
+    deltas[:, :, :3] = 0.0
+    noisy = deltas.clone()
+    noisy[:, :, :3] = 1e-7 * torch.randn(2, 3, 3, 8, generator=gen, dtype=torch.float64)
+    assert torch.equal(delta_scales(plan, deltas)[0], delta_scales(plan, noisy)[0])
 
 
 @pytest.mark.parametrize("interp", ["repeat", "ema", "abg"])
@@ -134,6 +150,16 @@ def test_block_mean_decay_values():
     lam = block_mean_decay(rho)
     assert lam[0] == 0 and lam[-1] == 1 and abs(float(lam[2]) - 0.5 / math.log(2)) < 1e-12
     assert torch.all(lam >= rho) and torch.all(lam <= 1) and torch.all(lam[1:] >= lam[:-1])
+
+
+@pytest.mark.parametrize("scale", ["auto", "auto-decay"])
+def test_auto_chunk_ending_inside_the_window_equals_one_shot_fp32(scale, seed):
+    """float32, window wider than γ, the first chunk ending before the first anchor the window does not cover:
+    those anchors' Δs are rounding noise that differs between a chunked and a one-shot run; left out of λ's sums
+    (§13), the two runs agree to rounding (before: 0.42 apart)."""
+    q, k, v = make_qkv(seed, 1, 1, 2, 189, 16, torch.float32)
+    cfg = DeltaConfig(window=32, sink=4, gamma=16, tail=16, delta_scale=scale)
+    torch.testing.assert_close(run_chunks(q, k, v, cfg, (40, 149)), delta_attention(q, k, v, cfg), rtol=0, atol=2e-5)
 
 
 def test_auto_chunk_without_state_is_refused(seed):

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .backend import CallPlan, SequenceState, extra_anchor_count, filter_start, finish
 from .config import FILTER_INTERPS
+from .sparse import resolve_sparse_method
 from .scan import lti_scan
 
 
@@ -84,6 +85,20 @@ def block_mean_decay(rho: Tensor) -> Tensor:
     return torch.where(inner, x / torch.log1p(x), rho)
 
 
+def fully_covered_blocks(plan: CallPlan, first: int, count: int) -> Tensor | None:
+    """bool (count,): whether the anchors of γ-blocks ``first … first + count − 1`` see every causal key in
+    the sparse pattern (the base's :meth:`~delta_attn.sparse.SparseMethod.row_key_counts` reaches the
+    prefix). Their Δ is 0 in exact arithmetic and rounding noise in floating point, so the data-driven λ
+    leaves them out of its sums (docs/algorithm.md §13). None when the base gives no counts."""
+    import numpy as np
+
+    positions = np.arange(first, first + count, dtype=np.int64) * plan.gamma
+    counts = resolve_sparse_method(plan.config.sparse).row_key_counts(plan.config, positions)
+    if counts is None:
+        return None
+    return torch.from_numpy(np.asarray(counts) >= positions + 1)
+
+
 def delta_scales(plan: CallPlan, deltas: Tensor) -> tuple[Tensor | float | None, Tensor | None]:
     """λ of every γ-block of the call for ``config.delta_scale`` (docs/algorithm.md §13).
 
@@ -103,12 +118,19 @@ def delta_scales(plan: CallPlan, deltas: Tensor) -> tuple[Tensor | float | None,
         return (None, None) if scale == 1.0 else (float(scale), None)
     bsz, heads, n_blocks, _ = deltas.shape
     d64 = deltas.double()
+    # anchors whose sparse row is exact carry only rounding noise: out of the sums (as exact zeros)
+    covered = fully_covered_blocks(plan, plan.first_block - 1, n_blocks + 1)
+    if covered is not None:
+        d64 = d64.masked_fill(covered[1:].to(d64.device).view(1, 1, -1, 1), 0.0)
     n_carried = 1 if plan.carried_delta is not None else 0
     new = d64[:, :, n_carried:]  # the Δs of the call's own anchors, blocks first_block + n_carried + i
     if n_carried:
         prev = d64[:, :, :-1]
     elif plan.previous_delta is not None:
-        prev = torch.cat([plan.previous_delta.double().unsqueeze(2), d64[:, :, :-1]], dim=2)
+        before = plan.previous_delta.double()
+        if covered is not None and bool(covered[0]):
+            before = torch.zeros_like(before)
+        prev = torch.cat([before.unsqueeze(2), d64[:, :, :-1]], dim=2)
     else:  # the call starts the prompt: block 0 has no predecessor and adds nothing to the sums
         prev = torch.cat([torch.zeros_like(d64[:, :, :1]), d64[:, :, :-1]], dim=2)
     terms = torch.stack([(new * prev).sum(-1), (prev * prev).sum(-1)], dim=-1)  # (B, H, n_new, 2)

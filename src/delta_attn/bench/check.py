@@ -47,6 +47,10 @@ class FrozenMethod(SparseMethod):
     def plan(self, q, k, config, *, q_start, scale):
         return self.pattern
 
+    def row_key_counts(self, config, positions):
+        """The planned base's counts: λ = auto leaves out the anchors they say are exact (§13)."""
+        return resolve_sparse_method(self.name).row_key_counts(config, positions)
+
 
 @dataclass
 class Case:
