@@ -18,8 +18,8 @@ from torch import Tensor
 
 from .backend import CallPlan, SequenceState, extra_anchor_count, filter_start, finish
 from .config import FILTER_INTERPS
-from .sparse import resolve_sparse_method
 from .scan import lti_scan
+from .sparse import resolve_sparse_method
 
 
 def combine(
