@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaF
 import delta_attn
 from delta_attn import DeltaConfig
 from delta_attn.eval.cppl import continuation_nll, run_cppl
-from delta_attn.eval.methods import parse_method
 from delta_attn.eval.records import JsonlWriter, Records, cppl_key
 from delta_attn.eval.tables import CpplData, cppl_table
+from delta_attn.methods import parse_method
 
 VOCAB = 256
 # the cache argument was renamed in transformers 5.24

@@ -305,14 +305,13 @@ def add_method_options(
     )
 
 
-def method_settings(args: argparse.Namespace) -> dict:
-    """The DeltaConfig fields :func:`add_method_options` collects (plus ``--mode``/``--dense-layers`` if present)."""
-    names = ("sparse", "window", "sink", "gamma", "interp", "tail", "delta_scale", "extra_anchors")
-    settings = {name: getattr(args, name) for name in names}
-    for name in ("mode", "dense_layers"):
-        if hasattr(args, name):
-            settings[name] = getattr(args, name)
-    return settings
+def delta_config(args: argparse.Namespace, what: str = "prefill method", **overrides):
+    """The :class:`DeltaConfig` of the method options in ``args`` (every field the command has, see
+    :func:`delta_attn.methods.settings_from_args`) with ``overrides``; invalid settings: a :class:`UsageError`."""
+    from .config import DeltaConfig
+    from .methods import settings_from_args
+
+    return config_or_usage_error(lambda: DeltaConfig(**{**settings_from_args(args), **overrides}), what)
 
 
 def add_mode_option(p: argparse.ArgumentParser, default: str = "delta") -> None:

@@ -236,12 +236,6 @@ def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_s
     return answers, seconds
 
 
-def method_config(method: str, args):
-    from .config import DeltaConfig
-
-    return DeltaConfig(**{**opt.method_settings(args), "mode": method})
-
-
 def _shown(answer: str) -> str:
     words = answer.split()
     return words[0].strip(".,")[:12] if words else "''"
@@ -255,7 +249,7 @@ def _check(args) -> dict:
         raise opt.UsageError(f"--min-depth {args.min_depth} is deeper than --max-depth {args.max_depth}")
     opt.check_fits_context(args.length, model_info(args.gguf).context_length, args.allow_overflow, what="--length")
     opt.check_device(args.device)
-    return {m: opt.config_or_usage_error(lambda m=m: method_config(m, args), f"method {m}") for m in args.methods}
+    return {m: opt.delta_config(args, f"method {m}", mode=m) for m in args.methods}
 
 
 def run(args) -> int:

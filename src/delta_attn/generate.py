@@ -53,7 +53,6 @@ def _check_dense_layers(dense_layers, num_layers: int) -> None:
 
 
 def run(args) -> int:
-    from .config import DeltaConfig
     from .generation import SamplingParams, generate, stop_token_ids
     from .hf import enable
     from .models import load_smollm2, load_tokenizer, model_info
@@ -61,10 +60,7 @@ def run(args) -> int:
     text = _read_prompt(args.prompt)
     if not text.strip():
         raise opt.UsageError("the prompt is empty: pass a file or pipe text on stdin")
-    config = opt.config_or_usage_error(
-        lambda: DeltaConfig(**opt.method_settings(args)),
-        "prefill method",
-    )
+    config = opt.delta_config(args)
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(f"--chunk-size needs a causal method; {config.non_causal_reason} reads later rows")
     info = model_info(args.gguf)

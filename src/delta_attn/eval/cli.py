@@ -11,7 +11,7 @@ Examples::
     delta-attn eval analyze --task niah_single_2 --length 4096 --samples 4 --out runs/a1
     delta-attn eval report --inputs runs/r1 runs/p1 runs/a1 --out RESULTS.md --plots-dir docs/results
 
-Method specs (``--methods``) are documented in :mod:`delta_attn.eval.methods`: ``dense``, ``sparse``,
+Method specs (``--methods``) are documented in :mod:`delta_attn.methods`: ``dense``, ``sparse``,
 ``recompute``, ``delta``, ``delta_g16``, ``block``, ``block+delta``, ``vs+delta``, ``delta_ema0.9`` ...
 Each command lives in its own module (``cli_ruler``, ``cli_ppl``, ``cli_analyze``, ``cli_report``);
 heavy imports (torch, transformers) happen inside the command functions.
@@ -65,7 +65,7 @@ def _method_opts(p: argparse.ArgumentParser, default_methods: str) -> None:
         "--methods", default=default_methods, help=f"comma-separated method specs (default {default_methods})"
     )
     opt.add_method_options(p, window=256, sink=64, gamma=64, base_option="--base")
-    g = p.add_argument_group("other sparse bases (see delta_attn.eval.methods for the spec syntax)")
+    g = p.add_argument_group("other sparse bases (see delta_attn.methods for the spec syntax)")
     g.add_argument("--block-size", type=positive_int, default=512, help="block base: block size (default 512)")
     g.add_argument("--vertical-size", type=nonnegative_int, default=512, help="vertical_slash: columns (default 512)")
     g.add_argument("--slash-size", type=nonnegative_int, default=512, help="vertical_slash: diagonals (default 512)")
@@ -109,8 +109,8 @@ def _seed_reserve(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
+    from .. import methods as _methods
     from . import cli_analyze, cli_ppl, cli_report, cli_ruler, cli_sweep
-    from . import methods as _methods
 
     spec_help = "method specs:\n" + _methods.__doc__.split("\n", 2)[2]
     p = subparsers.add_parser(

@@ -29,11 +29,11 @@ class Log:
 
 
 def methods(args, specs: str | None = None, option: str = "--methods"):
-    """``--methods`` (or ``specs``) as :class:`~delta_attn.eval.methods.Method` objects; bad specs: UsageError."""
-    from .methods import defaults_from_args, parse_methods
+    """``--methods`` (or ``specs``) as :class:`~delta_attn.methods.Method` objects; bad specs: UsageError."""
+    from ..methods import parse_methods, settings_from_args
 
     try:
-        return parse_methods(args.methods if specs is None else specs, defaults_from_args(args))
+        return parse_methods(args.methods if specs is None else specs, settings_from_args(args))
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{option}: {exc}") from None
 

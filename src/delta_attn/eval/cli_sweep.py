@@ -154,14 +154,14 @@ def run(args) -> int:
 
 def _cells(args):
     """The sweep's cells from the options; bad method specs or an unknown --first-window: UsageError."""
-    from .methods import defaults_from_args
+    from ..methods import settings_from_args
     from .sweep import sweep_cells
 
     specs = [s.strip() for s in args.methods.split(",") if s.strip()]
     if not specs:
         raise UsageError("--methods: no methods given")
     try:
-        cells = sweep_cells(specs, args.windows, args.gammas, defaults_from_args(args), args.first_window)
+        cells = sweep_cells(specs, args.windows, args.gammas, settings_from_args(args), args.first_window)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"--methods: {exc}") from None
     for m in (m for c in cells if c.gamma is not None for m in c.methods):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .methods import Method
+from ..methods import Method
 from .records import JsonlWriter
 
 

@@ -291,7 +291,7 @@ def targets_table(
 
 def methods_legend(configs: dict[str, dict | None], labels: Sequence[str]) -> str:
     """Each method label with its settings, from the records' configs."""
-    from .methods import describe_config
+    from ..methods import describe_config
 
     lines = []
     for m in labels:

@@ -32,10 +32,7 @@ def port_number(text: str) -> int:
 
 
 def _config(args):
-    from ..config import DeltaConfig
-
-    settings = opt.method_settings(args)
-    return opt.config_or_usage_error(lambda: DeltaConfig(**settings), "prefill method")
+    return opt.delta_config(args)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -69,7 +66,8 @@ def _serving_packages():
 
 def _checked(args):
     """(model source, Δ config): every check that needs no model weights."""
-    from .engine import config_problem, describe
+    from ..methods import describe_settings
+    from .engine import config_problem
     from .loading import inspect_model
 
     if args.model is not None and args.gguf is not None:
@@ -78,7 +76,7 @@ def _checked(args):
     config = _config(args)
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(
-            f"--chunk-size {args.chunk_size}: these Δ settings ({describe(config)}) are not causal (some rows "
+            f"--chunk-size {args.chunk_size}: these Δ settings ({describe_settings(config)}) are not causal (some rows "
             "read later rows) and cannot be prefilled in chunks; use causal settings or --chunk-size 0"
         )
     problem = config_problem(config, chunk_size=args.chunk_size, num_layers=source.num_layers)
@@ -119,8 +117,9 @@ def _log_requests_to_stderr() -> None:
 
 
 def run(args) -> int:
+    from ..methods import describe_settings
     from .app import build_app
-    from .engine import describe, prefill_label
+    from .engine import prefill_label
 
     uvicorn = _serving_packages()
     source, config = _checked(args)
@@ -131,7 +130,7 @@ def run(args) -> int:
     _log_requests_to_stderr()
     url = f"http://[{host}]:{port}/v1" if ":" in host else f"http://{host}:{port}/v1"
     print(
-        f"delta-attn serve: {source.name} at {url} (Δ: {describe(config)}; {prefill_label(args.chunk_size)}); "
+        f"delta-attn serve: {source.name} at {url} (Δ: {describe_settings(config)}; {prefill_label(args.chunk_size)}); "
         "Ctrl-C stops",
         file=sys.stderr,
         flush=True,
