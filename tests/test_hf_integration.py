@@ -31,8 +31,9 @@ from transformers import (
 
 import delta_attn
 from delta_attn import DeltaConfig
+from delta_attn.compat import left_padding_position_ids
 from delta_attn.hf import current_config
-from tiny_models import VOCAB, tiny_llama_kwargs
+from tiny_models import VOCAB, rand_ids, tiny_llama_kwargs
 
 _COMMON = tiny_llama_kwargs()
 CONFIGS = {
@@ -51,11 +52,6 @@ SPARSE = dict(window=8, sink=2)
 def tiny(arch: str, seed: int = 0):
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(CONFIGS[arch](), attn_implementation="sdpa").eval()
-
-
-def rand_ids(*shape, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, shape, generator=g)
 
 
 def logits(model, ids, **kw) -> torch.Tensor:
@@ -108,7 +104,7 @@ def test_left_padded_batch_equals_each_alone(arch):
     for i, s in enumerate(seqs):
         batch[i, width - s.shape[1] :] = s[0]
         mask[i, width - s.shape[1] :] = 1
-    pos = delta_attn.hf.left_padding_position_ids(mask)
+    pos = left_padding_position_ids(mask)
     batch_logits = logits(model, batch, attention_mask=mask, position_ids=pos)
     batch_gen = greedy(model, batch, attention_mask=mask)
     for i, s in enumerate(seqs):
@@ -141,19 +137,14 @@ def test_decode_honours_padding_mask():
         step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
         nxt = rand_ids(2, 1, seed=3)
         pos = step_mask.sum(-1, keepdim=True) - 1
-        a = model(
-            input_ids=nxt,
-            attention_mask=step_mask,
-            position_ids=pos,
-            past_key_values=copy.deepcopy(out.past_key_values),
-        ).logits
+
+        def step():  # one decode step over a copy of the prefilled cache
+            cache = copy.deepcopy(out.past_key_values)
+            return model(input_ids=nxt, attention_mask=step_mask, position_ids=pos, past_key_values=cache).logits
+
+        a = step()
         delta_attn.disable(model)
-        b = model(
-            input_ids=nxt,
-            attention_mask=step_mask,
-            position_ids=pos,
-            past_key_values=copy.deepcopy(out.past_key_values),
-        ).logits
+        b = step()
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 

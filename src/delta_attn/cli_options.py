@@ -50,12 +50,22 @@ def _int_at_least(text: str, minimum: int) -> int:
     return value
 
 
+def _float(text: str, expected: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _unit_interval(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
 def nonnegative_float(text: str) -> float:
     """A finite float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _float(text, "a number")
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
@@ -63,13 +73,7 @@ def nonnegative_float(text: str) -> float:
 
 def fraction(text: str) -> float:
     """A float in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
-    return value
+    return _unit_interval(_float(text, "a number in [0, 1]"))
 
 
 def delta_scale(text: str) -> float | str:
@@ -78,15 +82,7 @@ def delta_scale(text: str) -> float | str:
 
     if text in DELTA_SCALE_MODES:
         return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number in [0, 1] or one of {', '.join(DELTA_SCALE_MODES)}, got {text!r}"
-        ) from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
-    return value
+    return _unit_interval(_float(text, f"a number in [0, 1] or one of {', '.join(DELTA_SCALE_MODES)}"))
 
 
 def positive_int_list(text: str) -> list[int]:
@@ -237,6 +233,21 @@ def config_or_usage_error(make: Callable, what: str):
 
 # ---------------------------------------------------------------------------------------------
 # option builders
+
+
+def add_command(subparsers, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of command ``name``: ``help`` in the command list, ``doc`` (its module docstring) as written
+    at the top of its ``--help``."""
+    return subparsers.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_dense_layers_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dense-layers",
+        type=dense_layers,
+        default=0,
+        help="layers kept dense: an int k (the first k) or a list like 0,1,5 (default 0)",
+    )
 
 
 def add_model_options(p: argparse.ArgumentParser, *, dtype: bool = False) -> None:

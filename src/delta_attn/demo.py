@@ -326,11 +326,8 @@ def _methods(text: str) -> list[str]:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="needle-in-a-haystack with SmolLM2: dense vs sparse vs recompute vs Δ",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = opt.add_command(
+        subparsers, "demo", "needle-in-a-haystack with SmolLM2: dense vs sparse vs recompute vs Δ", __doc__
     )
     p.add_argument("--samples", type=opt.positive_int, default=2, help="haystacks (default 2: one noise, one text)")
     p.add_argument(

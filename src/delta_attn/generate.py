@@ -12,7 +12,6 @@ cut at the context's end (with a note) unless ``--allow-overflow``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from . import cli_options as opt
@@ -62,7 +61,7 @@ def run(args) -> int:
         raise opt.UsageError("the prompt is empty: pass a file or pipe text on stdin")
     config = opt.delta_config(args)
     if args.chunk_size and not config.is_causal:
-        raise opt.UsageError(f"--chunk-size needs a causal method; {config.non_causal_reason} reads later rows")
+        raise opt.UsageError(f"--chunk-size {args.chunk_size}: {config.non_causal_problem('it cannot run chunked')}")
     info = model_info(args.gguf)
     _check_dense_layers(args.dense_layers, info.num_layers)
     opt.check_device(args.device)
@@ -105,20 +104,10 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "generate",
-        help="answer a prompt (file or stdin) with SmolLM2 and Δ prefill",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = opt.add_command(subparsers, "generate", "answer a prompt (file or stdin) with SmolLM2 and Δ prefill", __doc__)
     p.add_argument("prompt", nargs="?", default=None, help="UTF-8 prompt file (default, or '-': read stdin)")
     opt.add_mode_option(p)
-    p.add_argument(
-        "--dense-layers",
-        type=opt.dense_layers,
-        default=0,
-        help="layers kept dense: an int k (the first k) or a list like 0,1,5 (default 0)",
-    )
+    opt.add_dense_layers_option(p)
     p.add_argument("--max-new-tokens", type=opt.positive_int, default=256, help="reply length limit (default 256)")
     p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template (default off)")
     opt.add_method_options(p, window=2048, sink=128, gamma=64)

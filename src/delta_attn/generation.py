@@ -21,7 +21,6 @@ continues it per prompt) hand it to :func:`decode` as a :class:`Prefilled`.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import time
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from .compat import cache_argument, left_padding_position_ids
 
 FINISH_STOP = "stop"  # a stop token came (it is not part of the tokens)
 FINISH_LENGTH = "length"  # max_new_tokens reached
@@ -125,12 +126,6 @@ def stop_token_ids(tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
-def cache_argument(model) -> str:
-    """The name ``model.forward`` takes the KV cache under: ``cache`` from transformers 5.24 on
-    (``past_key_values``, the older name, still works there but warns on every call)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -180,7 +175,7 @@ def prefill(
     mask = pos = None
     if min(lens) != n:
         mask = (torch.arange(n).view(1, -1) >= torch.tensor([n - L for L in lens]).view(-1, 1)).long().to(device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        pos = left_padding_position_ids(mask)
 
     _sync(device)
     t0 = time.perf_counter()

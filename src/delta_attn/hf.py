@@ -30,7 +30,6 @@ routes every attention call through another function for a while (the context-pa
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,8 +43,14 @@ from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
 from .backend import DeltaState
+from .compat import (
+    attn_implementation,
+    cache_argument,
+    last_logits_only,
+    left_padding_position_ids,
+    routes_attention_through_interface,
+)
 from .config import DEFAULT_CONFIG, DeltaConfig
-from .generation import cache_argument
 from .kv_cache import PreallocatedCache
 from .ops import delta_attention
 
@@ -324,7 +329,7 @@ def _check_supported(model: Any) -> None:
             f"{name} is an encoder-decoder / cross-attention model; delta attention supports causal "
             "decoder-only language models (queries attend to their own causal prefix)"
         )
-    if not getattr(model, "_supports_attention_backend", False) or not model._can_set_attn_implementation():
+    if not routes_attention_through_interface(model):
         raise ValueError(
             f"{name} does not route its attention through transformers' AttentionInterface, so delta "
             "attention cannot be plugged in without forking its code; use a model that does "
@@ -408,14 +413,14 @@ def enable(model: PreTrainedModel, config: DeltaConfig | None = None) -> PreTrai
         raise ValueError(f"DeltaConfig.dense_layers {list(dl)} names layers beyond the model's {n_layers} layers")
     binding = getattr(model, _BINDING_ATTR, None)
     if binding is None:
-        previous = model.config._attn_implementation
+        previous = attn_implementation(model)
         binding = _Binding(config=config, previous=previous if previous != ATTN_NAME else "sdpa")
         for m in [model, *_attention_layers(model)]:
             setattr(m, _BINDING_ATTR, binding)
     binding.config = config
-    if model.config._attn_implementation != ATTN_NAME:  # also if someone switched it back by hand
+    if attn_implementation(model) != ATTN_NAME:  # also if someone switched it back by hand
         model.set_attn_implementation(ATTN_NAME)
-        if model.config._attn_implementation != ATTN_NAME:
+        if attn_implementation(model) != ATTN_NAME:
             disable(model)
             raise ValueError(f"transformers refused to switch {type(model).__name__} to attn_implementation='delta'")
     return model
@@ -443,7 +448,7 @@ def prefill_override(model: PreTrainedModel, fn: Callable) -> Iterator[None]:
     shard of the prompt (no cache, no attention mask). The model must be switched on with :func:`enable`.
     """
     binding: _Binding | None = getattr(model, _BINDING_ATTR, None)
-    if binding is None or model.config._attn_implementation != ATTN_NAME:
+    if binding is None or attn_implementation(model) != ATTN_NAME:
         raise ValueError("prefill_override needs a model switched to delta attention: call delta_attn.enable first")
     if binding.prefill_override is not None:
         raise RuntimeError("a prefill override is already active on this model (nested prefills are not supported)")
@@ -479,12 +484,6 @@ class PrefillOutput:
     logits: Tensor
     attention_mask: Tensor
     state: PrefillState
-
-
-def left_padding_position_ids(attention_mask: Tensor) -> Tensor:
-    """Position ids of a left-padded batch, as ``model.generate`` computes them: (B, N) long."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
 
 
 @torch.no_grad()
@@ -534,7 +533,7 @@ def chunked_prefill(
         token), or run your own loop.
     """
     binding: _Binding | None = getattr(model, _BINDING_ATTR, None)
-    if binding is None or model.config._attn_implementation != ATTN_NAME:
+    if binding is None or attn_implementation(model) != ATTN_NAME:
         raise ValueError(
             "chunked_prefill needs a model switched to delta attention: call delta_attn.enable(model, config) first"
         )
@@ -542,11 +541,7 @@ def chunked_prefill(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be (batch, seq_len) with seq_len >= 1, got shape {tuple(input_ids.shape)}")
-    if not binding.config.is_causal:
-        raise ValueError(
-            f"{binding.config.non_causal_reason} is non-causal and cannot run chunked; "
-            "choose causal settings or prefill in one call"
-        )
+    binding.config.require_causal("it cannot run chunked")
     if max_cache_len is not None and past_key_values is not None:
         raise ValueError(
             "max_cache_len sizes a new cache: pass it without past_key_values (the given cache keeps its size)"
@@ -588,8 +583,7 @@ def chunked_prefill(
         )
     _derive_left_padding(attention_mask, total, total, False, bsz)  # raises a clear error for right padding
     position_ids = left_padding_position_ids(attention_mask)
-    forward_params = inspect.signature(model.forward).parameters
-    keep_last = "logits_to_keep" in forward_params
+    extra = last_logits_only(model)
     cache_arg = cache_argument(model)
     starts = range(past, total, chunk_size)
     if progress:
@@ -600,7 +594,6 @@ def chunked_prefill(
     try:
         for s in starts:
             e = min(total, s + chunk_size)
-            extra = {"logits_to_keep": 1} if keep_last else {}
             out = model(
                 input_ids=input_ids[:, s - past : e - past],
                 attention_mask=attention_mask[:, :e],

@@ -1,9 +1,5 @@
 """Method specs: the one vocabulary naming a :class:`delta_attn.DeltaConfig` in eval, bench, demo, generate, serve.
 
-This module parses a spec (:func:`parse_method`), names what decides its results (:func:`canonical_config`)
-and describes it (:func:`describe_config` for legends, :func:`describe_settings` for logs); the command
-line's ``DeltaConfig`` fields come from :func:`settings_from_args`.
-
 A method spec is ``[BASE+]MODE{_OPT}`` or ``BASE{_OPT}``::
 
     dense                  exact attention (prefill with the model's own SDPA path)
@@ -35,6 +31,10 @@ Options (on either part, ``_``-separated):
 
 Anything not given comes from the defaults (CLI: ``--base --window --sink --gamma --block-size ...``).
 The spec string itself is the method's name in every output file and table.
+
+This module parses a spec (:func:`parse_method`), names what decides its results (:func:`canonical_config`)
+and describes it (:func:`describe_config` for legends, :func:`describe_settings` for logs); the command
+line's ``DeltaConfig`` fields come from :func:`settings_from_args`.
 """
 
 from __future__ import annotations

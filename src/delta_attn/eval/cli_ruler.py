@@ -15,6 +15,10 @@ import time
 from ..cli_options import UsageError
 from . import cli_common as common
 
+NAME = "ruler"
+HELP = "RULER-style tasks (13, offline), JSONL + Markdown summary"
+METHOD_SPECS = True  # --help ends with the method spec syntax
+
 _POOL_STATE: dict = {}
 
 
@@ -59,6 +63,31 @@ def probe_cells(builder, cells, *, seed: int, reserve: int, option: str = "--len
             ruler.generate_sample(builder, task, length, 0, seed=seed, reserve=reserve)
         except ValueError as exc:
             raise UsageError(f"{option}: {exc}") from None
+
+
+def add_arguments(p) -> None:
+    """``eval ruler``'s options."""
+    from ..cli_options import positive_int, positive_int_list
+
+    p.add_argument(
+        "--tasks",
+        type=common.task_list,
+        default="all",
+        help="comma list of tasks, or all / niah / qa / non_qa (default all)",
+    )
+    p.add_argument(
+        "--lengths",
+        type=positive_int_list,
+        default="1024,2048,4096,8192",
+        help="nominal lengths, most important first (default 1024,2048,4096,8192)",
+    )
+    p.add_argument("--samples", type=positive_int, default=50, help="samples per task and length (default 50)")
+    common.add_seed_reserve(p)
+    common.add_ruler_work_opts(p)
+    p.add_argument(
+        "--resamples", type=positive_int, default=9999, help="permutation-test resamples in the summary (default 9999)"
+    )
+    common.add_run_opts(p, methods="dense,sparse,recompute,delta", stem="sample")
 
 
 def run(args) -> int:

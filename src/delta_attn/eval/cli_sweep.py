@@ -17,6 +17,57 @@ import time
 from ..cli_options import UsageError
 from . import cli_common as common
 
+NAME = "sweep"
+HELP = "where Δ wins: a window × γ map of two methods on RULER tasks and continuation perplexity"
+METHOD_SPECS = True  # --help ends with the method spec syntax
+
+
+def add_arguments(p) -> None:
+    """``eval sweep``'s options."""
+    from ..cli_options import nonnegative_int, positive_int, positive_int_list
+
+    p.add_argument(
+        "--windows", type=positive_int_list, default="128,256,512,1024", help="sparse windows (default %(default)s)"
+    )
+    p.add_argument(
+        "--gammas", type=positive_int_list, default="8,16,32,64", help="anchor strides γ (default %(default)s)"
+    )
+    p.add_argument(
+        "--first-window",
+        type=positive_int,
+        default=256,
+        help="the window whose row runs first; the others follow nearest first (default 256)",
+    )
+    p.add_argument("--length", type=positive_int, default=8192, help="prompt / window length (default 8192)")
+    p.add_argument(
+        "--tasks",
+        type=common.task_list,
+        default="niah_single_1,niah_single_2,niah_multikey_1,vt",
+        help="RULER tasks (default %(default)s)",
+    )
+    p.add_argument(
+        "--samples", type=nonnegative_int, default=20, help="samples per task and cell; 0: no RULER (default 20)"
+    )
+    common.add_seed_reserve(p)
+    p.add_argument(
+        "--continuation",
+        type=positive_int_list,
+        default="1024",
+        metavar="M[,M2]",
+        help="continuation-perplexity tail lengths (default 1024)",
+    )
+    p.add_argument(
+        "--ppl-docs", type=nonnegative_int, default=8, help="perplexity documents per cell; 0: none (default 8)"
+    )
+    p.add_argument(
+        "--ppl-batch-size",
+        type=positive_int,
+        default=None,
+        help="perplexity documents per forward (default 16384 // length)",
+    )
+    common.add_ruler_work_opts(p, what="RULER decode batch size")
+    common.add_run_opts(p, methods="delta,recompute", stem="sample and cppl")
+
 
 def run(args) -> int:
     from ..models import load_tokenizer

@@ -152,11 +152,11 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = opt.add_command(
+        subparsers,
         "serve",
-        help="an OpenAI-compatible HTTP server with Δ prefill (chat and completions, streaming)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "an OpenAI-compatible HTTP server with Δ prefill (chat and completions, streaming)",
+        __doc__,
     )
     p.add_argument(
         "model",
@@ -178,12 +178,7 @@ def register(subparsers) -> None:
         help=f"reply length limit when a request sets none (default {DEFAULT_MAX_TOKENS})",
     )
     opt.add_mode_option(p)
-    p.add_argument(
-        "--dense-layers",
-        type=opt.dense_layers,
-        default=0,
-        help="layers kept dense: an int k (the first k) or a list like 0,1,5 (default 0)",
-    )
+    opt.add_dense_layers_option(p)
     opt.add_method_options(p, window=2048, sink=128, gamma=64)
     p.add_argument(
         "--chunk-size",

@@ -125,7 +125,7 @@ class Engine:
         default_max_tokens: int,
         allow_overflow: bool = False,
     ) -> None:
-        from transformers.cli.serving.utils import InferenceThread
+        from ..compat import serving_worker_thread
 
         self.served = served
         self.config = config
@@ -134,7 +134,7 @@ class Engine:
         self.allow_overflow = allow_overflow
         self._stop_ids = stop_token_ids(served.tokenizer)
         self._device = next(served.model.parameters()).device
-        self._worker = InferenceThread()
+        self._worker = serving_worker_thread()
         self._pending = 0  # jobs queued or running
 
     @property
@@ -146,7 +146,7 @@ class Engine:
         """A Δ config this server cannot run with this model: :class:`APIError` naming ``param``."""
         problem = config_problem(config, chunk_size=self.chunk_size, num_layers=self.served.num_layers)
         if problem is None:
-            from ..backend import select_backend
+            from ..ops import select_backend
 
             try:  # e.g. backend "triton" on a CPU model
                 select_backend(config, self._device)

@@ -23,15 +23,14 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from openai.types import Completion, CompletionChoice, CompletionUsage
-from transformers.cli.serving.chat_completion import ChatCompletionHandler
-from transformers.cli.serving.completion import CompletionHandler as _CompletionHandler
-from transformers.cli.serving.utils import Modality
 
+from ..compat import chat_completion, request_fields, serving_handler_bases, stream_chunk
 from .engine import Engine, Job, Outcome
 from .errors import LOG, SERVER_ERROR, APIError, error_body
 from .requests import ChatBody, CompletionBody, parse
 
 DONE = "data: [DONE]\n\n"
+ChatCompletionHandler, _CompletionHandler, Modality = serving_handler_bases()
 
 
 def _usage(outcome: Outcome) -> CompletionUsage:
@@ -100,7 +99,7 @@ class ChatHandler(ChatCompletionHandler):
         self.engine = engine
 
     async def handle_request(self, body: dict, request_id: str) -> StreamingResponse | JSONResponse:
-        request = parse(ChatBody, body, frozenset(self._valid_params_class.__mutable_keys__))
+        request = parse(ChatBody, body, request_fields(self))
         model_id = _check_model(self.engine, request.model)
         settings = request.settings(self.engine.config)
         self.engine.check_config(settings.config, "delta")
@@ -109,16 +108,14 @@ class ChatHandler(ChatCompletionHandler):
             return _stream(
                 self.engine,
                 job,
-                head=[self._build_chunk_sse(request_id, role="assistant", model=model_id)],
-                piece=lambda text: self._build_chunk_sse(request_id, content=text, model=model_id),
+                head=[stream_chunk(self, request_id, role="assistant", model=model_id)],
+                piece=lambda text: stream_chunk(self, request_id, content=text, model=model_id),
                 tail=lambda out: [
-                    self._build_chunk_sse(
-                        request_id, finish_reason=out.finish_reason, model=model_id, usage=_usage(out)
-                    )
+                    stream_chunk(self, request_id, finish_reason=out.finish_reason, model=model_id, usage=_usage(out))
                 ],
             )
         outcome = await _result(self.engine, job)
-        completion = self._build_completion(request_id, outcome.text, model_id, outcome.finish_reason, _usage(outcome))
+        completion = chat_completion(self, request_id, outcome.text, model_id, outcome.finish_reason, _usage(outcome))
         return JSONResponse(completion)
 
     def _prompt_ids(self, messages: list[dict], request: ChatBody) -> list[int]:
@@ -143,7 +140,7 @@ class CompletionHandler(_CompletionHandler):
         self.engine = engine
 
     async def handle_request(self, body: dict, request_id: str) -> StreamingResponse | JSONResponse:
-        request = parse(CompletionBody, body, frozenset(self._valid_params_class.__mutable_keys__))
+        request = parse(CompletionBody, body, request_fields(self))
         model_id = _check_model(self.engine, request.model)
         settings = request.settings(self.engine.config)
         self.engine.check_config(settings.config, "delta")
@@ -153,14 +150,14 @@ class CompletionHandler(_CompletionHandler):
         if request.stream:
 
             def tail(out: Outcome) -> list[str]:
-                last = self._build_chunk_sse(request_id, model_id, finish_reason=out.finish_reason, usage=_usage(out))
-                return ([self._build_chunk_sse(request_id, model_id, text=suffix)] if suffix else []) + [last]
+                last = stream_chunk(self, request_id, model_id, finish_reason=out.finish_reason, usage=_usage(out))
+                return ([stream_chunk(self, request_id, model_id, text=suffix)] if suffix else []) + [last]
 
             return _stream(
                 self.engine,
                 job,
                 head=[],
-                piece=lambda text: self._build_chunk_sse(request_id, model_id, text=text),
+                piece=lambda text: stream_chunk(self, request_id, model_id, text=text),
                 tail=tail,
             )
         outcome = await _result(self.engine, job)
