@@ -83,6 +83,7 @@ def no_model_load(monkeypatch):
         raise AssertionError("the model was loaded before the error was found")
 
     monkeypatch.setattr(models, "load_smollm2", trap)
+    monkeypatch.setattr(models, "load_model", trap)
 
 
 @pytest.fixture

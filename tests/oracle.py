@@ -173,6 +173,8 @@ def _scales(config: DeltaConfig, deltas, bsz, heads):
                 per_block.append(1.0 if den == 0 else min(1.0, max(0.0, num / den)))
             if ds == "auto-global":
                 per_block = [per_block[-1]] * n_blocks
+            if ds == "auto-decay":  # the mean of ρ^t over t in [0, 1], written out independently of combine.py
+                per_block = [r if r in (0.0, 1.0) else (r - 1.0) / math.log(r) for r in per_block]
             lam[b, h] = torch.tensor(per_block[:n_blocks], dtype=torch.float64)
     return lam
 

@@ -1,5 +1,5 @@
 """User errors are reported in one line, with exit status 2, before the model loads (issue 12, reproductions
-3, 4, 6 and 7). Every test here fails if the model would be loaded: ``load_smollm2`` is replaced by a trap.
+3, 4, 6 and 7). Every test here fails if the model would be loaded: ``load_model`` is replaced by a trap.
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ def test_every_option_documents_its_default_and_every_command_is_described():
         for action in parser._actions:
             if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
                 continue
+            if action.help == argparse.SUPPRESS:  # a hidden alias (--gguf, the old name of --model)
+                continue
             text = action.help or ""
             if "default" not in text and "required" not in text:
                 undocumented.append(f"{name} {action.option_strings[0]}: {text!r}")

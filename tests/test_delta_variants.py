@@ -35,7 +35,7 @@ def run_chunks(q, k, v, cfg, chunks):
 
 
 VARIANTS = [
-    *[dict(interp=i, delta_scale=s) for i in INTERPS for s in (0.3, "auto", "auto-global")],
+    *[dict(interp=i, delta_scale=s) for i in INTERPS for s in (0.3, "auto", "auto-decay", "auto-global")],
     dict(interp="repeat", extra_anchors=0.25),
     dict(interp="linear", extra_anchors=0.25),
     dict(interp="repeat", extra_anchors=1.0, delta_scale="auto"),
@@ -116,13 +116,24 @@ def test_auto_is_causal(interp, seed):
     assert not torch.equal(delta_attention(q, k, v, glob)[:, :, :p], delta_attention(q2, k2, v2, glob)[:, :, :p])
 
 
+@pytest.mark.parametrize("scale", ["auto", "auto-decay"])
 @pytest.mark.parametrize("interp", ["repeat", "ema", "abg"])
 @pytest.mark.parametrize("chunks", [(37, 16, 100, 3, 107), (48, 215), (1, 262)])
-def test_auto_chunked_equals_one_shot(interp, chunks, seed):
+def test_auto_chunked_equals_one_shot(interp, chunks, scale, seed):
     """Chunks that split γ-blocks and chunks that end on a block boundary carry the running sums."""
     q, k, v = make_qkv(seed, 2, 1, 2, 263, 16)
-    cfg = DeltaConfig(**BASE, interp=interp, delta_scale="auto")
+    cfg = DeltaConfig(**BASE, interp=interp, delta_scale=scale)
     torch.testing.assert_close(run_chunks(q, k, v, cfg, chunks), delta_attention(q, k, v, cfg), rtol=0, atol=1e-12)
+
+
+def test_block_mean_decay_values():
+    """(ρ − 1)/ln ρ: the ends, a value by hand, and ρ ≤ λ ≤ 1 in between."""
+    from delta_attn.combine import block_mean_decay
+
+    rho = torch.tensor([0.0, 1e-15, 0.5, 0.9, 1.0 - 1e-12, 1.0], dtype=torch.float64)
+    lam = block_mean_decay(rho)
+    assert lam[0] == 0 and lam[-1] == 1 and abs(float(lam[2]) - 0.5 / math.log(2)) < 1e-12
+    assert torch.all(lam >= rho) and torch.all(lam <= 1) and torch.all(lam[1:] >= lam[:-1])
 
 
 def test_auto_chunk_without_state_is_refused(seed):

@@ -32,9 +32,12 @@ def test_every_task_has_exact_length_and_its_answers(tok, ruler_builder, length)
             assert abs(len(tok.encode(text, add_special_tokens=False)) - target) <= 0.02 * target, task
             assert s.answers and all(a in text for a in s.answers), (task, s.answers)
             assert text.startswith("<|im_start|>system") and "<|im_start|>assistant\n" in text
-            assert (
-                s.max_new_tokens == {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50, "qa": 32}[ruler.TASKS[task].family]
-            )
+            family = ruler.TASKS[task].family
+            ruler_budget = {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50, "qa": 32}[family]
+            gold = len(tok.encode(ruler.answer_text(family, s.answers), add_special_tokens=False))
+            items = 1 if family == "qa" else len(s.answers)
+            assert s.meta["answer_tokens"] == gold
+            assert s.max_new_tokens == max(ruler_budget, gold + 2 * items + 8), (task, s.max_new_tokens, gold)
             assert s.metric == ("part" if task in ("qa_1", "qa_2") else "all")
 
 

@@ -40,7 +40,7 @@ def busy_port():
         (["/nonexistent/model"], "/nonexistent/model does not exist"),
         (["{text}"], "not a GGUF file"),
         (["{folder}"], "no config.json in this folder"),
-        (["{gguf}", "--gguf", "{gguf}"], "either as MODEL or with --gguf, not both"),
+        (["{gguf}", "--gguf", "{gguf}"], "either as MODEL or with --model/--gguf, not both"),
         (["--interp", "linear"], "not causal"),
         (["--dense-layers", "31"], "dense_layers 31: the model has 30 layers"),
         (["--window", "16", "--sparse", "nosuch"], "prefill method: "),

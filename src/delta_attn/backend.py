@@ -53,7 +53,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .config import FILTER_INTERPS, DeltaConfig
+from .config import CAUSAL_SCALE_MODES, FILTER_INTERPS, DeltaConfig
 from .scan import abg_system, ema_system, initial_state
 
 
@@ -255,7 +255,7 @@ def plan_call(
             )
         carried_scan = state.scan
     carried_sums = previous_delta = None
-    if config.delta_scale == "auto" and q_start > 0:
+    if config.delta_scale in CAUSAL_SCALE_MODES and q_start > 0:
         if state is None or state.scale_sums is None or state.next_pos != q_start:
             raise ValueError(
                 'delta_scale="auto" carries running sums across chunks: pass the same DeltaState to every '

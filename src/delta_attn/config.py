@@ -27,9 +27,11 @@ FILTER_INTERPS = ("ema", "abg")  # linear filters over the repeated Δs: they ca
 BACKENDS = ("auto", "reference", "triton")
 #: the data-driven forms of DeltaConfig.delta_scale (docs/algorithm.md §13): "auto" is causal (running
 #: least squares over the anchors before each block), "auto-global" fits one factor on all anchors of the call
-DELTA_SCALE_MODES = ("auto", "auto-global")
+DELTA_SCALE_MODES = ("auto", "auto-decay", "auto-global")
+#: the data-driven forms that read only earlier anchors (causal; chunked prefill carries their running sums)
+CAUSAL_SCALE_MODES = ("auto", "auto-decay")
 #: what a causal config looks like, for the errors of :meth:`DeltaConfig.require_causal`
-CAUSAL_SETTINGS = "interp='repeat'/'ema'/'abg', delta_scale a float or 'auto', extra_anchors=0"
+CAUSAL_SETTINGS = "interp='repeat'/'ema'/'abg', delta_scale a float, 'auto' or 'auto-decay', extra_anchors=0"
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -88,7 +90,9 @@ class DeltaConfig:
         anchor and tail rows stay exact. A float in [0, 1] (1.0 = the paper, the default; 0.0 gives
         exactly ``mode="recompute"``), ``"auto"`` — λ per (sequence, head) from the anchors seen so far:
         the least-squares factor predicting each anchor's Δ from its predecessor's, clipped to [0, 1]
-        (causal: block j uses anchors ≤ j only; chunked prefill carries the running sums) — or
+        (causal: block j uses anchors ≤ j only; chunked prefill carries the running sums),
+        ``"auto-decay"`` — that factor ρ averaged over the block as if the correlation decayed
+        geometrically with the distance to the anchor, (ρ − 1)/ln ρ ≥ ρ (causal, like ``"auto"``) — or
         ``"auto-global"``, the same factor fitted on all anchors of the call (**non-causal**).
     extra_anchors: fraction in [0, 1] of γ-blocks that get a second dense row at their midpoint; the
         blocks whose Δ changes most between neighbouring anchors are chosen (adaptive anchors, as in

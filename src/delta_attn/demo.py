@@ -1,9 +1,10 @@
 """``delta-attn demo``: needle-in-a-haystack retrieval with a real model, four prefill methods.
 
-SmolLM2-135M-Instruct (offline, see :mod:`delta_attn.models`) reads prompts of a few thousand tokens
-that hide one RULER-style needle ("One of the special magic numbers for {key} is: {value}.") in a
-haystack — RULER's noise sentences or public-domain Shakespeare/Milton (:mod:`delta_attn.data.texts`) —
-and answers after a chat-template question and an answer prefix (RULER niah_single_1 / _2 style).
+A real model (default SmolLM2-135M-Instruct, offline; ``--model`` takes any of :mod:`delta_attn.models`)
+reads prompts of a few thousand tokens that hide one RULER-style needle ("One of the special magic numbers
+for {key} is: {value}.") in a haystack — RULER's noise sentences or public-domain Shakespeare/Milton
+(:mod:`delta_attn.data.texts`) — and answers after a chat-template question and an answer prefix
+(RULER niah_single_1 / _2 style).
 Every method prefills the prompt its own way and then decodes greedily and densely over the full KV
 cache (the paper's protocol):
 
@@ -39,8 +40,10 @@ TEMPLATE = (
     "I will quiz you about the numbers afterwards.\n{context}\n"
     "What is the special magic number for {key} mentioned in the provided text?"
 )
-# The trailing space is its own token for this tokenizer, so the first answer token is the first digit and is
-# predicted by the prompt's last row (as with RULER on Llama tokenizers) -- not by a free dense decode step.
+# With a tokenizer that writes the space before a number as its own token (SmolLM2, Qwen2.5, Llama-2) the
+# trailing space is kept, so the first answer token is the first digit and is predicted by the prompt's last
+# row (as with RULER on Llama tokenizers) -- not by a free dense decode step. A tokenizer that merges the space
+# into the number (" 123") gets the prefix without it, else the prompt would end in an unnatural split.
 ANSWER_PREFIX = "The special magic number for {key} mentioned in the provided text is "
 KEYS = (
     "quiet-harbor",
@@ -130,10 +133,25 @@ def _units(kind: str, rng: random.Random) -> list[str]:
     return ["\n" + line.strip() for line in lines if line.strip()]
 
 
+def _space_before_digits_is_own_token(tokenizer) -> bool:
+    ids = tokenizer(" 1234567", add_special_tokens=False)["input_ids"]
+    return bool(ids) and tokenizer.decode(ids[:1]) == " "
+
+
 def _split_chat(tokenizer, key: str) -> tuple[str, str]:
     """(text before the context, text after it) of the chat prompt asking for ``key``, answer prefix included."""
     before, after = TEMPLATE.format(key=key, context="\x00").split("\x00")
-    return chat_frame(tokenizer).around(before, after, ANSWER_PREFIX.format(key=key))
+    prefix = ANSWER_PREFIX.format(key=key)
+    if not _space_before_digits_is_own_token(tokenizer):
+        prefix = prefix.rstrip()
+    return chat_frame(tokenizer).around(before, after, prefix)
+
+
+def answer_budget(tokenizer, hays: list["Haystack"]) -> int:
+    """Decode steps that fit every needle's value and the sentence end in this tokenizer (digits may be a
+    token each), plus two tokens of slack."""
+    values = [nd.value for hay in hays for nd in hay.needles]
+    return max(len(tokenizer(" " + v + ".", add_special_tokens=False)["input_ids"]) for v in values) + 2
 
 
 def needle_depths(n: int, min_depth: float = 0.5, max_depth: float = 0.9) -> list[float]:
@@ -241,34 +259,38 @@ def _shown(answer: str) -> str:
     return words[0].strip(".,")[:12] if words else "''"
 
 
-def _check(args) -> dict:
-    """Every check that needs no model (run before it loads); returns the method configs by name."""
+def _check(args) -> tuple[dict, object]:
+    """Every check that needs no model (run before it loads); returns the method configs by name and the
+    model's facts."""
     from .models import model_info
 
     if args.min_depth > args.max_depth:
         raise opt.UsageError(f"--min-depth {args.min_depth} is deeper than --max-depth {args.max_depth}")
-    opt.check_fits_context(args.length, model_info(args.gguf).context_length, args.allow_overflow, what="--length")
+    info = model_info(args.model)
+    opt.check_fits_context(args.length, info.context_length, args.allow_overflow, what="--length")
     opt.check_device(args.device)
-    return {m: opt.delta_config(args, f"method {m}", mode=m) for m in args.methods}
+    configs = {m: opt.delta_config(args, f"method {m}", mode=m) for m in args.methods}
+    return configs, info
 
 
 def run(args) -> int:
     from tqdm.auto import tqdm
 
     from .hf import enable
-    from .models import load_smollm2, load_tokenizer
+    from .models import load_model, load_tokenizer
 
     t_start = time.perf_counter()
-    configs = _check(args)
+    configs, info = _check(args)
     opt.setup_threads(args.threads)
-    tokenizer = load_tokenizer(args.gguf)
+    tokenizer = load_tokenizer(args.model)
     depths = needle_depths(args.needles, args.min_depth, args.max_depth)
     try:
         hays = build_haystacks(tokenizer, args.samples, args.length, args.haystack, depths, args.seed)
     except ValueError as exc:  # the length or the needle count does not fit
         raise opt.UsageError(str(exc)) from None
-    print("loading SmolLM2-135M-Instruct (offline GGUF) ...", flush=True)
-    model, tokenizer = load_smollm2(device=args.device, gguf_path=args.gguf)
+    max_new_tokens = args.max_new_tokens or answer_budget(tokenizer, hays)
+    print(f"loading {info.title} ({info.file}) ...", flush=True)
+    model, tokenizer = load_model(args.model, device=args.device)
     device = next(model.parameters()).device
     n_mean = sum(h.prompt_len for h in hays) / len(hays)
     print(
@@ -284,7 +306,7 @@ def run(args) -> int:
         enable(model, configs[method])
         for h, hay in enumerate(hays):
             bar.set_postfix_str(f"{method} #{h}")
-            results[method, h] = answer_needles(model, tokenizer, hay, args.max_new_tokens, args.chunk_size)
+            results[method, h] = answer_needles(model, tokenizer, hay, max_new_tokens, args.chunk_size)
             bar.update()
     bar.close()
 
@@ -327,7 +349,10 @@ def _methods(text: str) -> list[str]:
 
 def register(subparsers) -> None:
     p = opt.add_command(
-        subparsers, "demo", "needle-in-a-haystack with SmolLM2: dense vs sparse vs recompute vs Δ", __doc__
+        subparsers,
+        "demo",
+        "needle-in-a-haystack with a real model (default SmolLM2): dense vs sparse vs recompute vs Δ",
+        __doc__,
     )
     p.add_argument("--samples", type=opt.positive_int, default=2, help="haystacks (default 2: one noise, one text)")
     p.add_argument(
@@ -356,7 +381,12 @@ def register(subparsers) -> None:
         default=list(METHODS),
         help=f"comma-separated subset of {','.join(METHODS)} (default all four)",
     )
-    p.add_argument("--max-new-tokens", type=opt.positive_int, default=10, help="decode budget per answer (default 10)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=opt.positive_int,
+        default=None,
+        help="decode budget per answer (default: the tokens of a needle value and a period in this tokenizer, + 2)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of keys, values and haystack offsets (default 0)")
     # no "linear": it is non-causal, and the demo continues shared haystack prefixes chunk-wise
     opt.add_method_options(p, window=256, sink=64, gamma=64, interps=("repeat", "ema", "abg"))

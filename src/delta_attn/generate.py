@@ -54,7 +54,7 @@ def _check_dense_layers(dense_layers, num_layers: int) -> None:
 def run(args) -> int:
     from .generation import SamplingParams, generate, stop_token_ids
     from .hf import enable
-    from .models import load_smollm2, load_tokenizer, model_info
+    from .models import load_model, load_tokenizer, model_info
 
     text = _read_prompt(args.prompt)
     if not text.strip():
@@ -62,12 +62,12 @@ def run(args) -> int:
     config = opt.delta_config(args)
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(f"--chunk-size {args.chunk_size}: {config.non_causal_problem('it cannot run chunked')}")
-    info = model_info(args.gguf)
+    info = model_info(args.model)
     _check_dense_layers(args.dense_layers, info.num_layers)
     opt.check_device(args.device)
     opt.setup_threads(args.threads)
 
-    tokenizer = load_tokenizer(args.gguf)
+    tokenizer = load_tokenizer(args.model)
     if not args.raw:
         from .prompts import chat_frame
 
@@ -84,7 +84,7 @@ def run(args) -> int:
             f"({opt.OVERFLOW_OPTION} to go past it)"
         )
 
-    model, tokenizer = load_smollm2(device=args.device, gguf_path=args.gguf)
+    model, tokenizer = load_model(args.model, device=args.device)
     enable(model, config)
     print(
         f"[{len(ids)} prompt tokens; {config.mode} prefill ({config.method_name} sink {config.sink} + window "

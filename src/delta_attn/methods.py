@@ -14,6 +14,7 @@ A method spec is ``[BASE+]MODE{_OPT}`` or ``BASE{_OPT}``::
     streaming_w512_s128+sparse   the streaming base with window 512 and 128 sinks
     delta_l0.5             Δ scaled by λ = 0.5 (``delta_scale``; docs/algorithm.md §13)
     delta_auto             λ fitted causally from the anchors (``delta_scale="auto"``)
+    delta_autod            λ_auto averaged over the block under geometric decay (``"auto-decay"``, causal)
     delta_autog            λ fitted on all anchors of the call (``"auto-global"``, non-causal; the one spelling:
                            ``delta_global`` is refused)
     delta_x25              a second dense row in 25 % of the γ-blocks (``extra_anchors=0.25``, non-causal)
@@ -26,7 +27,7 @@ Options (on either part, ``_``-separated):
     g<int>  γ (anchor stride)       w<int>  window        s<int>  sink tokens     t<int>  tail rows
     b<int>  block_size (block)      v<int>  vertical_size  d<int>  slash_size (diagonals)
     k<int>  topk_blocks             repeat | linear | ema[<β>] | abg[<α>]   interpolation of Δ
-    l<λ>    delta_scale λ in [0, 1]  auto | autog   delta_scale "auto" / "auto-global"
+    l<λ>    delta_scale λ in [0, 1]  auto | autod | autog   delta_scale "auto" / "auto-decay" / "auto-global"
     x<int>  extra_anchors in percent of the γ-blocks (x25 = 0.25)
 
 Anything not given comes from the defaults (CLI: ``--base --window --sink --gamma --block-size ...``).
@@ -52,7 +53,7 @@ _OPT = re.compile(r"^(g|w|s|t|b|v|d|k)(\d+)$|^(repeat|linear)$|^(ema|abg)(\d*\.?
 _VARIANT_OPT = re.compile(r"^l(\d*\.?\d+)$|^x(\d+)$")
 #: the spec words of DeltaConfig.delta_scale's data-driven forms (docs/algorithm.md §13): a new form is one
 #: entry here (its value one of config.DELTA_SCALE_MODES)
-DELTA_SCALE_WORDS = {"auto": "auto", "autog": "auto-global"}
+DELTA_SCALE_WORDS = {"auto": "auto", "autod": "auto-decay", "autog": "auto-global"}
 #: spellings that once named a variant elsewhere, refused with the one spelling to use instead
 RETIRED_WORDS = {"global": "autog"}
 _INT_FIELDS = {

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..config import DEFAULT_CONFIG, DeltaConfig
+from ..config import CAUSAL_SCALE_MODES, DEFAULT_CONFIG, DeltaConfig
 from ..ops import check_qkv, select_backend
 from ..sparse import BlockMethod, DenseMethod, MaskModMethod, StreamingMethod, resolve_sparse_method
 from .shard import ShardSummary, apply_carry, carries_from_summaries, local_shard
@@ -55,10 +55,10 @@ def _check_config(config: DeltaConfig) -> None:
     if not isinstance(config, DeltaConfig):
         raise TypeError(f"config must be a DeltaConfig, got {type(config).__name__}")
     config.require_causal("the sequence cannot be split over ranks")
-    if config.mode == "delta" and config.delta_scale == "auto":
+    if config.mode == "delta" and config.delta_scale in CAUSAL_SCALE_MODES:
         raise NotImplementedError(
-            "delta_scale='auto' carries running sums whose ratio sets each block's λ; context parallelism does not "
-            "exchange them yet: use a float delta_scale (or run the prompt on one device)"
+            f"delta_scale={config.delta_scale!r} carries running sums whose ratio sets each block's λ; "
+            "context parallelism does not exchange them yet: use a float delta_scale (or run the prompt on one device)"
         )
     if config.mode != "dense" and not isinstance(resolve_sparse_method(config.sparse), STATIC_BASES):
         raise ValueError(

@@ -50,9 +50,10 @@ def device_and_dtype(args) -> tuple:
 
 
 def model_info(args):
+    """Facts of ``--model`` (context, layers, id for the records) read from its header or config.json."""
     from ..models import model_info as info
 
-    return info(args.gguf)
+    return info(args.model)
 
 
 def check_lengths(lengths: Sequence[int], context: int, args, *, minimum: int = 1, what: str = "--lengths") -> None:
@@ -85,9 +86,9 @@ def load_model(args, device, dtype):
     """(model on ``device`` in ``dtype``, tokenizer); the model is parsed on the CPU once per process."""
     import torch
 
-    from ..models import load_smollm2
+    from ..models import load_model as load
 
-    model, tok = load_smollm2(device="cpu", dtype=torch.float32, gguf_path=args.gguf)
+    model, tok = load(args.model, device="cpu", dtype=torch.float32)
     return model.to(device=device, dtype=dtype).eval(), tok
 
 
@@ -97,7 +98,7 @@ def task_prompts(args) -> list:
     from ..models import load_tokenizer
     from . import ruler
 
-    builder = ruler.PromptBuilder(load_tokenizer(args.gguf), texts_dir=args.texts_dir)
+    builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
     try:
         return [
             ruler.generate_sample(builder, args.task, args.length, i, seed=args.seed, reserve=args.reserve)
@@ -174,7 +175,7 @@ def batch_sizes(text: str) -> str:
 
 
 def add_model_opts(p) -> None:
-    """The model (``--gguf --device --dtype --threads``), the texts folder and ``--allow-overflow``."""
+    """The model (``--model --device --dtype --threads``), the texts folder and ``--allow-overflow``."""
     from .. import cli_options as opt
 
     opt.add_model_options(p, dtype=True)

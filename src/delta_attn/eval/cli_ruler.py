@@ -135,7 +135,7 @@ def run(args) -> int:
             f"({len(cells)} (task, length) cells still have work)"
         )
         return 0
-    builder = ruler.PromptBuilder(load_tokenizer(args.gguf), texts_dir=args.texts_dir)
+    builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
     probe_cells(builder, cells, seed=args.seed, reserve=args.reserve)
     samples = build_samples(
         builder, cells, args.samples, seed=args.seed, reserve=args.reserve, workers=args.workers, log=log

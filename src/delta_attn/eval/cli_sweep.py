@@ -132,7 +132,7 @@ def run(args) -> int:
     else:
         samples = []
         if todo_ruler:
-            builder = ruler.PromptBuilder(load_tokenizer(args.gguf), texts_dir=args.texts_dir)
+            builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
             probe_cells(builder, [(t, length) for t in tasks], seed=args.seed, reserve=args.reserve, option="--length")
             samples = build_samples(
                 builder,

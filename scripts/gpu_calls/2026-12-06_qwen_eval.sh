@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Issue 15: Qwen2.5-Coder-1.5B-Instruct at 32K on one GPU, through the project's own eval commands.
+#
+#   bash scripts/gpu_calls/2026-12-06_qwen_eval.sh E1   13 tasks × 32K × the 7 methods, SAMPLES (default 20)
+#   bash scripts/gpu_calls/2026-12-06_qwen_eval.sh E2   resumes E1 (carried in .results/E1) with more samples,
+#                                                        then continuation perplexity and the needle analysis
+#
+# Before E1 the 19 parts of the GGUF were copied to /tmp/m by warm calls (scripts/gpu_model_parts.sh prints
+# them); E1 carries the last part (.p18), .whl (the gguf wheel) and .data (packed texts). Three eval processes
+# share the GPU, one per group of methods, so that a time limit cuts samples, never whole methods.
+set -uo pipefail
+PART=${1:?usage: $0 E1|E2}
+T0=$(date +%s)
+L=${L:-540}                       # seconds the whole call may take
+export TOKENIZERS_PARALLELISM=false DELTA_ATTN_CACHE_DIR=/tmp/dcache
+mkdir -p .results /tmp/m /tmp/s && cp .p[0-9][0-9]/part.* /tmp/m/ 2>/dev/null; cp .s[0-9][0-9]/spart.* /tmp/s/ 2>/dev/null
+# SmolLM2 (2 parts, .s00 with the Qwen parts' calls, .s01 with this one): the no-regression check at 8K
+[ -f /tmp/s/smollm2.gguf ] || { [ -f /tmp/s/spart.01 ] && cat /tmp/s/spart.00 /tmp/s/spart.01 > /tmp/s/smollm2.gguf; }
+if [ ! -f /tmp/m/model.gguf ]; then
+  n=$(ls /tmp/m/part.* | wc -l); [ "$n" = 19 ] || { echo "only $n of 19 parts in /tmp/m: the machine went cold"; exit 3; }
+  cat /tmp/m/part.* > /tmp/m/model.gguf && rm /tmp/m/part.*
+fi
+sha256sum /tmp/m/model.gguf | tee "$OUT/sha256.txt"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
+export PYTHONPATH=src:/tmp/site
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+# model option: --model once the registry exists, else --gguf
+if python3 -m delta_attn.cli eval ruler --help 2>/dev/null | grep -q -- '--model'; then MOPT=--model; else MOPT=--gguf; fi
+# de-quantise once into the cache; the eval processes then load the cached copy in seconds
+python3 -c "from delta_attn.models import load_cpu_model as f; f('/tmp/m/model.gguf')" 2>&1 | tail -1
+echo "model cached after $(( $(date +%s) - T0 )) s"
+COMMON=($MOPT /tmp/m/model.gguf --texts-dir .data/texts --base streaming --sink 128 --window 2048 --gamma 64
+        --no-summary)
+GROUPS_=("dense" "sparse,recompute" "delta,delta_auto" "delta_autod,delta_l0.5,delta_g16")
+left() { echo $(( L - ($(date +%s) - T0) - ${1:-0} )); }
+
+ruler() {  # $1 out-subfolder, $2 samples, $3 tasks, $4 seconds
+  local i=0
+  for g in "${GROUPS_[@]}"; do
+    i=$((i + 1)); mkdir -p "$OUT/$1/g$i"
+    python3 -m delta_attn.cli eval ruler "${COMMON[@]}" --tasks "$3" --lengths 32768 --samples "$2" \
+      --batch-size 32768:12 --prefill-tokens 65536 --workers 4 --methods "$g" --out "$OUT/$1/g$i" \
+      --resume-from .results --time-limit "$4" --no-progress > "$OUT/$1/g$i/run.log" 2>&1 &
+  done
+  wait
+}
+
+case "$PART" in
+  E1)
+    if [ -f /tmp/s/smollm2.gguf ]; then
+      mkdir -p "$OUT/S8"
+      python3 -m delta_attn.cli eval ruler $MOPT /tmp/s/smollm2.gguf --texts-dir .data/texts --base streaming --sink 64 \
+        --window 256 --gamma 64 --no-summary --tasks all --lengths 8192 --samples 25 --workers 2 --no-progress \
+        --methods dense,sparse,recompute,delta,delta_auto,delta_autod --out "$OUT/S8" --resume-from .results \
+        --time-limit "$(left 60)" > "$OUT/S8/run.log" 2>&1 &
+    fi
+    ruler R32 "${SAMPLES:-20}" all "$(left 40)"
+    wait
+    ;;
+  E2)
+    # discriminating tasks to 50 samples, the rest to 30 (records from E1 are reused, not redone)
+    ruler R32b 50 niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery,vt,cwe,fwe "$(left 200)" &
+    mkdir -p "$OUT/P32" "$OUT/N32"
+    python3 -m delta_attn.cli eval ppl "${COMMON[@]}" --lengths 32768 --continuation 1024 --docs "${PPL_DOCS:-8}" \
+      --batch-size 1 --methods dense,sparse,recompute,delta,delta_auto,delta_autod,delta_l0.5,delta_g16 --out "$OUT/P32" \
+      --time-limit "$(left 200)" --no-progress > "$OUT/P32/run.log" 2>&1
+    python3 -m delta_attn.cli eval needle "${COMMON[@]}" --task niah_multikey_2 --length 32768 --samples 6 \
+      --methods dense,sparse,recompute,delta,delta_auto,delta_autod --out "$OUT/N32" --time-limit "$(left 30)" \
+      > "$OUT/N32/run.log" 2>&1
+    wait
+    ;;
+esac
+echo "== $PART done after $(( $(date +%s) - T0 )) s"
+tail -n 2 "$OUT"/*/*/run.log "$OUT"/*/run.log 2>/dev/null | grep -v '^$' | tail -40
+python3 - "$OUT" <<'EOF'
+import json, sys, glob, collections
+acc = collections.defaultdict(list)
+for f in glob.glob(sys.argv[1] + "/**/ruler.jsonl", recursive=True) + glob.glob(".results/**/ruler.jsonl", recursive=True):
+    for line in open(f):
+        r = json.loads(line)
+        if r.get("record") == "sample":
+            acc[(r["config"]["model"][:5] + ":" + r["task"], r["method"])].append(r["score"])
+tasks = sorted({t for t, _ in acc}); methods = sorted({m for _, m in acc})
+print("task".ljust(18) + "".join(m[:10].rjust(11) for m in methods))
+for t in tasks:
+    print(t[:18].ljust(18) + "".join((f"{100*sum(acc[t,m])/len(acc[t,m]):5.1f}/{len(acc[t,m]):<3d}" if acc[t, m] else "-").rjust(11) for m in methods))
+EOF
+cd "$OUT" && for d in R32 R32b S8 P32 N32; do [ -d "$d" ] && tar czf "$d.tgz" "$d" && rm -rf "$d"; done; ls -la "$OUT"
