@@ -39,7 +39,7 @@ sums through the block before q0's first anchor, with ``block_delta`` the raw Δ
 its own end state to the next rank. The Δ of
 the open block needs only that block's anchor row (one dense and one sparse row), so it can be sent
 early; the ``ema``/``abg`` state is an affine function of the state before the shard
-(``s_end = M^L s_start + local term``, see :mod:`delta_attn.scan`), so shards can compute their local
+(``s_end = M^L s_start + local term``, see :mod:`delta_attn.filters`), so shards can compute their local
 terms in parallel and fix them up with one small scan over the ranks. tests/test_backend.py runs
 shards that hand over exactly these plain values and checks the one-shot result.
 """
@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from .config import CAUSAL_SCALE_MODES, FILTER_INTERPS, DeltaConfig
-from .scan import abg_system, ema_system, initial_state
+from .filters import abg_system, ema_system, initial_state
 
 
 @dataclass

@@ -282,12 +282,12 @@ def kernel_unit_checks(
     device="cuda", dtype=torch.bfloat16, n=3000, d=128, tiny=False, kernel_configs=None, seed=None
 ) -> list[dict]:
     """Each kernel alone against float64: dense rows, sparse rows per pattern, the scan apply."""
+    from ..filters import abg_system, initial_state, lti_scan
     from ..kernels.blocks import spec_for
     from ..kernels.dense_rows import RowSet, dense_rows
     from ..kernels.scan import delta_scan_apply
     from ..kernels.sparse import sparse_attention
     from ..reference import attention_rows
-    from ..scan import abg_system, initial_state, lti_scan
     from ..sparse import AnchorBlockPattern, SinkWindowPattern
 
     dev = torch.device(device)
@@ -511,7 +511,7 @@ def main(argv=None) -> int:
         return 0 if all(r["ok"] for r in rows) else 1
     os.makedirs(args.out, exist_ok=True)
     if args.tune:
-        from .sweep import run_sweep
+        from .launch import run_sweep
 
         best = run_sweep(args.tune, args.workers, args.out)["best"]
         configs = dict(dense=best["dense"], sparse=best["sparse"])

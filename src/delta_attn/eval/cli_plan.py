@@ -1,5 +1,5 @@
 """``delta-attn eval plan``: estimate the GPU time of the full evaluation from a cost model
-(:mod:`delta_attn.eval.cost`)."""
+(:mod:`delta_attn.eval.plan`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from .cost import print_plan
+    from .plan import print_plan
 
     print_plan(args)
     return 0
