@@ -129,9 +129,7 @@ def existing_dir(text: str) -> Path:
 
 def gguf_file(text: str) -> Path:
     """An existing GGUF model file (checked by its 4-byte magic, not by its name)."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    path = existing_path(text)
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{text} is not a file")
     with path.open("rb") as f:
