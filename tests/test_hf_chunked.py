@@ -1,4 +1,5 @@
-"""`delta_attn.chunked_prefill`: chunk by chunk equals one shot (cache and logits), and decoding continues."""
+"""`delta_attn.chunked_prefill`: chunk by chunk equals one shot (cache and logits); decoding from it:
+tests/test_hf_continuation.py."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import copy
 
 import pytest
 import torch
-from transformers import DynamicCache
+from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 
 import delta_attn
 from delta_attn import DeltaConfig
 from delta_attn.compat import left_padding_position_ids
-from tiny_models import VOCAB, continue_greedily, rand_ids, tiny_llama
+from tiny_models import VOCAB, rand_ids, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +80,6 @@ def test_chunked_left_padded_batch(model):
     assert_same_cache(out.past_key_values, cache, model.config.num_hidden_layers, mask)
     _, alone = one_shot(model, b, torch.ones_like(b))
     torch.testing.assert_close(out.logits[1], alone[0], atol=3e-5, rtol=1e-4)
-
-
-def test_decoding_continues_from_chunked_prefill(model):
-    delta_attn.enable(model, DeltaConfig(window=24, sink=4, gamma=16, tail=16))
-    ids = rand_ids(1, 230, seed=9)
-    with torch.no_grad():
-        reference = model.generate(input_ids=ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-        out = delta_attn.chunked_prefill(model, ids, chunk_size=64)
-    cont = continue_greedily(model, ids, out, 5)
-    assert torch.equal(cont, reference)
 
 
 @pytest.mark.parametrize("mode", ["delta", "sparse", "recompute"])

@@ -381,7 +381,7 @@ def test_a_failure_inside_the_worker_is_a_500_and_the_server_goes_on(live, monke
     def broken(*args, **kwargs):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(engine_module, "generate", broken)
+    monkeypatch.setattr(engine_module, "decode", broken)
     plain = httpx.post(live.url + COMPLETION, json=OK_COMPLETION, timeout=60)
     assert plain.status_code == 500 and plain.json()["error"]["type"] == "server_error"
     assert "RuntimeError" in plain.json()["error"]["message"]

@@ -5,8 +5,13 @@ parser and sets ``func``; this file only wires them together. Modules keep heavy
 transformers) inside their ``func`` so ``delta-attn --help`` stays fast.
 
 A user error (:class:`delta_attn.cli_options.UsageError`, a missing model or text wheel) prints one
-line and exits with status 2; argparse reports malformed options the same way. Anything else is a
-bug and keeps its traceback.
+line and exits with status 2; argparse reports malformed options the same way (one line naming the
+command and ``--help``: the usage block is printed by ``--help`` only). Anything else is a bug and
+keeps its traceback.
+
+A command may end its process itself when it is done (``fast_exit`` in its defaults; ``serve`` does):
+run as the program (``argv`` None), :func:`main` then flushes and leaves with ``os._exit`` instead of
+waiting 1–3 s for the interpreter to tear down torch and transformers.
 """
 
 from __future__ import annotations
@@ -31,10 +36,17 @@ SUBCOMMANDS = {
 }
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: ``delta-attn generate: error: ... (see delta-attn generate
+    --help)``, exit status 2. argparse's default prints the whole usage block (12–22 lines) before it."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="delta-attn", description="Δ attention: fast and accurate long-context prefill."
-    )
+    parser = OneLineErrors(prog="delta-attn", description="Δ attention: fast and accurate long-context prefill.")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"delta-attn {__version__}")
@@ -61,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
     except (UsageError, ModelMissingError, TextsMissingError) as exc:
         command = " ".join(x for x in (args.command, getattr(args, "eval_command", None)) if x)
         print(f"delta-attn {command}: error: {exc}", file=sys.stderr)
@@ -69,6 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("delta-attn: interrupted", file=sys.stderr)
         return 130
+    if argv is None and getattr(args, "fast_exit", False):
+        _exit_now(rc)
+    return rc
+
+
+def _exit_now(rc: int) -> None:
+    """End the process without the interpreter's teardown: for a command that stopped cleanly (its threads
+    finished, its clients answered), the teardown of torch and transformers only adds 1–3 s."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ This module is the one source of the option vocabularies (:data:`MODES`, :data:`
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,11 +35,34 @@ CAUSAL_SCALE_MODES = ("auto", "auto-decay")
 CAUSAL_SETTINGS = "interp='repeat'/'ema'/'abg', delta_scale a float, 'auto' or 'auto-decay', extra_anchors=0"
 
 
+#: the largest value of every integer field (token counts, strides, layer indices): 2**31 - 1, int32.
+#: Why int32 and not int64: the Triton kernels hold token positions, row lists and key-index tables in
+#: int32 (kernels/dense_rows.py, kernels/blocks.py), so no prompt there is longer than 2**31 - 1 tokens and
+#: a larger window / sink / block / γ would mean nothing more than "all of it"; and with both a field and a
+#: prompt length below 2**31, every product the cost model and the reference path form (window × N key
+#: counts, block index × γ positions, in numpy/torch int64) stays below 2**62 and cannot overflow int64.
+#: A larger Python int (``gamma=10**20``) would otherwise pass here and fail later with an OverflowError.
+MAX_INT_FIELD = 2**31 - 1
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"DeltaConfig.{name} must be an int, got {type(value).__name__} ({value!r})")
     if value < minimum:
-        raise ValueError(f"DeltaConfig.{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"DeltaConfig.{name} must be >= {minimum}, got {_short(value)}")
+    if value > MAX_INT_FIELD:
+        raise ValueError(
+            f"DeltaConfig.{name} must be <= {MAX_INT_FIELD} (2**31 - 1, the int32 bound of token positions in "
+            f"the kernels), got {_short(value)}"
+        )
+
+
+def _short(value: int) -> str:
+    """An int for an error message: a huge one by its size, not as thousands of digits."""
+    if abs(value) < 10**30:
+        return str(value)
+    # str() of a 5,000-digit int raises ValueError (Python's int-to-str digit limit): name its size instead
+    return f"a {'negative ' if value < 0 else ''}{abs(value).bit_length()}-bit integer"
 
 
 def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
@@ -49,7 +73,8 @@ def _check_float(name: str, value: Any, low: float, high: float, *, low_open: bo
     if not (lo_ok and hi_ok):
         lb = "(" if low_open else "["
         hb = ")" if high_open else "]"
-        raise ValueError(f"DeltaConfig.{name} must lie in {lb}{low}, {high}{hb}, got {value}")
+        got = _short(value) if isinstance(value, int) else value
+        raise ValueError(f"DeltaConfig.{name} must lie in {lb}{low}, {high}{hb}, got {got}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +172,13 @@ class DeltaConfig:
     def __post_init__(self) -> None:
         if isinstance(self.sparse, str):
             if self.sparse not in BUILTIN_SPARSE_METHODS:
+                if "delta_attn.sparse" not in sys.modules:
+                    # nothing can be registered before delta_attn.sparse is imported: refuse without importing
+                    # it (it imports torch), so that the command line reports a misspelt name at once
+                    raise ValueError(
+                        f"unknown sparse method {self.sparse!r}; choose one of {sorted(BUILTIN_SPARSE_METHODS)} "
+                        "or register your own with delta_attn.register_sparse_method(name, method)"
+                    )
                 from .sparse import resolve_sparse_method  # local: sparse imports config (and torch)
 
                 resolve_sparse_method(self.sparse)  # raises ValueError listing the known names
@@ -198,8 +230,12 @@ class DeltaConfig:
             _check_int("dense_layers", dl, 0)
         else:
             for i in dl:
-                if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-                    raise ValueError(f"DeltaConfig.dense_layers entries must be ints >= 0, got {dl!r}")
+                if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= MAX_INT_FIELD:
+                    got = _short(i) if isinstance(i, int) and not isinstance(i, bool) else repr(i)
+                    raise ValueError(
+                        f"DeltaConfig.dense_layers entries must be ints in [0, {MAX_INT_FIELD}] (2**31 - 1), "
+                        f"got {got} in dense_layers"
+                    )
             object.__setattr__(self, "dense_layers", tuple(dl))
 
     # ---- derived values -------------------------------------------------------------------

@@ -225,8 +225,8 @@ def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_s
     """
     import torch
 
+    from .chunked import chunked_prefill
     from .generation import Prefilled, SamplingParams, decode, stop_token_ids
-    from .hf import chunked_prefill
 
     device = next(model.parameters()).device
     prefix = torch.tensor([hay.shared_ids], device=device)
@@ -274,13 +274,14 @@ def _check(args) -> tuple[dict, object]:
 
 
 def run(args) -> int:
+    t_start = time.perf_counter()
+    configs, info = _check(args)  # before the heavy imports: a mistake is reported at once
+
     from tqdm.auto import tqdm
 
     from .hf import enable
     from .models import load_model, load_tokenizer
 
-    t_start = time.perf_counter()
-    configs, info = _check(args)
     opt.setup_threads(args.threads)
     tokenizer = load_tokenizer(args.model)
     depths = needle_depths(args.needles, args.min_depth, args.max_depth)

@@ -3,7 +3,8 @@
     delta-attn generate prompt.txt --window 2048 --sink 128 --gamma 64
     cat long.txt | delta-attn generate --mode sparse --window 256
 
-The prompt is wrapped in the model's chat template (``--raw`` feeds it as is); prefill uses the
+The prompt is wrapped in the model's chat template, its trailing whitespace (a file's final newline)
+stripped; ``--raw`` feeds it exactly as it is, without template or stripping. Prefill uses the
 chosen mode (``delta`` by default) and decode is dense over the full KV cache. ``--chunk-size``
 prefills long prompts in chunks with :func:`delta_attn.chunked_prefill`. A prompt longer than the
 model's context is an error unless ``--allow-overflow``; a reply that would run past the context is
@@ -52,19 +53,25 @@ def _check_dense_layers(dense_layers, num_layers: int) -> None:
 
 
 def run(args) -> int:
-    from .generation import SamplingParams, generate, stop_token_ids
-    from .hf import enable
-    from .models import load_model, load_tokenizer, model_info
+    from .models import model_info
 
+    # the cheap checks first (the prompt file, the method, the model's header): no torch/transformers yet
     text = _read_prompt(args.prompt)
     if not text.strip():
         raise opt.UsageError("the prompt is empty: pass a file or pipe text on stdin")
+    if not args.raw:  # a file's trailing newline would be part of the question (and change the answer)
+        text = text.rstrip()
     config = opt.delta_config(args)
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(f"--chunk-size {args.chunk_size}: {config.non_causal_problem('it cannot run chunked')}")
     info = model_info(args.model)
     _check_dense_layers(args.dense_layers, info.num_layers)
     opt.check_device(args.device)
+
+    from .generation import SamplingParams, generate, stop_token_ids
+    from .hf import enable
+    from .models import load_model, load_tokenizer
+
     opt.setup_threads(args.threads)
 
     tokenizer = load_tokenizer(args.model)
@@ -109,7 +116,12 @@ def register(subparsers) -> None:
     opt.add_mode_option(p)
     opt.add_dense_layers_option(p)
     p.add_argument("--max-new-tokens", type=opt.positive_int, default=256, help="reply length limit (default 256)")
-    p.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template (default off)")
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="feed the prompt exactly as is: no chat template, trailing whitespace kept (default off: the "
+        "template, and trailing whitespace stripped)",
+    )
     opt.add_method_options(p, window=2048, sink=128, gamma=64)
     opt.add_chunk_option(p)
     opt.add_model_options(p)

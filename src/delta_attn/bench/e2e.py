@@ -37,7 +37,7 @@ import platform
 import sys
 import time
 
-from ..cli_options import UsageError, check_device, nonnegative_float, positive_int
+from ..cli_options import UsageError, check_device, model_spec, nonnegative_float, positive_int
 from ..config import DEFAULT_CONFIG
 from .layer import fmt_length, parse_length
 
@@ -114,6 +114,14 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p = p or argparse.ArgumentParser(prog="delta-attn bench e2e", description=__doc__.splitlines()[0])
     p.add_argument(
         "--model-shape", default="llama-3-8b", help=f"one of {', '.join(SHAPES)} (default llama-3-8b; random weights)"
+    )
+    p.add_argument(
+        "--model",
+        type=model_spec,
+        default=None,
+        metavar="NAME|PATH",
+        help="time a real model instead of a random shape: a name (delta-attn models list), a .gguf file or a "
+        "Hugging Face folder; one device or --parallel cp (default: none, --model-shape's random weights)",
     )
     p.add_argument("--layers", type=positive_int, default=None, help="keep only the first L layers (default all)")
     p.add_argument("--lengths", default=LENGTHS, help=f"comma-separated prompt lengths, K = 1024 (default {LENGTHS})")
@@ -228,8 +236,14 @@ def validate(args: argparse.Namespace) -> dict:
         if any(chunks):
             raise UsageError("--parallel cp prefills in one call per rank: use --chunk-size 0")
     n_layers = SHAPES[args.model_shape]["num_hidden_layers"]
+    if getattr(args, "model", None) is not None:
+        from ..models import model_info
+
+        if args.parallel == "tp":
+            raise UsageError("--model with --parallel tp is not supported: tp times a random --model-shape")
+        n_layers = model_info(args.model).num_layers
     if args.layers is not None and args.layers > n_layers:
-        raise UsageError(f"--layers {args.layers}: {args.model_shape} has {n_layers} layers")
+        raise UsageError(f"--layers {args.layers}: {model_label(args)} has {n_layers} layers")
     check_device(args.device)
     return dict(
         methods=methods,
@@ -258,6 +272,22 @@ def build_model(shape: str, layers: int | None, max_len: int, device, dtype, see
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def model_label(args) -> str:
+    """How results name the model: ``--model`` as given, else the random shape's name."""
+    return str(args.model) if getattr(args, "model", None) is not None else f"{args.model_shape} shape"
+
+
+def load_real_model(spec: str, layers: int | None, device, dtype):
+    """``--model``: the real weights (:func:`delta_attn.models.load_model`), cut to the first ``layers``."""
+    from ..models import load_model
+
+    model, _ = load_model(spec, device=device, dtype=dtype)
+    if layers is not None:
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
     return model.eval()
 
 
@@ -483,6 +513,8 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     lengths, chunks, methods = opts["lengths"], opts["chunks"], opts["methods"]
     if par == "tp":
         model = build_tp_model(args, max(lengths), device, dtype, rank)
+    elif getattr(args, "model", None) is not None:
+        model = load_real_model(args.model, args.layers, device, dtype)
     else:
         model = build_model(args.model_shape, args.layers, max(lengths), device, dtype, args.seed)
     if cp:  # the same weights on every rank, whatever the device's random streams do
@@ -519,7 +551,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                     warm_cells[variant_name((m, c, cache))] = time.perf_counter() - t0
         warm_s = sum(warm_cells.values())
     log(
-        f"model {args.model_shape} ({n_layers} layers, {count_params(model) / 1e9:.2f} B params, {dtype}) on "
+        f"model {model_label(args)} ({n_layers} layers, {count_params(model) / 1e9:.2f} B params, {dtype}) on "
         f"{device}; dense SDPA backend: {sdpa_backend or 'PyTorch default'} {sdpa_timings or ''}; "
         f"warm-up {'at ' + fmt_length(warm_n) + f' tokens, {warm_s:.1f} s' if args.warmup else 'off'}",
         flush=True,
@@ -588,7 +620,8 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     add_ratios(cells)
     meta = dict(
         command="delta-attn bench e2e " + " ".join(args.argv),
-        model_shape=args.model_shape,
+        model_shape=model_label(args),
+        real_weights=getattr(args, "model", None) is not None,
         layers=n_layers,
         layers_cut=args.layers is not None,
         params_b=count_params(model) / 1e9,
@@ -658,7 +691,8 @@ def markdown(res: dict) -> str:
     gpus = f" ({meta['gpus']} GPU)" if meta["gpus"] else ""
     picked = " (the fastest at the warm-up length)" if len(meta["dense_backend_timings"]) > 1 else ""
     lines = [
-        f"Model: {meta['model_shape']} shape, {meta['layers']} layers{cut}, {meta['params_b']:.2f} B random weights, "
+        f"Model: {meta['model_shape']}, {meta['layers']} layers{cut}, {meta['params_b']:.2f} B "
+        f"{'real' if meta.get('real_weights') else 'random'} weights, "
         f"{meta['dtype']}, on {meta['device']}{gpus}; torch {meta['torch']}, {meta['date']}.",
         (
             f"Context parallel over {meta['ranks']} ranks (cp_prefill; time: the slowest rank, peak: the largest); "
@@ -760,8 +794,7 @@ def plot(res: dict, path: str) -> None:
     ax2.set_ylabel("speed-up over dense SDPA (same run)")
     meta = res["meta"]
     fig.suptitle(
-        f"end-to-end prefill, {meta['model_shape']} shape ({meta['layers']} layers), {meta['dtype']} "
-        f"— {meta['device']}",
+        f"end-to-end prefill, {meta['model_shape']} ({meta['layers']} layers), {meta['dtype']} — {meta['device']}",
         fontsize=10,
     )
     fig.tight_layout()

@@ -21,9 +21,10 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
+from ..chunked import PrefillOutput
 from ..compat import last_logits_only
 from ..config import DeltaConfig
-from ..hf import PrefillOutput, PrefillState, current_config, enable, prefill_override
+from ..hf import PrefillState, current_config, enable, prefill_override
 from .attention import cp_attention
 
 
@@ -67,8 +68,7 @@ def cp_prefill(
     Returns:
         :class:`delta_attn.PrefillOutput` with the whole prompt's ``DynamicCache`` (gathered), the
         last token's logits (B, vocab) and an all-ones attention mask (B, N) — identical on every
-        rank, so decoding continues locally, e.g. ``model(input_ids=next_token, past_key_values=
-        out.past_key_values, position_ids=...)`` or ``model.generate`` with the full prompt ids.
+        rank, so decoding continues locally and identically: ``out.generate(max_new_tokens=...)``.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("cp_prefill needs torch.distributed: call torch.distributed.init_process_group first")
@@ -104,5 +104,5 @@ def cp_prefill(
         cache.update(*kv.pop(layer_idx), layer_idx)
     mask = torch.ones(bsz, total, dtype=torch.long, device=input_ids.device)
     return PrefillOutput(
-        past_key_values=cache, logits=logits, attention_mask=mask, state=PrefillState(prompt_len=total)
+        past_key_values=cache, logits=logits, attention_mask=mask, state=PrefillState(prompt_len=total), model=model
     )

@@ -24,13 +24,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..models.registry import NAMED_MODELS
 from . import tables
 from .records import Records, open_text
 
-# a run's model (its --model option in older runs, its GGUF file name in newer ones) -> display name
-MODEL_NAMES = {"smollm2": "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf": "SmolLM2-135M-Instruct"}
-# a copy of the bundled GGUF under another file name (e.g. reassembled on a GPU machine) is known by its hash
-MODEL_NAMES_BY_SHA = {"b179c9523d0e": "SmolLM2-135M-Instruct"}
+# a run's model (its --model option in older runs, its GGUF file name or registry name in newer ones) -> display name
+MODEL_NAMES = {"smollm2": "SmolLM2-135M-Instruct"} | {
+    key: m.title for m in NAMED_MODELS.values() for key in (m.name, m.file_name)
+}
+# a named model's file under another name (e.g. reassembled on a GPU machine) is known by its hash
+MODEL_NAMES_BY_SHA = {m.sha256[:12]: m.title for m in NAMED_MODELS.values()}
 _RUNS_LINE = re.compile(r"^\s*<!--\s*runs:\s*([\w\s,-]+?)\s*-->\s*$")
 
 

@@ -252,6 +252,8 @@ def parse_tasks(spec: str | Sequence[str] | None) -> list[str]:
         else:
             names = [task_spec(item).name]
         out.extend(n for n in names if n not in out)
+    if not out:  # e.g. "--tasks ," : an empty run would exit 0 having done nothing
+        raise ValueError(f"no task named in {spec!r}; give task names or one of all, niah, qa, non_qa")
     return out
 
 

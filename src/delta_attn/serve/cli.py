@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 import socket
 import sys
 
@@ -21,6 +22,7 @@ from .. import cli_options as opt
 
 DEFAULT_CHUNK = 4096
 DEFAULT_MAX_TOKENS = 512
+DEFAULT_MAX_BODY = 4 * 1024 * 1024  # = serve.app.DEFAULT_MAX_BODY (not imported: --help stays light)
 
 
 def port_number(text: str) -> int:
@@ -65,15 +67,16 @@ def _serving_packages():
 
 
 def _checked(args):
-    """(model source, Δ config): every check that needs no model weights."""
-    from ..methods import describe_settings
-    from .engine import config_problem
+    """(model source, Δ config): every check that needs no model weights, the cheap ones first."""
     from .loading import inspect_model
 
     if args.model_arg is not None and args.model is not None:
         raise opt.UsageError("give the model either as MODEL or with --model/--gguf, not both")
-    source = inspect_model(args.model_arg or args.model, args.served_model_name)
     config = _config(args)
+    source = inspect_model(args.model_arg or args.model, args.served_model_name)
+    from ..methods import describe_settings
+    from .engine import config_problem  # imports torch
+
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(
             f"--chunk-size {args.chunk_size}: these Δ settings ({describe_settings(config)}) are not causal (some rows "
@@ -117,12 +120,12 @@ def _log_requests_to_stderr() -> None:
 
 
 def run(args) -> int:
+    source, config = _checked(args)  # the cheap checks first: a mistake is reported before the heavy imports
+    uvicorn = _serving_packages()
     from ..methods import describe_settings
     from .app import build_app
     from .engine import prefill_label
 
-    uvicorn = _serving_packages()
-    source, config = _checked(args)
     opt.setup_threads(args.threads)
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
@@ -140,15 +143,36 @@ def run(args) -> int:
             f"note: listening on {args.host}: anyone who reaches it can use the model (no authentication)",
             file=sys.stderr,
         )
-    server = uvicorn.Server(
-        uvicorn.Config(build_app(engine), log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-    )
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again: the normal way to stop
-        pass
-    print("delta-attn serve: stopped", file=sys.stderr)
-    return 0
+    server = _server(uvicorn, build_app(engine, max_body=args.max_body), engine)
+    server.run(sockets=[sock])  # returns once a signal stopped it (see _server)
+    if not engine.close(timeout=STOP_GRACE_S):  # inside one long forward (a one-shot prefill): not waited for
+        print("delta-attn serve: the worker is still in a forward pass; leaving it", file=sys.stderr)
+    print("delta-attn serve: stopped", file=sys.stderr, flush=True)
+    return 0  # the command then leaves with os._exit (fast_exit): no teardown, no wait for that thread
+
+
+STOP_GRACE_S = 0.5  # after the last client was answered, how long the worker may take to finish its step
+
+
+def _server(uvicorn, app, engine):
+    """A uvicorn server that stops on SIGINT and SIGTERM alike, at once and with exit status 0.
+
+    On the signal, :meth:`Engine.shutdown` stops the running job at its next token (or prefill chunk) and
+    answers every waiting request with a 503 OpenAI error (a stream gets it as its last event), so the
+    connections close within a few hundred milliseconds; uvicorn then stops. uvicorn's own handler is
+    replaced because it re-raises the signal after stopping (SIGTERM would kill the process: exit 143).
+    A second Ctrl-C stops without waiting for the connections.
+    """
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True
+            self.should_exit = True
+            engine.shutdown()
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=1)
+    return Server(config)
 
 
 def register(subparsers) -> None:
@@ -178,6 +202,14 @@ def register(subparsers) -> None:
         default=DEFAULT_MAX_TOKENS,
         help=f"reply length limit when a request sets none (default {DEFAULT_MAX_TOKENS})",
     )
+    p.add_argument(
+        "--max-body",
+        type=opt.positive_int,
+        default=DEFAULT_MAX_BODY,
+        metavar="BYTES",
+        help=f"largest request body accepted, in bytes (default {DEFAULT_MAX_BODY}, 4 MiB); a larger one gets "
+        "a 413 before it is read",
+    )
     opt.add_mode_option(p)
     opt.add_dense_layers_option(p)
     opt.add_method_options(p, window=2048, sink=128, gamma=64)
@@ -190,4 +222,4 @@ def register(subparsers) -> None:
     )
     opt.add_model_options(p, dtype=True)
     opt.add_overflow_option(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, fast_exit=True)

@@ -5,11 +5,17 @@ for the client's mistakes (``invalid_request_error``) and 500 for the server's o
 so the official ``openai`` client raises its matching exception (``BadRequestError``, ``NotFoundError``,
 ...) with our message. FastAPI's defaults (``{"detail": ...}``, 422 for a body that is not JSON) are
 replaced here; a failed request never stops the server.
+
+Every failure is **one log line** (request id, method, path, status, message): also a bug, which is
+answered with a 500 whose message names the exception and logged with the place it was raised, not a
+traceback (set the ``delta_attn.serve`` logger to DEBUG for those). :class:`LastResort` catches what
+no handler did, before Starlette's own error middleware, which would log a second traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,9 +41,11 @@ class APIError(Exception):
         type: str = INVALID_REQUEST,
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message, self.status, self.type, self.param, self.code = message, status, type, param, code
+        self.headers = headers  # extra response headers (e.g. "connection: close" when the body was not read)
 
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -45,10 +53,33 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def log_failure(request_id: str, method: str, path: str, exc: APIError) -> None:
+    """The one log line of a failed request."""
+    LOG.info("%s %s %s -> %d %s: %s", request_id, method, path, exc.status, exc.type, exc.message)
+
+
 def _response(request: Request, exc: APIError) -> JSONResponse:
     rid = getattr(request.state, "request_id", "-")
-    LOG.info("%s %s %s -> %d %s: %s", rid, request.method, request.url.path, exc.status, exc.type, exc.message)
-    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status)
+    log_failure(rid, request.method, request.url.path, exc)
+    headers = {**(exc.headers or {}), **({"x-request-id": rid} if rid != "-" else {})}
+    return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), status_code=exc.status, headers=headers)
+
+
+def internal_error(exc: BaseException) -> APIError:
+    """A bug, as the client sees it: a 500 naming the exception and where it was raised (no traceback)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    LOG.debug("the server failed on a request", exc_info=exc)  # the traceback, for whoever asks for DEBUG
+    return APIError(
+        f"the server failed on this request ({type(exc).__name__}: {_short(str(exc))}{where})",
+        status=500,
+        type=SERVER_ERROR,
+    )
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())  # one line
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -67,10 +98,43 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _response(request, APIError(f"invalid request: {exc.errors()}"))
+        return _response(request, APIError(f"invalid request: {_short(str(exc.errors()))}"))
 
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        LOG.exception("request failed inside the server")
-        message = f"the server failed on this request ({type(exc).__name__}: {exc})"
-        return _response(request, APIError(message, status=500, type=SERVER_ERROR))
+    app.add_middleware(LastResort)
+
+
+class LastResort:
+    """ASGI middleware: any exception no handler took becomes a 500 OpenAI error body and one log line.
+
+    Starlette's outermost error middleware would answer it as plain text and re-raise it (uvicorn then
+    logs a traceback of its own); this one sits inside it and never lets an exception through.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:  # noqa: BLE001 - the point of this middleware
+            error = internal_error(exc)
+            rid = scope.get("state", {}).get("request_id", "-")
+            log_failure(rid, scope.get("method", "-"), scope.get("path", "-"), error)
+            if started:  # the response is under way: all that is left is to end it
+                return
+            response = JSONResponse(error_body(error.message, error.type), status_code=500)
+            try:
+                await response(scope, receive, send)
+            except Exception:  # noqa: BLE001 - the client is gone; nothing else to do
+                pass

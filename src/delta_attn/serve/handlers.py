@@ -10,8 +10,10 @@ strings left in the reply, errors as ``{"detail": ...}``). Here a request is che
 (:mod:`.requests`), tokenized, and run by the :class:`~delta_attn.serve.engine.Engine` through
 :func:`delta_attn.generation.generate`: chunked Δ prefill, dense decode, a seed per request.
 
-A stream ends with ``data: [DONE]``; a client that disconnects cancels its job (the worker stops at
-the next token).
+The checks, the chat template and the tokenisation run on the app's thread pool (:meth:`_prepare`), not
+on the event loop. A stream ends with ``data: [DONE]``, or with an error event when the request fails or
+the server shuts down. A client that disconnects cancels its job, streaming or not: the worker stops at
+the next token (or prefill chunk).
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types import Completion, CompletionChoice, CompletionUsage
 
 from ..compat import chat_completion, request_fields, serving_handler_bases, stream_chunk
-from .engine import Engine, Job, Outcome
-from .errors import LOG, SERVER_ERROR, APIError, error_body
+from .engine import FINISH_CANCELLED, Engine, Job, Outcome, shutting_down_error
+from .errors import APIError, error_body, internal_error, log_failure
 from .requests import ChatBody, CompletionBody, parse
 
 DONE = "data: [DONE]\n\n"
+
 ChatCompletionHandler, _CompletionHandler, Modality = serving_handler_bases()
 
 
@@ -54,21 +59,61 @@ def _check_model(engine: Engine, requested: str | None) -> str:
     return name
 
 
-async def _result(engine: Engine, job: Job) -> Outcome:
-    # shield: if this request's task is cancelled (server shutdown), the worker still resolves the future
-    return await asyncio.shield(engine.submit(job))
+CLIENT_GONE = 499  # the status logged (never sent) for a request whose client left before its answer
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has disconnected (the body was read already: the next ASGI message is that)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.05)  # not expected after the body; never spin
+
+
+async def _result(engine: Engine, job: Job, request: Request) -> Outcome | None:
+    """``job``'s outcome; None if the client disconnected first (the job is then cancelled: the worker
+    stops at its next token). A 503 :class:`APIError` when the server shuts down meanwhile."""
+    future = engine.submit(job)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # this request's task was cancelled: free the worker too
+        job.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not future.done():
+        job.cancel()
+        return None
+    outcome = future.result()  # raises what the worker raised, or the shutdown's 503
+    if outcome.finish_reason == FINISH_CANCELLED:
+        if engine.closing:
+            raise shutting_down_error()
+        return None
+    return outcome
 
 
 def _stream(
-    engine: Engine, job: Job, head: list[str], piece: Callable[[str], str], tail: Callable[[Outcome], list[str]]
+    engine: Engine,
+    job: Job,
+    head: list[str],
+    piece: Callable[[str], str],
+    tail: Callable[[Outcome], list[str]],
+    method_path: tuple[str, str],
 ) -> StreamingResponse:
     """Queue ``job`` now and stream its text as SSE events: ``head``, one ``piece(text)`` per new text, ``tail``."""
     loop = asyncio.get_running_loop()
     texts: asyncio.Queue[str | None] = asyncio.Queue()
     job.on_text = lambda text: loop.call_soon_threadsafe(texts.put_nowait, text)
     future = engine.submit(job)
-    # the worker hands over texts and the result through the loop in order, so None comes after the last text
+    # the worker hands over texts and the result through the loop in order, so None comes after the last text;
+    # a shutdown fails the future at once, whatever the worker is doing
     future.add_done_callback(lambda _: texts.put_nowait(None))
+
+    def error_event(error: APIError) -> str:
+        log_failure(job.request_id, *method_path, error)
+        return f"data: {json.dumps(error_body(error.message, error.type, error.param, error.code))}\n\n"
 
     async def events() -> AsyncIterator[str]:
         try:
@@ -76,12 +121,15 @@ def _stream(
                 yield event
             while (text := await texts.get()) is not None:
                 yield piece(text)
-            if future.exception() is not None:  # a bug: logged with its traceback, reported in the stream
-                LOG.error("%s failed", job.request_id, exc_info=future.exception())
-                message = f"the server failed on this request ({type(future.exception()).__name__})"
-                yield f"data: {json.dumps(error_body(message, SERVER_ERROR))}\n\n"
+            failure = future.exception()
+            if failure is not None:  # the shutdown's 503, or a bug (one log line, a 500 error event)
+                yield error_event(failure if isinstance(failure, APIError) else internal_error(failure))
                 return
-            for event in tail(future.result()):
+            outcome = future.result()
+            if outcome.finish_reason == FINISH_CANCELLED:  # stopped by a shutdown the future did not see yet
+                yield error_event(shutting_down_error())
+                return
+            for event in tail(outcome):
                 yield event
             yield DONE
         except (asyncio.CancelledError, GeneratorExit):  # the client went away: free the worker
@@ -91,30 +139,62 @@ def _stream(
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-class ChatHandler(ChatCompletionHandler):
+class _Handler:
+    """What both endpoints share: checks and tokenisation on the pool, then a stream or one answer."""
+
+    engine: Engine
+    pool: Executor
+    endpoint: str
+
+    async def handle_request(self, body: dict, request_id: str, request: Request) -> Response:
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self.pool, self._prepare, body, request_id)
+        job, stream = prepared[0], prepared[1]
+        if stream:
+            return self._streaming(request_id, request, *prepared)
+        outcome = await _result(self.engine, job, request)
+        if outcome is None:  # nobody is left to answer; the worker's log line says "finish cancelled"
+            return Response(status_code=CLIENT_GONE)
+        return self._complete(request_id, outcome, *prepared)
+
+    def _prepare(self, body: dict, request_id: str) -> tuple:
+        raise NotImplementedError
+
+    def _streaming(self, request_id: str, request: Request, *prepared) -> StreamingResponse:
+        raise NotImplementedError
+
+    def _complete(self, request_id: str, outcome: Outcome, *prepared) -> Response:
+        raise NotImplementedError
+
+
+class ChatHandler(_Handler, ChatCompletionHandler):
     """``POST /v1/chat/completions``: the model's chat template around ``messages``."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, pool: Executor) -> None:
         super().__init__(model_manager=None, generation_state=None)  # both replaced by the engine
-        self.engine = engine
+        self.engine, self.pool = engine, pool
 
-    async def handle_request(self, body: dict, request_id: str) -> StreamingResponse | JSONResponse:
+    def _prepare(self, body: dict, request_id: str) -> tuple[Job, bool, str]:
         request = parse(ChatBody, body, request_fields(self))
         model_id = _check_model(self.engine, request.model)
         settings = request.settings(self.engine.config)
         self.engine.check_config(settings.config, "delta")
         job = self.engine.job(request_id, "chat", self._prompt_ids(body["messages"], request), settings)
-        if request.stream:
-            return _stream(
-                self.engine,
-                job,
-                head=[stream_chunk(self, request_id, role="assistant", model=model_id)],
-                piece=lambda text: stream_chunk(self, request_id, content=text, model=model_id),
-                tail=lambda out: [
-                    stream_chunk(self, request_id, finish_reason=out.finish_reason, model=model_id, usage=_usage(out))
-                ],
-            )
-        outcome = await _result(self.engine, job)
+        return job, bool(request.stream), model_id
+
+    def _streaming(self, request_id: str, request: Request, job: Job, _: bool, model_id: str) -> StreamingResponse:
+        return _stream(
+            self.engine,
+            job,
+            head=[stream_chunk(self, request_id, role="assistant", model=model_id)],
+            piece=lambda text: stream_chunk(self, request_id, content=text, model=model_id),
+            tail=lambda out: [
+                stream_chunk(self, request_id, finish_reason=out.finish_reason, model=model_id, usage=_usage(out))
+            ],
+            method_path=(request.method, request.url.path),
+        )
+
+    def _complete(self, request_id: str, outcome: Outcome, job: Job, _: bool, model_id: str) -> Response:
         completion = chat_completion(self, request_id, outcome.text, model_id, outcome.finish_reason, _usage(outcome))
         return JSONResponse(completion)
 
@@ -128,39 +208,46 @@ class ChatHandler(ChatCompletionHandler):
                 conversation, add_generation_prompt=True, tokenize=False, **(request.chat_template_kwargs or {})
             )
         except Exception as exc:  # a template error is about these messages (e.g. roles in an order it refuses)
-            raise APIError(f"the model's chat template refused these messages: {exc}", param="messages") from None
+            raise APIError(
+                f"the model's chat template refused these messages: {' '.join(str(exc).split())[:300]}",
+                param="messages",
+            ) from None
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-class CompletionHandler(_CompletionHandler):
+class CompletionHandler(_Handler, _CompletionHandler):
     """``POST /v1/completions``: the ``prompt`` as it is (no chat template), then ``suffix`` if given."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, pool: Executor) -> None:
         super().__init__(model_manager=None, generation_state=None)  # both replaced by the engine
-        self.engine = engine
+        self.engine, self.pool = engine, pool
 
-    async def handle_request(self, body: dict, request_id: str) -> StreamingResponse | JSONResponse:
+    def _prepare(self, body: dict, request_id: str) -> tuple[Job, bool, str, str]:
         request = parse(CompletionBody, body, request_fields(self))
         model_id = _check_model(self.engine, request.model)
         settings = request.settings(self.engine.config)
         self.engine.check_config(settings.config, "delta")
         prompt_ids = self.engine.served.tokenizer(request.prompt)["input_ids"]
         job = self.engine.job(request_id, "completion", prompt_ids, settings)
-        suffix = request.suffix or ""
-        if request.stream:
+        return job, bool(request.stream), model_id, request.suffix or ""
 
-            def tail(out: Outcome) -> list[str]:
-                last = stream_chunk(self, request_id, model_id, finish_reason=out.finish_reason, usage=_usage(out))
-                return ([stream_chunk(self, request_id, model_id, text=suffix)] if suffix else []) + [last]
+    def _streaming(
+        self, request_id: str, request: Request, job: Job, _: bool, model_id: str, suffix: str
+    ) -> StreamingResponse:
+        def tail(out: Outcome) -> list[str]:
+            last = stream_chunk(self, request_id, model_id, finish_reason=out.finish_reason, usage=_usage(out))
+            return ([stream_chunk(self, request_id, model_id, text=suffix)] if suffix else []) + [last]
 
-            return _stream(
-                self.engine,
-                job,
-                head=[],
-                piece=lambda text: stream_chunk(self, request_id, model_id, text=text),
-                tail=tail,
-            )
-        outcome = await _result(self.engine, job)
+        return _stream(
+            self.engine,
+            job,
+            head=[],
+            piece=lambda text: stream_chunk(self, request_id, model_id, text=text),
+            tail=tail,
+            method_path=(request.method, request.url.path),
+        )
+
+    def _complete(self, request_id: str, outcome: Outcome, job: Job, _: bool, model_id: str, suffix: str) -> Response:
         completion = Completion(
             id=request_id,
             created=int(time.time()),

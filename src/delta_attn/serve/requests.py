@@ -25,6 +25,7 @@ from .engine import Settings
 from .errors import APIError
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_TOKENS = 2**31 - 1  # a reply length is counted in int32 like the config's fields (delta_attn.config)
 
 # fields of the schemas whose effect this server does not implement: accepted only with these neutral values
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -57,7 +58,7 @@ class _Body(BaseModel):
 
     model: str | None = None
     stream: bool | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=0, lt=2**63)
@@ -100,7 +101,7 @@ class _Message(BaseModel):
 
 class ChatBody(_Body):
     messages: list[_Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     chat_template_kwargs: dict[str, Any] | None = None
 
     def settings(self, base: DeltaConfig) -> Settings:
@@ -115,15 +116,80 @@ class CompletionBody(_Body):
         return _settings(self, base, self.max_tokens)
 
 
+MAX_JSON_DEPTH = 64  # a real request nests ~6 levels (body, messages, a message, content parts, a part)
+
+
 def parse_json(raw: bytes) -> dict:
-    """The request body as a JSON object."""
+    """The request body as a JSON object of plain text: at most :data:`MAX_JSON_DEPTH` levels deep, every
+    string (and key) valid Unicode. Runs off the event loop (a 4 MB body takes tens of milliseconds)."""
     try:
         body = json.loads(raw)
+    except RecursionError:  # the C parser gives up near 1,000 levels
+        raise APIError(
+            f"the request body nests JSON too deeply (over {MAX_JSON_DEPTH} levels)", code="invalid_json"
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise APIError(f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+        raise APIError(f"the request body is not valid JSON ({_one_line(exc)})", code="invalid_json") from None
     if not isinstance(body, dict):
         raise APIError(f"the request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    _check_tree(body)
     return body
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """A client's text quoted in a message: at most ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_tree(body: dict) -> None:
+    """Depth and text checks over the parsed body, iteratively (a recursive walk could itself overflow).
+
+    A lone UTF-16 surrogate (``"\\ud800"`` in JSON is legal syntax but no character) cannot be encoded
+    to UTF-8, so the tokenizer would fail on it later; it is refused here, naming where it is.
+    """
+    stack: list[tuple[object, int, str]] = [(body, 1, "")]
+    while stack:
+        value, depth, path = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise APIError(
+                f"the request body nests JSON {depth}+ levels deep (at {path or 'the top'}); at most "
+                f"{MAX_JSON_DEPTH} are accepted",
+                param=path.split(".", 1)[0] or None,
+                code="invalid_json",
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else key
+                _check_text(key, where, "a key")
+                stack.append((item, depth + 1, where))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, f"{path}.{i}") for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, path, "the text")
+
+
+def _check_text(text: str, path: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        where = _printable(path)
+        raise APIError(
+            f"invalid {where!r}: {what} holds a lone UTF-16 surrogate (\\u{ord(text[exc.start]):04x} at "
+            f"character {exc.start}), which is not a character; send text as valid Unicode (a character "
+            "outside the BMP is one surrogate pair)",
+            param=where.split(".", 1)[0] or None,
+            code="invalid_unicode",
+        ) from None
+
+
+def _printable(path: str) -> str:
+    """``path`` without surrogates of its own (a key may hold them), for the message."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def parse(
@@ -132,12 +198,13 @@ def parse(
     """``body`` checked against ``kind``; ``allowed`` are the field names transformers' schema knows."""
     unknown = sorted(set(body) - allowed - {"delta"})
     if unknown:
-        raise APIError(
-            f"unknown field {unknown[0]!r} (this endpoint takes {sorted(allowed | {'delta'})})", param=unknown[0]
-        )
+        name = _clip(unknown[0])
+        raise APIError(f"unknown field {name!r} (this endpoint takes {sorted(allowed | {'delta'})})", param=name)
     for name, neutral in _NEUTRAL.items():
         if body.get(name) is not None and body[name] not in neutral:
-            raise APIError(f"{name}={body[name]!r} is not supported by this server", param=name, code="unsupported")
+            raise APIError(
+                f"{name}={_clip(repr(body[name]))} is not supported by this server", param=name, code="unsupported"
+            )
     try:
         return kind.model_validate(body)
     except ValidationError as exc:
