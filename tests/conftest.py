@@ -88,17 +88,27 @@ def no_model_load(monkeypatch):
 
 @pytest.fixture
 def run_cli(capsys):
-    """``run_cli(argv)`` -> (exit status, stderr) of ``delta-attn ARGV``; argparse errors exit through
-    SystemExit, and no traceback may reach stderr."""
+    """``run_cli(argv)`` -> (exit status, stderr) of ``delta-attn ARGV`` (``with_stdout=True``: (status, stdout,
+    stderr)); argparse errors exit through SystemExit, and no traceback may reach stderr."""
     from delta_attn.cli import main
 
-    def run(argv) -> tuple[int, str]:
+    def run(argv, *, with_stdout: bool = False) -> tuple:
         try:
             rc = main([str(a) for a in argv])
         except SystemExit as exc:
             rc = exc.code
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
         assert "Traceback" not in err, err
-        return rc, err
+        return (rc, out, err) if with_stdout else (rc, err)
 
     return run
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """A fresh, empty delta-attn cache folder for the test (``$DELTA_ATTN_CACHE_DIR``)."""
+    from delta_attn import models
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv(models.CACHE_ENV, str(root))
+    return root

@@ -16,13 +16,6 @@ import torch
 from delta_attn import models
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv(models.CACHE_ENV, str(root))
-    return root
-
-
 def _gguf_header(kv: dict) -> bytes:
     """A GGUF v3 header with string / uint32 / string-array values (enough for the reader)."""
 
