@@ -111,27 +111,29 @@ def device(text: str) -> str:
     return text
 
 
-def existing_path(text: str) -> Path:
-    """A file or directory that exists."""
+def _existing(text: str, kind: str = "") -> Path:
+    """``text`` as a Path that exists (and, for ``kind`` "file" or "directory", is one)."""
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} does not exist")
+    if (kind == "file" and not path.is_file()) or (kind == "directory" and not path.is_dir()):
+        raise argparse.ArgumentTypeError(f"{text} is not a {kind}")
     return path
+
+
+def existing_path(text: str) -> Path:
+    """A file or directory that exists."""
+    return _existing(text)
 
 
 def existing_dir(text: str) -> Path:
     """A directory that exists."""
-    path = existing_path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is not a directory")
-    return path
+    return _existing(text, "directory")
 
 
 def gguf_file(text: str) -> Path:
     """An existing GGUF model file (checked by its 4-byte magic, not by its name)."""
-    path = existing_path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    path = _existing(text, "file")
     with path.open("rb") as f:
         if f.read(4) != b"GGUF":
             raise argparse.ArgumentTypeError(f"{text} is not a GGUF model file")

@@ -46,12 +46,7 @@ def add_arguments(p) -> None:
     )
     samples_help = "prompts (>= 2 for the cross-input cosine; default 4)"
     common.add_prompt_opts(p, task=task, length=4096, samples=4, samples_help=samples_help, methods=DEFAULT_METHODS)
-    p.add_argument(
-        "--gammas",
-        type=opt.positive_int_list,
-        default="2,4,8,16,32,64,128",
-        help="γs of the similarity (default %(default)s)",
-    )
+    common.add_int_list_option(p, "--gammas", "2,4,8,16,32,64,128", "γs of the similarity (default %(default)s)")
     p.add_argument(
         "--sweep",
         default=DEFAULT_SWEEP,

@@ -174,6 +174,18 @@ def batch_sizes(text: str) -> str:
     return text
 
 
+def add_tasks_option(p, default: str, help: str) -> None:
+    """``--tasks``: RULER tasks or groups (:func:`task_list`)."""
+    p.add_argument("--tasks", type=task_list, default=default, help=help)
+
+
+def add_int_list_option(p, flag: str, default: str | None, help: str, **more) -> None:
+    """``flag``: a comma-separated list of positive ints (lengths, windows, γs ...)."""
+    from ..cli_options import positive_int_list
+
+    p.add_argument(flag, type=positive_int_list, default=default, help=help, **more)
+
+
 def add_model_opts(p) -> None:
     """The model (``--model --device --dtype --threads``), the texts folder and ``--allow-overflow``."""
     from .. import cli_options as opt

@@ -24,14 +24,10 @@ METHOD_SPECS = True  # --help ends with the method spec syntax
 
 def add_arguments(p) -> None:
     """``eval sweep``'s options."""
-    from ..cli_options import nonnegative_int, positive_int, positive_int_list
+    from ..cli_options import nonnegative_int, positive_int
 
-    p.add_argument(
-        "--windows", type=positive_int_list, default="128,256,512,1024", help="sparse windows (default %(default)s)"
-    )
-    p.add_argument(
-        "--gammas", type=positive_int_list, default="8,16,32,64", help="anchor strides γ (default %(default)s)"
-    )
+    common.add_int_list_option(p, "--windows", "128,256,512,1024", "sparse windows (default %(default)s)")
+    common.add_int_list_option(p, "--gammas", "8,16,32,64", "anchor strides γ (default %(default)s)")
     p.add_argument(
         "--first-window",
         type=positive_int,
@@ -39,22 +35,13 @@ def add_arguments(p) -> None:
         help="the window whose row runs first; the others follow nearest first (default 256)",
     )
     p.add_argument("--length", type=positive_int, default=8192, help="prompt / window length (default 8192)")
-    p.add_argument(
-        "--tasks",
-        type=common.task_list,
-        default="niah_single_1,niah_single_2,niah_multikey_1,vt",
-        help="RULER tasks (default %(default)s)",
-    )
+    common.add_tasks_option(p, "niah_single_1,niah_single_2,niah_multikey_1,vt", "RULER tasks (default %(default)s)")
     p.add_argument(
         "--samples", type=nonnegative_int, default=20, help="samples per task and cell; 0: no RULER (default 20)"
     )
     common.add_seed_reserve(p)
-    p.add_argument(
-        "--continuation",
-        type=positive_int_list,
-        default="1024",
-        metavar="M[,M2]",
-        help="continuation-perplexity tail lengths (default 1024)",
+    common.add_int_list_option(
+        p, "--continuation", "1024", "continuation-perplexity tail lengths (default 1024)", metavar="M[,M2]"
     )
     p.add_argument(
         "--ppl-docs", type=nonnegative_int, default=8, help="perplexity documents per cell; 0: none (default 8)"
@@ -73,13 +60,13 @@ def run(args) -> int:
     from ..models import load_tokenizer
     from . import ruler
     from .cli_ppl import check_continuations
-    from .cli_ruler import build_samples, probe_cells
+    from .cli_ruler import build_samples, probe_cells, run_batches
     from .corpus import ESSAY_BOOKS, PPL_BOOKS
     from .cppl import run_cppl
     from .ppl import DOC_FORMAT, ppl_documents
     from .records import JsonlWriter, cppl_key, record_config, run_info, sample_key
     from .resume import plan_resume
-    from .runner import Deadline, parse_batch_sizes, run_ruler
+    from .runner import Deadline
 
     deadline = Deadline(args.time_limit, start=common.START)
     cells = _cells(args)
@@ -159,22 +146,19 @@ def run(args) -> int:
                     log(f"time limit: stopping before cell {cell.name}; rerun with the same --out to resume")
                     break
                 t0 = time.perf_counter()
-                stats = run_ruler(
+                stats = run_batches(
+                    args,
                     model,
                     tok,
                     samples,
                     cell.methods,
                     w,
-                    lengths=[length],
-                    batch_size=parse_batch_sizes(args.batch_size),
-                    done=ruler_plan.done,
-                    configs=ruler_cfg,
-                    run_id=header["run_id"],
-                    seed=args.seed,
-                    deadline=deadline,
-                    progress=not args.no_progress,
-                    log=log,
-                    prefill_tokens=args.prefill_tokens,
+                    [length],
+                    ruler_plan.done,
+                    ruler_cfg,
+                    header,
+                    deadline,
+                    log,
                 )
                 if stats.stopped_by_deadline:
                     break
