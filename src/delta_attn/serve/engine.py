@@ -230,7 +230,7 @@ class Engine:
         """A Δ config this server cannot run with this model: :class:`APIError` naming ``param``."""
         problem = config_problem(config, chunk_size=self.chunk_size, num_layers=self.served.num_layers)
         if problem is None:
-            from ..backend import select_backend
+            from ..ops import select_backend
 
             try:  # e.g. backend "triton" on a CPU model
                 select_backend(config, self._device)
