@@ -109,7 +109,11 @@ def tiny(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "_from_gguf", convert)
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF" + bytes(64))
-    return gguf, calls
+    yield gguf, calls
+    # models parsed while `_from_gguf` was faked stay in the per-process caches: drop them, or a later test
+    # of the same process gets this tiny model for the real SmolLM2
+    models._load_cpu.cache_clear()
+    models._folder_tokenizer.cache_clear()
 
 
 def _weights(model) -> dict:
