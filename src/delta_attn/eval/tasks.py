@@ -1,4 +1,8 @@
-"""The RULER-style task table: RULER's templates, the task specs (``TASKS``), prompt formats, task-name parsing."""
+"""The RULER-style task table: RULER's templates, the task specs (``TASKS``), prompt formats, task-name parsing.
+
+The templates follow RULER's scripts/data/synthetic/constants.py, the table its synthetic.yaml; the generators
+that fill them are in :mod:`delta_attn.eval.ruler`, which re-exports these names.
+"""
 
 from __future__ import annotations
 
