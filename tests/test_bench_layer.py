@@ -84,3 +84,21 @@ def test_variant_method_names():
             method_config(bad, base)
     args = argparse.Namespace(methods="delta,delta_fast", argv=[])
     assert run(args) == 2  # refused before any GPU work
+
+
+def test_method_modifiers():
+    import torch
+
+    from delta_attn import DeltaConfig
+    from delta_attn.bench.layer import method_config, modified_configs, split_method
+
+    base = DeltaConfig(window=128, gamma=64)
+    assert split_method("delta+strided+ips8") == ("delta", ["strided", "ips8"])
+    assert method_config("delta_auto+hf", base) == base.replace(delta_scale="auto")
+    cfgs = modified_configs(["devtma", "ips8", "chunk16384", "bn128"], torch.bfloat16, None)
+    assert cfgs["dense"]["USE_TMA"] == "device" and cfgs["sparse"]["USE_TMA"] == "device"
+    assert cfgs["dense"]["ITEMS_PER_SM"] == 8 and cfgs["dense"]["MAX_CHUNK"] == 16384 and cfgs["dense"]["BN"] == 128
+    assert modified_configs(["strided"], torch.bfloat16, None) is None  # a layout, not a launch option
+    for bad in ("delta+fast", "cudnn+strided", "delta+ipsx"):
+        with pytest.raises(ValueError):
+            method_config(bad, base)

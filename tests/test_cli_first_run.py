@@ -59,6 +59,7 @@ def prompt_file(tmp_path) -> Path:
         (["demo", "--methods", "dense,fast"], "unknown method"),
         (["eval", "ruler", "--tasks", ",", "--out", "{out}"], "no task named in ','"),
         (["eval", "ruler", "--tasks", "niah_single_9", "--out", "{out}"], "unknown task 'niah_single_9'"),
+        (["eval", "ppl", "--methods", "delta_zz", "--out", "{out}"], "method 'delta_zz': unknown option 'zz'"),
         (["serve", "--sparse", "nosuch"], "unknown sparse method 'nosuch'"),
         (["serve", "/nonexistent/model"], "/nonexistent/model does not exist"),
         (["bogus"], "invalid choice: 'bogus'"),
@@ -105,7 +106,7 @@ def test_generate_strips_a_prompt_files_trailing_whitespace_and_raw_keeps_it(tmp
         return generation.GenerationResult([[]], ["stop"], 0.0, 0.0, 0)
 
     monkeypatch.setattr(generation, "generate", fake_generate)
-    monkeypatch.setattr(models, "load_smollm2", lambda **kwargs: (object(), tokenizer))
+    monkeypatch.setattr(models, "load_model", lambda *args, **kwargs: (object(), tokenizer))
     monkeypatch.setattr(hf, "enable", lambda model, config: model)
     question = "What is the capital of France?"
     tails = ["", "\n", "\r\n", "\n\n  \t", " \n"]

@@ -110,3 +110,22 @@ def test_an_unfinished_prompt_does_not_generate(model):
     )
     assert len(done.generate(max_new_tokens=3, stop_token_ids=()).tokens[0]) == 3
     delta_attn.disable(model)
+
+
+def test_a_huge_token_limit_is_only_a_limit(model, seed):
+    """max_new_tokens up to int32 (a server past the context accepts that): nothing is allocated for it up
+    front, and the tokens come out the same as with a small limit."""
+    delta_attn.enable(model, DeltaConfig(window=24, sink=4, gamma=16, tail=16))
+    ids = _ids(1, 60)
+    res = delta_attn.chunked_prefill(model, ids, chunk_size=32)
+    wanted = random.randint(257, 600)  # past the first buffer of 256 tokens
+    small = copy.deepcopy(res).generate(wanted, stop_token_ids=())
+    seen: list[int] = []
+
+    def until_wanted(_: int, token: int) -> bool:
+        seen.append(token)
+        return len(seen) < wanted
+
+    huge = res.generate(2**31 - 1, stop_token_ids=(), on_token=until_wanted)
+    assert huge.tokens == small.tokens and len(small.tokens[0]) == wanted
+    delta_attn.disable(model)

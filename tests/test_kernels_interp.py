@@ -36,6 +36,7 @@ QUICK = [
     "chunk-repeat",
     "chunk-ema",
     "chunk-gqa-strided",
+    "delta-hf-layout",
     "prompt-longer",
     "unit",
 ]
@@ -64,13 +65,19 @@ def test_tiny_cases_in_interpreter(seed):
     assert not bad, bad
 
 
-VARIANTS = [  # Δ variants (docs/algorithm.md §13): the unfused scaled path, auto λ, extra anchors, chunked auto
+VARIANTS = [  # Δ variants (docs/algorithm.md §13): λ fused (float, auto), unfused (filters, top-k), extra anchors
     "delta-scale0.5",
     "delta-scale0.5-abg",
     "delta-auto-global",
     "delta-extra0.25",
     "delta-extra0.25-linear-auto",
     "chunk-auto",
+    "chunk-scale0.3-gqa",
+    "delta-auto-d80-g8",
+    "delta-auto-b2-gqa",
+    "delta-auto-block",
+    "delta-auto-topk",
+    "chunk-auto-gqa",
 ]
 
 
@@ -88,7 +95,22 @@ def test_tma_descriptors_in_interpreter(seed, tmp_path):
     path = tmp_path / "tma.json"
     path.write_text(json.dumps(tma))
     rows = _run_tiny(
-        ["delta-stream-g4", "delta-d80-g8", "delta-vs", "chunk-gqa-strided"], seed, kernel_config=str(path)
+        ["delta-stream-g4", "delta-d80-g8", "delta-vs", "chunk-gqa-strided", "delta-hf-layout", "chunk-hf-layout-auto"],
+        seed,
+        kernel_config=str(path),
     )
+    bad = [r for r in rows if not r["ok"]]
+    assert rows and not bad, bad
+
+
+def test_dense_rows_split_options_in_interpreter(seed, tmp_path):
+    """The dense-rows schedule options (work items per SM, key chunk cap) split every tile into many
+    chunks merged by log-sum-exp: the same results (GQA 4:1 and 2:1, head dim 24, strided chunked K/V, auto λ)."""
+    from delta_attn.bench.check import TINY_TILES
+
+    split = dict(TINY_TILES, dense=dict(TINY_TILES["dense"], ITEMS_PER_SM=64, MAX_CHUNK=32))
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(split))
+    rows = _run_tiny(["delta-d80-g8", "chunk-gqa-strided", "delta-auto-b2-gqa", "dense-g4"], seed, str(path))
     bad = [r for r in rows if not r["ok"]]
     assert rows and not bad, bad

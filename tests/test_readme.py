@@ -38,7 +38,11 @@ def test_every_python_block_runs_as_written(tmp_path):
     out = subprocess.run(
         [sys.executable, str(tmp_path / "readme_blocks.py")],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        env={
+            "OMP_WAIT_POLICY": "PASSIVE",  # as the delta-attn command sets it: no spinning on shared cores
+            **os.environ,
+            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        },
         capture_output=True,
         text=True,
         timeout=600,

@@ -54,7 +54,7 @@ case "$PART" in
         --methods dense,sparse,recompute,delta,delta_auto,delta_autod --out "$OUT/S8" --resume-from .results \
         --time-limit "$(left 60)" > "$OUT/S8/run.log" 2>&1 &
     fi
-    ruler R32 "${SAMPLES:-20}" all "$(left 40)"
+    ruler R32 "${SAMPLES:-20}" "${TASKS:-all}" "$(left 40)"
     wait
     ;;
   E2)

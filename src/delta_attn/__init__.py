@@ -12,6 +12,7 @@ With Hugging Face transformers (``pip install 'delta-attn[hf]'``)::
 
     model = delta_attn.enable(model, DeltaConfig(window=2048, sink=128, gamma=64))  # Δ prefill, dense decode
     out = delta_attn.chunked_prefill(model, input_ids, chunk_size=4096)            # long prompts in chunks
+    reply = out.generate(max_new_tokens=64)        # decodes from out's cache (never prefills the prompt again)
     delta_attn.disable(model)                                                        # stock attention again
 
 Every public name except :class:`DeltaConfig` is imported from its submodule on first use, so

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import MODES, DeltaConfig
+from .config import BUILTIN_SPARSE_METHODS, MODES, DeltaConfig
 
 BASE_ALIASES = {"vs": "vertical_slash", "stream": "streaming", "str": "streaming"}
 _OPT = re.compile(r"^(g|w|s|t|b|v|d|k)(\d+)$|^(repeat|linear)$|^(ema|abg)(\d*\.?\d*)$")
@@ -203,9 +203,15 @@ def canonical_from_dict(fields: dict | None) -> dict:
 
 def _base_name(part: str) -> tuple[str | None, str]:
     """Split a leading sparse-base name off ``part`` (longest match); returns (base or None, rest)."""
-    from .sparse import available_sparse_methods  # local: the registry imports torch (--help stays light)
+    import sys
 
-    names = sorted(set(available_sparse_methods()) | set(BASE_ALIASES), key=len, reverse=True)
+    # without delta_attn.sparse imported nothing else is registered: the built-in names, and no torch import
+    known = BUILTIN_SPARSE_METHODS
+    if "delta_attn.sparse" in sys.modules:
+        from .sparse import available_sparse_methods
+
+        known = available_sparse_methods()
+    names = sorted(set(known) | set(BASE_ALIASES), key=len, reverse=True)
     for n in names:
         if part == n or part.startswith(n + "_"):
             return BASE_ALIASES.get(n, n), part[len(n) :]

@@ -59,6 +59,7 @@ class Case:
     dtype: str = "bf16"
     cfg: dict = field(default_factory=dict)
     chunks: tuple = ()  # chunk lengths of a chunked prefill (empty: one call)
+    layout: str = ""  # "hf": q/k/v in a model's (B, N, H, D) memory, seen as (B, H, N, D) (strided)
 
 
 def gpu_cases() -> list[Case]:
@@ -151,6 +152,60 @@ def gpu_cases() -> list[Case]:
             cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
         ),
         Case("chunk-scale0.5-abg", n=1500, chunks=(700, 1, 799), cfg=dict(sw, interp="abg", delta_scale=0.5)),
+        # λ in the fused epilogue: float λ (chunked too), "auto" through the anchor-row Õ pass on GQA, head
+        # dim 80, batch 2, the anchor-block base, and top-k (index lists: the unfused path)
+        Case("chunk-scale0.3-gqa", hq=8, hkv=2, n=1500, chunks=(500, 433, 1, 566), cfg=dict(sw, delta_scale=0.3)),
+        Case(
+            "delta-auto-d80-g8",
+            hq=8,
+            hkv=1,
+            n=1203,
+            d=80,
+            dtype="fp32",
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
+        ),
+        Case(
+            "delta-auto-b2-gqa",
+            b=2,
+            hq=8,
+            hkv=2,
+            n=1500,
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
+        ),
+        Case(
+            "delta-auto-block",
+            n=1300,
+            dtype="fp32",
+            cfg=dict(gamma=64, sparse="block", block_size=300, delta_scale="auto"),
+        ),
+        Case(
+            "delta-auto-topk",
+            hq=4,
+            hkv=2,
+            n=1500,
+            dtype="fp32",
+            cfg=dict(sink=8, window=48, gamma=64, sparse="topk", topk_block=64, topk_blocks=4, delta_scale="auto"),
+        ),
+        Case("delta-hf-layout", hq=8, hkv=2, n=2000, cfg=sw, layout="hf"),
+        Case(
+            "chunk-hf-layout-auto",
+            hq=8,
+            hkv=2,
+            n=1500,
+            chunks=(700, 800),
+            dtype="fp32",  # auto: a window below γ keeps every anchor's Δ real (not rounding noise), as above
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
+            layout="hf",
+        ),
+        Case(
+            "chunk-auto-gqa",
+            hq=8,
+            hkv=2,
+            n=1500,
+            dtype="fp32",
+            chunks=(512, 488, 500),
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
+        ),
     ]
     return c
 
@@ -182,7 +237,7 @@ def tiny_cases() -> list[Case]:
         hq = min(c.hq, 4)
         hkv = c.hkv if hq % c.hkv == 0 else 1
         d = 24 if c.d == 80 else min(c.d, 32)
-        out.append(Case(c.name, c.b, hq, hkv, n, d, "fp16" if c.dtype == "fp16" else "fp32", cfg, chunks))
+        out.append(Case(c.name, c.b, hq, hkv, n, d, "fp16" if c.dtype == "fp16" else "fp32", cfg, chunks, c.layout))
     return out
 
 
@@ -246,6 +301,8 @@ def run_case(
     shape_q = (case.b, case.hq, case.n, case.d)
     shape_k = (case.b, case.hkv, case.n, case.d)
     q, k, v = (torch.randn(s, generator=gen).to(dev, dt) for s in (shape_q, shape_k, shape_k))
+    if case.layout == "hf":  # the same values in (B, N, H, D) memory: the projections' layout in a model
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     config = _config(case, q, k)
     scale = 1.0 / math.sqrt(case.d)
     chunks, kw = case.chunks, dict(scale=scale, prompt_len=case.n)

@@ -194,6 +194,9 @@ def run_cell(
     cell = dict(
         ttft_s=min(times),
         times_s=times,
+        # the first call at this (never-seen) length after the warm-up at another one, against the steady
+        # time of the later reps: a new length must not compile or tune anything (issue 16)
+        first_vs_steady=times[0] / min(times[1:]) if len(times) > 1 else None,
         tokens_per_s=n * ids.shape[0] / min(times),
         first_token=first.tolist(),
         finite=bool(torch.isfinite(logits).all().item()),
@@ -389,6 +392,8 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 cell.update(res)
                 last_ok[key] = (n, res)
                 mem = f"  peak {res['peak_gb']:.1f} GB" if "peak_gb" in res else ""
+                if res.get("first_vs_steady") is not None:
+                    mem += f"  first call {res['times_s'][0]:.3f} s = {res['first_vs_steady']:.2f}x steady"
                 log(
                     f"  {fmt_length(n):>5s} {variant_name(key):24s} TTFT {res['ttft_s']:8.3f} s  "
                     f"{res['tokens_per_s']:10.0f} tok/s{mem}",

@@ -82,6 +82,8 @@ def markdown(res: dict) -> str:
             notes.append("non-finite logits")
         if "max_abs_diff_vs_one_shot" in c:
             notes.append(f"logits within {c['max_abs_diff_vs_one_shot']:.2g} of one-shot")
+        if c.get("first_vs_steady") is not None:  # the first call at this length, after the warm-up at another
+            notes.append(f"first call {c['times_s'][0]:.3f} s = {c['first_vs_steady']:.2f}× steady")
         lines.append(
             f"| {c['label']} | {c['method']} | {chunk} | {c['ttft_s']:.3f} | {c['tokens_per_s']:.0f} | "
             f"{_f(c.get('speedup_vs_dense'))} | {_f(c.get('chunked_over_one_shot'))} | {_f(c.get('peak_gb'), '.1f')} "

@@ -12,6 +12,17 @@ several lengths. Methods:
   (docs/algorithm.md §13): ``delta_l0.5`` (``delta_scale=λ``), ``delta_auto`` (``delta_scale="auto"``),
   ``delta_autog`` (``"auto-global"``), ``delta_x25`` (``extra_anchors``), ``delta_auto_x25``.
   Their FLOPs come from the same cost model (extra anchors: the upper bound, see :mod:`delta_attn.cost`).
+* modifiers after ``+`` (any Triton method, e.g. ``delta+strided``, ``rows+ips8``), to compare layouts and
+  launch options in one run: ``strided`` (K/V are views of a longer buffer, as ``PreallocatedCache`` hands
+  them), ``hf`` (q/k/v in a model's layout: ``(B, N, H, D)`` transposed), ``devtma`` (strided K/V through
+  descriptors made in every program, the earlier path), ``notma`` (pointer loads), ``ips<k>`` /
+  ``chunk<keys>`` (dense rows split into k work items per SM / key chunks of at most that many keys),
+  ``bm<k>``/``bn<k>`` (dense-rows tile).
+
+First call at a new length: every Triton method first runs once at ``--warmup-length`` tokens (its
+compilation), then each length's first call is timed on its own (wall clock, synchronised) and
+reported as ``first ms`` and ``first ÷ steady``: what a server pays for a prompt length it has not
+seen (cuDNN's first call includes its plan for the new shape).
 
 Timing: CUDA events around each call, after warm-up; the median of repeated calls. Dense SDPA at
 the largest lengths (``--dense-once-above``) is timed from a single call (it takes seconds) and
@@ -39,14 +50,63 @@ LENGTHS = "32K,64K,128K,256K,512K,1M"
 DENSE_METHODS = ("cudnn", "flash", "rows")  # timed without a DeltaConfig
 
 
+MODIFIERS = ("strided", "hf", "devtma", "notma", "ips", "chunk", "bm", "bn")
+
+
+def split_method(name: str) -> tuple[str, list[str]]:
+    """``"delta+strided+ips8"`` → ``("delta", ["strided", "ips8"])``; raises ValueError for an unknown modifier."""
+    base, *mods = name.split("+")
+    for m in mods:
+        if not any(
+            m == x or (x in ("ips", "chunk", "bm", "bn") and m.startswith(x) and m[len(x) :].isdigit())
+            for x in MODIFIERS
+        ):
+            raise ValueError(
+                f"unknown modifier {m!r} in {name!r}: one of strided, hf, devtma, notma, ips<k>, chunk<keys>, "
+                "bm<k>, bn<k>"
+            )
+    if mods and base in ("cudnn", "flash"):
+        raise ValueError(f"{name!r}: modifiers are for the Triton methods")
+    return base, mods
+
+
+def modified_configs(mods: list[str], dtype, kcfg: dict | None) -> dict | None:
+    """The kernel launch configs ``{"dense": ..., "sparse": ...}`` a method's modifiers ask for."""
+    from ..kernels import sparse as sparse_mod
+    from ..kernels.dense_rows import CONFIG as DENSE_CONFIG
+    from ..kernels.dense_rows import kernel_config
+
+    if not any(m not in ("strided", "hf") for m in mods):
+        return kcfg
+    kcfg = dict(kcfg or {})
+    dense = dict(kcfg.get("dense") or kernel_config(dtype, DENSE_CONFIG))
+    sparse = dict(kcfg.get("sparse") or kernel_config(dtype, sparse_mod.CONFIG))
+    for m in mods:
+        if m in ("devtma", "notma"):
+            dense["USE_TMA"] = sparse["USE_TMA"] = "device" if m == "devtma" else False
+        elif m.startswith("ips"):
+            dense["ITEMS_PER_SM"] = int(m[3:])
+        elif m.startswith("chunk"):
+            dense["MAX_CHUNK"] = int(m[5:])
+        elif m.startswith("bm"):
+            dense["BM"] = int(m[2:])
+        elif m.startswith("bn"):
+            dense["BN"] = int(m[2:])
+            if dense["BN"] >= 128:  # K and V tiles of 128 keys: 2 stages keep shared memory under the limit
+                dense["num_stages"] = min(dense.get("num_stages", 2), 2)
+    return dict(kcfg, dense=dense, sparse=sparse)
+
+
 def method_config(name: str, base):
     """The :class:`~delta_attn.config.DeltaConfig` a Triton method runs (None for cudnn/flash/rows): ``name`` is a
     method spec (:mod:`delta_attn.methods`, e.g. ``delta``, ``delta_l0.5``, ``delta_auto_x25``) over ``base``.
 
+    ``+`` modifiers (:func:`split_method`) change layouts and launch options, not the config.
     Raises ValueError for an unknown name, or a spec that names dense attention (timed as cudnn/flash).
     """
     from ..methods import config_fields, parse_method
 
+    name, _ = split_method(name)
     if name in DENSE_METHODS:
         return None
     config = parse_method(name, config_fields(base)).config
@@ -175,14 +235,58 @@ def run_layer(args) -> dict:
     scale = 1 / math.sqrt(d)
     base = DeltaConfig(sink=args.sink, window=args.window, gamma=args.gamma, sparse="streaming")
     results = []
-    for n in lengths:
-        torch.cuda.empty_cache()
-        gen = torch.Generator(device=dev).manual_seed(n)
-        q = torch.randn(b, hq, n, d, device=dev, dtype=dtype, generator=gen)
+
+    def inputs(n: int, mods: list[str], seed: int, q=None):
+        """q, k, v of n tokens in the layout the modifiers ask for (``q``: reuse it where the layout allows)."""
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        if "hf" in mods:  # a model's projections: (B, N, H, D) memory, seen as (B, H, N, D)
+            q = torch.randn(b, n, hq, d, device=dev, dtype=dtype, generator=gen).transpose(1, 2)
+            k = torch.randn(b, n, hkv, d, device=dev, dtype=dtype, generator=gen).transpose(1, 2)
+            v = torch.randn(b, n, hkv, d, device=dev, dtype=dtype, generator=gen).transpose(1, 2)
+            return q, k, v
+        q = torch.randn(b, hq, n, d, device=dev, dtype=dtype, generator=gen) if q is None else q
+        if "strided" in mods or "devtma" in mods:  # views of a longer cache buffer (room for decoding)
+            room = n + 4096
+            k = torch.randn(b, hkv, room, d, device=dev, dtype=dtype, generator=gen)[:, :, :n]
+            v = torch.randn(b, hkv, room, d, device=dev, dtype=dtype, generator=gen)[:, :, :n]
+            return q, k, v
         k = torch.randn(b, hkv, n, d, device=dev, dtype=dtype, generator=gen)
         v = torch.randn(b, hkv, n, d, device=dev, dtype=dtype, generator=gen)
-        tail_start = n - base.tail_rows(n)
-        rows = RowSet(0, tail_start, args.gamma, tail_start, n)
+        return q, k, v
+
+    def triton_call(m: str, n: int, q, k, v):
+        name, mods = split_method(m)
+        cfgs = modified_configs(mods, dtype, kcfg)
+        if name == "rows":
+            from ..kernels.prefill import ensure_allocator
+
+            ensure_allocator()  # descriptors made in-kernel (+devtma) need Triton's scratch allocator
+            tail_start = n - base.tail_rows(n)
+            rs = RowSet(0, tail_start, args.gamma, tail_start, n)
+            return lambda: dense_rows(q, k, v, rs, scale=scale, config=(cfgs or {}).get("dense"))
+        cfg = method_config(m, base)
+        return lambda: triton_prefill(q, k, v, cfg, scale=scale, prompt_len=n, kernel_configs=cfgs)
+
+    warm = parse_length(args.warmup_length) if args.warmup_length not in ("", "0") else 0
+    warmup_s = {}
+    if warm:  # compile every Triton method (and layout) at a length that is not timed
+        for m in methods:
+            if split_method(m)[0] in ("cudnn", "flash"):
+                continue
+            q, k, v = inputs(warm, split_method(m)[1], seed=1)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            try:
+                triton_call(m, warm, q, k, v)()
+                torch.cuda.synchronize()
+                warmup_s[m] = time.perf_counter() - t0
+            except Exception as exc:  # reported again, per length, by record()
+                print(f"warm-up of {m} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            del q, k, v
+        print(f"warm-up at {fmt_length(warm)}: " + ", ".join(f"{m} {t:.2f} s" for m, t in warmup_s.items()), flush=True)
+    for n in lengths:
+        torch.cuda.empty_cache()
+        q, k, v = inputs(n, [], seed=n)
         flops = {m: prefill_cost(base.replace(mode=m), n).flops(d, hq, b) for m in ("dense", "sparse", "recompute")}
         delta_cost = prefill_cost(base, n)  # the sparse base on the body rows + the dense rows
         flops["delta"] = delta_cost.flops(d, hq, b)
@@ -191,6 +295,7 @@ def run_layer(args) -> dict:
         once = n > parse_length(args.dense_once_above)
 
         def record(name, fn, fl, *, once=False, note=""):
+            first_ms = None
             try:
                 if once:  # one call only: take its peak memory from the timed call itself
                     torch.cuda.synchronize()
@@ -199,7 +304,10 @@ def run_layer(args) -> dict:
                     t = time_cuda(fn, once=True)
                     mem = torch.cuda.max_memory_allocated() - base_mem
                 else:
-                    mem = peak_memory(fn)
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    mem = peak_memory(fn)  # the first call at this length (synchronised inside)
+                    first_ms = (time.perf_counter() - t0) * 1e3
                     t = time_cuda(fn, reps=args.reps, budget_s=args.budget)
                 out = fn() if name not in ("cudnn", "flash") and args.nan_check else None
                 finite = None if out is None else bool(torch.isfinite(out).all().item())
@@ -214,15 +322,22 @@ def run_layer(args) -> dict:
                     floor_frac=fl / (peak * 1e12) / (t["ms"] * 1e-3),
                     finite=finite,
                     note=note,
+                    first_ms=first_ms,
+                    first_vs_steady=None if first_ms is None else first_ms / t["ms"],
                 )
+                first = "" if first_ms is None else f"  first {first_ms:.2f} ms ({first_ms / t['ms']:.2f}x)"
                 print(
                     f"  {fmt_length(n):>5s} {name:10s} {t['ms']:10.2f} ms  {fl / (t['ms'] * 1e-3) / 1e12:6.1f} "
-                    f"TFLOP/s  reps={t['reps']} {note}",
+                    f"TFLOP/s  reps={t['reps']}{first} {note}",
                     flush=True,
                 )
             except torch.OutOfMemoryError as exc:
                 row["methods"][name] = dict(error=f"OOM: {exc}".splitlines()[0])
                 print(f"  {fmt_length(n):>5s} {name:10s} OOM", flush=True)
+            except Exception as exc:  # a launch option that does not compile here: recorded, the others still run
+                msg = f"{type(exc).__name__}: " + (str(exc).splitlines() or [""])[0][:200]
+                row["methods"][name] = dict(error=msg)
+                print(f"  {fmt_length(n):>5s} {name:10s} FAILED {msg}", flush=True)
             torch.cuda.empty_cache()
 
         for m in methods:
@@ -232,23 +347,17 @@ def run_layer(args) -> dict:
                 fn, expanded = sdpa_fn(m, q, k, v)
                 record(m, fn, flops["dense"], once=once, note="K/V expanded" if expanded else "")
                 del fn
-            elif m not in DENSE_METHODS:  # sparse, delta, recompute and the Δ variants
-                cfg = method_config(m, base)
-                fl = flops[m] if m in flops else prefill_cost(cfg, n).flops(d, hq, b)
-                record(
-                    m,
-                    lambda cfg=cfg, q=q, k=k, v=v: triton_prefill(
-                        q, k, v, cfg, scale=scale, prompt_len=n, kernel_configs=kcfg
-                    ),
-                    fl,
-                    note="FLOPs: extra rows at their upper bound" if cfg.extra_anchors > 0 else "",
-                )
-            elif m == "rows":  # kernel level: the dense-rows kernel alone on Δ's rows
-                record(
-                    m,
-                    lambda q=q, k=k, v=v: dense_rows(q, k, v, rows, scale=scale, config=(kcfg or {}).get("dense")),
-                    flops["rows"],
-                )
+            else:  # Triton: sparse, delta, recompute, the Δ variants, rows (dense-rows kernel alone), + modifiers
+                name, mods = split_method(m)
+                qm, km, vm = (q, k, v) if not mods else inputs(n, mods, seed=n, q=q)
+                if name == "rows":
+                    fl, note = flops["rows"], ""
+                else:
+                    cfg = method_config(m, base)
+                    fl = flops[name] if name in flops else prefill_cost(cfg, n).flops(d, hq, b)
+                    note = "FLOPs: extra rows at their upper bound" if cfg.extra_anchors > 0 else ""
+                record(m, triton_call(m, n, qm, km, vm), fl, note=note)
+                del qm, km, vm
         ms = row["methods"]
         if "cudnn" in ms and "ms" in ms["cudnn"]:
             for r in ms.values():
@@ -274,6 +383,7 @@ def run_layer(args) -> dict:
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
         host=platform.node(),
         kernel_configs=kcfg,
+        warmup=dict(length=warm, seconds=warmup_s),
         command="delta-attn bench layer " + " ".join(args.argv),
         matmul_tflops=peak,
         shape=dict(batch=b, heads=hq, kv_heads=hkv, head_dim=d, dtype=args.dtype),
@@ -292,19 +402,21 @@ def markdown(res: dict) -> str:
         f"{meta['date']}; bf16 matmul rate {meta['matmul_tflops']:.0f} TFLOP/s (the FLOP floor's rate).",
         f"Command: `{meta['command']}`",
         "",
-        "| N | method | ms | TFLOP/s | × vs cuDNN | floor frac | peak mem GB | note |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| N | method | ms | TFLOP/s | × vs cuDNN | floor frac | peak mem GB | first call ÷ steady | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in res["results"]:
         for name, r in row["methods"].items():
             if "ms" not in r:
-                lines.append(f"| {row['label']} | {name} | — | — | — | — | — | {r.get('error', '')} |")
+                lines.append(f"| {row['label']} | {name} | — | — | — | — | — | — | {r.get('error', '')} |")
                 continue
             note = ", ".join(x for x in [r.get("note", ""), "timed once" if r.get("once") else ""] if x)
             sp = r.get("speedup_vs_cudnn")
+            fv = r.get("first_vs_steady")
             lines.append(
                 f"| {row['label']} | {name} | {r['ms']:.2f} | {r['tflops']:.0f} | "
-                f"{'' if sp is None else f'{sp:.1f}'} | {r['floor_frac']:.2f} | {r['peak_mem_gb']:.2f} | {note} |"
+                f"{'' if sp is None else f'{sp:.1f}'} | {r['floor_frac']:.2f} | {r['peak_mem_gb']:.2f} | "
+                f"{'' if fv is None else f'{fv:.2f}'} | {note} |"
             )
     lines += [
         "",
@@ -326,7 +438,7 @@ def summary(res: dict) -> str:
     """A short fixed-width table: the headline ratios per length."""
     out = [
         f"{'N':>5s} {'cuDNN ms':>10s} {'sparse ms':>9s} {'delta ms':>9s} {'x cuDNN':>8s} {'rows/cuDNN TF':>13s} "
-        f"{'extra/(dense/g)':>15s}"
+        f"{'extra/(dense/g)':>15s} {'floor':>6s} {'delta 1st/steady':>16s}"
     ]
     for row in res["results"]:
         ms = row["methods"]
@@ -335,7 +447,8 @@ def summary(res: dict) -> str:
         out.append(
             f"{row['label']:>5s} {f(get('cudnn')):>10s} {f(get('sparse')):>9s} {f(get('delta')):>9s} "
             f"{f(get('delta', 'speedup_vs_cudnn'), '.1f'):>8s} {f(row.get('rows_vs_cudnn_tflops')):>13s} "
-            f"{f(row.get('delta_extra_vs_dense_over_gamma')):>15s}"
+            f"{f(row.get('delta_extra_vs_dense_over_gamma')):>15s} {f(get('delta', 'floor_frac')):>6s} "
+            f"{f(get('delta', 'first_vs_steady')):>16s}"
         )
     return "\n".join(out)
 
@@ -405,6 +518,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--dense-max", default="1M", help="skip dense SDPA above this length")
     p.add_argument("--flash-max", default="256K", help="skip the FlashAttention-2 backend above this length")
     p.add_argument("--no-nan-check", dest="nan_check", action="store_false", help="skip the finite-output check")
+    p.add_argument(
+        "--warmup-length",
+        default="3000",
+        help="tokens of one untimed call of every Triton method before the lengths (compilation; 0: none); "
+        "each length's first call is then reported against its steady time",
+    )
     p.add_argument(
         "--kernel-config",
         default="",

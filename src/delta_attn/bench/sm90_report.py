@@ -114,6 +114,13 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--modes", default="delta,sparse,dense")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="also compile these: strided (K/V views of a longer buffer: host 4-D TMA descriptors), hf (a model's "
+        "transposed q/k/v), devtma (strided K/V, descriptors made in-kernel), auto (delta_scale='auto': anchor-row "
+        "pass + per-block epilogue), lam (delta_scale=0.5 in the epilogue), bn128 (dense rows with 128-key tiles)",
+    )
     args = ap.parse_args(argv)
     from ..config import DeltaConfig
     from ..kernels import prefill as pf
@@ -125,9 +132,35 @@ def main(argv=None) -> int:
     k = torch.randn(1, 2, n, d, dtype=torch.bfloat16)
     v = torch.randn(1, 2, n, d, dtype=torch.bfloat16)
 
+    from ..kernels import sparse as sparse_mod
+    from ..kernels.dense_rows import CONFIG as DENSE_CONFIG
+
+    variants = [x for x in args.variants.split(",") if x]
+    base = DeltaConfig(window=1024)
+
     def calls():
         for mode in args.modes.split(","):
-            triton_prefill(q, k, v, DeltaConfig(mode=mode, window=1024), scale=d**-0.5, prompt_len=n)
+            triton_prefill(q, k, v, base.replace(mode=mode), scale=d**-0.5, prompt_len=n)
+        kb, vb = (torch.randn(1, 2, n + 512, d, dtype=torch.bfloat16) for _ in range(2))
+        ks, vs = kb[:, :, :n], vb[:, :, :n]
+        for var in variants:
+            cfg, qq, kk, vv, kc = base, q, k, v, None
+            if var in ("strided", "devtma"):
+                kk, vv = ks, vs
+            if var == "devtma":
+                kc = {
+                    "dense": dict(DENSE_CONFIG["half"], USE_TMA="device"),
+                    "sparse": dict(sparse_mod.CONFIG["half"], USE_TMA="device"),
+                }
+            if var == "hf":
+                qq, kk, vv = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+            if var == "auto":
+                cfg = base.replace(delta_scale="auto")
+            if var == "lam":
+                cfg = base.replace(delta_scale=0.5)
+            if var == "bn128":
+                kc = {"dense": dict(DENSE_CONFIG["half"], BN=128, num_stages=2)}
+            triton_prefill(qq, kk, vv, cfg, scale=d**-0.5, prompt_len=n, kernel_configs=kc)
 
     rows = report(capture_launches(calls))
     for r in rows:

@@ -41,6 +41,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    methods = common.methods(args)  # first: a bad method is reported before the imports below load torch
+
     from .corpus import PPL_BOOKS
     from .cppl import run_cppl
     from .ppl import DOC_FORMAT, ppl_documents, run_ppl
@@ -49,7 +51,6 @@ def run(args) -> int:
     from .runner import Deadline
 
     deadline = Deadline(args.time_limit, start=common.START)
-    methods = common.methods(args)
     info = common.model_info(args)
     common.check_lengths(args.lengths, info.context_length, args, minimum=2)
     conts = check_continuations(args.continuation, args.lengths)

@@ -107,6 +107,8 @@ def run_batches(args, model, tok, samples, methods, writer, lengths, done, confi
 
 
 def run(args) -> int:
+    methods = common.methods(args)  # first: a bad method is reported before the imports below load torch
+
     from ..models import load_tokenizer
     from . import ruler
     from .corpus import ESSAY_BOOKS
@@ -115,7 +117,6 @@ def run(args) -> int:
     from .runner import Deadline
 
     deadline = Deadline(args.time_limit, start=common.START)
-    methods = common.methods(args)
     tasks, lengths = args.tasks, args.lengths
     info = common.model_info(args)
     common.check_lengths(lengths, info.context_length, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS)

@@ -57,6 +57,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    cells = _cells(args)  # first: a bad method is reported before the imports below load torch
+
     from ..models import load_tokenizer
     from . import ruler
     from .cli_ppl import check_continuations
@@ -69,7 +71,6 @@ def run(args) -> int:
     from .runner import Deadline
 
     deadline = Deadline(args.time_limit, start=common.START)
-    cells = _cells(args)
     methods = [m for c in cells for m in c.methods]
     info = common.model_info(args)
     length, tasks = args.length, (args.tasks if args.samples else [])

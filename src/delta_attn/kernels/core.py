@@ -60,6 +60,8 @@ def load_kv(
     desc_k,
     desc_v,
     row0,
+    tma_b,
+    tma_h,
     k0,
     offs_n,
     offs_d,
@@ -72,11 +74,17 @@ def load_kv(
 ):
     """Keys ``k0 .. k0+BN-1`` of one KV head: returns k as [BD, BN] and v as [BN, BD].
 
-    With ``USE_TMA`` the tiles come through the tensor-memory accelerator (descriptors made per
-    program, out-of-range rows/columns are zero-filled by the hardware); otherwise through plain
-    pointer loads, masked when ``CHECK_N`` (tile may cross ``n_keys``) or when D is padded.
+    With ``USE_TMA`` the tiles come through the tensor-memory accelerator (see
+    :func:`make_kv_descriptors`; out-of-range rows/columns are zero-filled by the hardware); otherwise
+    through plain pointer loads, masked when ``CHECK_N`` (tile may cross ``n_keys``) or when D is padded.
     """
-    if USE_TMA:
+    if USE_TMA == 3:  # host descriptors over (B, Hkv, Nk, D) with any strides: box (1, 1, BN, BD)
+        # drop the two unit dims as triton.tools.ragged_tma.load_ragged does after its rank-4 loads
+        k = desc_k.load([tma_b, tma_h, k0, 0])
+        k = tl.reshape(k, k.shape[2:]).T
+        v = desc_v.load([tma_b, tma_h, k0, 0])
+        v = tl.reshape(v, v.shape[2:])
+    elif USE_TMA:
         k = desc_k.load([row0 + k0, 0]).T
         v = desc_v.load([row0 + k0, 0])
     else:
@@ -115,11 +123,14 @@ def make_kv_descriptors(
 ):
     """TMA access to one KV head: returns (desc_k, desc_v, row0), keys then at rows ``row0 + k``.
 
-    USE_TMA 2: the host descriptors over (B·Hkv·Nk, D), row0 = (b·Hkv + hk)·Nk (rows past Nk belong
-    to the next head; callers mask them); 1: descriptors made here over this head's (Nk, D),
-    out-of-range rows zero-filled; 0: no TMA (pointer loads).
+    USE_TMA 3: host descriptors over the 4-D (B, Hkv, Nk, D) tensors with their own strides (any
+    16-byte-aligned layout: transposed projections, views of a longer cache buffer), rows past Nk of a
+    head zero-filled; :func:`load_kv` indexes them by (b, hk, key); 2: the host descriptors over
+    (B·Hkv·Nk, D), row0 = (b·Hkv + hk)·Nk (contiguous K/V; rows past Nk belong to the next head;
+    callers mask them); 1: descriptors made here over this head's (Nk, D) (one descriptor write and
+    fence per program), out-of-range rows zero-filled; 0: no TMA (pointer loads).
     """
-    if USE_TMA == 2:
+    if USE_TMA == 2 or USE_TMA == 3:
         desc_k = DescK
         desc_v = DescV
         row0 = bh_kv * n_keys

@@ -88,6 +88,7 @@ CONFIG = {
 }
 ITEMS_PER_SM = 4  # target number of work items per SM when splitting over keys
 MAX_CHUNK = 32768  # keys per work item at most (K+V of one head's chunk stays in L2)
+SEGMENT_ALIGN = 16  # int32 elements (64 bytes) between the starts of the schedule's device arrays
 
 
 # Scalars that change with the prompt length are not specialised on (no recompile per length).
@@ -177,10 +178,14 @@ def _dense_rows_kernel(
     full_end = ((p_min + 1) // BN) * BN
     mid = tl.maximum(k_lo, tl.minimum(k_hi, full_end))
     for k0 in range(k_lo, mid, BN):
-        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, False, USE_TMA)
+        k, v = load_kv(
+            kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, False, USE_TMA
+        )
         acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, None, False, DOT_PREC)
     for k0 in range(mid, k_hi, BN):
-        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA)
+        k, v = load_kv(
+            kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA
+        )
         allowed = (k0 + offs_n)[None, :] <= pos[:, None]
         acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, True, DOT_PREC)
 
@@ -271,7 +276,16 @@ class _Schedule:
     n_merge: int
 
 
-def plan_items(pos: np.ndarray, g: int, bm: int, bn: int, n_heads: int, n_sm: int) -> dict:
+def plan_items(
+    pos: np.ndarray,
+    g: int,
+    bm: int,
+    bn: int,
+    n_heads: int,
+    n_sm: int,
+    items_per_sm: int = ITEMS_PER_SM,
+    max_chunk: int = MAX_CHUNK,
+) -> dict:
     """Host-side schedule: tiles of BM packed rows, their key chunks, and the merge lists.
 
     Key chunks are at most ``MAX_CHUNK`` keys (and smaller when there are too few tiles to fill the
@@ -291,7 +305,7 @@ def plan_items(pos: np.ndarray, g: int, bm: int, bn: int, n_heads: int, n_sm: in
     cost = -(-length // bn)  # key tiles per row tile
     # no item above ~1/ITEMS_PER_SM of one SM's share of the work (balance), nor above MAX_CHUNK (L2)
     share = int(cost.sum()) * n_heads / max(1, n_sm)
-    chunk_tiles = min(MAX_CHUNK // bn, max(16, int(np.ceil(share / ITEMS_PER_SM))))
+    chunk_tiles = min(max(1, max_chunk // bn), max(16, int(np.ceil(share / items_per_sm))))
     chunk = chunk_tiles * bn
     n_chunks = -(-length // chunk)
     it_tile = np.repeat(t, n_chunks)
@@ -320,8 +334,18 @@ def plan_items(pos: np.ndarray, g: int, bm: int, bn: int, n_heads: int, n_sm: in
 
 
 @lru_cache(maxsize=64)
-def _schedule(rows: RowSet, g: int, bm: int, bn: int, n_heads: int, n_sm: int, device: str) -> _Schedule:
-    plan = plan_items(rows.positions(), g, bm, bn, n_heads, n_sm)
+def _schedule(
+    rows: RowSet,
+    g: int,
+    bm: int,
+    bn: int,
+    n_heads: int,
+    n_sm: int,
+    device: str,
+    items_per_sm: int = ITEMS_PER_SM,
+    max_chunk: int = MAX_CHUNK,
+) -> _Schedule:
+    plan = plan_items(rows.positions(), g, bm, bn, n_heads, n_sm, items_per_sm, max_chunk)
     keys = [
         "pos",
         "item_tile",
@@ -333,13 +357,24 @@ def _schedule(rows: RowSet, g: int, bm: int, bn: int, n_heads: int, n_sm: int, d
         "merge_slot0",
         "merge_count",
     ]
-    flat = np.concatenate([plan[k].astype(np.int32) for k in keys])  # one host->device copy
-    dev = torch.from_numpy(flat).to(device)
+    # One host->device copy, each array starting on a SEGMENT_ALIGN boundary: Triton specialises pointer
+    # arguments on 16-byte alignment, so slices at offsets that depend on the row count would give the
+    # kernels a new signature -- and a recompilation -- at almost every new prompt length.
+    sizes = [-(-max(1, len(plan[k])) // SEGMENT_ALIGN) * SEGMENT_ALIGN for k in keys]
+    flat = np.zeros(sum(sizes), dtype=np.int32)
     parts, o = {}, 0
-    for k in keys:
-        parts[k] = dev[o : o + len(plan[k])]
-        o += len(plan[k])
+    for k, size in zip(keys, sizes):
+        flat[o : o + len(plan[k])] = plan[k]
+        parts[k] = o
+        o += size
+    dev = torch.from_numpy(flat).to(device)
+    parts = {k: dev[o : o + len(plan[k])] for k, o in parts.items()}
     return _Schedule(**parts, n_items=len(plan["item_tile"]), n_slots=plan["n_slots"], n_merge=len(plan["merge_tile"]))
+
+
+@lru_cache(maxsize=8)
+def _dummy_f32(device: torch.device) -> torch.Tensor:
+    return torch.zeros(1, device=device, dtype=torch.float32)
 
 
 def num_sms(device: torch.device) -> int:
@@ -361,22 +396,29 @@ def tma_ok(*tensors: torch.Tensor) -> bool:
     return True
 
 
-def kv_descriptors(k: torch.Tensor, v: torch.Tensor, bn: int, bd: int, use_tma: bool):
-    """How the kernels read K/V: returns (desc_k, desc_v, mode).
+def kv_descriptors(k: torch.Tensor, v: torch.Tensor, bn: int, bd: int, use_tma):
+    """How the kernels read K/V: returns (desc_k, desc_v, mode), mode as in :func:`.core.make_kv_descriptors`.
 
-    mode 2: host-made TMA descriptors over K/V viewed as (B·Hkv·Nk, D) (contiguous K/V; no per-program
-    set-up); mode 1: descriptors made inside each program (any 16-byte-aligned strides);
-    mode 0: plain pointer loads. Unused descriptor slots are passed as 0.
+    ``use_tma`` (the launch config's ``USE_TMA``): false → pointer loads (mode 0); true → host-made
+    TMA descriptors: 2-D over (B·Hkv·Nk, D) for contiguous K/V (mode 2), else 4-D over (B, Hkv, Nk, D)
+    with the tensors' own strides (mode 3: the transposed projections of a model's forward, the views
+    of a longer buffer that ``PreallocatedCache`` hands over); ``"device"`` → like true, but strided
+    K/V get descriptors made inside every program (mode 1, the slower path of BENCHMARKS.md's in-place
+    cache numbers; kept to compare). Padded head dims and unaligned strides use pointer loads.
+    Unused descriptor slots are passed as 0.
     """
-    if not use_tma or not tma_ok(k, v) or k.shape[-1] != bd:  # padded head dims use pointer loads
+    if not use_tma or not tma_ok(k, v) or k.shape[-1] != bd:
         return 0, 0, 0
-    if k.is_contiguous() and v.is_contiguous():
-        from triton.tools.tensor_descriptor import TensorDescriptor
+    from triton.tools.tensor_descriptor import TensorDescriptor
 
+    if k.is_contiguous() and v.is_contiguous():
         d = k.shape[-1]
         descs = [TensorDescriptor(t, [t.numel() // d, d], [d, 1], [bn, bd]) for t in (k, v)]
         return descs[0], descs[1], 2
-    return 0, 0, 1
+    if use_tma == "device":
+        return 0, 0, 1
+    descs = [TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, bn, bd]) for t in (k, v)]
+    return descs[0], descs[1], 3
 
 
 def dense_rows(
@@ -405,9 +447,12 @@ def dense_rows(
         return out
     cfg = kernel_config(q.dtype, CONFIG) if config is None else dict(config)
     bm, bn = cfg.pop("BM"), cfg.pop("BN")
+    # the split over keys (schedule options, not compile options): work items per SM, keys per item at most
+    split = (int(cfg.pop("ITEMS_PER_SM", ITEMS_PER_SM)), int(cfg.pop("MAX_CHUNK", MAX_CHUNK)))
     bd = max(16, triton.next_power_of_2(d))
-    sched = _schedule(rows, g, bm, bn, bsz * hkv, num_sms(q.device), str(q.device))
-    part_o = part_l = out  # dummies when nothing is split
+    sched = _schedule(rows, g, bm, bn, bsz * hkv, num_sms(q.device), str(q.device), *split)
+    # float32 dummies when nothing is split: the same argument types as a split launch (one compiled kernel)
+    part_o = part_l = _dummy_f32(q.device)
     if sched.n_slots:
         part_o = torch.empty(bsz * hkv * sched.n_slots * bm, bd, device=q.device, dtype=torch.float32)
         part_l = torch.empty(bsz * hkv * sched.n_slots * bm, device=q.device, dtype=torch.float32)
@@ -449,22 +494,24 @@ def dense_rows(
         DOT_PREC=prec,
         **cfg,
     )
+    merge_args = (
+        out,
+        part_o,
+        part_l,
+        sched.merge_tile,
+        sched.merge_slot0,
+        sched.merge_count,
+        *out.stride()[:3],
+        n_rows,
+        hkv,
+        g,
+        max(1, sched.n_slots),
+    )
+    merge_options = dict(D=d, BD=bd, BM=bm, num_warps=8)
     if sched.n_merge:
-        _merge_kernel[(sched.n_merge, bsz * hkv)](
-            out,
-            part_o,
-            part_l,
-            sched.merge_tile,
-            sched.merge_slot0,
-            sched.merge_count,
-            *out.stride()[:3],
-            n_rows,
-            hkv,
-            g,
-            sched.n_slots,
-            D=d,
-            BD=bd,
-            BM=bm,
-            num_warps=8,
-        )
+        _merge_kernel[(sched.n_merge, bsz * hkv)](*merge_args, **merge_options)
+    else:
+        # Nothing split (a short prompt): compile the merge kernel anyway, with the argument types a split call
+        # will have, so that the first longer prompt does not pay its compilation (a cache hit after this).
+        _merge_kernel.warmup(*merge_args, grid=(1, 1), **merge_options)
     return out

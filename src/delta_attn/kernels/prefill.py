@@ -15,9 +15,12 @@ and the filters (``linear``) are combined in PyTorch (:func:`delta_attn.combine.
 inputs the kernels do not take (CPU tensors, float64, head dims above 256) run
 :func:`reference_prefill` whole.
 
-The Δ variants (docs/algorithm.md §13): ``delta_scale`` other than 1.0 takes the unfused path of
-step 3 with the Δs scaled in PyTorch (λ from :func:`delta_attn.combine.delta_scales`) and writes the
-anchor rows from D; ``delta_scale=1.0`` keeps the fused epilogue untouched. ``extra_anchors``
+The Δ variants (docs/algorithm.md §13) with ``interp="repeat"`` stay in the fused epilogue: a float
+``delta_scale`` λ scales every Δ there (the anchor rows store D); ``"auto"``/``"auto-global"`` first
+compute Õ of the anchor rows alone (:func:`.sparse.anchor_sparse_rows`, 1/γ of the rows), then the raw
+Δs and λ per γ-block in PyTorch (:func:`delta_attn.combine.delta_scales`, a (B, Hq, n_blocks) problem),
+and the epilogue adds the given λ_jΔ_j. Index-list patterns (top-k, vertical-slash) with ``"auto"`` and the
+filters take the unfused path of step 3 with the Δs scaled in PyTorch. ``extra_anchors``
 takes the unfused path too, chooses the blocks in PyTorch, computes the extra rows with the dense-row
 kernel (one launch per sequence, as the choice differs per sequence, the rows as an explicit position
 list) and, for ``repeat``, rewrites the second half of each chosen block in PyTorch (a gather over those
@@ -170,23 +173,48 @@ def triton_prefill(
     if dense is None:  # a chunk inside one γ-block whose anchor came earlier: no dense rows here
         dense = torch.zeros(bsz, hq, 1, d, device=q.device, dtype=torch.float32)
     carry = plan.carried_delta.float().contiguous() if plan.carried_delta is not None else None
+    per_block_scale = isinstance(config.delta_scale, str)  # "auto" / "auto-global": λ_j from the anchors' Δs
     fused = (
-        config.delta_scale == 1.0
-        and config.extra_anchors == 0
+        config.extra_anchors == 0
         and config.interp == "repeat"
         and spec is not None
         and bmp % gamma == 0
         and sp_cfg["BM"] // gamma <= 8
+        and (not per_block_scale or spec.kind == sparse_mod.PATTERN_RANGES)
     )
     scan_state = scale_sums = None
-    if fused:
-        delta_out = None
-        if state is not None:
-            delta_out = torch.empty(bsz, hq, plan.n_blocks, d, device=q.device, dtype=torch.float32)
+    if fused and per_block_scale:
+        o_anchor = sparse_mod.anchor_sparse_rows(
+            q, k, v, spec, anchor_lo=plan.anchor_lo, n_anchor=n_anchor, gamma=gamma, scale=scale, config=kc.get("dense")
+        )
+        raw = dense[:, :, :n_anchor] - o_anchor
+        if carry is not None:
+            raw = torch.cat([carry.unsqueeze(2), raw], dim=2)
+        lam, scale_sums = delta_scales(plan, raw)
+        given = scale_deltas(raw, lam).float().contiguous()
         sparse_rows(
             q.dtype,
             out=out,
-            delta=dict(gamma=gamma, dense=dense, first_anchor=plan.anchor_lo, carry=carry, delta_out=delta_out),
+            delta=dict(gamma=gamma, dense=dense, first_anchor=plan.anchor_lo, given=given, exact_anchor=True),
+        )
+        last_delta = raw[:, :, -1]
+    elif fused:
+        delta_out = None
+        if state is not None:
+            delta_out = torch.empty(bsz, hq, plan.n_blocks, d, device=q.device, dtype=torch.float32)
+        lam = float(config.delta_scale)
+        sparse_rows(
+            q.dtype,
+            out=out,
+            delta=dict(
+                gamma=gamma,
+                dense=dense,
+                first_anchor=plan.anchor_lo,
+                carry=carry,
+                delta_out=delta_out,
+                lam=lam,
+                exact_anchor=lam != 1.0,
+            ),
         )
         last_delta = delta_out[:, :, -1] if delta_out is not None else None
     else:

@@ -27,7 +27,12 @@ Epilogues
 * ``EPILOGUE=1`` (Δ, ``interp="repeat"``): for each γ-block in the tile,
   ``Δ = D_anchor − Õ_anchor`` (``D`` from the dense-rows kernel; ``Õ_anchor`` is a row of this
   tile) or the Δ carried from the previous chunk when the anchor lies before the call; then
-  store ``Õ + Δ``. Optionally store every Δ (for the chunked-prefill state).
+  store ``Õ + λΔ`` with a constant λ (``delta_scale`` a float; 1 by default). Optionally store every
+  raw Δ (for the chunked-prefill state).
+* ``EPILOGUE=2`` (Δ with a per-block λ, ``delta_scale="auto"``/``"auto-global"``): the scaled
+  ``λ_j Δ_j`` of every γ-block is given (from :func:`anchor_sparse_rows`, Õ of the anchor rows alone,
+  and :func:`delta_attn.combine.delta_scales`); store ``Õ + λ_j Δ_j``.
+* ``EXACT_ANCHOR`` (λ ≠ 1, docs/algorithm.md §13): the anchor rows store D itself.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import triton
 import triton.language as tl
 
 from .core import LOG2E, kv_pointers, load_kv, make_kv_descriptors, softmax_step
+from .dense_rows import CONFIG as DENSE_CONFIG
 from .dense_rows import kernel_config, kv_descriptors
 
 # Launch configuration per input dtype, chosen by `python -m delta_attn.bench.launch` on an H200
@@ -134,6 +140,7 @@ def _allowed(
         "first_anchor",
         "first_block",
         "n_delta",
+        "lam",
     ]
 )
 def _sparse_kernel(
@@ -145,7 +152,7 @@ def _sparse_kernel(
     Out,
     Dense,
     Carry,
-    DeltaOut,
+    Deltas,
     Sel,
     ColM,
     DiagM,
@@ -189,6 +196,7 @@ def _sparse_kernel(
     first_anchor,
     first_block,
     n_delta,
+    lam,
     D: tl.constexpr,
     BD: tl.constexpr,
     BM: tl.constexpr,
@@ -199,6 +207,7 @@ def _sparse_kernel(
     EPILOGUE: tl.constexpr,
     GAMMA: tl.constexpr,
     STORE_DELTA: tl.constexpr,
+    EXACT_ANCHOR: tl.constexpr,
     USE_TMA: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
@@ -276,14 +285,18 @@ def _sparse_kernel(
     n_full = n_sf + (y - x) // BN
     for i in range(0, n_full):
         k0 = tl.where(i < n_sf, i * BN, x + (i - n_sf) * BN)
-        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, False, USE_TMA)
+        k, v = load_kv(
+            kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, False, USE_TMA
+        )
         acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, None, False, DOT_PREC)
     m1 = (a_end - sf_end + BN - 1) // BN
     m2 = m1 + (x - b_lo + BN - 1) // BN
     n_masked = m2 + (p_end - y + BN - 1) // BN
     for i in range(0, n_masked):
         k0 = tl.where(i < m1, sf_end + i * BN, tl.where(i < m2, b_lo + (i - m1) * BN, y + (i - m2) * BN))
-        k, v = load_kv(kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA)
+        k, v = load_kv(
+            kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA
+        )
         allowed = _allowed(
             pos,
             k0 + offs_n,
@@ -313,7 +326,7 @@ def _sparse_kernel(
             k0 = tl.load(BlkIdx + lst * blk_max + i) * BN
             if (k0 >= a_end) & ((k0 < b_lo) | (k0 >= p_end)):  # not visited by the ranges above
                 k, v = load_kv(
-                    kt_ptrs, v_ptrs, desc_k, desc_v, row0, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA
+                    kt_ptrs, v_ptrs, desc_k, desc_v, row0, b, hk, k0, offs_n, offs_d, skn, svn, n_keys, D, True, USE_TMA
                 )
                 allowed = _allowed(
                     pos,
@@ -354,16 +367,18 @@ def _sparse_kernel(
             acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, True, DOT_PREC)
 
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    if EPILOGUE == 1:
-        # Δ of every γ-block of the tile (γ divides BMP), broadcast to its rows
+    if EPILOGUE != 0:
+        # λΔ of every γ-block of the tile (γ divides BMP), broadcast to its rows
         corr = tl.zeros([BM, BD], tl.float32)
+        exact = tl.zeros([BM, BD], tl.float32)  # D of the anchor rows (EXACT_ANCHOR)
+        is_anchor = rows < 0
         for s in tl.static_range(BM // GAMMA):
             h_a = h0 + (s * GAMMA) // BMP  # head and position of the block's anchor row
             a_pos = tile_p0 + (s * GAMMA) % BMP
             bh_a = (b * Hq + h_a).to(tl.int64)
-            o_a = tl.sum(tl.where((rows == s * GAMMA)[:, None], o, 0.0), axis=0)  # Õ of the anchor row
             own = (a_pos >= q_start) & (a_pos < row_end)
             carried = (a_pos < q_start) & (a_pos + GAMMA > q_start)
+            blk = a_pos // GAMMA - first_block
             d_a = tl.load(
                 Dense
                 + b.to(tl.int64) * sdb
@@ -373,17 +388,31 @@ def _sparse_kernel(
                 mask=d_ok & own,
                 other=0.0,
             )
-            c_a = tl.load(Carry + bh_a * D + offs_d, mask=d_ok & carried, other=0.0)
-            delta = tl.where(own, d_a - o_a, c_a)
-            corr += tl.where(((rows // GAMMA) == s)[:, None], delta[None, :], 0.0)
-            if STORE_DELTA:
-                blk = a_pos // GAMMA - first_block
-                tl.store(
-                    DeltaOut + (bh_a * n_delta + blk) * D + offs_d,
-                    delta,
+            if EPILOGUE == 1:
+                o_a = tl.sum(tl.where((rows == s * GAMMA)[:, None], o, 0.0), axis=0)  # Õ of the anchor row
+                c_a = tl.load(Carry + bh_a * D + offs_d, mask=d_ok & carried, other=0.0)
+                raw = tl.where(own, d_a - o_a, c_a)
+                delta = raw * lam
+                if STORE_DELTA:
+                    tl.store(
+                        Deltas + (bh_a * n_delta + blk) * D + offs_d,
+                        raw,
+                        mask=d_ok & (own | carried) & (a_pos < row_end),
+                    )
+            else:  # the scaled Δ of the block, computed before this kernel
+                delta = tl.load(
+                    Deltas + (bh_a * n_delta + blk) * D + offs_d,
                     mask=d_ok & (own | carried) & (a_pos < row_end),
+                    other=0.0,
                 )
+            corr += tl.where(((rows // GAMMA) == s)[:, None], delta[None, :], 0.0)
+            if EXACT_ANCHOR:
+                at = (rows == s * GAMMA) & own
+                exact += tl.where(at[:, None], d_a[None, :], 0.0)
+                is_anchor = is_anchor | at
         o = o + corr
+        if EXACT_ANCHOR:
+            o = tl.where(is_anchor[:, None], exact, o)
     o_ptrs = (
         Out
         + b.to(tl.int64) * sob
@@ -427,8 +456,11 @@ def sparse_attention(
 
     ``delta`` switches on the fused Δ epilogue: a dict with ``gamma`` (must divide BM), ``dense``
     (B, Hq, nR, D) float32 dense rows whose first rows are the anchors from ``first_anchor`` on,
-    ``first_anchor``, ``carry`` ((B, Hq, D) float32 Δ of the block open at q_start, or None) and
-    ``delta_out`` ((B, Hq, n_blocks, D) float32 to receive every Δ, or None).
+    ``first_anchor``, ``carry`` ((B, Hq, D) float32 Δ of the block open at q_start, or None),
+    ``delta_out`` ((B, Hq, n_blocks, D) float32 to receive every raw Δ, or None), ``lam`` (a float λ
+    scaling every Δ, default 1), ``given`` ((B, Hq, n_blocks, D) float32 λ_jΔ_j of every block the
+    call touches, the open one first: EPILOGUE 2; ``carry``/``delta_out``/``lam`` are then unused)
+    and ``exact_anchor`` (store D on the anchor rows; required when λ ≠ 1).
     """
     bsz, hq, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
@@ -463,11 +495,18 @@ def sparse_attention(
             raise ValueError(f"fused Δ needs gamma ({gamma}) to divide the positions per tile ({bmp})")
         dense = delta["dense"]
         carry = delta.get("carry")
-        delta_out = delta.get("delta_out")
+        given = delta.get("given")
+        delta_out = given if given is not None else delta.get("delta_out")
+        if given is not None:
+            carry = None
+        lam = float(delta.get("lam", 1.0))
+        exact_anchor = bool(delta.get("exact_anchor", False))
+        epilogue = 2 if given is not None else 1
         sd = dense.stride()[:3]
         first_anchor, first_block = int(delta["first_anchor"]), q_start // gamma
     else:
         gamma, dense, carry, delta_out, sd, first_anchor, first_block = bm, out, None, None, (0, 0, 0), 0, 0
+        lam, exact_anchor, epilogue, given = 1.0, False, 0, None
     carry = carry if carry is not None else torch.zeros(1, device=q.device, dtype=torch.float32)
     n_delta = delta_out.shape[2] if delta_out is not None else 1
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
@@ -516,6 +555,7 @@ def sparse_attention(
         first_anchor,
         first_block,
         n_delta,
+        lam,
         D=d,
         BD=bd,
         BM=bm,
@@ -523,11 +563,184 @@ def sparse_attention(
         HP=hp,
         PATTERN=spec.kind,
         HAS_BLOCK=spec.block_size > 0,
-        EPILOGUE=1 if delta is not None else 0,
+        EPILOGUE=epilogue,
         GAMMA=gamma,
-        STORE_DELTA=delta_out is not None,
+        STORE_DELTA=epilogue == 1 and delta_out is not None,
+        EXACT_ANCHOR=exact_anchor,
         USE_TMA=tma_mode,
         DOT_PREC=prec,
+        **cfg,
+    )
+    return out
+
+
+@triton.jit(do_not_specialize=["q_start", "n_keys", "anchor_lo", "n_anchor", "qk_scale", "sink", "window", "bsize"])
+def _anchor_sparse_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    sqb,
+    sqh,
+    sqn,
+    skb,
+    skh,
+    skn,
+    svb,
+    svh,
+    svn,
+    sob,
+    soh,
+    son,
+    Hkv,
+    G,
+    q_start,
+    n_keys,
+    anchor_lo,
+    gamma,
+    n_anchor,
+    qk_scale,
+    sink,
+    window,
+    bsize,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_BLOCK: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Õ of the anchor rows alone (positions anchor_lo + a·γ) under an analytic-range pattern.
+
+    Rows are packed like the dense-rows kernel's (the G query heads of a KV head interleaved), so a
+    tile of BM rows spans BM/G anchors and shares every K/V tile it loads; it visits the sink tiles
+    and the union of its rows' local ranges, every tile masked (a few per cent of the sparse kernel's
+    work: 1/γ of the rows)."""
+    tile = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hkv
+    hk = bh % Hkv
+    r = tile * BM + tl.arange(0, BM)
+    a = r // G
+    row_ok = a < n_anchor
+    a = tl.minimum(a, n_anchor - 1)
+    head = hk * G + r % G
+    pos = anchor_lo + a * gamma
+    p_min = anchor_lo + ((tile * BM) // G) * gamma
+    p_max = anchor_lo + tl.minimum((tile * BM + BM - 1) // G, n_anchor - 1) * gamma
+    offs_d = tl.arange(0, BD)
+    offs_n = tl.arange(0, BN)
+    d_ok = offs_d < D
+    q = tl.load(
+        Q
+        + b.to(tl.int64) * sqb
+        + head[:, None].to(tl.int64) * sqh
+        + (pos - q_start)[:, None].to(tl.int64) * sqn
+        + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    k_base = b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    kt_ptrs, v_ptrs = kv_pointers(K, V, k_base, v_base, offs_n, offs_d, skn, svn)
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+    lo = p_max + 1
+    if window > 0:
+        lo = tl.minimum(lo, p_min - window + 1)
+    if HAS_BLOCK:
+        lo = tl.minimum(lo, (p_min // bsize) * bsize)
+    b_lo = (tl.maximum(lo, 0) // BN) * BN
+    a_end = tl.minimum(((sink + BN - 1) // BN) * BN, b_lo)
+    n_sink = a_end // BN
+    n_tiles = n_sink + (p_max + 1 - b_lo + BN - 1) // BN
+    for i in range(0, n_tiles):
+        k0 = tl.where(i < n_sink, i * BN, b_lo + (i - n_sink) * BN)
+        k, v = load_kv(kt_ptrs, v_ptrs, 0, 0, 0, 0, 0, k0, offs_n, offs_d, skn, svn, n_keys, D, True, 0)
+        allowed = _allowed(
+            pos,
+            k0 + offs_n,
+            sink,
+            window,
+            bsize,
+            0,
+            0,
+            1,
+            0,
+            1,
+            1,
+            0,
+            0,
+            0,
+            n_keys,
+            0,
+            HAS_BLOCK,  # pattern 0: ranges
+        )
+        acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, True, DOT_PREC)
+    o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    o_ptrs = (
+        Out + b.to(tl.int64) * sob + head[:, None].to(tl.int64) * soh + a[:, None].to(tl.int64) * son + offs_d[None, :]
+    )
+    tl.store(o_ptrs, o, mask=row_ok[:, None] & d_ok[None, :])
+
+
+def anchor_sparse_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: SparseSpec,
+    *,
+    anchor_lo: int,
+    n_anchor: int,
+    gamma: int,
+    scale: float,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """Õ (float32, (B, Hq, n_anchor, D)) of the anchor rows ``anchor_lo + a·γ`` only, for an analytic-range
+    pattern (``spec.kind == PATTERN_RANGES``): what ``delta_scale="auto"`` needs before the sparse kernel
+    runs, so that the per-block λ is known in its epilogue. ``config``: the dense-rows launch config
+    (BM packed rows, BN keys; pointer loads)."""
+    if spec.kind != PATTERN_RANGES:
+        raise ValueError("anchor_sparse_rows takes analytic-range patterns only (sink/window/block/dense)")
+    bsz, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    g = hq // hkv
+    out = torch.empty(bsz, hq, n_anchor, d, device=q.device, dtype=torch.float32)
+    if n_anchor == 0:
+        return out
+    cfg = kernel_config(q.dtype, DENSE_CONFIG) if config is None else dict(config)
+    bm, bn = cfg.pop("BM"), cfg.pop("BN")
+    for key in ("USE_TMA", "HP", "ITEMS_PER_SM", "MAX_CHUNK"):  # not options of this kernel
+        cfg.pop(key, None)
+    bd = max(16, triton.next_power_of_2(d))
+    grid = (triton.cdiv(n_anchor * g, bm), bsz * hkv)
+    _anchor_sparse_kernel[grid](
+        q,
+        k,
+        v,
+        out,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *out.stride()[:3],
+        hkv,
+        g,
+        nk - nq,
+        nk,
+        anchor_lo,
+        gamma,
+        n_anchor,
+        scale * LOG2E,
+        spec.sink,
+        spec.window,
+        max(1, spec.block_size),
+        D=d,
+        BD=bd,
+        BM=bm,
+        BN=bn,
+        HAS_BLOCK=spec.block_size > 0,
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         **cfg,
     )
     return out
