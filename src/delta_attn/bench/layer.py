@@ -522,7 +522,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         "--warmup-length",
         default="3000",
         help="tokens of one untimed call of every Triton method before the lengths (compilation; 0: none); "
-        "each length's first call is then reported against its steady time",
+        "each length's first call is then reported against its steady time (default 3000)",
     )
     p.add_argument(
         "--kernel-config",
