@@ -31,7 +31,7 @@ from transformers import (
 
 import delta_attn
 from delta_attn import DeltaConfig
-from delta_attn.compat import left_padding_position_ids
+from delta_attn.compat import attn_implementation, left_padding_position_ids
 from delta_attn.hf import current_config
 from tiny_models import VOCAB, rand_ids, tiny_llama_kwargs
 
@@ -72,7 +72,7 @@ def test_import_registers_delta():
     assert "delta" in AttentionMaskInterface._global_mapping
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(CONFIGS["llama"](), attn_implementation="delta").eval()
-    assert model.config._attn_implementation == "delta"
+    assert attn_implementation(model) == "delta"
     ids = rand_ids(1, 40)
     out = logits(model, ids)  # never enabled: the default DeltaConfig (a 40-token prompt is all exact tail)
     model.set_attn_implementation("sdpa")
@@ -85,7 +85,7 @@ def test_gamma1_equals_stock_logits_and_generation(arch):
     ids = rand_ids(1, 200)
     ref_logits, ref_gen = logits(model, ids), greedy(model, ids)
     delta_attn.enable(model, DeltaConfig(gamma=1, tail=0, **SPARSE))
-    assert model.config._attn_implementation == "delta"
+    assert attn_implementation(model) == "delta"
     torch.testing.assert_close(logits(model, ids), ref_logits, atol=2e-5, rtol=1e-4)
     assert torch.equal(greedy(model, ids), ref_gen)
     # the test can fail: the sparse base alone changes the logits by far more than the tolerance
@@ -179,7 +179,7 @@ def test_enable_replaces_config_and_disable_restores_stock():
     out_b = logits(model, ids)
     assert (out_a - out_b).abs().max() > 1e-4
     assert delta_attn.disable(model) is model
-    assert model.config._attn_implementation == "sdpa" and current_config(model) is None
+    assert attn_implementation(model) == "sdpa" and current_config(model) is None
     assert not any(hasattr(m, "_delta_attn") for m in model.modules())
     torch.testing.assert_close(logits(model, ids), ref, atol=0, rtol=0)
 
@@ -236,7 +236,7 @@ def test_unsupported_models_raise():
     with pytest.raises(TypeError, match="PreTrainedModel"):
         delta_attn.enable(torch.nn.Linear(2, 2), cfg)
     # nothing was switched on the models that were refused
-    assert bert.config._attn_implementation != "delta" and not hasattr(t5, "_delta_attn")
+    assert attn_implementation(bert) != "delta" and not hasattr(t5, "_delta_attn")
 
 
 def test_training_dropout_raises():
