@@ -6,6 +6,9 @@
 #   bash scripts/gpu_model_assemble.sh N SHA256
 #
 # Exit status 3 with "went cold" when a part is missing (the machine was given back between calls: start over).
+# Unless WARM=0, it then de-quantises the model once into ~/.cache/delta-attn (~1 min for the 1.5B model), so
+# that several jobs started side by side afterwards all load the cached copy in seconds instead of each
+# de-quantising it at the same time.
 set -euo pipefail
 N=${1:?usage: scripts/gpu_model_assemble.sh N_PARTS SHA256}
 SHA=${2:?usage: scripts/gpu_model_assemble.sh N_PARTS SHA256}
@@ -33,3 +36,11 @@ if ! python3 -c "import gguf" 2> /dev/null && ! PYTHONPATH=/tmp/site python3 -c 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 fi
 echo "gguf: $(PYTHONPATH=/tmp/site python3 -c 'import gguf, importlib.metadata as m; print(m.version("gguf"))')"
+if [ "${WARM:-1}" = 1 ] && [ "$(cat "$M/model.gguf.warm" 2> /dev/null)" != "$SHA" ]; then
+    t0=$(date +%s)
+    PYTHONPATH=src:/tmp/site${PYTHONPATH:+:$PYTHONPATH} python3 -c "from delta_attn.models import load_cpu_model, model_info
+info = model_info('$M/model.gguf'); load_cpu_model('$M/model.gguf')
+print(f'de-quantised copy cached: {info.model_id}, context {info.context_length}, {info.num_layers} layers')"
+    echo "$SHA" > "$M/model.gguf.warm"
+    echo "warm-up took $(( $(date +%s) - t0 )) s"
+fi

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from delta_attn.eval import ruler
+from delta_attn.eval import ruler, words
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,19 @@ def test_parse_tasks_and_errors(ruler_builder):
         ruler.parse_tasks("niah_single_9")
     with pytest.raises(ValueError, match="cwe at length 512"):
         ruler.generate_sample(ruler_builder, "cwe", 512, 0)
+
+
+def test_cwe_fills_long_prompts_after_the_vocabulary_runs_out(tok, ruler_builder):
+    """At 32K the ~1,200 listed words do not fill the prompt: made-up words, each once, fill the rest."""
+    s = ruler.generate_sample(ruler_builder, "cwe", 32768, 1)
+    assert s.prompt_tokens == 32768 - 128 and s.meta["made_up_words"] > 0
+    body = _text(tok, s)
+    body = body[body.index("Memorize the ones that appear most often.", 500) :]  # after the worked example
+    listed = re.findall(r"\d+\. ([a-z]+)", body)
+    counts = Counter(listed)
+    assert all(counts[w] == 30 for w in s.answers)
+    others = [c for w, c in counts.items() if w not in s.answers]
+    assert max(others) <= 3 and sum(1 for c in others if c == 1) >= s.meta["made_up_words"] - 1  # the last: cut
+    made_up = [w for w in counts if w not in words.CWE_WORDS]
+    assert len(made_up) >= s.meta["made_up_words"] - 1
+    assert not any(a in w for w in made_up for a in s.answers)  # no extra hidden occurrences of an answer

@@ -105,8 +105,8 @@ def tiny(monkeypatch, tmp_path):
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF" + bytes(64))
     yield gguf, calls
-    # models parsed while `_from_gguf` was faked stay in the per-process caches: drop them, or a later test
-    # of the same process gets this tiny model for the real SmolLM2
+    # a load of the real SmolLM2 path during the test went through the fake conversion: forget it, or later
+    # tests in this process would get the tiny model for SmolLM2
     models._load_cpu.cache_clear()
     models._folder_tokenizer.cache_clear()
 

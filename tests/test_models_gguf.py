@@ -126,3 +126,36 @@ def test_bench_e2e_times_the_real_weights(tiny, tmp_path, run_cli):
     assert f"Model: {path}, 2 layers" in md and "real weights" in md
     rc, _, err = run_cli([*argv, "--layers", "3", "--out", out], with_stdout=True)
     assert rc == 2 and "has 2 layers" in err
+
+
+def test_perplexity_windows_never_overlap(loaded):
+    """Long windows in a short work: a later round's window that would repeat an earlier one's text is left out."""
+    from delta_attn.eval import corpus, ppl
+
+    _, tok = loaded
+    text = corpus.load_text("comus_gut", corpus.resolve_texts_dir(None))
+    length = len(tok.encode(text[: len(text) // 4], add_special_tokens=False))  # a quarter of the work
+    docs = ppl.ppl_documents(tok, length, 4, books=("comus_gut",))
+    names = [name for name, _ in docs]
+    assert names[0] == "comus_gut@0.10" and 1 <= len(docs) < 4 and "comus_gut@0.30" not in names
+    texts = [tok.decode(ids) for _, ids in docs]
+    assert all(len(ids) == length for _, ids in docs)
+    for i, a in enumerate(texts):
+        for b in texts[i + 1 :]:
+            assert a[:300] not in b and b[:300] not in a
+
+
+def test_needle_analysis_and_continuation_perplexity_on_the_gguf(tiny, tmp_path, run_cli):
+    path, _ = tiny
+    small = ["--model", path, "--window", "64", "--sink", "8", "--gamma", "16", "--methods", "dense,delta"]
+    argv = ["eval", "needle", *small, "--task", "niah_multikey_2", "--length", "2048", "--samples", "1"]
+    rc, _, err = run_cli([*argv, "--out", tmp_path / "n", "--no-summary"], with_stdout=True)
+    assert rc == 0, err
+    result = json.loads((tmp_path / "n" / "needle.json").read_text())
+    assert result["meta"]["run"]["model_id"] == models.model_info(str(path)).model_id
+    argv = ["eval", "ppl", *small, "--lengths", "1024", "--continuation", "128", "--docs", "2", "--batch-size", "1"]
+    rc, _, err = run_cli([*argv, "--out", tmp_path / "p", "--no-summary", "--no-progress"], with_stdout=True)
+    assert rc == 0, err
+    records = [json.loads(x) for x in (tmp_path / "p").glob("*.jsonl").__next__().read_text().splitlines()]
+    cont = [r for r in records if r.get("record") not in ("run", None)]
+    assert {r["method"] for r in cont} == {"dense", "delta"} and len(cont) >= 4

@@ -54,6 +54,9 @@ def test_names_paths_and_clear_errors(tmp_path):
         ["eval", "needle", "--model", "llama-8b", "--out", "{out}"],
         ["generate", "hello", "--model", "llama-8b"],
         ["demo", "--model", "llama-8b"],
+        ["serve", "llama-8b"],
+        ["serve", "--model", "llama-8b"],
+        ["bench", "e2e", "--device", "cpu", "--model", "llama-8b"],
     ],
 )
 def test_a_wrong_name_lists_the_names(argv, tmp_path, run_cli):

@@ -1,4 +1,5 @@
-"""``delta-attn generate``: answer a prompt (file or stdin) with SmolLM2 and Δ prefill, streaming the reply.
+"""``delta-attn generate``: answer a prompt (file or stdin) with Δ prefill, streaming the reply (``--model``:
+default SmolLM2-135M-Instruct).
 
     delta-attn generate prompt.txt --window 2048 --sink 128 --gamma 64
     cat long.txt | delta-attn generate --mode sparse --window 256
@@ -111,7 +112,12 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = opt.add_command(subparsers, "generate", "answer a prompt (file or stdin) with SmolLM2 and Δ prefill", __doc__)
+    p = opt.add_command(
+        subparsers,
+        "generate",
+        "answer a prompt (file or stdin) with Δ prefill (default model SmolLM2; --model)",
+        __doc__,
+    )
     p.add_argument("prompt", nargs="?", default=None, help="UTF-8 prompt file (default, or '-': read stdin)")
     opt.add_mode_option(p)
     opt.add_dense_layers_option(p)

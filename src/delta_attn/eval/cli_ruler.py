@@ -178,6 +178,6 @@ def run(args) -> int:
         data = tables.RulerData.from_records(common.earlier_records([out_jsonl, *args.resume_from], log).items)
         (args.out / "ruler_summary.md").write_text(tables.ruler_summary(data, n_resamples=args.resamples))
         if args.plots:
-            plots.plot_ruler(data, args.out / "ruler.png")
+            plots.plot_ruler(data, args.out / "ruler.png", model=info.title)
         log(f"summary: {args.out / 'ruler_summary.md'}")
     return 0

@@ -277,7 +277,7 @@ def results_document(
     if plots_dir is not None:
         plots_dir.mkdir(parents=True, exist_ok=True)
         for name, fn in (
-            ("ruler.png", lambda p: plots.plot_ruler(d, p)),
+            ("ruler.png", lambda p: plots.plot_ruler(d, p, model=model_name(d.runs))),
             ("ppl.png", lambda p: plots.plot_ppl(ppl, p)),
             ("analysis.png", lambda p: plots.plot_analysis(an, p)),
             ("sweep.png", lambda p: plots.plot_sweep(an, p)),

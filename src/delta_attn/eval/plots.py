@@ -33,7 +33,7 @@ def _plt():
     return plt
 
 
-def plot_ruler(d: RulerData, path: Path, methods: Sequence[str] | None = None) -> Path | None:
+def plot_ruler(d: RulerData, path: Path, methods: Sequence[str] | None = None, model: str | None = None) -> Path | None:
     if not d.lengths:
         return None
     plt = _plt()
@@ -48,7 +48,7 @@ def plot_ruler(d: RulerData, path: Path, methods: Sequence[str] | None = None) -
     axes[0].set_xticks(d.lengths, [len_name(L) for L in d.lengths])
     axes[0].set_xlabel("prompt length")
     axes[0].set_ylabel("task-averaged score")
-    axes[0].set_title("RULER-style accuracy (SmolLM2-135M)")
+    axes[0].set_title("RULER-style accuracy" + (f" ({model})" if model else ""))
     axes[1].set_prop_cycle(color=[plt.cm.tab10(i % 10) for i in range(len(methods))])
     axes[0].legend(fontsize=8)
     axes[0].grid(alpha=0.3)

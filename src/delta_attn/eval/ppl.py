@@ -43,6 +43,7 @@ def ppl_documents(
         raise ValueError(f"a perplexity window needs at least 2 tokens, got length {length}")
     texts_dir = corpus.resolve_texts_dir(texts_dir)
     out: list[tuple[str, list[int]]] = []
+    taken: dict[str, list[tuple[int, int]]] = {}  # work -> character spans of its windows so far
     rounds = (0.10, 0.55, 0.30, 0.80)
     for frac in rounds:
         for name in books:
@@ -59,6 +60,12 @@ def ppl_documents(
                 chars *= 2
             if len(ids) < length:
                 continue  # the work is too short for this window
+            # long windows (32K tokens of a play) reach into the work's earlier windows: such a window would
+            # count the same text twice, so it is left out (a window's text never changes, only which are taken)
+            end = start + len(tokenizer.decode(ids[:length]))
+            if any(a < end and start < b for a, b in taken.get(name, [])):
+                continue
+            taken.setdefault(name, []).append((start, end))
             out.append((f"{name}@{frac:.2f}", ids[:length]))
     return out
 

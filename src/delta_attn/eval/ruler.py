@@ -7,7 +7,8 @@ prefixes, token limits and metrics. What differs, and why:
   James Bible by default (:mod:`delta_attn.eval.corpus`). Each sample starts at its own random
   sentence (RULER reuses the same essay prefix for every sample).
 * **QA**: ``qa_1`` / ``qa_2`` are *offline substitutes* for SQuAD / HotpotQA (:mod:`delta_attn.eval.qa`).
-* **Word lists**: our own lists (:mod:`delta_attn.eval.words`) instead of ``wonderwords``.
+* **Word lists**: our own lists (:mod:`delta_attn.eval.words`) instead of ``wonderwords``. They hold ~1,200
+  words; a cwe prompt that uses them all (32K tokens) is filled with made-up words that appear once.
 * **Needle depths**: every needle (also in the noise / needle haystacks) is placed at a depth drawn
   from RULER's 40 evenly spaced depths (RULER draws uniform positions there); the depth is recorded.
 * **Exact length**: every prompt of nominal length L has *exactly* ``L - reserve`` tokens (default
@@ -309,16 +310,33 @@ def generate_cwe(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, t
             return [0] * (target + 1)  # vocabulary exhausted: stop the search here
         return [t for i, w in enumerate(make(n)[0], 1) for t in entry(i, w)]
 
+    def once(n: int) -> Iterator[str]:
+        """Words that appear once (fewer times than any other word): the unused vocabulary, then, when a long
+        prompt has used it all up (32K tokens in Qwen's tokenizer), made-up words containing no common word."""
+        lst, common = make(n)
+        spare = sorted(set(vocab) - set(lst))
+        random.Random(seed + 1).shuffle(spare)
+        yield from spare
+        r, seen = random.Random(seed + 2), set(vocab)
+        while True:
+            w = "".join(r.choices(string.ascii_lowercase, k=r.randint(5, 8)))
+            if w not in seen and not any(c in w for c in common):
+                seen.add(w)
+                filler.append(w)
+                yield w
+
+    filler: list[str] = []
+
     def extra(n: int, d: int) -> list[int]:
         lst = make(n)[0]
-        spare = sorted(set(vocab) - set(lst))
-        random.Random(seed + 1).shuffle(spare)  # words that appear once (fewer times than any other word)
-        return take_tokens((entry(len(lst) + 1 + j, w) for j, w in enumerate(spare)), d)
+        return take_tokens((entry(len(lst) + 1 + j, w) for j, w in enumerate(once(n))), d)
 
     budget = target - len(head) - len(tail)
     n, context = fit_to_budget(budget, build, extra, start=max(1, budget // 30))
     lst, common = make(n)
     meta = {"num_words": n + p["num_cw"], "list_len": len(lst), "repeats": [rep_c, rep_u]}
+    if filler:
+        meta["made_up_words"] = len(filler)
     meta["context_span"] = [len(head), len(head) + len(context)]
     return head + context + tail, list(common), meta
 

@@ -194,9 +194,8 @@ class ModelRef:
 def resolve(model: str | Path | ModelRef | None = None) -> ModelRef:
     """The :class:`ModelRef` of a name, a path or None (the default model, ``smollm2-135m``).
 
-    A named model not on this machine is a :class:`ModelMissingError` with the command that fetches it
-    (:func:`delta_attn.models.pull`; this module imports no fetching code). Unknown names and unusable paths
-    raise :class:`ModelMissingError`.
+    A named model that is not on this machine is a :class:`ModelMissingError` naming the command that fetches
+    it (commands never start a 1 GB download by themselves); unknown names and unusable paths too.
     """
     if isinstance(model, ModelRef):
         return model

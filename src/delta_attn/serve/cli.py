@@ -4,7 +4,7 @@
     delta-attn serve ./my-llama --window 4096 --gamma 64 --chunk-size 8192
     delta-attn serve model.gguf --host 0.0.0.0 --port 9000
 
-MODEL is the bundled SmolLM2-135M-Instruct (default), a GGUF file or a local Hugging Face model folder;
+MODEL is a named model (default smollm2-135m; `delta-attn models list`), a GGUF file or a local HF folder;
 nothing is downloaded. Prompts are prefilled with the chosen Δ settings in chunks of --chunk-size
 tokens (memory stays bounded), replies are decoded densely. Requests are queued and run one at a time.
 A request may override the Δ settings with an extra body field, e.g. "delta": {"mode": "recompute"}.
