@@ -136,7 +136,7 @@ case "$PART" in
     F_METHODS=$CORE
     # delta_auto (Δ scaled by a λ fitted from the anchors) only where this checkout has that method spec and
     # the operator runs it (a tiny call on random tensors)
-    if python3 -c "import torch; from delta_attn.ops import delta_attention; from delta_attn.eval.methods import \
+    if python3 -c "import torch; from delta_attn.ops import delta_attention; from delta_attn.methods import \
 parse_method; c = parse_method('delta_auto').config.replace(window=32, sink=4, gamma=8, backend='reference'); \
 q = torch.randn(1, 2, 200, 16); delta_attention(q, q, q, c)" 2>/dev/null; then
       F_METHODS=$F_METHODS,delta_auto

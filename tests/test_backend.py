@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from delta_attn import DeltaConfig, DeltaState, delta_attention
-from delta_attn.backend import SequenceState, finish, plan_call, select_backend
+from delta_attn.backend import SequenceState, finish, plan_call
 from delta_attn.config import INTERPS
+from delta_attn.ops import select_backend
 from delta_attn.reference import reference_prefill
 from oracle import make_qkv
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from delta_attn.bench import e2e
+from delta_attn.bench import e2e, e2e_options, e2e_report
 from delta_attn.cli import main as cli_main
 
 TINY = ["--device", "cpu", "--model-shape", "tiny", "--window", "32", "--sink", "4", "--gamma", "16"]
@@ -23,8 +23,8 @@ def test_e2e_cpu_tiny_all_methods(tmp_path):
     meta = res["meta"]
     assert meta["warmup"]["done"] and meta["warmup"]["length"] == 64 and meta["layers"] == 2
     cells = {(c["method"], c["chunk"]): c for c in res["cells"]}
-    assert set(cells) == {(m, c) for m in e2e.METHODS for c in (0, 64)} - {("dense", 64)}
-    assert set(meta["warmup"]["cells_s"]) == {*e2e.METHODS, "sparse/c64", "delta/c64", "recompute/c64"}
+    assert set(cells) == {(m, c) for m in e2e_options.METHODS for c in (0, 64)} - {("dense", 64)}
+    assert set(meta["warmup"]["cells_s"]) == {*e2e_options.METHODS, "sparse/c64", "delta/c64", "recompute/c64"}
     assert cells[("dense", 0)]["speedup_vs_dense"] == 1.0
     for m in ("sparse", "delta", "recompute"):
         one, chunked = cells[(m, 0)], cells[(m, 64)]
@@ -55,7 +55,7 @@ def test_e2e_time_limit_oom_and_errors_are_recorded(tmp_path, monkeypatch):
     argv += ["--chunk-size", "0,32", "--chunk-methods", "delta", "--chunk-lengths", "128"]
     argv += ["--chunk-cache", "preallocated,dynamic"]
     assert e2e.main([*argv, "--no-warmup", "--warmup-length", "32"]) == 0
-    cells = {(c["n"], *e2e.variant(c)): c for c in json.loads((out / "results.json").read_text())["cells"]}
+    cells = {(c["n"], *e2e_report.variant(c)): c for c in json.loads((out / "results.json").read_text())["cells"]}
     assert list(cells) == [
         (96, "sparse", 0, ""),
         (96, "delta", 0, ""),
@@ -126,11 +126,11 @@ def test_e2e_tensor_parallel_two_gloo_ranks(tmp_path):
 
     argv = [*TINY, "--lengths", "256", "--methods", "dense,delta", "--chunk-size", "0,64", "--warmup-length", "64"]
     assert e2e.main([*argv, "--out", str(tmp_path / "one")]) == 0
-    one = {e2e.variant(c): c for c in json.loads((tmp_path / "one" / "results.json").read_text())["cells"]}
+    one = {e2e_report.variant(c): c for c in json.loads((tmp_path / "one" / "results.json").read_text())["cells"]}
     argv += ["--tp-dir", str(tmp_path / "model")]
     res = run_ranks(parallel_rank, 2, "tp", str(tmp_path / "tp"), argv, timeout=240)[0]
     assert res["meta"]["parallel"] == "tp" and res["meta"]["ranks"] == 2 and res["meta"]["tp_size"] == 2
-    tp = {e2e.variant(c): c for c in res["cells"]}
+    tp = {e2e_report.variant(c): c for c in res["cells"]}
     assert set(tp) == set(one) == {("dense", 0, ""), ("delta", 0, ""), ("delta", 64, "preallocated")}
     for key, cell in tp.items():  # sharded by heads: the same first tokens as one process
         assert cell["ttft_s"] > 0 and cell["first_token"] == one[key]["first_token"]

@@ -75,7 +75,9 @@ def test_variant_method_names():
     assert method_config("cudnn", base) is None and method_config("sparse", base).mode == "sparse"
     assert method_config("delta_l0.5", base) == base.replace(delta_scale=0.5)
     assert method_config("delta_auto", base) == base.replace(delta_scale="auto")
-    assert method_config("delta_global", base) == base.replace(delta_scale="auto-global")
+    assert method_config("delta_autog", base) == base.replace(delta_scale="auto-global")
+    with pytest.raises(ValueError, match="spelled 'autog'"):  # one spelling per variant (eval's)
+        method_config("delta_global", base)
     assert method_config("delta_auto_x25", base) == base.replace(delta_scale="auto", extra_anchors=0.25)
     for bad in ("delta_l2", "delta_x", "delta_fast", "dense"):
         with pytest.raises(ValueError):

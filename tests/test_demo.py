@@ -39,10 +39,8 @@ def test_cost_fraction_and_unsupported_base():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from delta_attn.models import load_smollm2
-
-    return load_smollm2(device="cpu")[1]
+def tokenizer(smol_tokenizer):
+    return smol_tokenizer
 
 
 @pytest.mark.parametrize("kind", ["noise", "text", "both"])

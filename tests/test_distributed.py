@@ -170,24 +170,14 @@ def test_shard_arithmetic_in_process(interp, delta_scale, seed):
 
 
 def _hf_rank(rank, world, n_tokens, configs):
-    import inspect
+    from tiny_models import tiny_llama
 
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    torch.manual_seed(0)
-    model_cfg = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
-    model = AutoModelForCausalLM.from_config(model_cfg, attn_implementation="sdpa").eval()
+    model = tiny_llama(num_hidden_layers=3)
     ids = torch.randint(3, 256, (2, n_tokens), generator=torch.Generator().manual_seed(7))
 
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    from delta_attn.compat import cache_argument
+
+    cache_arg = cache_argument(model)
 
     def greedy(cache, logits, steps=5):  # decodes in place into `cache`
         tokens = []

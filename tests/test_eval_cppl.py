@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaForCausalLM
 
 import delta_attn
 from delta_attn import DeltaConfig
+from delta_attn.compat import cache_argument
 from delta_attn.eval.cppl import continuation_nll, run_cppl
-from delta_attn.eval.methods import parse_method
 from delta_attn.eval.records import JsonlWriter, Records, cppl_key
 from delta_attn.eval.tables import CpplData, cppl_table
+from delta_attn.methods import parse_method
+from tiny_models import rand_ids, tiny_llama
 
-VOCAB = 256
-# the cache argument was renamed in transformers 5.24
-CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
-
-
-def tiny_llama(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
-    return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
-
-
-def rand_ids(*shape, seed: int = 1) -> torch.Tensor:
-    return torch.randint(3, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+CACHE_ARG = cache_argument(LlamaForCausalLM)
 
 
 def tail_nll(logits: torch.Tensor, ids: torch.Tensor, cont: int) -> list[float]:

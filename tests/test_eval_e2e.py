@@ -16,35 +16,16 @@ from delta_attn.eval.records import read_records
 COMMON = ["--window", "32", "--sink", "8", "--gamma", "16", "--threads", "1"]
 
 
+def _ruler_argv(out, methods: str, *options: str) -> list[str]:
+    """``eval ruler`` on three 512-token niah_single_1 samples into ``out``, without progress bars."""
+    head = ["eval", "ruler", "--tasks", "niah_single_1", "--lengths", "512", "--samples", "3"]
+    return [*head, "--methods", methods, "--out", str(out), "--no-progress", *options, *COMMON]
+
+
 def _ruler(tmp_path):
     out = tmp_path / "ruler"
-    assert (
-        main(
-            [
-                "eval",
-                "ruler",
-                "--tasks",
-                "niah_single_1",
-                "--lengths",
-                "512",
-                "--samples",
-                "3",
-                "--methods",
-                "dense,sparse,delta,delta_g1",
-                "--out",
-                str(out),
-                "--workers",
-                "1",
-                "--no-progress",
-                "--resamples",
-                "999",
-                "--batch-size",
-                "3",
-                *COMMON,
-            ]
-        )
-        == 0
-    )
+    argv = _ruler_argv(out, "dense,sparse,delta,delta_g1", "--workers", "1", "--resamples", "999", "--batch-size", "3")
+    assert main(argv) == 0
     recs = list(read_records([out / "ruler.jsonl"], "sample"))
     assert len(recs) == 12
     for r in recs:
@@ -63,51 +44,8 @@ def _ruler(tmp_path):
     assert "| dense | 100.0" in summary and "delta > sparse" in summary
 
     # resuming: everything done -> nothing new; a time limit too short for a batch -> nothing started
-    assert (
-        main(
-            [
-                "eval",
-                "ruler",
-                "--tasks",
-                "niah_single_1",
-                "--lengths",
-                "512",
-                "--samples",
-                "3",
-                "--methods",
-                "dense,delta",
-                "--out",
-                str(out),
-                "--no-progress",
-                "--no-summary",
-                *COMMON,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "eval",
-                "ruler",
-                "--tasks",
-                "niah_single_1",
-                "--lengths",
-                "512",
-                "--samples",
-                "3",
-                "--methods",
-                "recompute",
-                "--out",
-                str(out),
-                "--no-progress",
-                "--time-limit",
-                "0",
-                *COMMON,
-            ]
-        )
-        == 0
-    )
+    assert main(_ruler_argv(out, "dense,delta", "--no-summary")) == 0
+    assert main(_ruler_argv(out, "recompute", "--time-limit", "0")) == 0
     assert len(list(read_records([out / "ruler.jsonl"], "sample"))) == 12
     log = (out / "ruler.log").read_text()
     assert "nothing to do" in log and "too short" in log

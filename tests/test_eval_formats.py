@@ -16,18 +16,8 @@ HEADER = "A special magic number is hidden within the following text."
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    from delta_attn.models import smollm2_gguf_path
-
-    p = smollm2_gguf_path()
-    return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-
-
-@pytest.fixture(scope="module")
-def builder(tok):
-    return ruler.PromptBuilder(tok)
+def tok(smol_tokenizer):
+    return smol_tokenizer
 
 
 def _needle_sentence(s) -> str:
@@ -44,10 +34,10 @@ def _needle_sentence(s) -> str:
         ("niah_single_1@noheader+hyphen+text", False, True, "essay"),
     ],
 )
-def test_format_variants_build_valid_prompts(tok, builder, task, header, hyphen, haystack):
+def test_format_variants_build_valid_prompts(tok, ruler_builder, task, header, hyphen, haystack):
     target = ruler.prompt_tokens_for(1024)
     for index in (0, 1, 2):
-        s = ruler.generate_sample(builder, task, 1024, index)
+        s = ruler.generate_sample(ruler_builder, task, 1024, index)
         text = tok.decode(s.input_ids)
         assert s.task == task and s.prompt_tokens == target
         assert (HEADER in text) == header
@@ -63,26 +53,26 @@ def test_format_variants_build_valid_prompts(tok, builder, task, header, hyphen,
         lo, hi = s.meta["context_span"]
         rel = 100 * (s.meta["needle_offsets"][0] - lo) / (hi - lo)
         assert abs(rel - depth) <= 6, (rel, depth)  # nearest unit boundary (noise units ~ 25 tokens)
-        again = ruler.generate_sample(builder, task, 1024, index)
+        again = ruler.generate_sample(ruler_builder, task, 1024, index)
         assert again.input_ids == s.input_ids and again.meta == s.meta
 
 
-def test_variants_share_value_and_depth_with_the_default(builder):
+def test_variants_share_value_and_depth_with_the_default(ruler_builder):
     for index in range(3):
-        base = ruler.generate_sample(builder, "niah_single_1", 1024, index)
+        base = ruler.generate_sample(ruler_builder, "niah_single_1", 1024, index)
         for task in ("niah_single_1@noheader", "niah_single_1@hyphen", "niah_single_1@noheader+hyphen"):
-            s = ruler.generate_sample(builder, task, 1024, index)
+            s = ruler.generate_sample(ruler_builder, task, 1024, index)
             assert s.answers == base.answers and s.meta["depths"] == base.meta["depths"]
             assert s.input_ids != base.input_ids
-    a = ruler.generate_sample(builder, "niah_single_1@noheader", 1024, 0)
-    b = ruler.generate_sample(builder, "niah_single_1@noheader", 1024, 0, seed=1)
+    a = ruler.generate_sample(ruler_builder, "niah_single_1@noheader", 1024, 0)
+    b = ruler.generate_sample(ruler_builder, "niah_single_1@noheader", 1024, 0, seed=1)
     assert a.answers != b.answers
 
 
 @pytest.mark.parametrize("task", ["niah_single_1", "niah_single_1@noheader+text", "niah_single_2@noise"])
-def test_needle_spans_are_the_needle_tokens(tok, builder, task):
+def test_needle_spans_are_the_needle_tokens(tok, ruler_builder, task):
     for index in (0, 1):
-        s = ruler.generate_sample(builder, task, 1024, index)
+        s = ruler.generate_sample(ruler_builder, task, 1024, index)
         ((a, b),) = s.meta["needle_spans"]
         assert tok.decode(s.input_ids[a:b]).strip() == _needle_sentence(s)
         assert tok.decode(s.input_ids[a : a + 1]).strip()  # starts at a token of the sentence, not the separator

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from delta_attn.eval.methods import parse_method, parse_methods
 from delta_attn.eval.runner import parse_batch_sizes
+from delta_attn.methods import parse_method, parse_methods
 
 DEFAULTS = {"sparse": "streaming", "window": 256, "sink": 64, "gamma": 64, "block_size": 512}
 
@@ -87,6 +87,17 @@ def test_delta_variant_specs():
     for bad in ("delta_l1.5", "delta_x200", "delta_autox", "delta_l"):
         with pytest.raises(ValueError):
             parse_method(bad, DEFAULTS)
+    with pytest.raises(ValueError, match="'global' is spelled 'autog'"):
+        parse_method("delta_global", DEFAULTS)
+
+
+def test_every_delta_scale_word_names_a_config_form():
+    from delta_attn.config import DELTA_SCALE_MODES
+    from delta_attn.methods import DELTA_SCALE_WORDS
+
+    assert set(DELTA_SCALE_WORDS.values()) == set(DELTA_SCALE_MODES)
+    for word, form in DELTA_SCALE_WORDS.items():
+        assert parse_method(f"delta_{word}", DEFAULTS).config.delta_scale == form
 
 
 def test_variant_fields_in_canonical_configs():
@@ -100,7 +111,7 @@ def test_variant_fields_in_canonical_configs():
     # they only change mode="delta": on other modes the canonical config ignores them
     assert parse_method("recompute_l0.5", DEFAULTS).canonical() == parse_method("recompute", DEFAULTS).canonical()
     # a run header's full field dict (with or without the new fields) maps to the same canonical config
-    from delta_attn.eval.methods import canonical_from_dict
+    from delta_attn.methods import canonical_from_dict
 
     fields = parse_method("delta", DEFAULTS).config_dict()
     old = {k: v for k, v in fields.items() if k not in ("delta_scale", "extra_anchors")}

@@ -13,11 +13,11 @@ import pytest
 
 from delta_attn.cli import main
 from delta_attn.eval.document import Inputs, results_document
-from delta_attn.eval.methods import canonical_config, parse_method
 from delta_attn.eval.records import JsonlWriter, Records, config_of, record_config, sample_key
 from delta_attn.eval.resume import plan_resume
 from delta_attn.eval.ruler import PROMPT_FORMAT
 from delta_attn.eval.tables import RulerData
+from delta_attn.methods import canonical_config, parse_method
 from delta_attn.models import model_info
 
 DEFAULTS = {"sparse": "streaming", "window": 64, "sink": 16, "gamma": 8}

@@ -11,18 +11,8 @@ from delta_attn.eval import ruler, words
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    from delta_attn.models import smollm2_gguf_path
-
-    p = smollm2_gguf_path()
-    return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-
-
-@pytest.fixture(scope="module")
-def builder(tok):
-    return ruler.PromptBuilder(tok)
+def tok(smol_tokenizer):
+    return smol_tokenizer
 
 
 def _text(tok, s):
@@ -30,12 +20,12 @@ def _text(tok, s):
 
 
 @pytest.mark.parametrize("length", [1024, 4096])
-def test_every_task_has_exact_length_and_its_answers(tok, builder, length):
+def test_every_task_has_exact_length_and_its_answers(tok, ruler_builder, length):
     target = ruler.prompt_tokens_for(length)
     assert target == length - 128
     for task in ruler.TASK_NAMES:
         for index in (0, 1):
-            s = ruler.generate_sample(builder, task, length, index)
+            s = ruler.generate_sample(ruler_builder, task, length, index)
             assert s.prompt_tokens == target, (task, s.prompt_tokens)
             text = _text(tok, s)
             # the decoded prompt re-tokenises to (almost) the same length: the pieces meet at natural splits
@@ -51,14 +41,14 @@ def test_every_task_has_exact_length_and_its_answers(tok, builder, length):
             assert s.metric == ("part" if task in ("qa_1", "qa_2") else "all")
 
 
-def test_prompts_end_with_the_answer_prefix(tok, builder):
-    s = ruler.generate_sample(builder, "niah_single_2", 1024, 0)
+def test_prompts_end_with_the_answer_prefix(tok, ruler_builder):
+    s = ruler.generate_sample(ruler_builder, "niah_single_2", 1024, 0)
     assert _text(tok, s).endswith(
         f"<|im_start|>assistant\nThe special magic number for {s.meta['query']} mentioned in the provided text is"
     )
-    s = ruler.generate_sample(builder, "niah_multivalue", 1024, 0)
+    s = ruler.generate_sample(ruler_builder, "niah_multivalue", 1024, 0)
     assert _text(tok, s).endswith("mentioned in the provided text are")
-    s = ruler.generate_sample(builder, "qa_1", 1024, 0)
+    s = ruler.generate_sample(ruler_builder, "qa_1", 1024, 0)
     assert _text(tok, s).endswith("<|im_start|>assistant\nAnswer:")
 
 
@@ -73,9 +63,9 @@ def test_deterministic_by_seed_and_index(tok):
 
 
 @pytest.mark.parametrize("task", ["niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_2"])
-def test_needle_sits_at_its_recorded_depth(tok, builder, task):
+def test_needle_sits_at_its_recorded_depth(tok, ruler_builder, task):
     for index in range(6):
-        s = ruler.generate_sample(builder, task, 4096, index)
+        s = ruler.generate_sample(ruler_builder, task, 4096, index)
         (off,), (depth,) = s.meta["needle_offsets"], s.meta["depths"]
         needle = ruler.NIAH_NEEDLE.format(
             type_needle_v="uuids" if task == "niah_single_3" else "numbers", key=s.meta["query"], value=s.answers[0]
@@ -90,26 +80,26 @@ def test_needle_sits_at_its_recorded_depth(tok, builder, task):
         assert _text(tok, s).count(s.answers[0]) == 1
 
 
-def test_multi_needle_tasks(tok, builder):
-    s = ruler.generate_sample(builder, "niah_multivalue", 2048, 0)
+def test_multi_needle_tasks(tok, ruler_builder):
+    s = ruler.generate_sample(ruler_builder, "niah_multivalue", 2048, 0)
     text = _text(tok, s)
     assert len(s.answers) == 4 and len(set(s.answers)) == 4
     assert text.count(f"for {s.meta['query']} is:") == 4
-    s = ruler.generate_sample(builder, "niah_multiquery", 2048, 0)
+    s = ruler.generate_sample(ruler_builder, "niah_multiquery", 2048, 0)
     keys = re.split(r", and |, ", s.meta["query"])
     assert len(keys) == 4 and len(s.answers) == 4
     text = _text(tok, s)
     for k, v in zip(keys, s.answers):
         assert f"One of the special magic numbers for {k} is: {v}." in text
-    s = ruler.generate_sample(builder, "niah_multikey_1", 2048, 0)
+    s = ruler.generate_sample(ruler_builder, "niah_multikey_1", 2048, 0)
     text = _text(tok, s)
     assert text.count("One of the special magic numbers for") == 4  # 1 queried + 3 distractor needles
-    s = ruler.generate_sample(builder, "niah_multikey_3", 2048, 0)
+    s = ruler.generate_sample(ruler_builder, "niah_multikey_3", 2048, 0)
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", s.answers[0])
 
 
-def test_variable_tracking_chain_in_order(tok, builder):
-    s = ruler.generate_sample(builder, "vt", 2048, 1)
+def test_variable_tracking_chain_in_order(tok, ruler_builder):
+    s = ruler.generate_sample(ruler_builder, "vt", 2048, 1)
     text = _text(tok, s)
     real = text[text.rindex("Memorize and track") :]  # after the worked example
     names, value = s.answers, s.meta["value"]
@@ -120,9 +110,9 @@ def test_variable_tracking_chain_in_order(tok, builder):
     assert f"assgined the value {value}, they are:" in real
 
 
-def test_cwe_and_fwe_answers_are_the_most_frequent(tok, builder):
+def test_cwe_and_fwe_answers_are_the_most_frequent(tok, ruler_builder):
     for length in (2048, 4096):
-        s = ruler.generate_sample(builder, "cwe", length, 0)
+        s = ruler.generate_sample(ruler_builder, "cwe", length, 0)
         text = _text(tok, s)
         listing = text[text.rindex("Memorize the ones that appear most often.\n") : text.rindex("\nQuestion:")]
         counts = Counter(re.findall(r"\d+\. ([a-z]+)", listing))
@@ -130,7 +120,7 @@ def test_cwe_and_fwe_answers_are_the_most_frequent(tok, builder):
         assert all(counts[w] == want for w in s.answers), (length, [counts[w] for w in s.answers])
         others = [c for w, c in counts.items() if w not in s.answers]
         assert max(others) < want
-    s = ruler.generate_sample(builder, "fwe", 4096, 0)
+    s = ruler.generate_sample(ruler_builder, "fwe", 4096, 0)
     text = _text(tok, s)
     coded = text[text.index("coded words.") + len("coded words.") : text.index("\nQuestion:")].split()
     counts = Counter(w for w in coded if w != "...")
@@ -138,10 +128,10 @@ def test_cwe_and_fwe_answers_are_the_most_frequent(tok, builder):
     assert top3 == s.answers and counts.most_common(4)[2][1] > counts.most_common(4)[3][1]
 
 
-def test_qa_substitutes(tok, builder):
+def test_qa_substitutes(tok, ruler_builder):
     for task in ("qa_1", "qa_2"):
         for index in range(4):
-            s = ruler.generate_sample(builder, task, 2048, index)
+            s = ruler.generate_sample(ruler_builder, task, 2048, index)
             text = _text(tok, s)
             docs = re.split(r"\n\nDocument \d+:\n", text.split("The following are given documents.")[1])
             assert len(docs) - 1 >= s.meta["num_docs"]  # + a truncated filler document at the end
@@ -153,7 +143,7 @@ def test_qa_substitutes(tok, builder):
             assert f"Question: {s.meta['question']}" in text
 
 
-def test_parse_tasks_and_errors(builder):
+def test_parse_tasks_and_errors(ruler_builder):
     assert ruler.parse_tasks("all") == ruler.TASK_NAMES
     assert ruler.parse_tasks("qa") == ["qa_1", "qa_2"]
     assert len(ruler.parse_tasks("niah")) == 8 and len(ruler.parse_tasks("non_qa")) == 11
@@ -161,12 +151,12 @@ def test_parse_tasks_and_errors(builder):
     with pytest.raises(ValueError, match="unknown task"):
         ruler.parse_tasks("niah_single_9")
     with pytest.raises(ValueError, match="cwe at length 512"):
-        ruler.generate_sample(builder, "cwe", 512, 0)
+        ruler.generate_sample(ruler_builder, "cwe", 512, 0)
 
 
-def test_cwe_fills_long_prompts_after_the_vocabulary_runs_out(tok, builder):
+def test_cwe_fills_long_prompts_after_the_vocabulary_runs_out(tok, ruler_builder):
     """At 32K the ~1,200 listed words do not fill the prompt: made-up words, each once, fill the rest."""
-    s = ruler.generate_sample(builder, "cwe", 32768, 1)
+    s = ruler.generate_sample(ruler_builder, "cwe", 32768, 1)
     assert s.prompt_tokens == 32768 - 128 and s.meta["made_up_words"] > 0
     body = _text(tok, s)
     body = body[body.index("Memorize the ones that appear most often.", 500) :]  # after the worked example

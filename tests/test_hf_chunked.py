@@ -7,24 +7,17 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
+from transformers import DynamicCache
 
 import delta_attn
 from delta_attn import DeltaConfig
-from delta_attn.hf import left_padding_position_ids
-from tiny_models import VOCAB, tiny_llama_kwargs
-
-CFG = tiny_llama_kwargs(num_hidden_layers=3)
+from delta_attn.compat import left_padding_position_ids
+from tiny_models import VOCAB, rand_ids, tiny_llama
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(LlamaConfig(**CFG), attn_implementation="sdpa").eval()
-
-
-def rand_ids(*shape, seed=1):
-    return torch.randint(3, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+    return tiny_llama(num_hidden_layers=3)
 
 
 def one_shot(model, ids, mask):
@@ -50,7 +43,7 @@ def test_chunked_equals_one_shot_streaming(model, chunk_size, interp):
     out = delta_attn.chunked_prefill(model, ids, chunk_size=chunk_size)
     assert out.past_key_values.get_seq_length() == 301 and out.logits.shape == (1, VOCAB)
     torch.testing.assert_close(out.logits, last, atol=3e-5, rtol=1e-4)
-    assert_same_cache(out.past_key_values, cache, CFG["num_hidden_layers"], mask)
+    assert_same_cache(out.past_key_values, cache, model.config.num_hidden_layers, mask)
     # and it is not trivially dense: the sparse base alone gives a different cache
     delta_attn.enable(model, DeltaConfig(mode="sparse", window=24, sink=4))
     sparse_last = delta_attn.chunked_prefill(model, ids, chunk_size=chunk_size).logits
@@ -69,7 +62,7 @@ def test_chunked_auto_scale_equals_one_shot(model):
     cache, last = one_shot(model, ids, mask)
     out = delta_attn.chunked_prefill(model, ids, chunk_size=50)
     torch.testing.assert_close(out.logits, last, atol=3e-5, rtol=1e-4)
-    assert_same_cache(out.past_key_values, cache, CFG["num_hidden_layers"], mask)
+    assert_same_cache(out.past_key_values, cache, model.config.num_hidden_layers, mask)
     delta_attn.enable(model, cfg.replace(delta_scale=1.0))
     assert (delta_attn.chunked_prefill(model, ids, chunk_size=50).logits - last).abs().max() > 1e-4
 
@@ -84,7 +77,7 @@ def test_chunked_left_padded_batch(model):
     cache, last = one_shot(model, ids, mask)
     out = delta_attn.chunked_prefill(model, ids, mask, chunk_size=48, past_key_values=DynamicCache(config=model.config))
     torch.testing.assert_close(out.logits, last, atol=3e-5, rtol=1e-4)
-    assert_same_cache(out.past_key_values, cache, CFG["num_hidden_layers"], mask)
+    assert_same_cache(out.past_key_values, cache, model.config.num_hidden_layers, mask)
     _, alone = one_shot(model, b, torch.ones_like(b))
     torch.testing.assert_close(out.logits[1], alone[0], atol=3e-5, rtol=1e-4)
 
@@ -109,7 +102,7 @@ def test_prompt_in_pieces_and_forked_endings(model, mode):
             chunk_size=20,
         )
         torch.testing.assert_close(out.logits, last, atol=3e-5, rtol=1e-4)
-        assert_same_cache(out.past_key_values, cache, CFG["num_hidden_layers"], torch.ones_like(full))
+        assert_same_cache(out.past_key_values, cache, model.config.num_hidden_layers, torch.ones_like(full))
     with pytest.raises(ValueError, match="differs from the prompt_len"):
         delta_attn.chunked_prefill(
             model,

@@ -31,8 +31,9 @@ from transformers import (
 
 import delta_attn
 from delta_attn import DeltaConfig
+from delta_attn.compat import attn_implementation, left_padding_position_ids
 from delta_attn.hf import current_config
-from tiny_models import VOCAB, tiny_llama_kwargs
+from tiny_models import VOCAB, rand_ids, tiny_llama_kwargs
 
 _COMMON = tiny_llama_kwargs()
 CONFIGS = {
@@ -53,11 +54,6 @@ def tiny(arch: str, seed: int = 0):
     return AutoModelForCausalLM.from_config(CONFIGS[arch](), attn_implementation="sdpa").eval()
 
 
-def rand_ids(*shape, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, shape, generator=g)
-
-
 def logits(model, ids, **kw) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids, **kw).logits
@@ -76,7 +72,7 @@ def test_import_registers_delta():
     assert "delta" in AttentionMaskInterface._global_mapping
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(CONFIGS["llama"](), attn_implementation="delta").eval()
-    assert model.config._attn_implementation == "delta"
+    assert attn_implementation(model) == "delta"
     ids = rand_ids(1, 40)
     out = logits(model, ids)  # never enabled: the default DeltaConfig (a 40-token prompt is all exact tail)
     model.set_attn_implementation("sdpa")
@@ -89,7 +85,7 @@ def test_gamma1_equals_stock_logits_and_generation(arch):
     ids = rand_ids(1, 200)
     ref_logits, ref_gen = logits(model, ids), greedy(model, ids)
     delta_attn.enable(model, DeltaConfig(gamma=1, tail=0, **SPARSE))
-    assert model.config._attn_implementation == "delta"
+    assert attn_implementation(model) == "delta"
     torch.testing.assert_close(logits(model, ids), ref_logits, atol=2e-5, rtol=1e-4)
     assert torch.equal(greedy(model, ids), ref_gen)
     # the test can fail: the sparse base alone changes the logits by far more than the tolerance
@@ -108,7 +104,7 @@ def test_left_padded_batch_equals_each_alone(arch):
     for i, s in enumerate(seqs):
         batch[i, width - s.shape[1] :] = s[0]
         mask[i, width - s.shape[1] :] = 1
-    pos = delta_attn.hf.left_padding_position_ids(mask)
+    pos = left_padding_position_ids(mask)
     batch_logits = logits(model, batch, attention_mask=mask, position_ids=pos)
     batch_gen = greedy(model, batch, attention_mask=mask)
     for i, s in enumerate(seqs):
@@ -141,19 +137,14 @@ def test_decode_honours_padding_mask():
         step_mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
         nxt = rand_ids(2, 1, seed=3)
         pos = step_mask.sum(-1, keepdim=True) - 1
-        a = model(
-            input_ids=nxt,
-            attention_mask=step_mask,
-            position_ids=pos,
-            past_key_values=copy.deepcopy(out.past_key_values),
-        ).logits
+
+        def step():  # one decode step over a copy of the prefilled cache
+            cache = copy.deepcopy(out.past_key_values)
+            return model(input_ids=nxt, attention_mask=step_mask, position_ids=pos, past_key_values=cache).logits
+
+        a = step()
         delta_attn.disable(model)
-        b = model(
-            input_ids=nxt,
-            attention_mask=step_mask,
-            position_ids=pos,
-            past_key_values=copy.deepcopy(out.past_key_values),
-        ).logits
+        b = step()
     torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
@@ -188,7 +179,7 @@ def test_enable_replaces_config_and_disable_restores_stock():
     out_b = logits(model, ids)
     assert (out_a - out_b).abs().max() > 1e-4
     assert delta_attn.disable(model) is model
-    assert model.config._attn_implementation == "sdpa" and current_config(model) is None
+    assert attn_implementation(model) == "sdpa" and current_config(model) is None
     assert not any(hasattr(m, "_delta_attn") for m in model.modules())
     torch.testing.assert_close(logits(model, ids), ref, atol=0, rtol=0)
 
@@ -245,7 +236,7 @@ def test_unsupported_models_raise():
     with pytest.raises(TypeError, match="PreTrainedModel"):
         delta_attn.enable(torch.nn.Linear(2, 2), cfg)
     # nothing was switched on the models that were refused
-    assert bert.config._attn_implementation != "delta" and not hasattr(t5, "_delta_attn")
+    assert attn_implementation(bert) != "delta" and not hasattr(t5, "_delta_attn")
 
 
 def test_training_dropout_raises():

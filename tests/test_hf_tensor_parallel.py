@@ -9,18 +9,11 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 import delta_attn
 from delta_attn import DeltaConfig
 from ranks import run_ranks
+from tiny_models import tiny_llama_kwargs
 
 pytestmark = pytest.mark.slow  # two fresh processes importing transformers: ~10-20 s
 
-CFG = dict(
-    vocab_size=256,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-)
+CFG = tiny_llama_kwargs(max_position_embeddings=512)
 DELTA = DeltaConfig(window=24, sink=4, gamma=16, tail=16)
 NEW_TOKENS = 5
 

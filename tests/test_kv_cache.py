@@ -6,25 +6,19 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
+from transformers import DynamicCache
 
 import delta_attn
 from delta_attn import DeltaConfig
 from delta_attn.kv_cache import PreallocatedCache, PreallocatedLayer
-from tiny_models import VOCAB, tiny_llama_kwargs
+from tiny_models import continue_greedily, rand_ids, tiny_llama
 
-CFG = tiny_llama_kwargs()
 DELTA = DeltaConfig(window=24, sink=4, gamma=16, tail=16)
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(LlamaConfig(**CFG), attn_implementation="sdpa").eval()
-
-
-def rand_ids(*shape, seed=1):
-    return torch.randint(3, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+    return tiny_llama()
 
 
 @pytest.fixture
@@ -83,22 +77,13 @@ def test_chunked_prefill_in_place_equals_one_shot(model, chunk_size, buffer_poin
     torch.testing.assert_close(out.logits, ref.logits[:, -1], atol=3e-5, rtol=1e-4)
     # one buffer per layer for the whole prompt: every chunk's keys are a view of the same memory
     n_chunks = -(-203 // chunk_size)
-    assert len(buffer_pointers) == n_chunks * CFG["num_hidden_layers"]
+    assert len(buffer_pointers) == n_chunks * model.config.num_hidden_layers
     for layer in out.past_key_values.layers:
         mine = [p for p in buffer_pointers if p[0] == id(layer)]
         assert len(mine) == n_chunks and len({(p[1], p[2]) for p in mine}) == 1
         assert mine[-1][3] == 203 and layer.key_buffer.shape[2] == 203 + delta_attn.hf.DECODE_ROOM
         assert layer.keys.data_ptr() == layer.key_buffer.data_ptr()
-    with torch.no_grad():  # decoding continues in the same buffers
-        nxt = out.logits.argmax(-1, keepdim=True)
-        cont = model.generate(
-            input_ids=torch.cat([ids, nxt], 1),
-            attention_mask=torch.ones(1, 204, dtype=torch.long),
-            past_key_values=out.past_key_values,
-            max_new_tokens=4,
-            min_new_tokens=4,
-            do_sample=False,
-        )
+    cont = continue_greedily(model, ids, out, 4)  # decoding continues in the same buffers
     assert torch.equal(cont, reference)
     assert len({(p[1], p[2]) for p in buffer_pointers if p[0] == id(out.past_key_values.layers[0])}) == 1
 

@@ -12,12 +12,8 @@ import torch
 
 import delta_attn
 from delta_attn import DeltaConfig, models
+from delta_attn.compat import attn_implementation
 from delta_attn.demo import build_haystack
-
-
-@pytest.fixture(scope="module")
-def smol():
-    return models.load_smollm2(device="cpu")
 
 
 def test_missing_wheel_error_names_the_install_command(monkeypatch):
@@ -45,7 +41,7 @@ def test_explicit_gguf_path_and_fresh_copies(smol):
     other, _ = models.load_smollm2(gguf_path=models.smollm2_gguf_path())
     assert other is not model
     delta_attn.enable(other, DeltaConfig())
-    assert model.config._attn_implementation == "sdpa"  # copies do not share switches
+    assert attn_implementation(model) == "sdpa"  # copies do not share switches
     p = next(iter(model.parameters()))
     assert torch.equal(p, next(iter(other.parameters())))
 

@@ -14,13 +14,7 @@ import pytest
 import torch
 
 from delta_attn import models
-
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv(models.CACHE_ENV, str(root))
-    return root
+from tiny_models import tiny_llama_kwargs
 
 
 def _gguf_header(kv: dict) -> bytes:
@@ -101,16 +95,10 @@ def tiny(monkeypatch, tmp_path):
     def convert(path):
         calls.append(path)
         torch.manual_seed(0)
-        cfg = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=64,
-            tie_word_embeddings=True,
+        sizes = dict(
+            hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True
         )
+        cfg = LlamaConfig(**tiny_llama_kwargs(vocab_size=len(tokenizer), max_position_embeddings=64, **sizes))
         return LlamaForCausalLM(cfg).eval(), tokenizer
 
     monkeypatch.setattr(models, "_from_gguf", convert)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from delta_attn import models
-from delta_attn.cli import main
 from delta_attn.eval import ruler
 from tiny_gguf import write_tiny_gguf
 
@@ -68,21 +67,11 @@ def test_ruler_prompts_and_budgets_in_this_tokenizer(loaded):
         ruler.generate_sample(builder, "vt", 2048, 0, reserve=40)
 
 
-def _run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return rc, out, err
-
-
-def test_eval_ruler_on_the_gguf(tiny, tmp_path, capsys):
+def test_eval_ruler_on_the_gguf(tiny, tmp_path, run_cli):
     path, _ = tiny
     argv = ["eval", "ruler", "--model", path, "--tasks", "niah_multivalue,vt", "--lengths", "2048", "--samples", "1"]
     argv += ["--methods", "dense,delta", "--window", "64", "--sink", "8", "--gamma", "16", "--batch-size", "2"]
-    rc, _, err = _run([*argv, "--out", tmp_path / "r", "--no-progress", "--no-summary"], capsys)
+    rc, _, err = run_cli([*argv, "--out", tmp_path / "r", "--no-progress", "--no-summary"], with_stdout=True)
     assert rc == 0, err
     lines = (tmp_path / "r" / "ruler.jsonl").read_text().splitlines()
     records = [json.loads(x) for x in lines]
@@ -98,38 +87,44 @@ def test_eval_ruler_on_the_gguf(tiny, tmp_path, capsys):
         assert r["config"]["model"] == run["model_id"] and r["config"]["prompt"]["format"] == ruler.PROMPT_FORMAT
 
 
-def test_length_beyond_the_gguf_context_is_refused(tiny, tmp_path, capsys):
-    rc, _, err = _run(["eval", "ruler", "--model", tiny[0], "--lengths", "4096", "--out", tmp_path / "r"], capsys)
+def test_length_beyond_the_gguf_context_is_refused(tiny, tmp_path, run_cli):
+    rc, _, err = run_cli(
+        ["eval", "ruler", "--model", tiny[0], "--lengths", "4096", "--out", tmp_path / "r"], with_stdout=True
+    )
     assert rc == 2 and "4096 tokens exceed the model's context of 3000" in err
 
 
-def test_generate_and_demo_on_the_gguf(tiny, tmp_path, capsys):
+def test_generate_and_demo_on_the_gguf(tiny, tmp_path, run_cli):
     path, _ = tiny
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("What is the magic number?", encoding="utf-8")
-    rc, out, err = _run(["generate", prompt, "--model", path, "--max-new-tokens", "3", "--window", "8"], capsys)
+    rc, out, err = run_cli(
+        ["generate", prompt, "--model", path, "--max-new-tokens", "3", "--window", "8"], with_stdout=True
+    )
     assert rc == 0, err
     argv = ["demo", "--model", path, "--length", "700", "--samples", "1", "--needles", "1", "--haystack", "noise"]
-    rc, out, err = _run([*argv, "--methods", "dense,delta", "--window", "64", "--sink", "8", "--gamma", "16"], capsys)
+    rc, out, err = run_cli(
+        [*argv, "--methods", "dense,delta", "--window", "64", "--sink", "8", "--gamma", "16"], with_stdout=True
+    )
     assert rc == 0, err
     assert "loading tiny-qwen2.gguf" in out
     table = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["dense"], ["delta"])}
     assert set(table) == {"dense", "delta"} and all(row[1].endswith("/1") for row in table.values())
 
 
-def test_bench_e2e_times_the_real_weights(tiny, tmp_path, capsys):
+def test_bench_e2e_times_the_real_weights(tiny, tmp_path, run_cli):
     path, _ = tiny
     out = tmp_path / "bench"
     argv = ["bench", "e2e", "--device", "cpu", "--model", path, "--window", "32", "--sink", "4", "--gamma", "16"]
     argv += ["--lengths", "256", "--methods", "dense,delta", "--warmup-length", "64"]
-    rc, _, err = _run([*argv, "--out", out], capsys)
+    rc, _, err = run_cli([*argv, "--out", out], with_stdout=True)
     assert rc == 0, err
     res = json.loads((out / "results.json").read_text())
     assert res["meta"]["real_weights"] and res["meta"]["model_shape"] == str(path) and res["meta"]["layers"] == 2
     assert {c["method"] for c in res["cells"]} == {"dense", "delta"} and all(c["ttft_s"] > 0 for c in res["cells"])
     md = (out / "results.md").read_text()
     assert f"Model: {path}, 2 layers" in md and "real weights" in md
-    rc, _, err = _run([*argv, "--layers", "3", "--out", out], capsys)
+    rc, _, err = run_cli([*argv, "--layers", "3", "--out", out], with_stdout=True)
     assert rc == 2 and "has 2 layers" in err
 
 
@@ -150,16 +145,16 @@ def test_perplexity_windows_never_overlap(loaded):
             assert a[:300] not in b and b[:300] not in a
 
 
-def test_needle_analysis_and_continuation_perplexity_on_the_gguf(tiny, tmp_path, capsys):
+def test_needle_analysis_and_continuation_perplexity_on_the_gguf(tiny, tmp_path, run_cli):
     path, _ = tiny
     small = ["--model", path, "--window", "64", "--sink", "8", "--gamma", "16", "--methods", "dense,delta"]
     argv = ["eval", "needle", *small, "--task", "niah_multikey_2", "--length", "2048", "--samples", "1"]
-    rc, _, err = _run([*argv, "--out", tmp_path / "n", "--no-summary"], capsys)
+    rc, _, err = run_cli([*argv, "--out", tmp_path / "n", "--no-summary"], with_stdout=True)
     assert rc == 0, err
     result = json.loads((tmp_path / "n" / "needle.json").read_text())
     assert result["meta"]["run"]["model_id"] == models.model_info(str(path)).model_id
     argv = ["eval", "ppl", *small, "--lengths", "1024", "--continuation", "128", "--docs", "2", "--batch-size", "1"]
-    rc, _, err = _run([*argv, "--out", tmp_path / "p", "--no-summary", "--no-progress"], capsys)
+    rc, _, err = run_cli([*argv, "--out", tmp_path / "p", "--no-summary", "--no-progress"], with_stdout=True)
     assert rc == 0, err
     records = [json.loads(x) for x in (tmp_path / "p").glob("*.jsonl").__next__().read_text().splitlines()]
     cont = [r for r in records if r.get("record") not in ("run", None)]

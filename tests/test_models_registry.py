@@ -14,34 +14,10 @@ from pathlib import Path
 import pytest
 
 from delta_attn import models
-from delta_attn.cli import main
 from delta_attn.models import fetch, registry
 from delta_attn.models.registry import NamedModel, WheelPart
 
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv(models.CACHE_ENV, str(root))
-    return root
-
-
-@pytest.fixture(autouse=True)
-def no_model_load(monkeypatch):
-    def trap(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(models, "load_model", trap)
-
-
-def _run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return rc, out, err
+pytestmark = pytest.mark.usefixtures("no_model_load")  # nothing here loads a model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,21 +59,20 @@ def test_names_paths_and_clear_errors(tmp_path):
         ["bench", "e2e", "--device", "cpu", "--model", "llama-8b"],
     ],
 )
-def test_a_wrong_name_lists_the_names(argv, tmp_path, capsys):
-    rc, _, err = _run([a.replace("{out}", str(tmp_path / "out")) for a in argv], capsys)
+def test_a_wrong_name_lists_the_names(argv, tmp_path, run_cli):
+    rc, _, err = run_cli([a.replace("{out}", str(tmp_path / "out")) for a in argv], with_stdout=True)
     last = err.strip().splitlines()[-1]
     assert rc == 2 and "unknown model 'llama-8b'" in last and "smollm2-135m, qwen2.5-coder-1.5b" in last, err
 
 
-def test_a_named_model_not_fetched_says_how_to_get_it(cache_dir, tmp_path, capsys):
-    rc, _, err = _run(
-        ["eval", "ruler", "--model", "qwen2.5-coder-1.5b", "--lengths", "2048", "--out", tmp_path / "o"], capsys
-    )
+def test_a_named_model_not_fetched_says_how_to_get_it(cache_dir, tmp_path, run_cli):
+    argv = ["eval", "ruler", "--model", "qwen2.5-coder-1.5b", "--lengths", "2048", "--out", tmp_path / "o"]
+    rc, _, err = run_cli(argv, with_stdout=True)
     assert rc == 2 and "delta-attn models pull qwen2.5-coder-1.5b" in err, err
 
 
-def test_models_list(cache_dir, capsys):
-    rc, out, _ = _run(["models", "list"], capsys)
+def test_models_list(cache_dir, run_cli):
+    rc, out, _ = run_cli(["models", "list"], with_stdout=True)
     assert rc == 0
     qwen = next(line for line in out.splitlines() if line.startswith("qwen2.5-coder-1.5b"))
     assert "32768" in qwen and "1.12 GB" in qwen and "models pull qwen2.5-coder-1.5b" in qwen
@@ -179,10 +154,10 @@ def test_a_damaged_fetched_file_is_refused(tmp_path, cache_dir, monkeypatch):
         models.model_info("tiny-test")
 
 
-def test_length_checks_use_the_chosen_models_context(tmp_path, cache_dir, capsys):
+def test_length_checks_use_the_chosen_models_context(tmp_path, cache_dir, run_cli):
     path = _gguf(tmp_path / "long.gguf", "qwen2", 32768, 2, pad=os.urandom(16))
     argv = ["eval", "ruler", "--model", path, "--lengths", "40000", "--out", tmp_path / "o"]
-    rc, _, err = _run(argv, capsys)
+    rc, _, err = run_cli(argv, with_stdout=True)
     assert rc == 2 and "40000 tokens exceed the model's context of 32768" in err, err
 
 
@@ -273,9 +248,11 @@ def test_a_failed_pull_leaves_nothing_behind(damage, tmp_path, cache_dir, monkey
     assert not registry.fetched_path(model).exists()
 
 
-def test_pull_cli_reports_a_bad_hash_in_one_line(tmp_path, cache_dir, monkeypatch, capsys):
+def test_pull_cli_reports_a_bad_hash_in_one_line(tmp_path, cache_dir, monkeypatch, run_cli):
     parts, data = _wheels(tmp_path / "wheels", 2)
     _named(monkeypatch, data + b"?", parts=parts)  # expects one byte more
     monkeypatch.setattr(models.registry, "NAMED_MODELS", registry.NAMED_MODELS)
-    rc, _, err = _run(["models", "pull", "tiny-test", "--from-dir", tmp_path / "wheels", "--no-progress"], capsys)
+    rc, _, err = run_cli(
+        ["models", "pull", "tiny-test", "--from-dir", tmp_path / "wheels", "--no-progress"], with_stdout=True
+    )
     assert rc == 2 and err.strip().splitlines()[-1].startswith("delta-attn models: error: tiny-test: the 2 parts give")

@@ -10,7 +10,7 @@ import torch
 
 from delta_attn import DeltaConfig, DeltaState, delta_attention
 from delta_attn.config import INTERPS, MODES
-from delta_attn.scan import abg_system, ema_system, initial_state, lti_scan
+from delta_attn.filters import abg_system, ema_system, initial_state, lti_scan
 from oracle import make_qkv
 
 STATIC_BASES = ["streaming", "block", "dense"]

@@ -20,27 +20,7 @@ import urllib.request
 import pytest
 
 from delta_attn import models
-from delta_attn.cli import main
 from delta_attn.cli_options import delta_scale
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    def trap(*args, **kwargs):
-        raise AssertionError("the model was loaded before the error was found")
-
-    monkeypatch.setattr(models, "load_smollm2", trap)
-    monkeypatch.setattr(models, "load_model", trap)
-
-
-def _run(argv, capsys) -> tuple[int, str]:
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exc:
-        rc = exc.code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return rc, err.strip().splitlines()[-1]
 
 
 @pytest.fixture
@@ -69,12 +49,15 @@ def busy_port():
         (["--port", "{busy_port}"], "cannot listen on 127.0.0.1:{busy_port}"),
     ],
 )
-def test_mistakes_are_one_line_errors_before_the_model_loads(argv, message, capsys, tmp_path, busy_port, no_model_load):
+def test_mistakes_are_one_line_errors_before_the_model_loads(
+    argv, message, run_cli, tmp_path, busy_port, no_model_load
+):
     (tmp_path / "notes.txt").write_text("not a model", encoding="utf-8")
     (tmp_path / "empty").mkdir()
     fill = {"text": tmp_path / "notes.txt", "folder": tmp_path / "empty", "busy_port": busy_port}
     fill["gguf"] = models.smollm2_gguf_path()
-    rc, last = _run(["serve", *(a.format(**fill) for a in argv)], capsys)
+    rc, err = run_cli(["serve", *(a.format(**fill) for a in argv)])
+    last = err.strip().splitlines()[-1]
     assert rc == 2
     assert message.format(**fill) in last, last
     if argv == ["--interp", "linear"]:

@@ -90,13 +90,6 @@ def test_empty_stop_string_is_refused():
         ReplyText(ByteTokenizer(), ["ok", ""])
 
 
-@pytest.fixture(scope="module")
-def smol_tokenizer():
-    from delta_attn.models import load_tokenizer
-
-    return load_tokenizer()
-
-
 def test_token_by_token_equals_decoding_the_whole_reply(smol_tokenizer, seed):
     rng = random.Random(seed)
     words = ["The", " capital", " of", " France", " is", " Paris", ".", "\n", " naïve", " café", " 😀", "  ", "Ω"]

@@ -32,7 +32,8 @@ from .config import DeltaConfig  # plain dataclass: importing it loads nothing h
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import DeltaState
-    from .hf import PrefillOutput, PrefillState, chunked_prefill, disable, enable
+    from .chunked import PrefillOutput, chunked_prefill
+    from .hf import PrefillState, disable, enable
     from .ops import delta_attention
     from .sparse import SparseMethod, SparsePattern, available_sparse_methods, register_sparse_method
 
@@ -47,9 +48,9 @@ _LAZY = {
     "SparsePattern": "sparse",
     "available_sparse_methods": "sparse",
     "register_sparse_method": "sparse",
-    "PrefillOutput": "hf",
+    "PrefillOutput": "chunked",
     "PrefillState": "hf",
-    "chunked_prefill": "hf",
+    "chunked_prefill": "chunked",
     "disable": "hf",
     "enable": "hf",
 }

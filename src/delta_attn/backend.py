@@ -39,7 +39,7 @@ sums through the block before q0's first anchor, with ``block_delta`` the raw Δ
 its own end state to the next rank. The Δ of
 the open block needs only that block's anchor row (one dense and one sparse row), so it can be sent
 early; the ``ema``/``abg`` state is an affine function of the state before the shard
-(``s_end = M^L s_start + local term``, see :mod:`delta_attn.scan`), so shards can compute their local
+(``s_end = M^L s_start + local term``, see :mod:`delta_attn.filters`), so shards can compute their local
 terms in parallel and fix them up with one small scan over the ranks. tests/test_backend.py runs
 shards that hand over exactly these plain values and checks the one-shot result.
 """
@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from .config import CAUSAL_SCALE_MODES, FILTER_INTERPS, DeltaConfig
-from .scan import abg_system, ema_system, initial_state
+from .filters import abg_system, ema_system, initial_state
 
 
 @dataclass
@@ -225,11 +225,8 @@ def plan_call(
     ``extra_anchors``) asked for a part of a prompt.
     """
     if config.mode == "delta" and (config.delta_scale == "auto-global" or config.extra_anchors > 0):
-        if q_start > 0 or prompt_len > n_keys:
-            raise ValueError(
-                f"{config.non_causal_reason} reads every anchor of the prompt (non-causal): prefill the whole "
-                "prompt in one call"
-            )
+        if q_start > 0 or prompt_len > n_keys:  # (linear runs on row blocks of one call: it reads its own keys)
+            config.require_causal("a part of the prompt cannot be prefilled alone")
     tail_start = prompt_len - config.tail_rows(prompt_len)
     pos = torch.arange(q_start, n_keys, device=device)
     if config.mode == "dense":
@@ -344,28 +341,3 @@ def finish(
         if scale_sums is not None:
             state.scale_sums = scale_sums
     state.next_pos = plan.n_keys
-
-
-def select_backend(config: DeltaConfig, device: torch.device) -> Backend:
-    """The backend a call with ``config`` runs on for tensors on ``device`` (``config.backend``).
-
-    ``"auto"``: the Triton kernels on CUDA when triton imports, else the PyTorch reference.
-    """
-    want = config.backend
-    if want == "auto":
-        want = "triton" if device.type == "cuda" else "reference"
-    if want == "triton":
-        if device.type != "cuda":
-            raise ValueError("backend='triton' needs CUDA tensors; use backend='reference' (or 'auto') on CPU")
-        try:
-            from .kernels import triton_prefill
-        except ImportError as exc:
-            if config.backend == "triton":
-                raise ValueError(
-                    f"backend='triton' is not available here ({exc}); install triton or use 'reference'"
-                ) from exc
-        else:
-            return triton_prefill
-    from .reference import reference_prefill
-
-    return reference_prefill

@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # sub-command -> module providing register(subparsers)
 SUBCOMMANDS = {
     "demo": "delta_attn.demo",
-    "generate": "delta_attn.generate",
+    "generate": "delta_attn.cli_generate",
     "bench": "delta_attn.bench.cli",
     "eval": "delta_attn.eval.cli",
     "serve": "delta_attn.serve.cli",

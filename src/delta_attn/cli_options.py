@@ -50,12 +50,22 @@ def _int_at_least(text: str, minimum: int) -> int:
     return value
 
 
+def _float(text: str, expected: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def _unit_interval(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return value
+
+
 def nonnegative_float(text: str) -> float:
     """A finite float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _float(text, "a number")
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
@@ -63,13 +73,7 @@ def nonnegative_float(text: str) -> float:
 
 def fraction(text: str) -> float:
     """A float in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
-    return value
+    return _unit_interval(_float(text, "a number in [0, 1]"))
 
 
 def delta_scale(text: str) -> float | str:
@@ -78,15 +82,7 @@ def delta_scale(text: str) -> float | str:
 
     if text in DELTA_SCALE_MODES:
         return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number in [0, 1] or one of {', '.join(DELTA_SCALE_MODES)}, got {text!r}"
-        ) from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
-    return value
+    return _unit_interval(_float(text, f"a number in [0, 1] or one of {', '.join(DELTA_SCALE_MODES)}"))
 
 
 def positive_int_list(text: str) -> list[int]:
@@ -115,29 +111,29 @@ def device(text: str) -> str:
     return text
 
 
-def existing_path(text: str) -> Path:
-    """A file or directory that exists."""
+def _existing(text: str, kind: str = "") -> Path:
+    """``text`` as a Path that exists (and, for ``kind`` "file" or "directory", is one)."""
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} does not exist")
+    if (kind == "file" and not path.is_file()) or (kind == "directory" and not path.is_dir()):
+        raise argparse.ArgumentTypeError(f"{text} is not a {kind}")
     return path
+
+
+def existing_path(text: str) -> Path:
+    """A file or directory that exists."""
+    return _existing(text)
 
 
 def existing_dir(text: str) -> Path:
     """A directory that exists."""
-    path = existing_path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is not a directory")
-    return path
+    return _existing(text, "directory")
 
 
 def gguf_file(text: str) -> Path:
     """An existing GGUF model file (checked by its 4-byte magic, not by its name)."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} does not exist")
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    path = _existing(text, "file")
     with path.open("rb") as f:
         if f.read(4) != b"GGUF":
             raise argparse.ArgumentTypeError(f"{text} is not a GGUF model file")
@@ -256,6 +252,21 @@ def model_spec(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_command(subparsers, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of command ``name``: ``help`` in the command list, ``doc`` (its module docstring) as written
+    at the top of its ``--help``."""
+    return subparsers.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_dense_layers_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dense-layers",
+        type=dense_layers,
+        default=0,
+        help="layers kept dense: an int k (the first k) or a list like 0,1,5 (default 0)",
+    )
+
+
 def add_model_options(p: argparse.ArgumentParser, *, dtype: bool = False) -> None:
     """``--model --device --threads`` (``--dtype`` too when asked): which model runs where."""
     g = p.add_argument_group("model")
@@ -325,14 +336,13 @@ def add_method_options(
     )
 
 
-def method_settings(args: argparse.Namespace) -> dict:
-    """The DeltaConfig fields :func:`add_method_options` collects (plus ``--mode``/``--dense-layers`` if present)."""
-    names = ("sparse", "window", "sink", "gamma", "interp", "tail", "delta_scale", "extra_anchors")
-    settings = {name: getattr(args, name) for name in names}
-    for name in ("mode", "dense_layers"):
-        if hasattr(args, name):
-            settings[name] = getattr(args, name)
-    return settings
+def delta_config(args: argparse.Namespace, what: str = "prefill method", **overrides):
+    """The :class:`DeltaConfig` of the method options in ``args`` (every field the command has, see
+    :func:`delta_attn.methods.settings_from_args`) with ``overrides``; invalid settings: a :class:`UsageError`."""
+    from .config import DeltaConfig
+    from .methods import settings_from_args
+
+    return config_or_usage_error(lambda: DeltaConfig(**{**settings_from_args(args), **overrides}), what)
 
 
 def add_mode_option(p: argparse.ArgumentParser, default: str = "delta") -> None:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .backend import CallPlan, SequenceState, extra_anchor_count, filter_start, finish
 from .config import FILTER_INTERPS
-from .scan import lti_scan
+from .filters import lti_scan
 from .sparse import resolve_sparse_method
 
 

@@ -31,6 +31,8 @@ BACKENDS = ("auto", "reference", "triton")
 DELTA_SCALE_MODES = ("auto", "auto-decay", "auto-global")
 #: the data-driven forms that read only earlier anchors (causal; chunked prefill carries their running sums)
 CAUSAL_SCALE_MODES = ("auto", "auto-decay")
+#: what a causal config looks like, for the errors of :meth:`DeltaConfig.require_causal`
+CAUSAL_SETTINGS = "interp='repeat'/'ema'/'abg', delta_scale a float, 'auto' or 'auto-decay', extra_anchors=0"
 
 
 #: the largest value of every integer field (token counts, strides, layer indices): 2**31 - 1, int32.
@@ -275,6 +277,22 @@ class DeltaConfig:
         if self.extra_anchors > 0:
             return f"extra_anchors={self.extra_anchors}"
         return None
+
+    def non_causal_problem(self, consequence: str) -> str | None:
+        """The one message for a non-causal config asked to run on part of a prompt (chunks, shards):
+        ``consequence`` says what it cannot do. None when the config is causal."""
+        if self.is_causal:
+            return None
+        return (
+            f"{self.non_causal_reason} makes rows read later anchors (it is non-causal), so {consequence}; "
+            f"prefill the whole prompt in one call or choose causal settings ({CAUSAL_SETTINGS})"
+        )
+
+    def require_causal(self, consequence: str) -> None:
+        """Raise ValueError (:meth:`non_causal_problem`) unless the config is causal."""
+        problem = self.non_causal_problem(consequence)
+        if problem is not None:
+            raise ValueError(problem)
 
     def is_dense_layer(self, layer_idx: int | None) -> bool:
         """Whether ``layer_idx`` is listed in ``dense_layers``."""

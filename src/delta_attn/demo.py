@@ -225,8 +225,8 @@ def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_s
     """
     import torch
 
+    from .chunked import chunked_prefill
     from .generation import Prefilled, SamplingParams, decode, stop_token_ids
-    from .hf import chunked_prefill
 
     device = next(model.parameters()).device
     prefix = torch.tensor([hay.shared_ids], device=device)
@@ -254,12 +254,6 @@ def answer_needles(model, tokenizer, hay: Haystack, max_new_tokens: int, chunk_s
     return answers, seconds
 
 
-def method_config(method: str, args):
-    from .config import DeltaConfig
-
-    return DeltaConfig(**{**opt.method_settings(args), "mode": method})
-
-
 def _shown(answer: str) -> str:
     words = answer.split()
     return words[0].strip(".,")[:12] if words else "''"
@@ -275,7 +269,7 @@ def _check(args) -> tuple[dict, object]:
     info = model_info(args.model)
     opt.check_fits_context(args.length, info.context_length, args.allow_overflow, what="--length")
     opt.check_device(args.device)
-    configs = {m: opt.config_or_usage_error(lambda m=m: method_config(m, args), f"method {m}") for m in args.methods}
+    configs = {m: opt.delta_config(args, f"method {m}", mode=m) for m in args.methods}
     return configs, info
 
 
@@ -355,11 +349,11 @@ def _methods(text: str) -> list[str]:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = opt.add_command(
+        subparsers,
         "demo",
-        help="needle-in-a-haystack with a real model (default SmolLM2): dense vs sparse vs recompute vs Δ",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "needle-in-a-haystack with a real model (default SmolLM2): dense vs sparse vs recompute vs Δ",
+        __doc__,
     )
     p.add_argument("--samples", type=opt.positive_int, default=2, help="haystacks (default 2: one noise, one text)")
     p.add_argument(

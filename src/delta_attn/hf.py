@@ -30,9 +30,8 @@ routes every attention call through another function for a while (the context-pa
 
 from __future__ import annotations
 
-import inspect
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,13 +39,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import AttentionInterface, DynamicCache, PreTrainedModel
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
 from .backend import DeltaState
+from .compat import (
+    attn_implementation,
+    routes_attention_through_interface,
+)
 from .config import DEFAULT_CONFIG, DeltaConfig
-from .generation import GenerationResult, cache_argument
-from .kv_cache import PreallocatedCache
 from .ops import delta_attention
 
 ATTN_NAME = "delta"
@@ -150,7 +151,7 @@ def _left_padding(mask: Tensor | None, bsz: int, nq: int, nk: int, *, allow_empt
             raise _NotCausal(memo[4])
         return memo[4]
     try:
-        result = _derive_left_padding(mask, nq, nk, allow_empty, bsz)
+        result = derive_left_padding(mask, nq, nk, allow_empty, bsz)
     except _NotCausal as exc:  # keep the message only: a traceback would pin this layer's tensors
         _memo[0] = (weakref.ref(mask), bsz, nq, nk, str(exc))
         raise
@@ -158,7 +159,7 @@ def _left_padding(mask: Tensor | None, bsz: int, nq: int, nk: int, *, allow_empt
     return result
 
 
-def _derive_left_padding(mask: Tensor, nq: int, nk: int, allow_empty: bool, bsz: int) -> list[int] | None:
+def derive_left_padding(mask: Tensor, nq: int, nk: int, allow_empty: bool, bsz: int) -> list[int] | None:
     if mask.dim() == 2:
         if mask.shape[-1] != nk:
             raise _NotCausal(f"2D attention mask has {mask.shape[-1]} columns for {nk} keys")
@@ -324,7 +325,7 @@ def _check_supported(model: Any) -> None:
             f"{name} is an encoder-decoder / cross-attention model; delta attention supports causal "
             "decoder-only language models (queries attend to their own causal prefix)"
         )
-    if not getattr(model, "_supports_attention_backend", False) or not model._can_set_attn_implementation():
+    if not routes_attention_through_interface(model):
         raise ValueError(
             f"{name} does not route its attention through transformers' AttentionInterface, so delta "
             "attention cannot be plugged in without forking its code; use a model that does "
@@ -408,14 +409,14 @@ def enable(model: PreTrainedModel, config: DeltaConfig | None = None) -> PreTrai
         raise ValueError(f"DeltaConfig.dense_layers {list(dl)} names layers beyond the model's {n_layers} layers")
     binding = getattr(model, _BINDING_ATTR, None)
     if binding is None:
-        previous = model.config._attn_implementation
+        previous = attn_implementation(model)
         binding = _Binding(config=config, previous=previous if previous != ATTN_NAME else "sdpa")
         for m in [model, *_attention_layers(model)]:
             setattr(m, _BINDING_ATTR, binding)
     binding.config = config
-    if model.config._attn_implementation != ATTN_NAME:  # also if someone switched it back by hand
+    if attn_implementation(model) != ATTN_NAME:  # also if someone switched it back by hand
         model.set_attn_implementation(ATTN_NAME)
-        if model.config._attn_implementation != ATTN_NAME:
+        if attn_implementation(model) != ATTN_NAME:
             disable(model)
             raise ValueError(f"transformers refused to switch {type(model).__name__} to attn_implementation='delta'")
     return model
@@ -442,8 +443,8 @@ def prefill_override(model: PreTrainedModel, fn: Callable) -> Iterator[None]:
     (B, Hq, N, D). Used by :func:`delta_attn.distributed.cp_prefill`, whose ranks each forward their
     shard of the prompt (no cache, no attention mask). The model must be switched on with :func:`enable`.
     """
-    binding: _Binding | None = getattr(model, _BINDING_ATTR, None)
-    if binding is None or model.config._attn_implementation != ATTN_NAME:
+    binding = delta_binding(model)
+    if binding is None:
         raise ValueError("prefill_override needs a model switched to delta attention: call delta_attn.enable first")
     if binding.prefill_override is not None:
         raise RuntimeError("a prefill override is already active on this model (nested prefills are not supported)")
@@ -454,246 +455,14 @@ def prefill_override(model: PreTrainedModel, fn: Callable) -> Iterator[None]:
         binding.prefill_override = None
 
 
+def delta_binding(model: PreTrainedModel) -> _Binding | None:
+    """What :func:`enable` attached to ``model`` (its config and the chunk context the attention function reads),
+    or None unless the model is switched to delta attention now."""
+    binding = getattr(model, _BINDING_ATTR, None)
+    return binding if binding is not None and attn_implementation(model) == ATTN_NAME else None
+
+
 def current_config(model: PreTrainedModel) -> DeltaConfig | None:
     """The :class:`DeltaConfig` a model runs with, or None if Δ is not enabled on it."""
     binding = getattr(model, _BINDING_ATTR, None)
     return binding.config if binding is not None else None
-
-
-# ---------------------------------------------------------------------------------------------
-# chunked prefill
-
-
-@dataclass
-class PrefillOutput:
-    """Result of :func:`chunked_prefill` (and of :func:`delta_attn.distributed.cp_prefill`).
-
-    Continue it with :meth:`generate` — ``res.generate(max_new_tokens=32)`` — which decodes from the cache
-    it holds: the prompt is never fed to the model again. (``model.generate(input_ids, past_key_values=
-    res.past_key_values)`` does not do that: it prefills the prompt again on top of the cache, silently
-    giving another answer.)
-
-    past_key_values: the filled cache (every prompt position given so far).
-    logits: (B, vocab) logits of the last position given (the next-token distribution once the prompt is complete).
-    attention_mask: (B, cached length) the prompt's mask so far (ones if none was given), to extend while decoding.
-    state: the :class:`PrefillState` (prompt length + per-layer :class:`~delta_attn.DeltaState`) to pass back as
-        ``state=`` when more of the same prompt follows; updated in place by that call (copy it to fork).
-    model: the model that wrote the cache (what :meth:`generate` decodes with); ``copy.deepcopy`` of a
-        PrefillOutput copies everything else and shares the model.
-    """
-
-    past_key_values: Any
-    logits: Tensor
-    attention_mask: Tensor
-    state: PrefillState
-    model: Any = field(default=None, repr=False, compare=False)
-
-    def __deepcopy__(self, memo: dict) -> PrefillOutput:
-        import copy
-
-        memo[id(self.model)] = self.model  # fork the cache and state, never the weights
-        return PrefillOutput(
-            copy.deepcopy(self.past_key_values, memo),
-            copy.deepcopy(self.logits, memo),
-            copy.deepcopy(self.attention_mask, memo),
-            copy.deepcopy(self.state, memo),
-            self.model,
-        )
-
-    def generate(
-        self,
-        max_new_tokens: int,
-        *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop_token_ids: Iterable[int] | None = None,
-        on_token: Callable[[int, int], bool] | None = None,
-    ) -> GenerationResult:
-        """Decode up to ``max_new_tokens`` tokens per sequence from this prefill (dense over the cache).
-
-        The first token comes from :attr:`logits`, every later one from one decode step over the cache, so
-        the result equals one-shot prefill + decoding token for token (greedy), at any chunk size. The
-        cache grows by the decoded tokens: a PrefillOutput continues once (``copy.deepcopy(res).generate(...)``
-        continues a copy, e.g. to sample several replies from one prefill).
-
-        Args:
-            max_new_tokens: at most this many tokens per sequence.
-            temperature: 0 (default) = greedy; > 0 samples (with ``top_p``; ``seed`` seeds the sampler).
-            stop_token_ids: tokens that end a sequence (not included in its tokens). Default: the model's
-                ``generation_config.eos_token_id`` (as ``model.generate`` stops); ``()`` for none.
-            on_token: ``(sequence index, token id) -> keep going?``, called for every generated token.
-        Returns:
-            :class:`delta_attn.generation.GenerationResult`: ``tokens`` (the new ids per sequence),
-            ``finish_reasons``, timings.
-        """
-        from .generation import Prefilled, SamplingParams, decode
-
-        if self.model is None:
-            raise ValueError(
-                "this PrefillOutput was built without its model: create it with delta_attn.chunked_prefill"
-            )
-        cached = self.past_key_values.get_seq_length()
-        given = self.attention_mask.shape[1]
-        if cached != given:
-            raise ValueError(
-                f"this PrefillOutput was continued already (its cache holds {cached} tokens, the prompt {given}): "
-                "a prefill continues once; to continue it several times, copy.deepcopy(res).generate(...) each time"
-            )
-        if self.state.prompt_len > given:
-            raise ValueError(
-                f"the prompt is not complete: {given} of its {self.state.prompt_len} tokens are prefilled "
-                "(prompt_len); pass the rest to chunked_prefill(model, rest, past_key_values=res.past_key_values, "
-                "state=res.state) first"
-            )
-        if stop_token_ids is None:
-            stop_token_ids = _eos_ids(self.model)
-        params = SamplingParams(
-            max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_token_ids=frozenset(stop_token_ids)
-        )
-        start = Prefilled(self.past_key_values, self.logits, self.attention_mask)
-        return decode(self.model, start, [params] * self.logits.shape[0], on_token=on_token)
-
-
-def _eos_ids(model) -> frozenset[int]:
-    """The end-of-sequence ids ``model.generate`` stops at: ``generation_config.eos_token_id`` (int or list)."""
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        return frozenset()
-    return frozenset([int(eos)] if isinstance(eos, int) else [int(i) for i in eos])
-
-
-def left_padding_position_ids(attention_mask: Tensor) -> Tensor:
-    """Position ids of a left-padded batch, as ``model.generate`` computes them: (B, N) long."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
-
-
-@torch.no_grad()
-def chunked_prefill(
-    model: PreTrainedModel,
-    input_ids: Tensor,
-    attention_mask: Tensor | None = None,
-    *,
-    chunk_size: int = 2048,
-    past_key_values: Any = None,
-    prompt_len: int | None = None,
-    state: PrefillState | None = None,
-    max_cache_len: int | None = None,
-    progress: bool = False,
-) -> PrefillOutput:
-    """Prefill a long prompt in chunks of ``chunk_size`` tokens with Δ attention.
-
-    Activation memory is bounded by the chunk (plus the KV cache). Each chunk's queries attend to
-    the cached prefix and to themselves; sinks, windows and anchors sit at absolute prompt positions
-    and the exact tail is placed at the end of the whole prompt, so the result equals a one-shot
-    Δ prefill of the prompt up to rounding (a per-layer :class:`~delta_attn.DeltaState` carries the
-    open γ-block's Δ from chunk to chunk).
-
-    Args:
-        model: a model switched on with :func:`enable`.
-        input_ids: (B, N) prompt token ids (left-padded if B > 1), or the next N tokens of a prompt
-            begun by an earlier call (then pass that call's ``past_key_values`` and ``state``).
-        attention_mask: (B, cached + N), 1 for real tokens, 0 for left padding (default all ones).
-        chunk_size: tokens per forward (a multiple of γ keeps chunk boundaries on γ-blocks; any value works).
-        past_key_values: the cache to fill: default a new transformers ``DynamicCache`` (or a
-            :class:`~delta_attn.kv_cache.PreallocatedCache` when ``max_cache_len`` is given). A non-empty
-            cache must come from an earlier call on the same prompt, together with its ``state``.
-        prompt_len: the whole prompt's length (cached + all tokens still to come) when ``input_ids`` is
-            not the end of the prompt: it places the exact tail. Default: cached + N (this call ends it).
-        state: ``PrefillOutput.state`` of the earlier call when continuing a prompt.
-        max_cache_len: allocate a :class:`~delta_attn.kv_cache.PreallocatedCache` of this many tokens
-            (at least the prompt; e.g. ``prompt_len + DECODE_ROOM``): one buffer per layer, chunks written
-            in place, no chunk re-copies the cache (decoding past it grows the buffers by 25 %). Default
-            None: a ``DynamicCache``, which concatenates per chunk but hands the kernels contiguous K/V —
-            1.05× one-shot at 128K on the H200 against 1.24× for the in-place cache, at the same peak
-            memory (BENCHMARKS.md). Only used when ``past_key_values`` is None.
-        progress: show a tqdm bar over the chunks.
-    Returns:
-        :class:`PrefillOutput` (cache, last-position logits (B, vocab), attention mask, state). Continue it
-        with ``res.generate(max_new_tokens=...)`` (:meth:`PrefillOutput.generate`): it decodes from the
-        cache, equal token for token to one-shot prefill + decoding.
-    """
-    binding: _Binding | None = getattr(model, _BINDING_ATTR, None)
-    if binding is None or model.config._attn_implementation != ATTN_NAME:
-        raise ValueError(
-            "chunked_prefill needs a model switched to delta attention: call delta_attn.enable(model, config) first"
-        )
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be (batch, seq_len) with seq_len >= 1, got shape {tuple(input_ids.shape)}")
-    if not binding.config.is_causal:
-        raise ValueError(
-            f"{binding.config.non_causal_reason} is non-causal and cannot run chunked; "
-            "choose causal settings or prefill in one call"
-        )
-    if max_cache_len is not None and past_key_values is not None:
-        raise ValueError(
-            "max_cache_len sizes a new cache: pass it without past_key_values (the given cache keeps its size)"
-        )
-    past = 0 if past_key_values is None else past_key_values.get_seq_length()
-    n = input_ids.shape[1]
-    if past and state is None:
-        raise ValueError(
-            "past_key_values already holds tokens: to continue a prompt pass state=<the earlier "
-            "PrefillOutput.state>; to start a prompt pass an empty cache (or none)"
-        )
-    if state is not None and not isinstance(state, PrefillState):
-        raise TypeError(f"state must be the .state of a PrefillOutput, got {type(state).__name__}")
-    total = past + n
-    if prompt_len is None:
-        prompt_len = state.prompt_len if state is not None else total
-    if state is not None and prompt_len != state.prompt_len:
-        raise ValueError(
-            f"prompt_len={prompt_len} differs from the prompt_len={state.prompt_len} this prompt began with"
-        )
-    if prompt_len < total:
-        raise ValueError(f"prompt_len={prompt_len} is shorter than the {total} tokens given so far")
-    if max_cache_len is not None and (
-        isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int) or max_cache_len < prompt_len
-    ):
-        raise ValueError(f"max_cache_len must be an int >= the prompt length {prompt_len}, got {max_cache_len!r}")
-    if past_key_values is not None:
-        cache = past_key_values
-    elif max_cache_len is not None:
-        cache = PreallocatedCache(max_cache_len, config=model.config)
-    else:  # measured faster on the H200 (BENCHMARKS.md, end to end): the kernels get contiguous K/V
-        cache = DynamicCache(config=model.config)
-    bsz = input_ids.shape[0]
-    if attention_mask is None:
-        attention_mask = input_ids.new_ones(bsz, total)
-    if attention_mask.shape != (bsz, total):
-        raise ValueError(
-            f"attention_mask must be (batch, cached + new) = {(bsz, total)}, got {tuple(attention_mask.shape)}"
-        )
-    _derive_left_padding(attention_mask, total, total, False, bsz)  # raises a clear error for right padding
-    position_ids = left_padding_position_ids(attention_mask)
-    forward_params = inspect.signature(model.forward).parameters
-    keep_last = "logits_to_keep" in forward_params
-    cache_arg = cache_argument(model)
-    starts = range(past, total, chunk_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="chunked prefill", unit="chunk")
-    binding.chunk = state if state is not None else PrefillState(prompt_len=prompt_len)
-    try:
-        for s in starts:
-            e = min(total, s + chunk_size)
-            extra = {"logits_to_keep": 1} if keep_last else {}
-            out = model(
-                input_ids=input_ids[:, s - past : e - past],
-                attention_mask=attention_mask[:, :e],
-                position_ids=position_ids[:, s:e],
-                use_cache=True,
-                **{cache_arg: cache},
-                **extra,
-            )
-    finally:
-        ctx, binding.chunk = binding.chunk, None
-    # the model fills `cache` in place (and returns it under a name that depends on the transformers version)
-    return PrefillOutput(
-        past_key_values=cache, logits=out.logits[:, -1], attention_mask=attention_mask, state=ctx, model=model
-    )

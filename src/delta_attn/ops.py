@@ -8,11 +8,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .backend import DeltaState, select_backend
+from .backend import Backend, DeltaState
 from .config import DEFAULT_CONFIG, DeltaConfig
 
 
-def _validate(q: Tensor, k: Tensor, v: Tensor) -> None:
+def check_qkv(q: Tensor, k: Tensor, v: Tensor, *, same_rows: bool = False) -> None:
+    """The one check of attention inputs (the operator and context parallelism): 4-dim floating-point
+    (B, H, N, D) tensors of one dtype and device, k and v alike, grouped-query heads, and queries that are the
+    last Nq of the Nk key positions (``same_rows``: a context-parallel shard, Nq = Nk). Raises TypeError or
+    ValueError saying what to change."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -41,10 +45,38 @@ def _validate(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError(
             f"query heads ({hq}) must be a positive multiple of key/value heads ({hkv}) for grouped-query attention"
         )
+    if same_rows and nk != nq:
+        raise ValueError(f"q has {nq} rows but k/v {nk}: pass this rank's shard of q, k and v (same rows)")
     if nk < nq:
         raise ValueError(
             f"k/v have {nk} positions but q has {nq}: queries are the last Nq of the Nk key positions, so Nk >= Nq"
         )
+
+
+def select_backend(config: DeltaConfig, device: torch.device) -> Backend:
+    """The backend a call with ``config`` runs on for tensors on ``device`` (``config.backend``).
+
+    ``"auto"``: the Triton kernels on CUDA when triton imports, else the PyTorch reference. The dispatch lives
+    here, above the contract (:mod:`delta_attn.backend`), which its implementations import.
+    """
+    want = config.backend
+    if want == "auto":
+        want = "triton" if device.type == "cuda" else "reference"
+    if want == "triton":
+        if device.type != "cuda":
+            raise ValueError("backend='triton' needs CUDA tensors; use backend='reference' (or 'auto') on CPU")
+        try:
+            from .kernels import triton_prefill
+        except ImportError as exc:
+            if config.backend == "triton":
+                raise ValueError(
+                    f"backend='triton' is not available here ({exc}); install triton or use 'reference'"
+                ) from exc
+        else:
+            return triton_prefill
+    from .reference import reference_prefill
+
+    return reference_prefill
 
 
 def _left_pad_list(left_pad, batch: int, prompt_len: int) -> list[int] | None:
@@ -124,7 +156,7 @@ def delta_attention(
     config = DEFAULT_CONFIG if config is None else config
     if not isinstance(config, DeltaConfig):
         raise TypeError(f"config must be a DeltaConfig, got {type(config).__name__}")
-    _validate(q, k, v)
+    check_qkv(q, k, v)
     bsz, hq, nq, d = q.shape
     nk = k.shape[2]
     if scale is None:
@@ -138,12 +170,8 @@ def delta_attention(
     if state is not None and not isinstance(state, DeltaState):
         raise TypeError(f"state must be a DeltaState, got {type(state).__name__}")
     chunked = nq < nk or prompt_len > nk
-    if chunked and not config.is_causal:
-        raise ValueError(
-            f"{config.non_causal_reason} makes rows read later anchors (it is non-causal), so it cannot run "
-            "chunked; prefill the whole prompt in one call or choose causal settings "
-            "(interp='repeat'/'ema'/'abg', delta_scale a float or 'auto', extra_anchors=0)"
-        )
+    if chunked:
+        config.require_causal("it cannot run chunked")
     pads = _left_pad_list(left_pad, bsz, prompt_len)
     if nq == 0 or bsz == 0:  # nothing to compute (an empty batch is a valid input)
         return q.new_zeros(bsz, hq, nq, d)

@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     for action in layer._actions:
         action.help = LAYER_HELP.get(action.dest, action.help)
     layer.set_defaults(func=_layer)
-    from .e2e import build_parser as build_e2e_parser
+    from .e2e_options import build_parser as build_e2e_parser
 
     e2e = sub.add_parser(
         "e2e",

@@ -8,9 +8,9 @@ several lengths. Methods:
 * ``sparse``: the sparse base alone (sink + window), Triton kernels;
 * ``delta``: Δ attention (γ = 64, repeat), Triton kernels — dense rows + sparse with fused Δ;
 * ``recompute``: the same rows, no broadcast;
-* Δ variants (docs/algorithm.md §13), ``delta_`` followed by ``_``-joined parts: ``l<λ>``
-  (``delta_scale=λ``, e.g. ``delta_l0.5``), ``auto`` (``delta_scale="auto"``), ``global``
-  (``"auto-global"``), ``x<percent>`` (``extra_anchors``, e.g. ``delta_x25``); e.g. ``delta_auto_x25``.
+* any other method spec of :mod:`delta_attn.methods` over the streaming base, e.g. the Δ variants
+  (docs/algorithm.md §13): ``delta_l0.5`` (``delta_scale=λ``), ``delta_auto`` (``delta_scale="auto"``),
+  ``delta_autog`` (``"auto-global"``), ``delta_x25`` (``extra_anchors``), ``delta_auto_x25``.
   Their FLOPs come from the same cost model (extra anchors: the upper bound, see :mod:`delta_attn.cost`).
 * modifiers after ``+`` (any Triton method, e.g. ``delta+strided``, ``rows+ips8``), to compare layouts and
   launch options in one run: ``strided`` (K/V are views of a longer buffer, as ``PreallocatedCache`` hands
@@ -98,38 +98,21 @@ def modified_configs(mods: list[str], dtype, kcfg: dict | None) -> dict | None:
 
 
 def method_config(name: str, base):
-    """The :class:`~delta_attn.config.DeltaConfig` a Triton method name runs (None for cudnn/flash/rows).
+    """The :class:`~delta_attn.config.DeltaConfig` a Triton method runs (None for cudnn/flash/rows): ``name`` is a
+    method spec (:mod:`delta_attn.methods`, e.g. ``delta``, ``delta_l0.5``, ``delta_auto_x25``) over ``base``.
 
-    ``sparse``/``delta``/``recompute`` set the mode; ``delta_<parts>`` are Δ variants (module docstring);
     ``+`` modifiers (:func:`split_method`) change layouts and launch options, not the config.
-    Raises ValueError for an unknown name.
+    Raises ValueError for an unknown name, or a spec that names dense attention (timed as cudnn/flash).
     """
+    from ..methods import config_fields, parse_method
+
     name, _ = split_method(name)
     if name in DENSE_METHODS:
         return None
-    if name in ("sparse", "delta", "recompute"):
-        return base.replace(mode=name)
-    if not name.startswith("delta_"):
-        raise ValueError(f"unknown method {name!r}")
-    changes = {}
-    for part in name[len("delta_") :].split("_"):
-        try:
-            if part == "auto":
-                changes["delta_scale"] = "auto"
-            elif part == "global":
-                changes["delta_scale"] = "auto-global"
-            elif part.startswith("l"):
-                changes["delta_scale"] = float(part[1:])
-            elif part.startswith("x"):
-                changes["extra_anchors"] = int(part[1:]) / 100
-            else:
-                raise ValueError(part)
-        except ValueError:
-            raise ValueError(
-                f"unknown method {name!r}: Δ variants are delta_ + parts joined by '_': l<λ> (e.g. l0.5), "
-                "auto, global, x<percent> (e.g. x25)"
-            ) from None
-    return base.replace(mode="delta", **changes)
+    config = parse_method(name, config_fields(base)).config
+    if config is None:
+        raise ValueError(f"method {name!r}: dense attention is timed as {', '.join(DENSE_METHODS[:2])}")
+    return config
 
 
 def parse_length(s: str) -> int:
@@ -539,7 +522,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         "--warmup-length",
         default="3000",
         help="tokens of one untimed call of every Triton method before the lengths (compilation; 0: none); "
-        "each length's first call is then reported against its steady time",
+        "each length's first call is then reported against its steady time (default 3000)",
     )
     p.add_argument(
         "--kernel-config",

@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..backend import select_backend
 from ..config import CAUSAL_SCALE_MODES, DEFAULT_CONFIG, DeltaConfig
+from ..ops import check_qkv, select_backend
 from ..sparse import BlockMethod, DenseMethod, MaskModMethod, StreamingMethod, resolve_sparse_method
 from .shard import ShardSummary, apply_carry, carries_from_summaries, local_shard
 
@@ -54,12 +54,7 @@ class CPResult:
 def _check_config(config: DeltaConfig) -> None:
     if not isinstance(config, DeltaConfig):
         raise TypeError(f"config must be a DeltaConfig, got {type(config).__name__}")
-    if not config.is_causal:
-        raise ValueError(
-            f"{config.non_causal_reason} makes rows read later anchors (non-causal), so the sequence cannot be "
-            "split over ranks; choose causal settings (interp='repeat'/'ema'/'abg', a float delta_scale, "
-            "extra_anchors=0)"
-        )
+    config.require_causal("the sequence cannot be split over ranks")
     if config.mode == "delta" and config.delta_scale in CAUSAL_SCALE_MODES:
         raise NotImplementedError(
             f"delta_scale={config.delta_scale!r} carries running sums whose ratio sets each block's λ; "
@@ -77,28 +72,20 @@ def _local_problem(q, k, v, config, scale, backend_name: str) -> str | None:
     """What is wrong with this rank's inputs (None when nothing is); never raises."""
     try:
         _check_config(config)
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if not isinstance(t, Tensor):
-                return f"{name} must be a torch.Tensor, got {type(t).__name__}"
-            if not t.is_floating_point() or t.dim() != 4:
-                return f"{name} must be a 4-dim floating-point tensor (B, heads, n, D), got {t.dtype} {tuple(t.shape)}"
-        if not (q.dtype == k.dtype == v.dtype) or not (q.device == k.device == v.device):
-            got = f"{q.dtype}/{k.dtype}/{v.dtype} on {q.device}/{k.device}/{v.device}"
-            return f"q, k, v must share one dtype and device, got {got}"
-        if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
-            return f"k, v {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} in batch and head dim"
-        if k.shape[2] != q.shape[2]:
-            return f"q has {q.shape[2]} rows but k/v {k.shape[2]}: pass this rank's shard of q, k and v (same rows)"
-        if q.shape[2] == 0 or k.shape[1] == 0 or q.shape[1] % k.shape[1]:
-            return f"need ≥ 1 row and query heads ({q.shape[1]}) a multiple of kv heads ({k.shape[1]})"
-        if "nccl" in backend_name and q.device.type != "cuda":
-            return f"the process group uses NCCL but the tensors are on {q.device}: move them to this rank's GPU"
-        if scale is not None and (
-            isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0
-        ):
-            return f"scale must be a positive finite float, got {scale!r}"
     except (TypeError, ValueError, NotImplementedError) as exc:
         return f"{type(exc).__name__}: {exc}"
+    try:
+        check_qkv(q, k, v, same_rows=True)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    if q.shape[2] == 0:
+        return "this rank's shard is empty: every rank needs at least one row"
+    if "nccl" in backend_name and q.device.type != "cuda":
+        return f"the process group uses NCCL but the tensors are on {q.device}: move them to this rank's GPU"
+    if scale is not None and (
+        isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0
+    ):
+        return f"scale must be a positive finite float, got {scale!r}"
     return None
 
 

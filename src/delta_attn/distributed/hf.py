@@ -15,16 +15,16 @@ every decoded token into a distributed attention with an LSE merge over ranks; n
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
+from ..chunked import PrefillOutput
+from ..compat import last_logits_only
 from ..config import DeltaConfig
-from ..hf import PrefillOutput, PrefillState, current_config, enable, prefill_override
+from ..hf import PrefillState, current_config, enable, prefill_override
 from .attention import cp_attention
 
 
@@ -93,7 +93,7 @@ def cp_prefill(
         return res.out
 
     position_ids = torch.arange(q0, q0 + n, device=input_ids.device).expand(bsz, n)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    extra = last_logits_only(model)
     with prefill_override(model, attend):
         out = model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **extra)
     logits = out.logits[:, -1].contiguous()

@@ -26,8 +26,8 @@ from torch import Tensor
 
 from ..backend import Backend, SequenceState, filter_system, plan_call
 from ..config import FILTER_INTERPS, DeltaConfig
+from ..filters import lti_scan
 from ..reference import default_compute_dtype
-from ..scan import lti_scan
 
 CARRY_CHUNK_ROWS = 8192  # rows of the filter fix-up held at once (bounded extra memory)
 

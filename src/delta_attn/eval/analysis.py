@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..compat import attn_implementation
+
 ATTN_NAME = "delta_eval"
 _ACTIVE: list = [None]  # the Capture in use
 
@@ -78,7 +80,7 @@ def capturing(model, config=None, *, store: bool = True, to_cpu: bool = False):
 
     _register()
     delta_attn.disable(model)
-    previous = model.config._attn_implementation
+    previous = attn_implementation(model)
     cap = Capture(config=config, store=store, to_cpu=to_cpu)
     model.set_attn_implementation(ATTN_NAME)
     _ACTIVE[0] = cap

@@ -15,6 +15,11 @@ from pathlib import Path
 from ..cli_options import UsageError
 from . import cli_common as common
 
+NAME = "analyze"
+HELP = "the paper's analyses (Δ similarity vs γ, drift, Fig. 3) on captured q/k/v"
+METHOD_SPECS = True  # --help ends with the method spec syntax
+
+DEFAULT_METHODS = "sparse,recompute,delta,delta_g16"
 #: the per-layer sweep: the γ ablation, interpolation variants, and Δ on three bases
 DEFAULT_SWEEP = (
     "sparse,recompute,delta_g8,delta_g16,delta_g32,delta,delta_g128,delta_g256,delta_linear,delta_ema0.5,"
@@ -31,10 +36,41 @@ def _earlier(paths: list[Path]) -> list[Path]:
     return found
 
 
+def add_arguments(p) -> None:
+    """``eval analyze``'s options."""
+    from .. import cli_options as opt
+    from .ruler import TASK_NAMES
+
+    task = dict(
+        default="niah_single_2", choices=TASK_NAMES, help="task whose prompts are analysed (default %(default)s)"
+    )
+    samples_help = "prompts (>= 2 for the cross-input cosine; default 4)"
+    common.add_prompt_opts(p, task=task, length=4096, samples=4, samples_help=samples_help, methods=DEFAULT_METHODS)
+    common.add_int_list_option(p, "--gammas", "2,4,8,16,32,64,128", "γs of the similarity (default %(default)s)")
+    p.add_argument(
+        "--sweep",
+        default=DEFAULT_SWEEP,
+        help="method specs of the per-layer sweep ('' to skip; default: 17 configs)",
+    )
+    common.add_redo_opts(
+        p,
+        result="analysis",
+        plots="analysis.png and sweep.png",
+        force_help="redo even if an analysis with the same settings exists (default off)",
+        time_limit_help="seconds since start; later stages are skipped (default none)",
+    )
+    p.add_argument(
+        "--resume-from",
+        type=opt.existing_path,
+        nargs="*",
+        default=[],
+        help="earlier result folders: an analysis there with the same settings is not redone (default none)",
+    )
+
+
 def run(args) -> int:
     import torch
 
-    from ..models import load_tokenizer
     from . import analysis, ruler, tables
     from .corpus import ESSAY_BOOKS
     from .records import config_difference, run_info
@@ -76,15 +112,7 @@ def run(args) -> int:
                 f"{out_file} holds an analysis with other settings; use another --out, or --force to replace it"
             )
 
-    tok = load_tokenizer(args.model)
-    builder = ruler.PromptBuilder(tok, texts_dir=args.texts_dir)
-    try:
-        samples = [
-            ruler.generate_sample(builder, args.task, args.length, i, seed=args.seed, reserve=args.reserve)
-            for i in range(args.samples)
-        ]
-    except ValueError as exc:
-        raise UsageError(f"--length: {exc}") from None
+    samples = common.task_prompts(args)
     model, tok = common.load_model(args, device, dtype)
     ids = torch.tensor([s.input_ids for s in samples], dtype=torch.long, device=device)
     to_cpu = device.type == "cpu"

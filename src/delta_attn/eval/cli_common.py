@@ -1,5 +1,5 @@
-"""What ``eval ruler``, ``eval ppl`` and ``eval analyze`` share: logging, the checks that run before the
-model loads, the device/dtype, reading earlier results, and loading the model."""
+"""What the ``eval`` commands share: their option builders (each command's ``register``), logging, the checks
+that run before the model loads, the device/dtype, reading earlier results, and loading the model."""
 
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ class Log:
 
 
 def methods(args, specs: str | None = None, option: str = "--methods"):
-    """``--methods`` (or ``specs``) as :class:`~delta_attn.eval.methods.Method` objects; bad specs: UsageError."""
-    from .methods import defaults_from_args, parse_methods
+    """``--methods`` (or ``specs``) as :class:`~delta_attn.methods.Method` objects; bad specs: UsageError."""
+    from ..methods import parse_methods, settings_from_args
 
     try:
-        return parse_methods(args.methods if specs is None else specs, defaults_from_args(args))
+        return parse_methods(args.methods if specs is None else specs, settings_from_args(args))
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{option}: {exc}") from None
 
@@ -92,6 +92,22 @@ def load_model(args, device, dtype):
     return model.to(device=device, dtype=dtype).eval(), tok
 
 
+def task_prompts(args) -> list:
+    """The ``--samples`` prompts of ``--task`` at ``--length`` (``--seed``, ``--reserve``) that ``eval analyze`` and
+    ``eval needle`` study, built with the tokenizer alone; a length the task does not fit is a UsageError."""
+    from ..models import load_tokenizer
+    from . import ruler
+
+    builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
+    try:
+        return [
+            ruler.generate_sample(builder, args.task, args.length, i, seed=args.seed, reserve=args.reserve)
+            for i in range(args.samples)
+        ]
+    except ValueError as exc:
+        raise UsageError(f"--length: {exc}") from None
+
+
 def dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
@@ -127,3 +143,176 @@ def result_meta(path: Path) -> tuple[dict | None, bool]:
     except (OSError, ValueError):
         return None, False
     return meta.get("config"), bool(meta.get("complete"))
+
+
+# ---------------------------------------------------------------------------------------------
+# option builders every eval command's ``register`` uses (nothing heavy is imported: ``--help`` stays fast)
+
+
+def task_list(text: str) -> list[str]:
+    """``--tasks``: a comma list of RULER tasks or groups, for argparse."""
+    import argparse
+
+    from .ruler import parse_tasks
+
+    try:
+        return parse_tasks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def batch_sizes(text: str) -> str:
+    """``--batch-size``: one size or per length (``1024:256,8192:96``), checked, for argparse."""
+    import argparse
+
+    from .runner import parse_batch_sizes
+
+    try:
+        parse_batch_sizes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_tasks_option(p, default: str, help: str) -> None:
+    """``--tasks``: RULER tasks or groups (:func:`task_list`)."""
+    p.add_argument("--tasks", type=task_list, default=default, help=help)
+
+
+def add_int_list_option(p, flag: str, default: str | None, help: str, **more) -> None:
+    """``flag``: a comma-separated list of positive ints (lengths, windows, γs ...)."""
+    from ..cli_options import positive_int_list
+
+    p.add_argument(flag, type=positive_int_list, default=default, help=help, **more)
+
+
+def add_model_opts(p) -> None:
+    """The model (``--model --device --dtype --threads``), the texts folder and ``--allow-overflow``."""
+    from .. import cli_options as opt
+
+    opt.add_model_options(p, dtype=True)
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--texts-dir",
+        type=opt.existing_dir,
+        default=None,
+        help="public-domain texts (default ~/.cache/delta-attn/texts; "
+        "a folder made by `delta-attn eval pack-texts` works offline anywhere)",
+    )
+    opt.add_overflow_option(p)
+
+
+def add_method_opts(p, default_methods: str) -> None:
+    """``--methods`` and the defaults their specs start from (the base, window, sink, γ, ..., backend)."""
+    from .. import cli_options as opt
+
+    p.add_argument(
+        "--methods", default=default_methods, help=f"comma-separated method specs (default {default_methods})"
+    )
+    opt.add_method_options(p, window=256, sink=64, gamma=64, base_option="--base")
+    g = p.add_argument_group("other sparse bases (see delta_attn.methods for the spec syntax)")
+    g.add_argument("--block-size", type=opt.positive_int, default=512, help="block base: block size (default 512)")
+    g.add_argument(
+        "--vertical-size", type=opt.nonnegative_int, default=512, help="vertical_slash: columns (default 512)"
+    )
+    g.add_argument(
+        "--slash-size", type=opt.nonnegative_int, default=512, help="vertical_slash: diagonals (default 512)"
+    )
+    opt.add_backend_option(g)
+
+
+def add_run_opts(p, *, methods: str, stem: str) -> None:
+    """The model and method options (``methods``: the default ``--methods``), then ``--out --resume-from
+    --time-limit --no-progress --plots --no-summary`` of a resumable run (``stem``: what its records are)."""
+    from .. import cli_options as opt
+
+    add_model_opts(p)
+    add_method_opts(p, methods)
+    g = p.add_argument_group("run")
+    g.add_argument("--out", type=opt.output_dir, required=True, help="output directory (required)")
+    g.add_argument(
+        "--resume-from",
+        type=opt.existing_path,
+        nargs="*",
+        default=[],
+        help=f"earlier result files/directories: their {stem} records with the same settings are not run again "
+        "(default none; the output directory is always read)",
+    )
+    g.add_argument(
+        "--time-limit",
+        type=opt.nonnegative_float,
+        default=None,
+        help="seconds since start after which no new batch is started (default none; the run can be resumed)",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bars (default: bars on)")
+    g.add_argument("--plots", action="store_true", help="also write PNG plots next to the summary (default off)")
+    g.add_argument(
+        "--no-summary",
+        action="store_true",
+        help="no Markdown summary, e.g. on a GPU machine without scipy (default: write one)",
+    )
+
+
+def add_seed_reserve(p) -> None:
+    """``--seed`` of the prompts and ``--reserve`` (the answer's room)."""
+    from ..cli_options import nonnegative_int
+    from .ruler import DEFAULT_RESERVE
+
+    p.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
+    p.add_argument(
+        "--reserve",
+        type=nonnegative_int,
+        default=DEFAULT_RESERVE,
+        help=f"prompt = length − reserve tokens, room for the answer (default {DEFAULT_RESERVE})",
+    )
+
+
+def add_ruler_work_opts(p, *, what: str = "decode batch size") -> None:
+    """``--batch-size --prefill-tokens --workers``: how RULER prompts are built and run."""
+    import os
+
+    from ..cli_options import positive_int
+
+    default = "1024:256,2048:256,4096:160,8192:96"
+    p.add_argument(
+        "--batch-size",
+        type=batch_sizes,
+        default=default,
+        help=f"{what}, or per length: '1024:256,8192:96' (default {default})",
+    )
+    p.add_argument(
+        "--prefill-tokens",
+        type=positive_int,
+        default=262144,
+        help="prefill in micro-batches of at most this many tokens (default 262144)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=max(1, min(12, (os.cpu_count() or 2) - 2)),
+        help="processes building prompts (default cpu_count − 2, at least 1, at most 12)",
+    )
+
+
+def add_prompt_opts(p, *, task: dict, length: int, samples: int, samples_help: str, methods: str) -> None:
+    """``--task --length --samples --seed --reserve`` of an analysis of one task's prompts (``task``: the
+    ``add_argument`` keywords of ``--task``), then the model and method options (default ``--methods``)."""
+    from ..cli_options import positive_int
+
+    p.add_argument("--task", **task)
+    p.add_argument("--length", type=positive_int, default=length, help=f"nominal prompt length (default {length})")
+    p.add_argument("--samples", type=positive_int, default=samples, help=samples_help)
+    add_seed_reserve(p)
+    add_model_opts(p)
+    add_method_opts(p, methods)
+
+
+def add_redo_opts(p, *, result: str, plots: str, force_help: str, time_limit_help: str) -> None:
+    """``--out --plots --no-summary --force --time-limit`` of an analysis written as one ``result``.json."""
+    from .. import cli_options as opt
+
+    p.add_argument("--out", type=opt.output_dir, required=True, help="output directory (required)")
+    p.add_argument("--plots", action="store_true", help=f"also write {plots} (default off)")
+    p.add_argument("--no-summary", action="store_true", help=f"no {result}.md (default: write one)")
+    p.add_argument("--force", action="store_true", help=force_help)
+    p.add_argument("--time-limit", type=opt.nonnegative_float, default=None, help=time_limit_help)

@@ -16,6 +16,10 @@ import time
 from ..cli_options import UsageError
 from . import cli_common as common
 
+NAME = "needle"
+HELP = "needle keys/values, decode attention on the needle, Δ per layer"
+METHOD_SPECS = True  # --help ends with the method spec syntax
+
 
 def task_name(text: str) -> str:
     """``--task``: a RULER task name, format suffixes allowed (canonical spelling), for argparse."""
@@ -33,10 +37,23 @@ def _settings(args, info, dtype, methods) -> dict:
     return {**common.prompt_settings(args, info, dtype), "methods": {m.name: m.canonical() for m in methods}}
 
 
+def add_arguments(p) -> None:
+    """``eval needle``'s options."""
+    task = dict(type=task_name, default="niah_single_1", help="NIAH task, formats allowed (default %(default)s)")
+    methods = "dense,sparse,recompute,delta"
+    common.add_prompt_opts(p, task=task, length=8192, samples=8, samples_help="prompts (default 8)", methods=methods)
+    common.add_redo_opts(
+        p,
+        result="needle",
+        plots="needle.png",
+        force_help="redo a complete analysis with the same settings (default off)",
+        time_limit_help="seconds; later prompts skipped (default none)",
+    )
+
+
 def run(args) -> int:
     import torch
 
-    from ..models import load_tokenizer
     from . import analysis, needle, ruler
     from .corpus import ESSAY_BOOKS
     from .records import run_info
@@ -65,14 +82,7 @@ def run(args) -> int:
         if earlier != settings:
             raise UsageError(f"{out_file} holds a needle analysis with other settings; use another --out or --force")
 
-    builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
-    try:
-        samples = [
-            ruler.generate_sample(builder, args.task, args.length, i, seed=args.seed, reserve=args.reserve)
-            for i in range(args.samples)
-        ]
-    except ValueError as exc:
-        raise UsageError(f"--length: {exc}") from None
+    samples = common.task_prompts(args)
     model, _ = common.load_model(args, device, dtype)
     to_cpu = device.type == "cpu"
     t0 = time.perf_counter()

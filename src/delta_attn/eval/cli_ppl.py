@@ -13,6 +13,32 @@ from __future__ import annotations
 
 from . import cli_common as common
 
+NAME = "ppl"
+HELP = "PG-19-style perplexity by position range"
+METHOD_SPECS = True  # --help ends with the method spec syntax
+
+
+def add_arguments(p) -> None:
+    """``eval ppl``'s options."""
+    from ..cli_options import positive_int
+
+    common.add_int_list_option(p, "--lengths", "8192", "context lengths (default 8192)")
+    p.add_argument(
+        "--docs", type=positive_int, default=29, help="documents (windows of public-domain works; default 29)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=None, help="documents per forward (default 16384 // length)"
+    )
+    common.add_int_list_option(
+        p,
+        "--continuation",
+        None,
+        "continuation perplexity instead of the row-wise one: prefill the first L − M tokens of each window "
+        "with the method, score the last M densely against that cache, as decoding would (default off)",
+        metavar="M[,M2]",
+    )
+    common.add_run_opts(p, methods="dense,sparse,recompute,delta,delta_g16", stem="ppl")
+
 
 def run(args) -> int:
     methods = common.methods(args)  # first: a bad method is reported before the imports below load torch

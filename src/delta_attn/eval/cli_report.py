@@ -12,6 +12,39 @@ import sys
 
 from ..cli_options import UsageError, read_text_file
 
+NAME = "report"
+HELP = "RESULTS.md (tables, permutation tests, plots) from result files"
+
+
+def add_arguments(p) -> None:
+    """``eval report``'s options."""
+    from pathlib import Path
+
+    from .. import cli_options as opt
+
+    p.add_argument(
+        "--inputs",
+        nargs="+",
+        required=True,
+        type=opt.existing_path,
+        help="result files or directories: ruler*.jsonl, ppl*.jsonl, sweep*.jsonl, analysis*.json, needle*.json, "
+        ".gz too (required)",
+    )
+    p.add_argument("--out", type=opt.output_path, default=Path("RESULTS.md"), help="output file (default RESULTS.md)")
+    p.add_argument(
+        "--plots-dir", type=opt.output_dir, default=None, help="write PNG plots here and link them (default: no plots)"
+    )
+    p.add_argument("--resamples", type=opt.positive_int, default=9999, help="permutation-test resamples (default 9999)")
+    p.add_argument("--status", default=None, help="status line at the top (default: generated from the inputs)")
+    p.add_argument(
+        "--notes",
+        type=opt.existing_path,
+        nargs="*",
+        default=[],
+        help="hand-written Markdown notes placed after the generated overview; each must name the run ids it "
+        "describes in a first line '<!-- runs: ID ID ... -->' (default none)",
+    )
+
 
 def run(args) -> int:
     from .document import Inputs, NotesError, read_note, results_document

@@ -15,6 +15,10 @@ import time
 from ..cli_options import UsageError
 from . import cli_common as common
 
+NAME = "ruler"
+HELP = "RULER-style tasks (13, offline), JSONL + Markdown summary"
+METHOD_SPECS = True  # --help ends with the method spec syntax
+
 _POOL_STATE: dict = {}
 
 
@@ -61,6 +65,47 @@ def probe_cells(builder, cells, *, seed: int, reserve: int, option: str = "--len
             raise UsageError(f"{option}: {exc}") from None
 
 
+def add_arguments(p) -> None:
+    """``eval ruler``'s options."""
+    from ..cli_options import positive_int
+
+    common.add_tasks_option(p, "all", "comma list of tasks, or all / niah / qa / non_qa (default all)")
+    common.add_int_list_option(
+        p, "--lengths", "1024,2048,4096,8192", "nominal lengths, most important first (default 1024,2048,4096,8192)"
+    )
+    p.add_argument("--samples", type=positive_int, default=50, help="samples per task and length (default 50)")
+    common.add_seed_reserve(p)
+    common.add_ruler_work_opts(p)
+    p.add_argument(
+        "--resamples", type=positive_int, default=9999, help="permutation-test resamples in the summary (default 9999)"
+    )
+    common.add_run_opts(p, methods="dense,sparse,recompute,delta", stem="sample")
+
+
+def run_batches(args, model, tok, samples, methods, writer, lengths, done, configs, header, deadline, log):
+    """:func:`~delta_attn.eval.runner.run_ruler` with the run options of ``eval ruler``/``eval sweep`` (batch
+    sizes, seed, progress bars, prefill micro-batches) and the run id of ``header``."""
+    from .runner import parse_batch_sizes, run_ruler
+
+    return run_ruler(
+        model,
+        tok,
+        samples,
+        methods,
+        writer,
+        lengths=lengths,
+        batch_size=parse_batch_sizes(args.batch_size),
+        done=done,
+        configs=configs,
+        run_id=header["run_id"],
+        seed=args.seed,
+        deadline=deadline,
+        progress=not args.no_progress,
+        log=log,
+        prefill_tokens=args.prefill_tokens,
+    )
+
+
 def run(args) -> int:
     methods = common.methods(args)  # first: a bad method is reported before the imports below load torch
 
@@ -69,7 +114,7 @@ def run(args) -> int:
     from .corpus import ESSAY_BOOKS
     from .records import JsonlWriter, record_config, run_info, sample_key
     from .resume import plan_resume
-    from .runner import Deadline, parse_batch_sizes, run_ruler
+    from .runner import Deadline
 
     deadline = Deadline(args.time_limit, start=common.START)
     tasks, lengths = args.tasks, args.lengths
@@ -119,23 +164,7 @@ def run(args) -> int:
             args, model, {"kind": "ruler", "methods": {m.name: m.config_dict() for m in methods}}, model_info=info
         )
         w.write([header])
-        stats = run_ruler(
-            model,
-            tok,
-            samples,
-            methods,
-            w,
-            lengths=lengths,
-            batch_size=parse_batch_sizes(args.batch_size),
-            done=plan.done,
-            configs=configs,
-            run_id=header["run_id"],
-            seed=args.seed,
-            deadline=deadline,
-            progress=not args.no_progress,
-            log=log,
-            prefill_tokens=args.prefill_tokens,
-        )
+        stats = run_batches(args, model, tok, samples, methods, w, lengths, plan.done, configs, header, deadline, log)
     log(
         f"ruler: {stats.done} generations in {stats.batches} batches (prefill {stats.prefill_s:.1f}s, decode "
         f"{stats.decode_s:.1f}s / {stats.decode_steps} steps); {stats.skipped_existing} already done; "

@@ -17,6 +17,44 @@ import time
 from ..cli_options import UsageError
 from . import cli_common as common
 
+NAME = "sweep"
+HELP = "where Δ wins: a window × γ map of two methods on RULER tasks and continuation perplexity"
+METHOD_SPECS = True  # --help ends with the method spec syntax
+
+
+def add_arguments(p) -> None:
+    """``eval sweep``'s options."""
+    from ..cli_options import nonnegative_int, positive_int
+
+    common.add_int_list_option(p, "--windows", "128,256,512,1024", "sparse windows (default %(default)s)")
+    common.add_int_list_option(p, "--gammas", "8,16,32,64", "anchor strides γ (default %(default)s)")
+    p.add_argument(
+        "--first-window",
+        type=positive_int,
+        default=256,
+        help="the window whose row runs first; the others follow nearest first (default 256)",
+    )
+    p.add_argument("--length", type=positive_int, default=8192, help="prompt / window length (default 8192)")
+    common.add_tasks_option(p, "niah_single_1,niah_single_2,niah_multikey_1,vt", "RULER tasks (default %(default)s)")
+    p.add_argument(
+        "--samples", type=nonnegative_int, default=20, help="samples per task and cell; 0: no RULER (default 20)"
+    )
+    common.add_seed_reserve(p)
+    common.add_int_list_option(
+        p, "--continuation", "1024", "continuation-perplexity tail lengths (default 1024)", metavar="M[,M2]"
+    )
+    p.add_argument(
+        "--ppl-docs", type=nonnegative_int, default=8, help="perplexity documents per cell; 0: none (default 8)"
+    )
+    p.add_argument(
+        "--ppl-batch-size",
+        type=positive_int,
+        default=None,
+        help="perplexity documents per forward (default 16384 // length)",
+    )
+    common.add_ruler_work_opts(p, what="RULER decode batch size")
+    common.add_run_opts(p, methods="delta,recompute", stem="sample and cppl")
+
 
 def run(args) -> int:
     cells = _cells(args)  # first: a bad method is reported before the imports below load torch
@@ -24,13 +62,13 @@ def run(args) -> int:
     from ..models import load_tokenizer
     from . import ruler
     from .cli_ppl import check_continuations
-    from .cli_ruler import build_samples, probe_cells
+    from .cli_ruler import build_samples, probe_cells, run_batches
     from .corpus import ESSAY_BOOKS, PPL_BOOKS
     from .cppl import run_cppl
     from .ppl import DOC_FORMAT, ppl_documents
     from .records import JsonlWriter, cppl_key, record_config, run_info, sample_key
     from .resume import plan_resume
-    from .runner import Deadline, parse_batch_sizes, run_ruler
+    from .runner import Deadline
 
     deadline = Deadline(args.time_limit, start=common.START)
     methods = [m for c in cells for m in c.methods]
@@ -109,22 +147,19 @@ def run(args) -> int:
                     log(f"time limit: stopping before cell {cell.name}; rerun with the same --out to resume")
                     break
                 t0 = time.perf_counter()
-                stats = run_ruler(
+                stats = run_batches(
+                    args,
                     model,
                     tok,
                     samples,
                     cell.methods,
                     w,
-                    lengths=[length],
-                    batch_size=parse_batch_sizes(args.batch_size),
-                    done=ruler_plan.done,
-                    configs=ruler_cfg,
-                    run_id=header["run_id"],
-                    seed=args.seed,
-                    deadline=deadline,
-                    progress=not args.no_progress,
-                    log=log,
-                    prefill_tokens=args.prefill_tokens,
+                    [length],
+                    ruler_plan.done,
+                    ruler_cfg,
+                    header,
+                    deadline,
+                    log,
                 )
                 if stats.stopped_by_deadline:
                     break
@@ -155,14 +190,14 @@ def run(args) -> int:
 
 def _cells(args):
     """The sweep's cells from the options; bad method specs or an unknown --first-window: UsageError."""
-    from .methods import defaults_from_args
+    from ..methods import settings_from_args
     from .sweep import sweep_cells
 
     specs = [s.strip() for s in args.methods.split(",") if s.strip()]
     if not specs:
         raise UsageError("--methods: no methods given")
     try:
-        cells = sweep_cells(specs, args.windows, args.gammas, defaults_from_args(args), args.first_window)
+        cells = sweep_cells(specs, args.windows, args.gammas, settings_from_args(args), args.first_window)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"--methods: {exc}") from None
     for m in (m for c in cells if c.gamma is not None for m in c.methods):

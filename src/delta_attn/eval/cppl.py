@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .methods import Method
+from ..methods import Method
 from .records import JsonlWriter
 
 
@@ -35,7 +35,7 @@ def continuation_nll(model, ids: torch.Tensor, cont: int, slice_len: int = 1024)
     ``L − cont`` with the model's current attention and a dense teacher-forced continuation."""
     from transformers import DynamicCache
 
-    from ..generation import cache_argument
+    from ..compat import cache_argument
 
     n = ids.shape[1]
     if not 1 <= cont < n:

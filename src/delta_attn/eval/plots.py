@@ -14,6 +14,16 @@ from pathlib import Path
 from .tables import PREFERRED, PplData, RulerData, len_name, ppl_by_method
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (120 dpi) and close ``fig``; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _plt():
     import matplotlib
 
@@ -53,10 +63,7 @@ def plot_ruler(d: RulerData, path: Path, methods: Sequence[str] | None = None, m
     )
     axes[1].set_title(f"per task at {len_name(L)}")
     axes[1].set_ylim(0, 100)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_ppl(data: PplData, path: Path) -> Path | None:
@@ -85,10 +92,7 @@ def plot_ppl(data: PplData, path: Path) -> Path | None:
     ax.set_title(f"PG-19-style perplexity, {len_name(L)} context")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_analysis(an: dict, path: Path) -> Path | None:
@@ -136,10 +140,7 @@ def plot_analysis(an: dict, path: Path) -> Path | None:
         ax.set_ylabel("method run")
         ax.set_title("attention of the last query, head 0 (paper Fig. 3)")
         ax.legend(fontsize=7, markerscale=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sweep(an: dict, path: Path) -> Path | None:
@@ -157,10 +158,7 @@ def plot_sweep(an: dict, path: Path) -> Path | None:
     ax.set_title("per-layer error: γ, interpolation, base")
     ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_gamma(d: RulerData, ppl: PplData, path: Path, *, sparse: str = "sparse", dense: str = "dense") -> Path | None:
@@ -206,10 +204,7 @@ def plot_gamma(d: RulerData, ppl: PplData, path: Path, *, sparse: str = "sparse"
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sweep_map(d, measure: str, path: Path, a: str | None = None, b: str | None = None) -> Path | None:
@@ -244,10 +239,7 @@ def plot_sweep_map(d, measure: str, path: Path, a: str | None = None, b: str | N
     ax.set_ylabel("sparse window")
     ax.set_title(f"{a} − {b}: {title}", fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_needle(result: dict, path: Path) -> Path | None:
@@ -275,7 +267,4 @@ def plot_needle(result: dict, path: Path) -> Path | None:
             ax.legend(fontsize=7)
     meta = result.get("meta", {})
     fig.suptitle(f"{meta.get('task', '?')}, {meta.get('samples', '?')} prompts of {meta.get('prompt_tokens', '?')}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

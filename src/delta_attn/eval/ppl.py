@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..methods import Method
 from . import corpus
-from .methods import Method
 from .records import JsonlWriter
 
 #: bump when the document windows change (result records carry it)

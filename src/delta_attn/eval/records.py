@@ -14,7 +14,7 @@ Every line is one JSON object with a ``record`` field:
   prefill of the first L − M wrote (:mod:`delta_attn.eval.cppl`), and ``config``.
 
 ``config`` is everything that decides a record's result: the method's canonical settings
-(:func:`delta_attn.eval.methods.canonical_config`), the model id (file name + sha256), the dtype, the
+(:func:`delta_attn.methods.canonical_config`), the model id (file name + sha256), the dtype, the
 prompt seed and the prompt format. A resumed run reuses a record only when its key *and* its config
 match (:mod:`delta_attn.eval.resume`). Records written before configs were recorded get theirs back
 from their run header (:func:`config_of`); their model hash is unknown.
@@ -180,7 +180,7 @@ def config_of(rec: dict, runs: dict[str, dict]) -> dict | None:
     run = runs.get(rec.get("run_id", ""))
     if run is None or rec.get("method") not in run.get("methods", {}):
         return None
-    from .methods import canonical_from_dict
+    from ..methods import canonical_from_dict
 
     options = run.get("options", {})
     kind = rec.get("record")

@@ -36,403 +36,42 @@ from __future__ import annotations
 import hashlib
 import random
 import string
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
 from functools import cache, lru_cache
-from pathlib import Path
 
-from ..prompts import chat_frame
-from . import corpus, words
+from . import words
+from .prompt_builder import (
+    PieceStream,
+    PromptBuilder,
+    Unit,
+    fit_to_budget,
+    layout_pieces,
+    take_tokens,
+)
 from .qa import make_item
-
-# ---------------------------------------------------------------------------------------------
-# RULER's templates (scripts/data/synthetic/constants.py) and task table (synthetic.yaml)
-# ---------------------------------------------------------------------------------------------
-
-NIAH_NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
-NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-DEPTHS = [round(i * 100 / 39) for i in range(40)]  # RULER: np.round(np.linspace(0, 100, 40))
-
-TEMPLATES = {
-    "niah": (
-        "Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
-        "I will quiz you about the {type_needle_v} afterwards.\n{context}\n"
-        "What are all the special magic {type_needle_v} for {query} mentioned in the provided text?",
-        " The special magic {type_needle_v} for {query} mentioned in the provided text are",
-    ),
-    "vt": (
-        "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
-        "Question: Find all variables that are assigned the value {query} in the text above.",
-        " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
-        "assgined the value {query}, they are: ",  # [sic] "assgined", as in RULER
-    ),
-    "cwe": (
-        "Below is a numbered list of words. In these words, some appear more often than others. Memorize the "
-        "ones that appear most often.\n{context}\nQuestion: What are the 10 most common words in the above list?",
-        " Answer: The top 10 words that appear most often in the list are:",
-    ),
-    "fwe": (
-        "Read the following coded text and track the frequency of each coded word. Find the three most "
-        "frequently appeared coded words. {context}\nQuestion: Do not provide any explanation. Please ignore "
-        "the dots '....'. What are the three most frequently appeared words in the above coded text?",
-        " Answer: According to the coded text above, the three most frequently appeared words are:",
-    ),
-    "qa": (
-        "Answer the question based on the given documents. Only give me the answer and do not output any other "
-        "words.\n\nThe following are given documents.\n\n{context}\n\nAnswer the question based on the given "
-        "documents. Only give me the answer and do not output any other words.\n\nQuestion: {query}",
-        " Answer:",
-    ),
-}
-
-
-#: share of qa distractor paragraphs that are synthetic facts (the rest are prose passages from the
-#: essay books); with only fact paragraphs SmolLM2-135M answers qa_1 at 1K in ~10% of cases (CPU check)
-FACT_SHARE = 0.25
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One RULER task: family, answer budget (tokens to generate), metric and parameters."""
-
-    name: str
-    family: str  # niah | vt | cwe | fwe | qa
-    max_new_tokens: int
-    metric: str  # "all" (string_match_all) | "part" (string_match_part)
-    params: dict = field(default_factory=dict)
-    formats: tuple[str, ...] = ()  # prompt-format variants (see FORMATS), in FORMATS order
-
-    @property
-    def is_qa(self) -> bool:
-        return self.family == "qa"
-
-    @property
-    def base(self) -> str:
-        """The RULER task this spec is a format variant of (its own name when it is none)."""
-        return self.name.partition("@")[0]
-
-    @property
-    def needs_texts(self) -> bool:
-        """Whether its prompts read the public-domain texts (essay haystack or QA passages)."""
-        return self.params.get("haystack") == "essay" or self.is_qa
-
-
-def _niah(name, haystack, k, v, nk=1, nv=1, nq=1):
-    return TaskSpec(name, "niah", 128, "all", dict(haystack=haystack, type_k=k, type_v=v, num_k=nk, num_v=nv, num_q=nq))
-
-
-TASKS: dict[str, TaskSpec] = {
-    t.name: t
-    for t in [
-        _niah("niah_single_1", "noise", "words", "numbers"),
-        _niah("niah_single_2", "essay", "words", "numbers"),
-        _niah("niah_single_3", "essay", "words", "uuids"),
-        _niah("niah_multikey_1", "essay", "words", "numbers", nk=4),
-        _niah("niah_multikey_2", "needle", "words", "numbers"),
-        _niah("niah_multikey_3", "needle", "uuids", "uuids"),
-        _niah("niah_multivalue", "essay", "words", "numbers", nv=4),
-        _niah("niah_multiquery", "essay", "words", "numbers", nq=4),
-        TaskSpec("vt", "vt", 30, "all", dict(num_chains=1, num_hops=4)),
-        TaskSpec("cwe", "cwe", 120, "all", dict(freq_cw=30, freq_ucw=3, num_cw=10)),
-        TaskSpec("fwe", "fwe", 50, "all", dict(alpha=2.0, coded_wordlen=6, vocab_size=2000)),
-        TaskSpec("qa_1", "qa", 32, "part", dict(hops=1, fact_share=FACT_SHARE)),
-        TaskSpec("qa_2", "qa", 32, "part", dict(hops=2, fact_share=FACT_SHARE)),
-    ]
-}
-TASK_NAMES = list(TASKS)
-QA_TASKS = [t for t in TASK_NAMES if TASKS[t].is_qa]
-#: how tables name tasks (the QA tasks are offline substitutes, say so everywhere)
-DISPLAY_NAMES = {t: t for t in TASK_NAMES} | {"qa_1": "qa_1 (offline subst.)", "qa_2": "qa_2 (offline subst.)"}
-DEFAULT_RESERVE = 128
-#: no task fits in fewer prompt tokens (most need more: the generators say how many when they do not fit)
-MIN_PROMPT_TOKENS = 256
-#: tokens a budget allows beyond the gold answer's own: per answer item (a separator and a space or list
-#: number) and once per sample (punctuation, a short closing phrase, the end-of-turn token). Kept tight on
-#: purpose: string_match_all rewards recall, so a budget far beyond the answer lets a rambling model collect
-#: answers it did not give (RULER's own budgets are about twice the answer: vt 30 for ~15 tokens)
-BUDGET_PER_ITEM = 2
-BUDGET_SLACK = 8
-
-
-def answer_text(family: str, answers: Sequence[str]) -> str:
-    """The gold answer written as the task's answer prefix asks for it (what a correct model generates)."""
-    if family == "cwe":  # the in-context example answers "1. word 2. word ..."
-        return " " + " ".join(f"{i}. {w}" for i, w in enumerate(answers, 1))
-    if family in ("vt", "fwe"):
-        return " " + " ".join(answers)
-    if family == "qa":  # any one reference scores: the longest one must fit
-        return " " + max(answers, key=len)
-    return " " + ", ".join(answers[:-1]) + (", and " if len(answers) > 1 else "") + answers[-1]
-
-
-def answer_budget(builder: "PromptBuilder", spec: TaskSpec, answers: Sequence[str]) -> tuple[int, int]:
-    """(max_new_tokens, tokens of the gold answer) of a sample in ``builder``'s tokenizer: at least RULER's
-    budget for the task, and at least the answer's tokens plus :data:`BUDGET_PER_ITEM` per item and
-    :data:`BUDGET_SLACK`."""
-    items = 1 if spec.is_qa else len(answers)
-    gold = len(builder.enc(answer_text(spec.family, answers)))
-    return max(spec.max_new_tokens, gold + BUDGET_PER_ITEM * items + BUDGET_SLACK), gold
-
-
-#: bump when a change to the generators changes prompts: result records carry it, and resuming or
-#: reporting never mixes prompts of two formats under one setting. 2: answer budgets sized with the
-#: model's tokenizer (:func:`answer_budget`; vt's grew from RULER's 30 to ~35 tokens, the prompts are unchanged)
-PROMPT_FORMAT = 2
-
-
-#: prompt-format variants of the NIAH tasks, selected by a task-name suffix and composable:
-#: ``niah_single_1@noheader+hyphen+text``. Everything else (value, depth, length) stays as in the
-#: default format: a variant of sample i draws the same value and needle depth as the default's sample i.
-FORMATS = {
-    "noheader": "no instruction line before the haystack (the question after it stays)",
-    "hyphen": "keys are two hyphenated nouns (tiger-lamp) instead of RULER's adjective-noun keys",
-    "text": "public-domain text haystack (the essay books) instead of the noise sentences",
-    "noise": "noise-sentence haystack instead of the essay text",
-}
-
-
-def task_spec(name: str) -> TaskSpec:
-    """The :class:`TaskSpec` of a task name, format suffixes included (``niah_single_1@noheader+hyphen``).
-
-    The returned spec's name is canonical (formats in :data:`FORMATS` order), so that two spellings of
-    one format never become two tasks in records. Unknown tasks or formats: ``ValueError`` naming the
-    known ones.
-    """
-    base, at, suffix = name.partition("@")
-    if base not in TASKS:
-        raise ValueError(f"unknown task {base!r}; choose from {TASK_NAMES} or all/niah/qa/non_qa")
-    spec = TASKS[base]
-    if not at:
-        return spec
-    wanted = [f.strip() for f in suffix.split("+")]
-    unknown = [f for f in wanted if f not in FORMATS]
-    if unknown or not wanted:
-        raise ValueError(
-            f"unknown prompt format {'+'.join(unknown) or '(empty)'!r} in {name!r}; formats (join with '+'): "
-            + ", ".join(f"@{f} ({why})" for f, why in FORMATS.items())
-        )
-    if len(set(wanted)) != len(wanted):
-        raise ValueError(f"{name!r} names a prompt format twice")
-    if spec.family != "niah":
-        raise ValueError(f"{name!r}: prompt formats apply to the NIAH tasks only, not to {base}")
-    params = dict(spec.params)
-    if "text" in wanted and "noise" in wanted:
-        raise ValueError(f"{name!r}: @text (text haystack) and @noise (noise haystack) exclude each other")
-    if "text" in wanted or "noise" in wanted:
-        new = "essay" if "text" in wanted else "noise"
-        if params["haystack"] != ("noise" if new == "essay" else "essay"):
-            raise ValueError(
-                f"{name!r}: {base} has the {params['haystack']} haystack; @text switches a noise haystack to "
-                "text, @noise an essay haystack to noise"
-            )
-        params["haystack"] = new
-    if "hyphen" in wanted:
-        if params["type_k"] != "words":
-            raise ValueError(f"{name!r}: @hyphen replaces word keys, and {base} has {params['type_k']} keys")
-        params["type_k"] = "noun_pairs"
-    formats = tuple(f for f in FORMATS if f in wanted)
-    return TaskSpec(f"{base}@{'+'.join(formats)}", spec.family, spec.max_new_tokens, spec.metric, params, formats)
-
-
-def parse_tasks(spec: str | Sequence[str] | None) -> list[str]:
-    """``"all"``, ``"niah"`` (all 8 NIAH), ``"qa"``, ``"non_qa"`` or a comma list of task names
-    (format variants such as ``niah_single_1@noheader+hyphen`` included, see :data:`FORMATS`)."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec or ["all"])
-    out: list[str] = []
-    for item in (s.strip() for s in items):
-        if not item:
-            continue
-        if item == "all":
-            names = TASK_NAMES
-        elif item == "niah":
-            names = [t for t in TASK_NAMES if TASKS[t].family == "niah"]
-        elif item == "qa":
-            names = QA_TASKS
-        elif item == "non_qa":
-            names = [t for t in TASK_NAMES if t not in QA_TASKS]
-        else:
-            names = [task_spec(item).name]
-        out.extend(n for n in names if n not in out)
-    if not out:  # e.g. "--tasks ," : an empty run would exit 0 having done nothing
-        raise ValueError(f"no task named in {spec!r}; give task names or one of all, niah, qa, non_qa")
-    return out
-
-
-@dataclass
-class Sample:
-    """One prompt, already tokenised (``input_ids`` has exactly ``prompt_tokens`` ids)."""
-
-    task: str
-    length: int
-    index: int
-    input_ids: list[int]
-    answers: list[str]
-    max_new_tokens: int
-    metric: str
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def uid(self) -> str:
-        return f"{self.task}/{self.length}/{self.index}"
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.input_ids)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# Token-level prompt assembly
-# ---------------------------------------------------------------------------------------------
-
-
-class PromptBuilder:
-    """Tokenises pieces (cached) and wraps task text in the model's chat template."""
-
-    def __init__(
-        self,
-        tokenizer,
-        *,
-        chat: bool = True,
-        texts_dir: str | Path | None = None,
-        essay_books: Sequence[str] = corpus.ESSAY_BOOKS,
-    ) -> None:
-        self.tok = tokenizer
-        self.chat = chat
-        self.texts_dir = corpus.resolve_texts_dir(texts_dir)
-        self.essay_books = tuple(essay_books)
-        self._cache: dict[str, list[int]] = {}
-        self.frame = chat_frame(tokenizer, chat=chat)
-        self._essay: tuple[list[str], list[list[int]]] | None = None
-
-    def enc(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no BOS/EOS), cached for short strings."""
-        if len(text) > 200:
-            return self.tok.encode(text, add_special_tokens=False)
-        ids = self._cache.get(text)
-        if ids is None:
-            ids = self._cache[text] = self.tok.encode(text, add_special_tokens=False)
-        return ids
-
-    def enc_many(self, texts: Sequence[str]) -> list[list[int]]:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if missing:
-            for t, ids in zip(missing, self.tok(missing, add_special_tokens=False)["input_ids"]):
-                self._cache[t] = ids
-        return [self._cache[t] for t in texts]
-
-    def wrap(self, user_head: str, user_tail: str, answer_prefix: str) -> tuple[list[int], list[int]]:
-        """(head ids, tail ids) around the context: chat header + task text, then question + answer prefix."""
-        # after the assistant header's newline a leading space would be a token of its own (see the module doc)
-        prefix = answer_prefix.strip() if self.frame.head else answer_prefix.rstrip()
-        head, tail = self.frame.around(user_head, user_tail, prefix)
-        return self.tok.encode(head, add_special_tokens=False), self.tok.encode(tail, add_special_tokens=False)
-
-    def essay(self) -> tuple[list[str], list[list[int]]]:
-        """Sentences of the essay books and their ids with a leading space (tokenised once)."""
-        if self._essay is None:
-            sents = list(corpus.sentences(self.essay_books, self.texts_dir))
-            ids = self.tok([" " + s for s in sents], add_special_tokens=False)["input_ids"]
-            self._essay = (sents, ids)
-        return self._essay
-
-
-def _fit(budget: int, build: Callable[[int], list[int]], extra: Callable[[int, int], list[int]], start: int = 8):
-    """Largest n with ``len(build(n)) <= budget``, then ``extra(n, d)`` fills the last d tokens exactly."""
-    if len(build(0)) > budget:
-        raise ValueError(
-            f"the prompt needs at least {len(build(0)) - budget} more tokens than the target allows "
-            "(instruction, examples and question do not fit): use a longer length"
-        )
-    lo, hi = 0, max(1, start)
-    while len(build(hi)) <= budget:  # gallop
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if len(build(mid)) <= budget:
-            lo = mid
-        else:
-            hi = mid
-    ids = build(lo)
-    d = budget - len(ids)
-    fill = extra(lo, d) if d else []
-    assert len(fill) == d, (len(fill), d)
-    return lo, ids + fill
-
-
-def _take(pieces: Iterator[list[int]], d: int) -> list[int]:
-    """The first d ids of the concatenated pieces."""
-    out: list[int] = []
-    while len(out) < d:
-        out.extend(next(pieces))
-    return out[:d]
-
-
-Unit = tuple  # (text, ids of sep + text)
-
-
-def _layout(
-    builder: "PromptBuilder",
-    units: Sequence[Unit],
-    specials: Sequence[Unit],
-    depths: Sequence[int],
-    first_sep: str | None = None,
-) -> tuple[list[int], list[int]]:
-    """Haystack units with special units (needles, chain links, gold documents) inserted at depths.
-
-    A special at depth p (percent) goes to the unit boundary nearest to p% of the haystack's tokens
-    (RULER counts depth in sentences; tokens make the recorded depth exact to within one unit);
-    specials at one boundary keep the order of their depths. The very first element is re-tokenised
-    with ``first_sep`` when given (e.g. ``"\\n"`` after the instruction line while units are joined by
-    spaces). Returns the flat ids, the token offset of each special (in the order given) and the
-    offset just past it.
-    """
-    cum = [0]
-    for u in units:
-        cum.append(cum[-1] + len(u[1]))
-    order = sorted(range(len(specials)), key=lambda i: (depths[i], i))
-    slots: dict[int, list[int]] = {}
-    for i in order:
-        want = cum[-1] * depths[i] / 100
-        slot = min(range(len(cum)), key=lambda j: (abs(cum[j] - want), j))
-        slots.setdefault(slot, []).append(i)
-    flat: list[int] = []
-    offsets = [0] * len(specials)
-    ends = [0] * len(specials)
-
-    def put(unit: Unit) -> None:
-        flat.extend(builder.enc(first_sep + unit[0]) if (first_sep is not None and not flat) else unit[1])
-
-    for pos in range(len(units) + 1):
-        for i in slots.get(pos, []):
-            offsets[i] = len(flat)
-            put(specials[i])
-            ends[i] = len(flat)
-        if pos < len(units):
-            put(units[pos])
-    return flat, offsets, ends
-
-
-class _Stream:
-    """A lazily materialised endless sequence of units, indexable by position."""
-
-    def __init__(self, it: Iterator[Unit]) -> None:
-        self._it = it
-        self._items: list[Unit] = []
-
-    def __getitem__(self, sl: slice) -> list[Unit]:
-        while len(self._items) < sl.stop:
-            self._items.append(next(self._it))
-        return self._items[sl]
-
-    def ids_from(self, start: int) -> Iterator[list[int]]:
-        i = start
-        while True:
-            yield self[i : i + 1][0][1]
-            i += 1
-
+from .tasks import (
+    BUDGET_PER_ITEM,
+    BUDGET_SLACK,
+    DEFAULT_RESERVE,
+    DEPTHS,
+    DISPLAY_NAMES,
+    FACT_SHARE,
+    FORMATS,
+    MIN_PROMPT_TOKENS,
+    NIAH_NEEDLE,
+    NOISE,
+    PROMPT_FORMAT,
+    QA_TASKS,
+    TASK_NAMES,
+    TASKS,
+    TEMPLATES,
+    Sample,
+    TaskSpec,
+    answer_budget,
+    answer_text,
+    parse_tasks,
+    task_spec,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Random values
@@ -541,12 +180,12 @@ def generate_niah(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, 
 
     sep = " " if hay == "essay" else "\n"
     specials = [(n, builder.enc(sep + n)) for n in needles]
-    stream = _Stream(_haystack(builder, hay, rng, sep, set(keys), type_k, type_v))
+    stream = PieceStream(_haystack(builder, hay, rng, sep, set(keys), type_k, type_v))
     first_sep = "" if noheader else "\n"
-    layout = lambda n: _layout(builder, stream[0:n], specials, depths, first_sep=first_sep)  # noqa: E731
+    layout = lambda n: layout_pieces(builder, stream[0:n], specials, depths, first_sep=first_sep)  # noqa: E731
     budget = target - len(head) - len(tail)
-    n, context = _fit(
-        budget, lambda n: layout(n)[0], lambda n, d: _take(stream.ids_from(n), d), start=max(1, budget // 40)
+    n, context = fit_to_budget(
+        budget, lambda n: layout(n)[0], lambda n, d: take_tokens(stream.ids_from(n), d), start=max(1, budget // 40)
     )
     _, offsets, ends = layout(n)
     # the needles holding the answers, in the order of ``answers``
@@ -611,11 +250,11 @@ def generate_vt(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, ta
     head, tail = builder.wrap(example + "\n\n" + user_head, user_tail, prefix.format(num_v=hops + 1, query=value))
     depths = sorted(rng.sample(DEPTHS, len(chain)))
     specials = [(c, builder.enc("\n" + c)) for c in chain]
-    stream = _Stream(_haystack(builder, "noise", rng, "\n", set()))
-    layout = lambda n: _layout(builder, stream[0:n], specials, depths, first_sep="\n\n")  # noqa: E731
+    stream = PieceStream(_haystack(builder, "noise", rng, "\n", set()))
+    layout = lambda n: layout_pieces(builder, stream[0:n], specials, depths, first_sep="\n\n")  # noqa: E731
     budget = target - len(head) - len(tail)
-    n, context = _fit(
-        budget, lambda n: layout(n)[0], lambda n, d: _take(stream.ids_from(n), d), start=max(1, budget // 25)
+    n, context = fit_to_budget(
+        budget, lambda n: layout(n)[0], lambda n, d: take_tokens(stream.ids_from(n), d), start=max(1, budget // 25)
     )
     meta = {
         "haystack": "noise",
@@ -690,10 +329,10 @@ def generate_cwe(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, t
 
     def extra(n: int, d: int) -> list[int]:
         lst = make(n)[0]
-        return _take((entry(len(lst) + 1 + j, w) for j, w in enumerate(once(n))), d)
+        return take_tokens((entry(len(lst) + 1 + j, w) for j, w in enumerate(once(n))), d)
 
     budget = target - len(head) - len(tail)
-    n, context = _fit(budget, build, extra, start=max(1, budget // 30))
+    n, context = fit_to_budget(budget, build, extra, start=max(1, budget // 30))
     lst, common = make(n)
     meta = {"num_words": n + p["num_cw"], "list_len": len(lst), "repeats": [rep_c, rep_u]}
     if filler:
@@ -733,7 +372,7 @@ def generate_fwe(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, t
         return (noise * d)[:d]  # more '...' noise (already the most frequent "word", and to be ignored)
 
     budget = target - len(head) - len(tail)
-    n, _ = _fit(budget, build, extra, start=max(1, budget // 3))
+    n, _ = fit_to_budget(budget, build, extra, start=max(1, budget // 3))
     lst = list(make(n))
     d = budget - len(build(n))
     if d and len(noise) == 1:  # spread the filler noise words over the text
@@ -766,7 +405,7 @@ def generate_qa(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, ta
     user_head, user_tail = template.replace("{query}", item.question).split("\n\n{context}")
     head, tail = builder.wrap(user_head, user_tail, prefix)
     depths = sorted(rng.sample(DEPTHS, len(item.gold)))
-    stream = _Stream((d, []) for d in item.distractors(_passages(builder, rng), spec.params.get("fact_share", 1.0)))
+    stream = PieceStream((d, []) for d in item.distractors(_passages(builder, rng), spec.params.get("fact_share", 1.0)))
 
     def order(n: int) -> list[str]:
         docs = [u[0] for u in stream[0:n]]
@@ -782,10 +421,10 @@ def generate_qa(builder: "PromptBuilder", spec: TaskSpec, rng: random.Random, ta
 
     def extra(n: int, d: int) -> list[int]:  # truncated further distractor documents
         k = n + len(item.gold)
-        return _take((doc(k + j + 1, u[0]) for j, u in enumerate(stream[n : n + 64])), d)
+        return take_tokens((doc(k + j + 1, u[0]) for j, u in enumerate(stream[n : n + 64])), d)
 
     budget = target - len(head) - len(tail)
-    n, context = _fit(budget, build, extra, start=max(1, budget // 150))
+    n, context = fit_to_budget(budget, build, extra, start=max(1, budget // 150))
     docs = order(n)
     meta = {
         "question": item.question,
@@ -871,7 +510,7 @@ def generate_samples(
     return [generate_sample(builder, t, L, i, seed=seed, reserve=reserve) for t, L, i in it]
 
 
-__all__ = [
+__all__ = [  # the task table (tasks.py) and the prompt builder (prompt_builder.py) are part of this API
     "TASKS",
     "TASK_NAMES",
     "QA_TASKS",
@@ -896,4 +535,15 @@ __all__ = [
     "generate_cwe",
     "generate_fwe",
     "generate_qa",
+    "FACT_SHARE",
+    "DEFAULT_RESERVE",
+    "MIN_PROMPT_TOKENS",
+    "BUDGET_PER_ITEM",
+    "BUDGET_SLACK",
+    "PROMPT_FORMAT",
+    "fit_to_budget",
+    "take_tokens",
+    "Unit",
+    "layout_pieces",
+    "PieceStream",
 ]

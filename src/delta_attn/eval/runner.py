@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..generation import SamplingParams, generate, stop_token_ids
+from ..methods import Method
 from . import ruler, scoring
-from .methods import Method
 from .records import JsonlWriter
 
 #: typical answer length of SmolLM2-135M per task (dense, CPU run at 1K): a batch lasts as long as its

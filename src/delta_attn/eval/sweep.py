@@ -2,7 +2,7 @@
 
 A **cell** is one (window, γ) pair; it runs the compared methods (``--methods``, default ``delta,recompute``)
 with that window and γ. Besides the cells, ``sparse`` runs once per window and ``dense`` once: the
-references every cell is read against. Each run is a :class:`~delta_attn.eval.methods.Method` named
+references every cell is read against. Each run is a :class:`~delta_attn.methods.Method` named
 ``SPEC@wW/gG`` (``sparse@wW``, ``dense@sweep``) whose config carries the window and γ, so records resume
 and report like any other (:mod:`delta_attn.eval.records`); other runs' records (plain method names) are
 never counted as sweep cells, even when read from the same ``--resume-from`` folder.
@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .methods import Method, parse_method
+from ..methods import Method, parse_method
 from .records import config_of
 
 DEFAULT_FIRST_WINDOW = 256

@@ -18,6 +18,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .records import config_of, flatten
 from .ruler import DISPLAY_NAMES, QA_TASKS, TASK_NAMES
@@ -291,7 +292,7 @@ def targets_table(
 
 def methods_legend(configs: dict[str, dict | None], labels: Sequence[str]) -> str:
     """Each method label with its settings, from the records' configs."""
-    from .methods import describe_config
+    from ..methods import describe_config
 
     lines = []
     for m in labels:
@@ -327,17 +328,26 @@ def labelled_records(records: Iterable[dict], kind: str) -> tuple[list, list, li
 
 
 @dataclass
-class PplData:
-    """Perplexity records, each with its method label (see :func:`method_labels`)."""
+class LabelledRecords:
+    """Records of one kind (``KIND``), each with its method label (see :func:`method_labels`), their run ids and
+    the method configs."""
 
+    KIND: ClassVar[str] = ""
     records: list
     labels: list
     runs: list
     configs: dict = field(default_factory=dict)
 
     @classmethod
-    def from_records(cls, records: Iterable[dict]) -> PplData:
-        return cls(*labelled_records(records, "ppl"))
+    def from_records(cls, records: Iterable[dict]):
+        return cls(*labelled_records(records, cls.KIND))
+
+
+@dataclass
+class PplData(LabelledRecords):
+    """Perplexity records, each with its method label (see :func:`method_labels`)."""
+
+    KIND: ClassVar[str] = "ppl"
 
     @property
     def lengths(self) -> list[int]:
@@ -406,17 +416,10 @@ def ppl_by_method(data: PplData, length: int) -> dict:
 
 
 @dataclass
-class CpplData:
+class CpplData(LabelledRecords):
     """Continuation-perplexity records (``"cppl"``), each with its method label (see :func:`method_labels`)."""
 
-    records: list
-    labels: list
-    runs: list
-    configs: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_records(cls, records: Iterable[dict]) -> CpplData:
-        return cls(*labelled_records(records, "cppl"))
+    KIND: ClassVar[str] = "cppl"
 
     @property
     def cells(self) -> list[tuple[int, int]]:

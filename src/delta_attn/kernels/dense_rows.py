@@ -80,7 +80,7 @@ class PositionList:
         return len(self.rows)
 
 
-# Launch configuration per input dtype, chosen by `python -m delta_attn.bench.sweep` on an H200
+# Launch configuration per input dtype, chosen by `python -m delta_attn.bench.launch` on an H200
 # (BENCHMARKS.md). USE_TMA falls back to pointer loads where descriptors are not allowed.
 CONFIG = {
     "half": dict(BM=128, BN=64, num_warps=8, num_stages=3, USE_TMA=True),

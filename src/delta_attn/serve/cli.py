@@ -34,10 +34,7 @@ def port_number(text: str) -> int:
 
 
 def _config(args):
-    from ..config import DeltaConfig
-
-    settings = opt.method_settings(args)
-    return opt.config_or_usage_error(lambda: DeltaConfig(**settings), "prefill method")
+    return opt.delta_config(args)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -77,11 +74,12 @@ def _checked(args):
         raise opt.UsageError("give the model either as MODEL or with --model/--gguf, not both")
     config = _config(args)
     source = inspect_model(args.model_arg or args.model, args.served_model_name)
-    from .engine import config_problem, describe  # imports torch
+    from ..methods import describe_settings
+    from .engine import config_problem  # imports torch
 
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(
-            f"--chunk-size {args.chunk_size}: these Δ settings ({describe(config)}) are not causal (some rows "
+            f"--chunk-size {args.chunk_size}: these Δ settings ({describe_settings(config)}) are not causal (some rows "
             "read later rows) and cannot be prefilled in chunks; use causal settings or --chunk-size 0"
         )
     problem = config_problem(config, chunk_size=args.chunk_size, num_layers=source.num_layers)
@@ -124,8 +122,9 @@ def _log_requests_to_stderr() -> None:
 def run(args) -> int:
     source, config = _checked(args)  # the cheap checks first: a mistake is reported before the heavy imports
     uvicorn = _serving_packages()
+    from ..methods import describe_settings
     from .app import build_app
-    from .engine import describe, prefill_label
+    from .engine import prefill_label
 
     opt.setup_threads(args.threads)
     sock = _listen(args.host, args.port)
@@ -134,7 +133,7 @@ def run(args) -> int:
     _log_requests_to_stderr()
     url = f"http://[{host}]:{port}/v1" if ":" in host else f"http://{host}:{port}/v1"
     print(
-        f"delta-attn serve: {source.name} at {url} (Δ: {describe(config)}; {prefill_label(args.chunk_size)}); "
+        f"delta-attn serve: {source.name} at {url} (Δ: {describe_settings(config)}; {prefill_label(args.chunk_size)}); "
         "Ctrl-C stops",
         file=sys.stderr,
         flush=True,
@@ -177,11 +176,11 @@ def _server(uvicorn, app, engine):
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = opt.add_command(
+        subparsers,
         "serve",
-        help="an OpenAI-compatible HTTP server with Δ prefill (chat and completions, streaming)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "an OpenAI-compatible HTTP server with Δ prefill (chat and completions, streaming)",
+        __doc__,
     )
     p.add_argument(
         "model_arg",
@@ -212,12 +211,7 @@ def register(subparsers) -> None:
         "a 413 before it is read",
     )
     opt.add_mode_option(p)
-    p.add_argument(
-        "--dense-layers",
-        type=opt.dense_layers,
-        default=0,
-        help="layers kept dense: an int k (the first k) or a list like 0,1,5 (default 0)",
-    )
+    opt.add_dense_layers_option(p)
     opt.add_method_options(p, window=2048, sink=128, gamma=64)
     p.add_argument(
         "--chunk-size",

@@ -22,10 +22,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from ..config import DeltaConfig
 from ..generation import FINISH_LENGTH, FINISH_STOP, SamplingParams, decode, prefill, stop_token_ids
+from ..methods import describe_settings
 from .errors import SERVER_ERROR, APIError
 from .text import ReplyText
 
@@ -88,19 +89,6 @@ class Outcome:
     decode_s: float
 
 
-def describe(config: DeltaConfig) -> str:
-    """The Δ settings in a few words: the main ones, then every other field that differs from the default."""
-    main = ("mode", "sparse", "sink", "window", "gamma", "interp")
-    parts = [f"{config.mode} {config.method_name}", f"sink {config.sink}", f"window {config.window}"]
-    parts += [f"gamma {config.gamma}", f"interp {config.interp}"]
-    default = DeltaConfig()
-    for f in fields(DeltaConfig):
-        value = getattr(config, f.name)
-        if f.name not in main and value != getattr(default, f.name):
-            parts.append(f"{f.name} {value}")
-    return ", ".join(parts)
-
-
 def prefill_label(chunk_size: int | None) -> str:
     return f"prefill in chunks of {chunk_size}" if chunk_size else "one-shot prefill"
 
@@ -109,7 +97,7 @@ def config_problem(config: DeltaConfig, *, chunk_size: int | None, num_layers: i
     """Why ``config`` cannot run with ``num_layers`` layers and ``chunk_size``-token chunks (None if it can)."""
     if chunk_size and not config.is_causal:
         return (
-            f"the Δ settings ({describe(config)}) are not causal (some rows read later rows), and prompts are "
+            f"the Δ settings ({describe_settings(config)}) are not causal (some rows read later rows), and prompts are "
             f"prefilled in chunks of {chunk_size} tokens here: only causal settings can run"
         )
     dl = config.dense_layers
@@ -242,7 +230,7 @@ class Engine:
         """A Δ config this server cannot run with this model: :class:`APIError` naming ``param``."""
         problem = config_problem(config, chunk_size=self.chunk_size, num_layers=self.served.num_layers)
         if problem is None:
-            from ..backend import select_backend
+            from ..ops import select_backend
 
             try:  # e.g. backend "triton" on a CPU model
                 select_backend(config, self._device)
@@ -350,8 +338,8 @@ class Engine:
         """
         import torch
 
+        from ..chunked import chunked_prefill
         from ..generation import Prefilled
-        from ..hf import chunked_prefill
 
         if not self.chunk_size:
             return prefill(self.served.model, [job.prompt_ids])
@@ -386,7 +374,7 @@ class Engine:
             outcome.completion_tokens,
             rate,
             outcome.finish_reason,
-            describe(job.config),
+            describe_settings(job.config),
             prefill_label(self.chunk_size),
             extra={"job": job, "outcome": outcome},
         )

@@ -27,15 +27,15 @@ from concurrent.futures import Executor
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from openai.types import Completion, CompletionChoice, CompletionUsage
-from transformers.cli.serving.chat_completion import ChatCompletionHandler
-from transformers.cli.serving.completion import CompletionHandler as _CompletionHandler
-from transformers.cli.serving.utils import Modality
 
+from ..compat import chat_completion, request_fields, serving_handler_bases, stream_chunk
 from .engine import FINISH_CANCELLED, Engine, Job, Outcome, shutting_down_error
 from .errors import APIError, error_body, internal_error, log_failure
 from .requests import ChatBody, CompletionBody, parse
 
 DONE = "data: [DONE]\n\n"
+
+ChatCompletionHandler, _CompletionHandler, Modality = serving_handler_bases()
 
 
 def _usage(outcome: Outcome) -> CompletionUsage:
@@ -175,7 +175,7 @@ class ChatHandler(_Handler, ChatCompletionHandler):
         self.engine, self.pool = engine, pool
 
     def _prepare(self, body: dict, request_id: str) -> tuple[Job, bool, str]:
-        request = parse(ChatBody, body, frozenset(self._valid_params_class.__mutable_keys__))
+        request = parse(ChatBody, body, request_fields(self))
         model_id = _check_model(self.engine, request.model)
         settings = request.settings(self.engine.config)
         self.engine.check_config(settings.config, "delta")
@@ -186,16 +186,16 @@ class ChatHandler(_Handler, ChatCompletionHandler):
         return _stream(
             self.engine,
             job,
-            head=[self._build_chunk_sse(request_id, role="assistant", model=model_id)],
-            piece=lambda text: self._build_chunk_sse(request_id, content=text, model=model_id),
+            head=[stream_chunk(self, request_id, role="assistant", model=model_id)],
+            piece=lambda text: stream_chunk(self, request_id, content=text, model=model_id),
             tail=lambda out: [
-                self._build_chunk_sse(request_id, finish_reason=out.finish_reason, model=model_id, usage=_usage(out))
+                stream_chunk(self, request_id, finish_reason=out.finish_reason, model=model_id, usage=_usage(out))
             ],
             method_path=(request.method, request.url.path),
         )
 
     def _complete(self, request_id: str, outcome: Outcome, job: Job, _: bool, model_id: str) -> Response:
-        completion = self._build_completion(request_id, outcome.text, model_id, outcome.finish_reason, _usage(outcome))
+        completion = chat_completion(self, request_id, outcome.text, model_id, outcome.finish_reason, _usage(outcome))
         return JSONResponse(completion)
 
     def _prompt_ids(self, messages: list[dict], request: ChatBody) -> list[int]:
@@ -223,7 +223,7 @@ class CompletionHandler(_Handler, _CompletionHandler):
         self.engine, self.pool = engine, pool
 
     def _prepare(self, body: dict, request_id: str) -> tuple[Job, bool, str, str]:
-        request = parse(CompletionBody, body, frozenset(self._valid_params_class.__mutable_keys__))
+        request = parse(CompletionBody, body, request_fields(self))
         model_id = _check_model(self.engine, request.model)
         settings = request.settings(self.engine.config)
         self.engine.check_config(settings.config, "delta")
@@ -235,14 +235,14 @@ class CompletionHandler(_Handler, _CompletionHandler):
         self, request_id: str, request: Request, job: Job, _: bool, model_id: str, suffix: str
     ) -> StreamingResponse:
         def tail(out: Outcome) -> list[str]:
-            last = self._build_chunk_sse(request_id, model_id, finish_reason=out.finish_reason, usage=_usage(out))
-            return ([self._build_chunk_sse(request_id, model_id, text=suffix)] if suffix else []) + [last]
+            last = stream_chunk(self, request_id, model_id, finish_reason=out.finish_reason, usage=_usage(out))
+            return ([stream_chunk(self, request_id, model_id, text=suffix)] if suffix else []) + [last]
 
         return _stream(
             self.engine,
             job,
             head=[],
-            piece=lambda text: self._build_chunk_sse(request_id, model_id, text=text),
+            piece=lambda text: stream_chunk(self, request_id, model_id, text=text),
             tail=tail,
             method_path=(request.method, request.url.path),
         )

@@ -42,7 +42,7 @@ def keys_per_row(method: str, n: int, *, window: int = 256, sink: int = 64, gamm
     """
     from ..config import DeltaConfig
     from ..cost import prefill_cost
-    from .methods import parse_method
+    from ..methods import parse_method
 
     config = parse_method(method, dict(window=window, sink=sink, gamma=gamma, block_size=block)).config
     cost = prefill_cost(config or DeltaConfig(mode="dense"), n, allow_upper_bound=True)

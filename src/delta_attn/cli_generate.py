@@ -14,7 +14,6 @@ cut at the context's end (with a note) unless ``--allow-overflow``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from . import cli_options as opt
@@ -55,7 +54,6 @@ def _check_dense_layers(dense_layers, num_layers: int) -> None:
 
 
 def run(args) -> int:
-    from .config import DeltaConfig
     from .models import model_info
 
     # the cheap checks first (the prompt file, the method, the model's header): no torch/transformers yet
@@ -64,12 +62,9 @@ def run(args) -> int:
         raise opt.UsageError("the prompt is empty: pass a file or pipe text on stdin")
     if not args.raw:  # a file's trailing newline would be part of the question (and change the answer)
         text = text.rstrip()
-    config = opt.config_or_usage_error(
-        lambda: DeltaConfig(**opt.method_settings(args)),
-        "prefill method",
-    )
+    config = opt.delta_config(args)
     if args.chunk_size and not config.is_causal:
-        raise opt.UsageError(f"--chunk-size needs a causal method; {config.non_causal_reason} reads later rows")
+        raise opt.UsageError(f"--chunk-size {args.chunk_size}: {config.non_causal_problem('it cannot run chunked')}")
     info = model_info(args.model)
     _check_dense_layers(args.dense_layers, info.num_layers)
     opt.check_device(args.device)
@@ -117,20 +112,15 @@ def run(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
+    p = opt.add_command(
+        subparsers,
         "generate",
-        help="answer a prompt (file or stdin) with Δ prefill (default model SmolLM2; --model)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "answer a prompt (file or stdin) with Δ prefill (default model SmolLM2; --model)",
+        __doc__,
     )
     p.add_argument("prompt", nargs="?", default=None, help="UTF-8 prompt file (default, or '-': read stdin)")
     opt.add_mode_option(p)
-    p.add_argument(
-        "--dense-layers",
-        type=opt.dense_layers,
-        default=0,
-        help="layers kept dense: an int k (the first k) or a list like 0,1,5 (default 0)",
-    )
+    opt.add_dense_layers_option(p)
     p.add_argument("--max-new-tokens", type=opt.positive_int, default=256, help="reply length limit (default 256)")
     p.add_argument(
         "--raw",

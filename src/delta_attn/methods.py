@@ -1,4 +1,4 @@
-"""Named evaluation methods: a small spec syntax over :class:`delta_attn.DeltaConfig`.
+"""Method specs: the one vocabulary naming a :class:`delta_attn.DeltaConfig` in eval, bench, demo, generate, serve.
 
 A method spec is ``[BASE+]MODE{_OPT}`` or ``BASE{_OPT}``::
 
@@ -15,7 +15,8 @@ A method spec is ``[BASE+]MODE{_OPT}`` or ``BASE{_OPT}``::
     delta_l0.5             Δ scaled by λ = 0.5 (``delta_scale``; docs/algorithm.md §13)
     delta_auto             λ fitted causally from the anchors (``delta_scale="auto"``)
     delta_autod            λ_auto averaged over the block under geometric decay (``"auto-decay"``, causal)
-    delta_autog            λ fitted on all anchors of the call (``"auto-global"``, non-causal)
+    delta_autog            λ fitted on all anchors of the call (``"auto-global"``, non-causal; the one spelling:
+                           ``delta_global`` is refused)
     delta_x25              a second dense row in 25 % of the γ-blocks (``extra_anchors=0.25``, non-causal)
     delta_g16_auto         options compose
 
@@ -31,21 +32,30 @@ Options (on either part, ``_``-separated):
 
 Anything not given comes from the defaults (CLI: ``--base --window --sink --gamma --block-size ...``).
 The spec string itself is the method's name in every output file and table.
+
+This module parses a spec (:func:`parse_method`), names what decides its results (:func:`canonical_config`)
+and describes it (:func:`describe_config` for legends, :func:`describe_settings` for logs); the command
+line's ``DeltaConfig`` fields come from :func:`settings_from_args`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import MODES
+from .config import BUILTIN_SPARSE_METHODS, MODES, DeltaConfig
 
 BASE_ALIASES = {"vs": "vertical_slash", "stream": "streaming", "str": "streaming"}
 _OPT = re.compile(r"^(g|w|s|t|b|v|d|k)(\d+)$|^(repeat|linear)$|^(ema|abg)(\d*\.?\d*)$")
-_VARIANT_OPT = re.compile(r"^l(\d*\.?\d+)$|^(auto|autod|autog)$|^x(\d+)$")
-_SCALE_MODES = {"auto": "auto", "autod": "auto-decay", "autog": "auto-global"}
+_VARIANT_OPT = re.compile(r"^l(\d*\.?\d+)$|^x(\d+)$")
+#: the spec words of DeltaConfig.delta_scale's data-driven forms (docs/algorithm.md §13): a new form is one
+#: entry here (its value one of config.DELTA_SCALE_MODES)
+DELTA_SCALE_WORDS = {"auto": "auto", "autod": "auto-decay", "autog": "auto-global"}
+#: spellings that once named a variant elsewhere, refused with the one spelling to use instead
+RETIRED_WORDS = {"global": "autog"}
 _INT_FIELDS = {
     "g": "gamma",
     "w": "window",
@@ -81,8 +91,6 @@ class Method:
         """Every :class:`DeltaConfig` field (None for dense): what the run header records."""
         if self.config is None:
             return None
-        import dataclasses
-
         d = dataclasses.asdict(self.config)
         d["sparse"] = self.config.method_name
         return d
@@ -159,7 +167,7 @@ def describe_config(c: dict) -> str:
     if c["mode"] == "sparse":
         return f"{base_s}, sparse only"
     gamma = c["gamma"]
-    tail = "" if c["tail"] == max(128, gamma) else f", tail {c['tail']}"
+    tail = "" if c["tail"] == DeltaConfig(gamma=gamma).min_tail else f", tail {c['tail']}"
     interp = c.get("interp", "repeat")
     if interp == "ema":
         interp_s = f", interp=ema β={c['ema_beta']}"
@@ -179,8 +187,6 @@ def describe_config(c: dict) -> str:
 
 def non_causal_reason(c: dict) -> str | None:
     """:attr:`DeltaConfig.non_causal_reason` of a canonical dict (None when causal, or dense)."""
-    from ..config import DeltaConfig
-
     if c.get("mode") != "delta":
         return None
     fields = {k: c[k] for k in ("interp", "delta_scale", "extra_anchors") if k in c}
@@ -191,10 +197,6 @@ def canonical_from_dict(fields: dict | None) -> dict:
     """:func:`canonical_config` of a run header's recorded ``DeltaConfig`` fields (None = dense)."""
     if fields is None:
         return canonical_config(None)
-    import dataclasses
-
-    from ..config import DeltaConfig
-
     known = {f.name for f in dataclasses.fields(DeltaConfig)}
     return canonical_config(DeltaConfig(**{k: v for k, v in fields.items() if k in known}))
 
@@ -203,12 +205,10 @@ def _base_name(part: str) -> tuple[str | None, str]:
     """Split a leading sparse-base name off ``part`` (longest match); returns (base or None, rest)."""
     import sys
 
-    from ..config import BUILTIN_SPARSE_METHODS
-
     # without delta_attn.sparse imported nothing else is registered: the built-in names, and no torch import
     known = BUILTIN_SPARSE_METHODS
     if "delta_attn.sparse" in sys.modules:
-        from ..sparse import available_sparse_methods
+        from .sparse import available_sparse_methods
 
         known = available_sparse_methods()
     names = sorted(set(known) | set(BASE_ALIASES), key=len, reverse=True)
@@ -220,18 +220,24 @@ def _base_name(part: str) -> tuple[str | None, str]:
 
 def _apply_opts(opts: str, fields: dict, spec: str) -> None:
     for opt in filter(None, opts.split("_")):
+        if opt in DELTA_SCALE_WORDS:
+            fields["delta_scale"] = DELTA_SCALE_WORDS[opt]
+            continue
+        if opt in RETIRED_WORDS:
+            new = RETIRED_WORDS[opt]
+            raise ValueError(
+                f"method {spec!r}: option {opt!r} is spelled {new!r} (e.g. delta_{new}); {opt!r} is not accepted"
+            )
         v = _VARIANT_OPT.match(opt)
         if v:
             if v.group(1):
                 fields["delta_scale"] = float(v.group(1))
-            elif v.group(2):
-                fields["delta_scale"] = _SCALE_MODES[v.group(2)]
             else:
-                fields["extra_anchors"] = int(v.group(3)) / 100.0
+                fields["extra_anchors"] = int(v.group(2)) / 100.0
             continue
         m = _OPT.match(opt)
         if not m:
-            raise ValueError(f"method {spec!r}: unknown option {opt!r} (see delta_attn.eval.methods for the syntax)")
+            raise ValueError(f"method {spec!r}: unknown option {opt!r} (see delta_attn.methods for the syntax)")
         if m.group(1):
             fields[_INT_FIELDS[m.group(1)]] = int(m.group(2))
         elif m.group(3):
@@ -244,8 +250,6 @@ def _apply_opts(opts: str, fields: dict, spec: str) -> None:
 
 def parse_method(spec: str, defaults: dict | None = None) -> Method:
     """Parse one method spec (see the module docstring) into a :class:`Method`."""
-    from ..config import DeltaConfig
-
     spec = spec.strip()
     if not spec:
         raise ValueError("empty method spec")
@@ -291,19 +295,27 @@ def parse_methods(specs: str | Sequence[str], defaults: dict | None = None) -> l
     return out
 
 
-def defaults_from_args(args) -> dict:
-    """DeltaConfig defaults from the common CLI options (``--base --window --sink --gamma --interp ...``)."""
-    d = {
-        "sparse": args.sparse,
-        "window": args.window,
-        "sink": args.sink,
-        "gamma": args.gamma,
-        "block_size": args.block_size,
-        "vertical_size": args.vertical_size,
-        "slash_size": args.slash_size,
-        "interp": args.interp,
-        "backend": args.backend,
-    }
-    if getattr(args, "tail", None) is not None:
-        d["tail"] = args.tail
-    return d
+def config_fields(config: DeltaConfig) -> dict:
+    """Every field of ``config`` as a dict (shallow: a SparseMethod object stays itself), e.g. as spec defaults."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(DeltaConfig)}
+
+
+def settings_from_args(args) -> dict:
+    """The :class:`DeltaConfig` fields a parsed command line carries: every option whose ``dest`` is a field
+    name (``--sparse/--base --window --sink --gamma --interp --tail --delta-scale ...``, ``--mode``,
+    ``--dense-layers``, ``--backend`` where the command has them). A new field needs only its option."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(DeltaConfig) if hasattr(args, f.name)}
+
+
+def describe_settings(config: DeltaConfig) -> str:
+    """The Δ settings in a few words (logs, errors): the main ones, then every other field that differs from the
+    default."""
+    main = ("mode", "sparse", "sink", "window", "gamma", "interp")
+    parts = [f"{config.mode} {config.method_name}", f"sink {config.sink}", f"window {config.window}"]
+    parts += [f"gamma {config.gamma}", f"interp {config.interp}"]
+    default = DeltaConfig()
+    for f in dataclasses.fields(DeltaConfig):
+        value = getattr(config, f.name)
+        if f.name not in main and value != getattr(default, f.name):
+            parts.append(f"{f.name} {value}")
+    return ", ".join(parts)

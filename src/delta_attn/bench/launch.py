@@ -1,4 +1,4 @@
-"""Launch-configuration sweep of the two attention kernels: ``python -m delta_attn.bench.sweep``.
+"""Launch-configuration sweep of the two attention kernels: ``python -m delta_attn.bench.launch``.
 
 Times the dense-rows kernel (Δ's anchor + tail rows) and the sparse kernel (sink + window, fused Δ
 epilogue and plain) for each candidate configuration on one Llama-3-8B layer, next to SDPA cuDNN.

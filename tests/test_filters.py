@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from delta_attn.scan import abg_system, ema_system, initial_state, lti_scan
+from delta_attn.filters import abg_system, ema_system, initial_state, lti_scan
 
 
 def loop_scan(z, m, k, s_prev):

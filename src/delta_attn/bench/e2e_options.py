@@ -1,0 +1,228 @@
+"""The options of ``delta-attn bench e2e``: model shapes, methods, lengths, the parser and its checks (``validate``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..cli_options import UsageError, check_device, model_spec, nonnegative_float, positive_int
+from .layer import parse_length
+
+# the attention-relevant shape of each model family; weights are random, so only the sizes matter
+SHAPES = {
+    "llama-3-8b": dict(
+        model_type="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=128256,
+        rope_theta=500000.0,
+    ),
+    "llama-3.2-1b": dict(
+        model_type="llama",
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    ),
+    "llama-3.2-3b": dict(
+        model_type="llama",
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    ),
+    "qwen2.5-7b": dict(
+        model_type="qwen2",
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        head_dim=128,
+        vocab_size=152064,
+        rope_theta=1000000.0,
+    ),
+    "tiny": dict(  # CPU tests: the same code path in seconds
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=256,
+        rope_theta=10000.0,
+    ),
+}
+METHODS = ("dense", "sparse", "delta", "recompute")
+LENGTHS = "32K,64K,128K,256K"
+SDPA_BACKENDS = ("cudnn", "flash", "efficient")
+CHUNK_CACHES = ("preallocated", "dynamic")
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="delta-attn bench e2e", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--model-shape", default="llama-3-8b", help=f"one of {', '.join(SHAPES)} (default llama-3-8b; random weights)"
+    )
+    p.add_argument(
+        "--model",
+        type=model_spec,
+        default=None,
+        metavar="NAME|PATH",
+        help="time a real model instead of a random shape: a name (delta-attn models list), a .gguf file or a "
+        "Hugging Face folder; one device or --parallel cp (default: none, --model-shape's random weights)",
+    )
+    p.add_argument("--layers", type=positive_int, default=None, help="keep only the first L layers (default all)")
+    p.add_argument("--lengths", default=LENGTHS, help=f"comma-separated prompt lengths, K = 1024 (default {LENGTHS})")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"any of {', '.join(METHODS)} (default all)")
+    p.add_argument(
+        "--chunk-size",
+        default="0",
+        help="comma-separated chunk sizes for chunked_prefill; 0 = one forward (default 0; e.g. 0,16384)",
+    )
+    p.add_argument(
+        "--chunk-methods",
+        default="sparse,delta,recompute",
+        help="methods that also run chunked (default sparse,delta,recompute; dense never does)",
+    )
+    p.add_argument("--chunk-lengths", default="", help="lengths at which chunked cells run (default: every length)")
+    p.add_argument(
+        "--chunk-cache",
+        default="preallocated",
+        help="KV cache of the chunked cells: preallocated (written in place; default), dynamic "
+        "(transformers' DynamicCache, chunked_prefill's own default: concatenates per chunk), or both",
+    )
+    p.add_argument("--gamma", type=positive_int, default=64, help="anchor stride γ (default 64)")
+    p.add_argument("--window", type=positive_int, default=2048, help="sliding window of the sparse base (default 2048)")
+    p.add_argument("--sink", type=positive_int, default=128, help="attention-sink tokens (default 128)")
+    p.add_argument(
+        "--reps", type=positive_int, default=1, help="timed runs per cell; the fastest is reported (default 1)"
+    )
+    p.add_argument("--warmup-length", default="4096", help="tokens of the untimed warm-up runs (default 4096)")
+    p.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="skip the warm-up: the first cell of each method pays compilation (default: warm-up on)",
+    )
+    p.add_argument(
+        "--dense-backend",
+        default="auto",
+        help="auto (the fastest that runs, default) or one of cudnn, flash, efficient",
+    )
+    p.add_argument("--time-limit", type=nonnegative_float, default=0.0, help="seconds for all cells (default 0: none)")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (tiny sizes: the code path, for tests)")
+    p.add_argument(
+        "--parallel",
+        default="none",
+        help="none (one device, default), cp (context parallel) or tp (tensor parallel) over the ranks of torchrun",
+    )
+    p.add_argument(
+        "--tp-dir",
+        default="",
+        help="where --parallel tp saves the random model for the ranks to load (default: a folder in the temp dir)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
+    p.add_argument(
+        "--out",
+        default="runs/bench-e2e",
+        help="directory for results.json, results.md, plot.png (default runs/bench-e2e)",
+    )
+    return p
+
+
+def model_label(args) -> str:
+    """How results name the model: ``--model`` as given, else the random shape's name."""
+    return str(args.model) if getattr(args, "model", None) is not None else f"{args.model_shape} shape"
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def validate(args: argparse.Namespace) -> dict:
+    """Check every option before anything heavy runs; returns the parsed lists. Raises UsageError."""
+    if args.model_shape not in SHAPES:
+        raise UsageError(f"--model-shape {args.model_shape!r}: choose one of {', '.join(SHAPES)}")
+    methods = _csv(args.methods)
+    bad = [m for m in methods if m not in METHODS]
+    if not methods or bad:
+        raise UsageError(f"--methods: unknown {bad or 'empty list'}; choose from {', '.join(METHODS)}")
+    try:
+        lengths = [parse_length(x) for x in _csv(args.lengths)]
+        warm = parse_length(args.warmup_length)
+        chunks = [int(x) for x in _csv(args.chunk_size)]
+    except (ValueError, IndexError):
+        raise UsageError(
+            "--lengths / --warmup-length / --chunk-size: expected integers (K/M suffixes for lengths), "
+            f"got {args.lengths!r} / {args.warmup_length!r} / {args.chunk_size!r}"
+        ) from None
+    chunk_methods = _csv(args.chunk_methods)
+    if [m for m in chunk_methods if m not in METHODS or m == "dense"]:
+        raise UsageError(f"--chunk-methods: choose from sparse, delta, recompute, got {args.chunk_methods!r}")
+    try:
+        chunk_lengths = [parse_length(x) for x in _csv(args.chunk_lengths)] or None
+    except (ValueError, IndexError):
+        raise UsageError(
+            f"--chunk-lengths: expected lengths (K/M suffixes allowed), got {args.chunk_lengths!r}"
+        ) from None
+    chunk_caches = _csv(args.chunk_cache)
+    if not chunk_caches or [x for x in chunk_caches if x not in CHUNK_CACHES]:
+        raise UsageError(f"--chunk-cache: choose from {', '.join(CHUNK_CACHES)}, got {args.chunk_cache!r}")
+    if not lengths or min(lengths) < 2:
+        raise UsageError(f"--lengths: expected prompt lengths >= 2, got {args.lengths!r}")
+    if warm < 2:
+        raise UsageError(f"--warmup-length must be >= 2, got {args.warmup_length!r}")
+    if not chunks or min(chunks) < 0:
+        raise UsageError(f"--chunk-size: expected sizes >= 0 (0 = one forward), got {args.chunk_size!r}")
+    if args.dense_backend not in ("auto", *SDPA_BACKENDS):
+        raise UsageError(f"--dense-backend {args.dense_backend!r}: choose auto or one of {', '.join(SDPA_BACKENDS)}")
+    if args.device not in ("cuda", "cpu") and not args.device.startswith("cuda:"):
+        raise UsageError(f"--device {args.device!r}: use cuda, cuda:N or cpu")
+    if args.parallel not in ("none", "cp", "tp"):
+        raise UsageError(f"--parallel {args.parallel!r}: choose none, cp or tp")
+    if args.parallel != "none" and "WORLD_SIZE" not in os.environ:
+        raise UsageError(
+            f"--parallel {args.parallel} runs one process per GPU: launch it with torchrun, e.g. python -m "
+            f"torch.distributed.run --standalone --nproc-per-node 2 -m delta_attn.bench.e2e --parallel {args.parallel}"
+        )
+    if args.parallel == "cp":
+        if any(chunks):
+            raise UsageError("--parallel cp prefills in one call per rank: use --chunk-size 0")
+    n_layers = SHAPES[args.model_shape]["num_hidden_layers"]
+    if getattr(args, "model", None) is not None:
+        from ..models import model_info
+
+        if args.parallel == "tp":
+            raise UsageError("--model with --parallel tp is not supported: tp times a random --model-shape")
+        n_layers = model_info(args.model).num_layers
+    if args.layers is not None and args.layers > n_layers:
+        raise UsageError(f"--layers {args.layers}: {model_label(args)} has {n_layers} layers")
+    check_device(args.device)
+    return dict(
+        methods=methods,
+        lengths=lengths,
+        chunks=sorted(set(chunks)),
+        warmup_length=warm,
+        chunk_methods=chunk_methods,
+        chunk_lengths=chunk_lengths,
+        chunk_caches=list(dict.fromkeys(chunk_caches)),
+    )
