@@ -551,7 +551,7 @@ def test_runner_hook_notes_request_ids_and_prompt_lengths(monkeypatch):
 
 
 def test_gpu_summary_table_reads_the_parts_records(tmp_path):
-    from delta_attn.vllm.check import table
+    from delta_attn.vllm.report import table
 
     errors = {"delta_rows_vs_delta_attention": 0.0, "chunked_3_vs_one_shot": 0.004, "gamma1_vs_stock_fa": 0.008}
     (tmp_path / "vllm_layer.json").write_text(json.dumps(errors | {"stock_rows_vs_stock_fa": 0.0, "pass": True}))
