@@ -102,12 +102,12 @@ import json, os, sys, time
 import torch
 from delta_attn import DeltaConfig
 from delta_attn.kernels import triton_prefill
-from delta_attn.kernels import dense_rows as dr, sparse as sp
+from delta_attn.kernels import anchor_sparse as asp, dense_rows as dr, sparse as sp
 
 dry = os.environ.get("DRY") == "1"
 dev = "cpu" if dry else "cuda"
 kernels = {"dense_rows": dr._dense_rows_kernel, "merge": dr._merge_kernel, "sparse": sp._sparse_kernel,
-           "anchor_sparse": sp._anchor_sparse_kernel}
+           "anchor_sparse": asp._anchor_sparse_kernel}
 if dry:  # compile keys computed with Triton's binder (no GPU: nothing is compiled)
     from delta_attn.kernels.interpret import record_specialisations
     seen = record_specialisations(kernels)

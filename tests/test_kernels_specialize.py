@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present:
 PROBE = r"""
 import json, sys, torch
 from delta_attn.kernels import triton_prefill
-from delta_attn.kernels import dense_rows as dr, sparse as sp, scan as sc
+from delta_attn.kernels import anchor_sparse as asp, dense_rows as dr, sparse as sp, scan as sc
 from delta_attn.kernels.interpret import record_specialisations
 from delta_attn.bench.check import TINY_TILES
 from delta_attn.backend import SequenceState
@@ -34,7 +34,7 @@ from delta_attn.config import DeltaConfig
 
 seen = record_specialisations({
     "dense_rows": dr._dense_rows_kernel, "merge": dr._merge_kernel, "sparse": sp._sparse_kernel,
-    "anchor_sparse": sp._anchor_sparse_kernel,
+    "anchor_sparse": asp._anchor_sparse_kernel,
     "scan_states": sc._segment_states, "scan_apply": sc._segment_apply,
 })
 lengths = json.loads(sys.argv[1])

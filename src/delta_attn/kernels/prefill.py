@@ -17,7 +17,7 @@ inputs the kernels do not take (CPU tensors, float64, head dims above 256) run
 
 The Δ variants (docs/algorithm.md §13) with ``interp="repeat"`` stay in the fused epilogue: a float
 ``delta_scale`` λ scales every Δ there (the anchor rows store D); ``"auto"``/``"auto-global"`` first
-compute Õ of the anchor rows alone (:func:`.sparse.anchor_sparse_rows`, 1/γ of the rows), then the raw
+compute Õ of the anchor rows alone (:func:`.anchor_sparse.anchor_sparse_rows`, 1/γ of the rows), then the raw
 Δs and λ per γ-block in PyTorch (:func:`delta_attn.combine.delta_scales`, a (B, Hq, n_blocks) problem),
 and the epilogue adds the given λ_jΔ_j. Index-list patterns (top-k, vertical-slash) with ``"auto"`` and the
 filters take the unfused path of step 3 with the Δs scaled in PyTorch. ``extra_anchors``
@@ -39,6 +39,7 @@ from ..config import FILTER_INTERPS, DeltaConfig
 from ..reference import attention_rows, reference_prefill
 from ..sparse import plan_pattern
 from . import sparse as sparse_mod
+from .anchor_sparse import anchor_sparse_rows
 from .blocks import spec_for
 from .dense_rows import PositionList, RowSet, dense_rows, kernel_config
 from .interpret import active as interpreting
@@ -184,7 +185,7 @@ def triton_prefill(
     )
     scan_state = scale_sums = None
     if fused and per_block_scale:
-        o_anchor = sparse_mod.anchor_sparse_rows(
+        o_anchor = anchor_sparse_rows(
             q, k, v, spec, anchor_lo=plan.anchor_lo, n_anchor=n_anchor, gamma=gamma, scale=scale, config=kc.get("dense")
         )
         raw = dense[:, :, :n_anchor] - o_anchor

@@ -1,0 +1,189 @@
+"""Õ of the anchor rows alone, for λ = auto in the fused epilogue (docs/algorithm.md §13).
+
+``delta_scale="auto"`` needs each anchor's raw Δ before the sparse kernel's epilogue can add λ_j·Δ_j, so this
+small kernel computes the sparse output of the N/γ anchor rows only (the GQA group's heads packed in one tile),
+over the analytic key ranges of a sink+window or block pattern (:class:`.sparse.SparseSpec`).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .core import LOG2E, kv_pointers, load_kv, softmax_step
+from .dense_rows import CONFIG as DENSE_CONFIG
+from .dense_rows import kernel_config
+from .sparse import PATTERN_RANGES, SparseSpec, _allowed
+
+
+@triton.jit(do_not_specialize=["q_start", "n_keys", "anchor_lo", "n_anchor", "qk_scale", "sink", "window", "bsize"])
+def _anchor_sparse_kernel(
+    Q,
+    K,
+    V,
+    Out,
+    sqb,
+    sqh,
+    sqn,
+    skb,
+    skh,
+    skn,
+    svb,
+    svh,
+    svn,
+    sob,
+    soh,
+    son,
+    Hkv,
+    G,
+    q_start,
+    n_keys,
+    anchor_lo,
+    gamma,
+    n_anchor,
+    qk_scale,
+    sink,
+    window,
+    bsize,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_BLOCK: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    """Õ of the anchor rows alone (positions anchor_lo + a·γ) under an analytic-range pattern.
+
+    Rows are packed like the dense-rows kernel's (the G query heads of a KV head interleaved), so a
+    tile of BM rows spans BM/G anchors and shares every K/V tile it loads; it visits the sink tiles
+    and the union of its rows' local ranges, every tile masked (a few per cent of the sparse kernel's
+    work: 1/γ of the rows)."""
+    tile = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hkv
+    hk = bh % Hkv
+    r = tile * BM + tl.arange(0, BM)
+    a = r // G
+    row_ok = a < n_anchor
+    a = tl.minimum(a, n_anchor - 1)
+    head = hk * G + r % G
+    pos = anchor_lo + a * gamma
+    p_min = anchor_lo + ((tile * BM) // G) * gamma
+    p_max = anchor_lo + tl.minimum((tile * BM + BM - 1) // G, n_anchor - 1) * gamma
+    offs_d = tl.arange(0, BD)
+    offs_n = tl.arange(0, BN)
+    d_ok = offs_d < D
+    q = tl.load(
+        Q
+        + b.to(tl.int64) * sqb
+        + head[:, None].to(tl.int64) * sqh
+        + (pos - q_start)[:, None].to(tl.int64) * sqn
+        + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    k_base = b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    kt_ptrs, v_ptrs = kv_pointers(K, V, k_base, v_base, offs_n, offs_d, skn, svn)
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BD], tl.float32)
+    lo = p_max + 1
+    if window > 0:
+        lo = tl.minimum(lo, p_min - window + 1)
+    if HAS_BLOCK:
+        lo = tl.minimum(lo, (p_min // bsize) * bsize)
+    b_lo = (tl.maximum(lo, 0) // BN) * BN
+    a_end = tl.minimum(((sink + BN - 1) // BN) * BN, b_lo)
+    n_sink = a_end // BN
+    n_tiles = n_sink + (p_max + 1 - b_lo + BN - 1) // BN
+    for i in range(0, n_tiles):
+        k0 = tl.where(i < n_sink, i * BN, b_lo + (i - n_sink) * BN)
+        k, v = load_kv(kt_ptrs, v_ptrs, 0, 0, 0, 0, 0, k0, offs_n, offs_d, skn, svn, n_keys, D, True, 0)
+        allowed = _allowed(
+            pos,
+            k0 + offs_n,
+            sink,
+            window,
+            bsize,
+            0,
+            0,
+            1,
+            0,
+            1,
+            1,
+            0,
+            0,
+            0,
+            n_keys,
+            0,
+            HAS_BLOCK,  # pattern 0: ranges
+        )
+        acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, True, DOT_PREC)
+    o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    o_ptrs = (
+        Out + b.to(tl.int64) * sob + head[:, None].to(tl.int64) * soh + a[:, None].to(tl.int64) * son + offs_d[None, :]
+    )
+    tl.store(o_ptrs, o, mask=row_ok[:, None] & d_ok[None, :])
+
+
+def anchor_sparse_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: SparseSpec,
+    *,
+    anchor_lo: int,
+    n_anchor: int,
+    gamma: int,
+    scale: float,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """Õ (float32, (B, Hq, n_anchor, D)) of the anchor rows ``anchor_lo + a·γ`` only, for an analytic-range
+    pattern (``spec.kind == PATTERN_RANGES``): what ``delta_scale="auto"`` needs before the sparse kernel
+    runs, so that the per-block λ is known in its epilogue. ``config``: the dense-rows launch config
+    (BM packed rows, BN keys; pointer loads)."""
+    if spec.kind != PATTERN_RANGES:
+        raise ValueError("anchor_sparse_rows takes analytic-range patterns only (sink/window/block/dense)")
+    bsz, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    g = hq // hkv
+    out = torch.empty(bsz, hq, n_anchor, d, device=q.device, dtype=torch.float32)
+    if n_anchor == 0:
+        return out
+    cfg = kernel_config(q.dtype, DENSE_CONFIG) if config is None else dict(config)
+    bm, bn = cfg.pop("BM"), cfg.pop("BN")
+    for key in ("USE_TMA", "HP", "ITEMS_PER_SM", "MAX_CHUNK"):  # not options of this kernel
+        cfg.pop(key, None)
+    bd = max(16, triton.next_power_of_2(d))
+    grid = (triton.cdiv(n_anchor * g, bm), bsz * hkv)
+    _anchor_sparse_kernel[grid](
+        q,
+        k,
+        v,
+        out,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *out.stride()[:3],
+        hkv,
+        g,
+        nk - nq,
+        nk,
+        anchor_lo,
+        gamma,
+        n_anchor,
+        scale * LOG2E,
+        spec.sink,
+        spec.window,
+        max(1, spec.block_size),
+        D=d,
+        BD=bd,
+        BM=bm,
+        BN=bn,
+        HAS_BLOCK=spec.block_size > 0,
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        **cfg,
+    )
+    return out
