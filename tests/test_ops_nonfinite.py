@@ -3,6 +3,7 @@ changes the output rows before i, for every causal interpolation and every mode 
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -45,6 +46,10 @@ def test_non_finite_input_never_changes_earlier_rows(cfg, tensor, value, seed):
     rng = random.Random(seed)
     pos, channel = rng.randrange(1, n), rng.randrange(d)
     q, k, v = make_qkv(seed, 1, 1, 2, n, d, torch.float32)
+    if tensor == "q" and math.isinf(value):
+        # key 0 (visible to every row) scores +inf against the poisoned query, so that row is not finite even
+        # when every other visible key has the other sign in that channel (all scores −inf would give 0)
+        k[:, :, 0, channel] = math.copysign(1.0, value)
     clean = delta_attention(q, k, v, cfg)
     inputs = {"q": q, "k": k, "v": v}
     inputs[tensor] = poisoned(inputs[tensor], pos, value, channel)
