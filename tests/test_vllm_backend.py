@@ -222,7 +222,7 @@ def test_chunk_rows_without_the_carry():
     assert chunk_rows(cfg, rows, have_carry=False).dense_until == 48
     assert chunk_rows(cfg, DeltaRows(0, 2, 0, "a", 45, 400), have_carry=False).dense_until == 47
     # a filter or a running λ cannot restart mid-prompt: the whole chunk is exact
-    for other in (cfg.replace(interp="ema"), cfg.replace(delta_scale="auto")):
+    for other in (cfg.replace(interp="ema"), cfg.replace(delta_scale="auto"), cfg.replace(delta_scale="auto-decay")):
         assert needs_carry(other, 48, 400)
         assert chunk_rows(other, rows, have_carry=False).dense_until == 75
 

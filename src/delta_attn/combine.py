@@ -13,6 +13,7 @@ The Δ variants (docs/algorithm.md §13) are defined here too: :func:`delta_scal
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -90,8 +91,6 @@ def fully_covered_blocks(plan: CallPlan, first: int, count: int) -> Tensor | Non
     the sparse pattern (the base's :meth:`~delta_attn.sparse.SparseMethod.row_key_counts` reaches the
     prefix). Their Δ is 0 in exact arithmetic and rounding noise in floating point, so the data-driven λ
     leaves them out of its sums (docs/algorithm.md §13). None when the base gives no counts."""
-    import numpy as np
-
     positions = np.arange(first, first + count, dtype=np.int64) * plan.gamma
     counts = resolve_sparse_method(plan.config.sparse).row_key_counts(plan.config, positions)
     if counts is None:

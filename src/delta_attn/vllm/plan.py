@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..backend import DeltaState
-from ..config import FILTER_INTERPS, DeltaConfig
+from ..config import CAUSAL_SCALE_MODES, FILTER_INTERPS, DeltaConfig
 
 logger = logging.getLogger("delta_attn.vllm")
 
@@ -184,22 +184,22 @@ def needs_carry(config: DeltaConfig, q_start: int, prompt_len: int) -> bool:
 
     True in ``mode="delta"`` when the chunk has body rows (``q_start`` before the tail) and either starts
     inside a γ-block (the block's Δ came from its anchor in an earlier chunk), or the interpolation is a
-    filter (``ema``/``abg``), or ``delta_scale="auto"`` (running sums).
+    filter (``ema``/``abg``), or λ is ``"auto"``/``"auto-decay"`` (running sums, ``CAUSAL_SCALE_MODES``).
     """
     if config.mode != "delta" or q_start == 0:
         return False
     if q_start >= prompt_len - config.tail_rows(prompt_len):
         return False
-    return bool(q_start % config.gamma) or config.interp in FILTER_INTERPS or config.delta_scale == "auto"
+    return bool(q_start % config.gamma) or config.interp in FILTER_INTERPS or config.delta_scale in CAUSAL_SCALE_MODES
 
 
 def resumable_at_anchor(config: DeltaConfig) -> bool:
     """Whether Δ can restart without a carry at an anchor: yes for ``repeat`` with a fixed λ.
 
-    ``ema``/``abg`` need the filter state and ``delta_scale="auto"`` its running sums from the prompt's
-    first row on; they cannot restart mid-prompt.
+    ``ema``/``abg`` need the filter state and ``delta_scale="auto"``/``"auto-decay"`` their running sums from the
+    prompt's first row on; they cannot restart mid-prompt.
     """
-    return config.interp not in FILTER_INTERPS and config.delta_scale != "auto"
+    return config.interp not in FILTER_INTERPS and config.delta_scale not in CAUSAL_SCALE_MODES
 
 
 @dataclass(frozen=True)
