@@ -95,7 +95,8 @@ def parse_settings(additional_config: Mapping[str, Any] | None) -> VllmDeltaSett
     if not config.is_causal:
         raise ValueError(
             f"{where}: {config.non_causal_reason} is non-causal (rows read later anchors), but vLLM prefills long "
-            "prompts in chunks; choose interp 'repeat'/'ema'/'abg', delta_scale a float or 'auto', extra_anchors 0"
+            "prompts in chunks; choose interp 'repeat'/'ema'/'abg', delta_scale a float, 'auto' or 'auto-decay', "
+            "extra_anchors 0"
         )
     if min_prompt is None:
         min_prompt = default_min_prompt(config)
