@@ -25,8 +25,15 @@
 #                                  variant compiled for sm_90 (bench/sm90_report.py), (b) checks the method names only,
 #                                  (d) the tiny model on CPU; the same summary code at the end
 #
-# Environment: OUT (default ./out), LIMIT (seconds, default 470), PY (default python3). PYTHONPATH=src (the package
-# is not installed on the GPU machine).
+#   (p) profile [~20 s]  (only when named in PARTS) kernel-by-kernel device time of Δ and λ = auto at 128K
+#                         (python -m delta_attn.bench.profile): where λ = auto's extra time goes
+#
+# Environment: OUT (default ./out), LIMIT (seconds, default 470), PY (default python3), PARTS (default
+# "checks layer first e2e"; add "profile"), CHECKS (comma-separated case names, default the list below).
+# (d) end to end: SHAPE (default llama-3.2-1b) or MODEL (a real model: name, .gguf or HF folder; positions
+# past its context are timing only), L1 (one-shot dense + Δ lengths, default 32K,64K,128K; empty: none), CH_AT
+# (where Δ also runs chunked, default 128K), L2 (Δ-only lengths, default 1M) with L2_CHUNKS (default 16384;
+# "0,16384" times one-shot beside chunked). PYTHONPATH=src (the package is not installed on the GPU machine).
 set -uo pipefail
 T0=$(date +%s)
 OUT=${OUT:-./out}
@@ -43,11 +50,15 @@ left() { echo $(( LIMIT - ($(date +%s) - T0) )); }
 cap() { local l; l=$(( $(left) - $2 )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 5 ] && l=5; echo "$l"; }
 part() { echo; echo "== $1 (t = $(( $(date +%s) - T0 )) s, $(left) s left)"; }
 
+PARTS=" ${PARTS:-checks layer first e2e} "
+want() { [[ "$PARTS" == *" $1 "* ]]; }
+
 METHODS="cudnn,sparse,delta,delta+strided,delta+devtma,delta+hf,delta_auto,delta_l0.5,rows,rows+ips8,rows+ips16,rows+chunk16384,rows+bn128"
-CHECKS="delta-stream-g4,delta-stream-big,delta-d64-b2-mha,delta-d80-g8,delta-g3-d128,delta-gamma48-unfused,dense-g4"
-CHECKS+=",chunk-repeat,chunk-gqa-strided,prompt-longer,fp32-delta,delta-topk,delta-vs,delta-scale0.5,delta-auto"
-CHECKS+=",delta-auto-global,chunk-auto,chunk-scale0.3-gqa,delta-auto-d80-g8,delta-auto-b2-gqa,delta-auto-block"
-CHECKS+=",delta-auto-topk,chunk-auto-gqa,delta-hf-layout,chunk-hf-layout-auto,unit"
+DEFAULT_CHECKS="delta-stream-g4,delta-stream-big,delta-d64-b2-mha,delta-d80-g8,delta-g3-d128,delta-gamma48-unfused,dense-g4"
+DEFAULT_CHECKS+=",chunk-repeat,chunk-gqa-strided,prompt-longer,fp32-delta,delta-topk,delta-vs,delta-scale0.5,delta-auto"
+DEFAULT_CHECKS+=",delta-auto-global,chunk-auto,chunk-scale0.3-gqa,delta-auto-d80-g8,delta-auto-b2-gqa,delta-auto-block"
+DEFAULT_CHECKS+=",delta-auto-topk,chunk-auto-gqa,delta-hf-layout,chunk-hf-layout-auto,unit"
+CHECKS=${CHECKS:-$DEFAULT_CHECKS}
 
 if [ "$DRY" = 1 ]; then
   echo "DRY=1: CPU dry run (Triton interpreter, tiny sizes)"
@@ -59,6 +70,7 @@ else
 fi
 
 # ---- (a) correctness ---------------------------------------------------------------------------------------
+if want checks; then
 part "(a) kernel checks vs the float64 oracle"
 if [ "$DRY" = 1 ]; then
   TRITON_INTERPRET=1 timeout "$(cap 300 200)" $PY -m delta_attn.bench.check --tiny --json \
@@ -75,7 +87,10 @@ else
   echo "exit $?"; tail -n 3 "$OUT/checks.log"
 fi
 
+fi
+
 # ---- (b) one layer -----------------------------------------------------------------------------------------
+if want layer; then
 part "(b) one Llama-3-8B layer at 128K and 1M"
 if [ "$DRY" = 1 ]; then
   $PY - "$METHODS" <<'PY'
@@ -94,7 +109,23 @@ else
   echo "exit $?"; grep -E "warm-up|  (128K|1M) " "$OUT/layer.log" | head -40
 fi
 
+fi
+
+# ---- (p) profile -------------------------------------------------------------------------------------------
+if want profile; then
+part "(p) kernel-by-kernel profile of Δ and λ = auto"
+if [ "$DRY" = 1 ]; then
+  TRITON_INTERPRET=1 timeout "$(cap 120 60)" $PY -m delta_attn.bench.profile --device cpu --length 300 --heads 4,2 \
+    --head-dim 32 --reps 1 --top 6 --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
+else
+  timeout "$(cap 60 60)" $PY -m delta_attn.bench.profile --length 128K --methods delta,delta_auto,delta_autod,sparse \
+    --reps 5 --top 10 --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
+fi
+echo "exit $?"; grep -v "^USDT\|^STAGE" "$OUT/profile.log" | tail -50
+fi
+
 # ---- (c) no per-length cost --------------------------------------------------------------------------------
+if want first; then
 part "(c) first call at never-seen lengths after a warm-up at another"
 TC=$(cap 45 140); [ "$DRY" = 1 ] && TC=600  # the interpreter is slow
 timeout "$TC" env DRY="$DRY" $( [ "$DRY" = 1 ] && echo TRITON_INTERPRET=1 ) $PY - "$OUT/first_call.json" <<'PY'
@@ -151,25 +182,34 @@ json.dump(dict(rows=rows, warmup_length=warm, grew=grew), open(sys.argv[1], "w")
 PY
 echo "exit $?"
 
+fi
+
 # ---- (d) end to end ----------------------------------------------------------------------------------------
-part "(d) end to end, llama-3.2-1b shape"
+if want e2e; then
 if [ "$DRY" = 1 ]; then
   E2E=(--device cpu --model-shape tiny --window 32 --sink 4 --gamma 16 --warmup-length 64)
-  L1=256,512; CH=64; CH_AT=512; L2=1024
+  L1=${L1-256,512}; CH=64; CH_AT=${CH_AT:-512}; L2=${L2-1024}
 else
-  E2E=(--device cuda --model-shape llama-3.2-1b --warmup-length 4096)
-  L1=32K,64K,128K; CH=16384; CH_AT=128K; L2=1M
+  if [ -n "${MODEL:-}" ]; then E2E=(--device cuda --model "$MODEL" --warmup-length 4096)
+  else E2E=(--device cuda --model-shape "${SHAPE:-llama-3.2-1b}" --warmup-length 4096); fi
+  L1=${L1-32K,64K,128K}; CH=16384; CH_AT=${CH_AT:-128K}; L2=${L2-1M}
 fi
-T1=$(cap 110 75)
+part "(d) end to end, ${MODEL:-${SHAPE:-llama-3.2-1b} shape}"
+T1=$(cap 110 75); [ -z "$L2" ] && T1=$(cap 300 10)
+if [ -n "$L1" ]; then
 timeout "$T1" $PY -m delta_attn.cli bench e2e "${E2E[@]}" --lengths "$L1" --methods dense,delta \
   --chunk-size "0,$CH" --chunk-methods delta --chunk-lengths "$CH_AT" --chunk-cache preallocated,dynamic \
   --reps 2 --time-limit $(( T1 - 20 )) --out "$OUT/e2e" > "$OUT/e2e.log" 2>&1
 echo "exit $?"; grep -E "TTFT|warm-up|skipped|OOM" "$OUT/e2e.log" | head -20
+fi
 T2=$(cap 120 12)
+if [ -n "$L2" ]; then
 timeout "$T2" $PY -m delta_attn.cli bench e2e "${E2E[@]}" --lengths "$L2" --methods delta \
-  --chunk-size "$CH" --chunk-methods delta --chunk-cache preallocated \
+  --chunk-size "${L2_CHUNKS:-$CH}" --chunk-methods delta --chunk-cache preallocated \
   --reps 2 --out "$OUT/e2e_1m" > "$OUT/e2e_1m.log" 2>&1
-echo "exit $?"; grep -E "TTFT|warm-up|skipped|OOM" "$OUT/e2e_1m.log" | head -10
+echo "exit $?"; grep -E "TTFT|warm-up|skipped|OOM" "$OUT/e2e_1m.log" 2>/dev/null | head -10
+fi
+fi
 
 # ---- summary -----------------------------------------------------------------------------------------------
 part "summary"

@@ -4,6 +4,10 @@
 #   bash scripts/gpu_calls/2026-12-06_qwen_eval.sh E1   13 tasks × 32K × the 7 methods, SAMPLES (default 20)
 #   bash scripts/gpu_calls/2026-12-06_qwen_eval.sh E2   resumes E1 (carried in .results/E1) with more samples,
 #                                                        then continuation perplexity and the needle analysis
+#   bash scripts/gpu_calls/2026-12-06_qwen_eval.sh E3   (second session) the 8 tasks E1 left out at 32K, the tight
+#                                                        window (sink 64 + window 512) on the 5 discriminating tasks,
+#                                                        the needle analysis, and SmolLM2 at 8K with both windows
+#                                                        (is the λ ranking a model effect or a window effect?)
 #
 # Before E1 the 19 parts of the GGUF were copied to /tmp/m by warm calls (scripts/gpu_model_parts.sh prints
 # them); E1 carries the last part (.p18), .whl (the gguf wheel) and .data (packed texts). Three eval processes
@@ -69,6 +73,38 @@ case "$PART" in
       > "$OUT/N32/run.log" 2>&1
     wait
     ;;
+  E3)
+    NEW=niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,cwe,fwe,qa_1,qa_2
+    DISC=niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery,vt
+    TW=streaming_w512_s64
+    S=${SAMPLES:-15}
+    q() {  # $1 name, $2 tasks, $3 methods: one eval process at 32K
+      mkdir -p "$OUT/R32c/$1"
+      python3 -m delta_attn.cli eval ruler "${COMMON[@]}" --tasks "$2" --lengths 32768 --samples "$S" \
+        --batch-size 32768:12 --prefill-tokens 65536 --workers 4 --methods "$3" --out "$OUT/R32c/$1" \
+        --resume-from .results --time-limit "$(left 45)" --no-progress > "$OUT/R32c/$1/run.log" 2>&1 &
+    }
+    q q1 "$NEW" dense,delta_autod
+    q q2 "$NEW" sparse,recompute
+    q q3 "$NEW" delta,delta_auto
+    q q4 "$DISC" "$TW+delta,$TW+delta_auto,$TW+recompute,$TW+delta_autod,$TW+sparse"
+    if [ -f /tmp/s/smollm2.gguf ]; then  # SmolLM2 at 8K, prompt format 2: its tight window and the paper's
+      for w in 256:64 2048:128; do
+        mkdir -p "$OUT/S8/w${w%%:*}"
+        python3 -m delta_attn.cli eval ruler $MOPT /tmp/s/smollm2.gguf --texts-dir .data/texts --base streaming \
+          --window "${w%%:*}" --sink "${w##*:}" --gamma 64 --no-summary --tasks all --lengths 8192 \
+          --samples "${SSAMPLES:-25}" --workers 2 --no-progress --batch-size 8192:32 \
+          --methods "$( [ "$w" = 256:64 ] && echo dense, )delta,delta_auto,delta_autod,recompute,sparse" \
+          --out "$OUT/S8/w${w%%:*}" --resume-from .results --time-limit "$(left 45)" \
+          > "$OUT/S8/w${w%%:*}/run.log" 2>&1 &
+      done
+    fi
+    mkdir -p "$OUT/N32"
+    python3 -m delta_attn.cli eval needle "${COMMON[@]}" --task niah_multikey_2 --length 32768 --samples 6 \
+      --methods dense,sparse,recompute,delta,delta_auto,delta_autod --out "$OUT/N32" --time-limit "$(left 45)" \
+      > "$OUT/N32/run.log" 2>&1 &
+    wait
+    ;;
 esac
 echo "== $PART done after $(( $(date +%s) - T0 )) s"
 tail -n 2 "$OUT"/*/*/run.log "$OUT"/*/run.log 2>/dev/null | grep -v '^$' | tail -40
@@ -85,4 +121,4 @@ print("task".ljust(18) + "".join(m[:10].rjust(11) for m in methods))
 for t in tasks:
     print(t[:18].ljust(18) + "".join((f"{100*sum(acc[t,m])/len(acc[t,m]):5.1f}/{len(acc[t,m]):<3d}" if acc[t, m] else "-").rjust(11) for m in methods))
 EOF
-cd "$OUT" && for d in R32 R32b S8 P32 N32; do [ -d "$d" ] && tar czf "$d.tgz" "$d" && rm -rf "$d"; done; ls -la "$OUT"
+cd "$OUT" && for d in R32 R32b R32c S8 P32 N32; do [ -d "$d" ] && tar czf "$d.tgz" "$d" && rm -rf "$d"; done; ls -la "$OUT"

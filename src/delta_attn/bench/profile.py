@@ -1,0 +1,108 @@
+"""Where one Δ call's time goes, kernel by kernel: ``python -m delta_attn.bench.profile``.
+
+Runs one attention layer (Llama-3-8B shape by default: 32/8 heads, d 128, bf16) through
+:func:`delta_attn.kernels.triton_prefill` for each method spec, under ``torch.profiler``, and prints the
+device time of every kernel (Triton kernels by name, PyTorch ops by their kernel names) per call, largest
+first, plus the per-call total. Comparing ``delta`` with ``delta_auto`` shows what λ = auto adds: the
+anchor-row Õ kernel, the λ arithmetic, any host synchronisation (visible as a gap between wall and device
+time).
+
+    python -m delta_attn.bench.profile --length 128K --methods delta,delta_auto --out prof.json
+
+On CPU (``--device cpu``, tiny shapes, Triton's interpreter) it checks the code path only: the numbers
+are host times of the interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+
+import torch
+
+from .layer import fmt_length, method_config, parse_length
+
+
+def profile_method(q, k, v, config, *, reps: int, scale: float) -> dict:
+    """Per-call device time of each kernel over ``reps`` profiled calls (after one warm-up call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ..kernels import triton_prefill
+
+    n = q.shape[2]
+    cuda = q.is_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    triton_prefill(q, k, v, config, scale=scale, prompt_len=n)  # compile + warm caches
+    sync()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            triton_prefill(q, k, v, config, scale=scale, prompt_len=n)
+        sync()
+        wall = (time.perf_counter() - t0) / reps
+    kernels: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for evt in prof.key_averages():
+        dev_us = getattr(evt, "device_time_total", None)
+        if dev_us is None:
+            dev_us = getattr(evt, "cuda_time_total", 0.0)
+        if cuda and evt.device_type == torch.autograd.DeviceType.CUDA and dev_us > 0:
+            kernels[evt.key] += dev_us / reps / 1e3
+            counts[evt.key] += evt.count // reps
+        elif not cuda and evt.key.startswith(("aten::", "triton")) and evt.self_cpu_time_total > 0:
+            kernels[evt.key] += evt.self_cpu_time_total / reps / 1e3
+            counts[evt.key] += evt.count // reps
+    rows = sorted(({"kernel": key, "ms": ms, "launches": counts[key]} for key, ms in kernels.items()),
+                  key=lambda r: -r["ms"])
+    return {"wall_ms": wall * 1e3, "device_ms": sum(r["ms"] for r in rows), "kernels": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .. import DeltaConfig
+
+    p = argparse.ArgumentParser(prog="python -m delta_attn.bench.profile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--length", default="128K", help="prompt length, K = 1024 (default 128K)")
+    p.add_argument("--methods", default="delta,delta_auto", help="method specs (default delta,delta_auto)")
+    p.add_argument("--heads", default="32,8", help="query,KV heads (default 32,8: Llama-3-8B)")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--reps", type=int, default=5, help="profiled calls per method (default 5)")
+    p.add_argument("--top", type=int, default=12, help="kernels printed per method (default 12)")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (tiny shapes, Triton's interpreter)")
+    p.add_argument("--out", default=None, help="write the full table as JSON here")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("no CUDA device here: use --device cpu (with TRITON_INTERPRET=1) for the code path")
+    n = parse_length(args.length)
+    hq, hkv = (int(x) for x in args.heads.split(","))
+    d = args.head_dim
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    q = torch.randn(1, hq, n, d, device=args.device, dtype=dtype, generator=gen)
+    k = torch.randn(1, hkv, n, d, device=args.device, dtype=dtype, generator=gen)
+    v = torch.randn(1, hkv, n, d, device=args.device, dtype=dtype, generator=gen)
+    base = DeltaConfig() if args.device == "cuda" else DeltaConfig(sink=4, window=16, gamma=8, tail=8)
+    results = {}
+    for name in args.methods.split(","):
+        results[name] = r = profile_method(q, k, v, method_config(name, base), reps=args.reps, scale=d**-0.5)
+        print(f"== {name} @ {fmt_length(n)}: wall {r['wall_ms']:.2f} ms per call, device {r['device_ms']:.2f} ms")
+        for row in r["kernels"][: args.top]:
+            print(f"   {row['ms']:9.3f} ms  x{row['launches']:<3d} {row['kernel'][:110]}")
+    if len(results) > 1:
+        first, *rest = results
+        for name in rest:
+            extra = results[name]["wall_ms"] - results[first]["wall_ms"]
+            print(f"{name} − {first}: {extra:+.2f} ms wall, "
+                  f"{results[name]['device_ms'] - results[first]['device_ms']:+.2f} ms device")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"length": n, "heads": [hq, hkv], "head_dim": d, "device": args.device,
+                       "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                       "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
