@@ -89,11 +89,13 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 _STRING, _ARRAY = 8, 9
 
 
-def read_gguf_metadata(path: str | Path, wanted: Sequence[str] | None = None) -> dict:
+def read_gguf_metadata(path: str | Path, wanted: Sequence[str] | None = None, *, array_lengths: bool = False) -> dict:
     """Scalar and string metadata of a GGUF file (format v2/v3), reading only its header.
 
-    Array values (the vocabulary, merges) are skipped, not decoded. With ``wanted`` the scan stops
-    as soon as every listed key is found. Raises ``ValueError`` for a file that is not GGUF.
+    Array values (the vocabulary, merges) are skipped, not decoded; with ``array_lengths`` an array's
+    value is its element count (the vocabulary size of a file without ``<arch>.vocab_size``). With
+    ``wanted`` the scan stops as soon as every listed key is found. Raises ``ValueError`` for a file that
+    is not GGUF.
     """
     want = set(wanted) if wanted is not None else None
     out: dict = {}
@@ -134,6 +136,16 @@ def read_gguf_metadata(path: str | Path, wanted: Sequence[str] | None = None) ->
             key, vtype = string(), read("I")
             if (want is None or key in want) and (vtype in _SCALARS or vtype == _STRING):
                 out[key] = string() if vtype == _STRING else read(_SCALARS[vtype])
+                if want is not None and want <= out.keys():
+                    break
+            elif array_lengths and vtype == _ARRAY and (want is None or key in want):
+                item, count = read("I"), read("Q")
+                out[key] = count
+                if item in _SCALARS:
+                    f.seek(count * struct.calcsize("<" + _SCALARS[item]), os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip(item)
                 if want is not None and want <= out.keys():
                     break
             else:
