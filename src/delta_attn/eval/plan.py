@@ -57,7 +57,7 @@ DEFAULT_BATCH_SPEC = "1024:256,2048:256,4096:160,8192:96"
 DEFAULT_PREFILL_TOKENS = 262144
 #: weight of the pull towards the starting rates, relative to one batch's squared relative error: small enough
 #: that any rate the records determine is theirs, large enough that an undetermined one stays put
-PRIOR_WEIGHT = 1e-2
+PRIOR_WEIGHT = 1e-4
 #: the KV cache is read by attention and read + written by DynamicCache's torch.cat every decode step
 KV_PASSES = 3
 BYTES_PER_VALUE = 2  # bf16 weights and cache
@@ -656,13 +656,11 @@ def print_plan(args) -> None:
         f"batch {', '.join(f'{L}:{bs(L)}' for L in args.lengths)}, prefill {prefill_tokens} tokens per forward"
     )
     print(f"rates: {hw.flags()}")
+    measured = sorted(set(typical or {}) & set(args.tasks))
     print(
-        "typical answers: "
-        + (
-            "the records' 90th percentile per task"
-            if typical
-            else "2 × SmolLM2's typical answer (no records of this model)"
-        )
+        f"typical answers: the records' 90th percentile for {len(measured)} of {len(args.tasks)} tasks"
+        + (f" ({', '.join(measured)})" if measured else "")
+        + ("; 2 × SmolLM2's typical answer (capped) for the rest" if len(measured) < len(args.tasks) else "")
     )
     _print_minutes("GPU minutes, pessimistic (every answer runs to its token limit)", rows, args.lengths, "total_s")
     _print_minutes("GPU minutes, typical answers", rows, args.lengths, "typical_s")
