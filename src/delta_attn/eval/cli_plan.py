@@ -116,7 +116,8 @@ def add_arguments(p) -> None:
         nargs="+",
         default=None,
         metavar="PATH",
-        help="eval ruler result files or folders (.jsonl[.gz]) whose batch timings the rates are fitted to",
+        help="eval ruler result files or folders (.jsonl[.gz]) whose batch timings the rates are fitted to "
+        "(default none: the rates above)",
     )
     c.add_argument(
         "--concurrency",
