@@ -303,7 +303,19 @@ class MeasuredBatch:
     work: BatchWork
     prefill_tokens: int = DEFAULT_PREFILL_TOKENS  # the run's --prefill-tokens
     start: float = 0.0  # seconds on the run's timeline (set by assign_concurrency)
-    concurrency: float = 1.0
+    concurrency: float = 1.0  # average number of runs active during the batch (itself included)
+    # features whose dot product with all five coefficients (prefill's, then decode's) predicts the recorded
+    # prefill_s / decode_s: the batch's own work plus, on a shared GPU, the others' work meanwhile
+    prefill_mix: list = field(default_factory=list)
+    decode_mix: list = field(default_factory=list)
+
+    @property
+    def own_prefill(self) -> list[float]:
+        return [*self.work.prefill_features, 0.0, 0.0]
+
+    @property
+    def own_decode(self) -> list[float]:
+        return [0.0, 0.0, 0.0, *self.work.decode_features]
 
     @property
     def wall_s(self) -> float:
@@ -438,12 +450,20 @@ def _run_starts(paths: Sequence[str | Path]) -> dict[str, float]:
 
 
 def assign_concurrency(batches: list[MeasuredBatch], concurrency: float | str, starts: dict[str, float]) -> None:
-    """Set each batch's concurrency: a number for all, or ``"auto"``: the average number of runs of the same
-    calibration path active during the batch, on the timeline of the runs' start times (module docstring)."""
-    if concurrency != "auto":
-        for b in batches:
-            b.concurrency = float(concurrency)
-        return
+    """Lay the runs of each calibration path on a timeline and say what each recorded time contains.
+
+    Each run's batches ran back to back from its header's start time (every run is assumed to spend the same
+    time loading before its first batch, so only the differences of start times matter). ``concurrency``
+    becomes the average number of runs active during a batch. The recorded times are then predicted as:
+
+    * ``"auto"``: the GPU is time-sliced between the processes and kept busy, so a batch's recorded prefill
+      (decode) time is its own GPU time plus the GPU time the other runs' batches spent during that
+      interval, each other batch's prefill and decode work spread evenly over its own prefill and decode
+      intervals. One process alone: its own time.
+    * a number k: k times its own time (the runs that shared the GPU did similar work all along).
+    """
+    import numpy as np
+
     spans: dict[tuple, list[float]] = {}  # (source, run) -> [first batch start, last batch end]
     clock: dict[tuple, float] = {}
     for b in batches:  # in file order: a run's batches ran back to back
@@ -454,18 +474,38 @@ def assign_concurrency(batches: list[MeasuredBatch], concurrency: float | str, s
         span[1] = t + b.wall_s
     for b in batches:
         lo, hi = b.start, b.start + b.wall_s
-        if hi <= lo:
-            b.concurrency = 1.0
-            continue
         overlap = sum(max(0.0, min(hi, s1) - max(lo, s0)) for (src, _), (s0, s1) in spans.items() if src == b.source)
-        b.concurrency = max(1.0, overlap / (hi - lo))
+        b.concurrency = max(1.0, overlap / (hi - lo)) if hi > lo else 1.0
+    if concurrency != "auto":
+        for b in batches:
+            b.prefill_mix = [float(concurrency) * x for x in b.own_prefill]
+            b.decode_mix = [float(concurrency) * x for x in b.own_decode]
+        return
+    for source in dict.fromkeys(b.source for b in batches):
+        group = [b for b in batches if b.source == source]
+        runs = np.array([hash(b.run_id) for b in group])
+        pre = np.array([[b.start, b.start + b.prefill_s] for b in group])
+        dec = np.array([[b.start + b.prefill_s, b.start + b.wall_s] for b in group])
+        own_pre = np.array([b.own_prefill for b in group])
+        own_dec = np.array([b.own_decode for b in group])
+        others = runs[:, None] != runs[None, :]
+
+        def share(a, c):  # [i, j]: the part of interval c[j] that lies within a[i]
+            ov = np.clip(np.minimum(a[:, 1:2], c[None, :, 1]) - np.maximum(a[:, 0:1], c[None, :, 0]), 0, None)
+            length = c[:, 1] - c[:, 0]
+            return np.where(others & (length[None, :] > 0), ov / np.where(length > 0, length, 1)[None, :], 0.0)
+
+        pre_mix = own_pre + share(pre, pre) @ own_pre + share(pre, dec) @ own_dec
+        dec_mix = own_dec + share(dec, pre) @ own_pre + share(dec, dec) @ own_dec
+        for b, pm, dm in zip(group, pre_mix, dec_mix):
+            b.prefill_mix, b.decode_mix = pm.tolist(), dm.tolist()
 
 
 def fit_coefs(features: Sequence[Sequence[float]], measured: Sequence[float], prior: Sequence[float]) -> list[float]:
     """Non-negative least squares of ``measured ≈ features · coefs`` on the relative error, plus
     ``PRIOR_WEIGHT · Σ (coef/prior − 1)²`` (a rate the data cannot determine stays at its prior).
 
-    Few unknowns (2–3): every subset of them is tried free, the others at 0, and the best feasible kept.
+    Few unknowns (up to 5): every subset of them is tried free, the others at 0, and the best feasible kept.
     """
     import itertools
 
@@ -513,14 +553,12 @@ def calibrate(
     start = start or Hardware()
     batches = load_batches(paths, fallback_shape)
     assign_concurrency(batches, concurrency, _run_starts(paths))
-    prefill = fit_coefs(
-        [b.work.prefill_features for b in batches],
-        [b.prefill_s / b.concurrency for b in batches],
-        start.prefill_coefs(),
+    coefs = fit_coefs(
+        [b.prefill_mix for b in batches] + [b.decode_mix for b in batches],
+        [b.prefill_s for b in batches] + [b.decode_s for b in batches],
+        start.prefill_coefs() + start.decode_coefs(),
     )
-    decode = fit_coefs(
-        [b.work.decode_features for b in batches], [b.decode_s / b.concurrency for b in batches], start.decode_coefs()
-    )
+    prefill, decode = coefs[:3], coefs[3:]
     typical: dict[str, dict[str, list[int]]] = {}
     for b in batches:
         for task, tokens in zip(b.tasks, b.gen_tokens):
@@ -538,7 +576,12 @@ def _percentile(values: Sequence[int], q: float) -> int:
 
 
 def calibration_table(cal: Calibration) -> list[dict]:
-    """Measured (÷ concurrency) vs predicted seconds per (device, model, method, length)."""
+    """Recorded vs predicted seconds per (device, model, method, length), and the predicted GPU time alone."""
+    coefs = cal.hw.prefill_coefs() + cal.hw.decode_coefs()
+
+    def dot(x):
+        return sum(a * c for a, c in zip(x, coefs))
+
     cells: dict[tuple, dict] = {}
     for b in cal.batches:
         key = (b.device, b.model, b.method, b.length)
@@ -548,22 +591,28 @@ def calibration_table(cal: Calibration) -> list[dict]:
         c["batches"] += 1
         c["concurrency"] += b.concurrency * b.wall_s
         c["wall_s"] += b.wall_s
-        c["prefill_s"] += b.prefill_s / b.concurrency
-        c["decode_s"] += b.decode_s / b.concurrency
-        c["prefill_pred_s"] += b.work.prefill_s(cal.hw)
-        c["decode_pred_s"] += b.work.decode_s(cal.hw)
+        c["prefill_s"] += b.prefill_s
+        c["decode_s"] += b.decode_s
+        c["prefill_pred_s"] += dot(b.prefill_mix)
+        c["decode_pred_s"] += dot(b.decode_mix)
+        c["alone_s"] += b.work.prefill_s(cal.hw) + b.work.decode_s(cal.hw)
     for c in cells.values():
         c["concurrency"] /= max(c["wall_s"], 1e-12)
     return list(cells.values())
 
 
-_SUMS = ("concurrency", "wall_s", "prefill_s", "decode_s", "prefill_pred_s", "decode_pred_s")
+_SUMS = ("concurrency", "wall_s", "prefill_s", "decode_s", "prefill_pred_s", "decode_pred_s", "alone_s")
 
 
 def relative_errors(cal: Calibration) -> tuple[float, float]:
-    """Root-mean-square relative error of the per-batch predictions (prefill, decode)."""
-    pre = [(b.work.prefill_s(cal.hw) * b.concurrency / b.prefill_s - 1) ** 2 for b in cal.batches if b.prefill_s > 0]
-    dec = [(b.work.decode_s(cal.hw) * b.concurrency / b.decode_s - 1) ** 2 for b in cal.batches if b.decode_s > 0]
+    """Root-mean-square relative error of the per-batch predictions of the recorded times (prefill, decode)."""
+    coefs = cal.hw.prefill_coefs() + cal.hw.decode_coefs()
+
+    def err(x, y):
+        return (sum(a * c for a, c in zip(x, coefs)) / y - 1) ** 2
+
+    pre = [err(b.prefill_mix, b.prefill_s) for b in cal.batches if b.prefill_s > 0]
+    dec = [err(b.decode_mix, b.decode_s) for b in cal.batches if b.decode_s > 0]
     return math.sqrt(sum(pre) / max(1, len(pre))), math.sqrt(sum(dec) / max(1, len(dec)))
 
 
@@ -578,17 +627,21 @@ def _ratio(a: float, b: float) -> str:
 def print_calibration(cal: Calibration, start: Hardware) -> None:
     rows = calibration_table(cal)
     devices = sorted({r["device"] for r in rows})
-    print(f"calibration: {len(cal.batches)} batches on {', '.join(devices)}; measured = recorded ÷ concurrency")
+    print(
+        f"calibration: {len(cal.batches)} batches on {', '.join(devices)}; seconds as recorded (with the other "
+        "processes sharing the GPU) vs predicted, and predicted alone on the GPU"
+    )
     print(
         f"  {'model':<20} {'method':<14} {'length':>6} {'batches':>7} {'conc.':>5} | {'prefill s':>9} {'pred':>7} "
-        f"{'ratio':>5} | {'decode s':>8} {'pred':>7} {'ratio':>5}"
+        f"{'ratio':>5} | {'decode s':>8} {'pred':>7} {'ratio':>5} | {'alone s':>7}"
     )
     for r in sorted(rows, key=lambda r: (r["device"], r["model"], r["length"], r["method"])):
         print(
             f"  {r['model'][:20]:<20} {r['method'][:14]:<14} {r['length']:>6} {r['batches']:>7} "
             f"{r['concurrency']:>5.2f} | "
             f"{r['prefill_s']:9.1f} {r['prefill_pred_s']:7.1f} {_ratio(r['prefill_s'], r['prefill_pred_s'])} | "
-            f"{r['decode_s']:8.1f} {r['decode_pred_s']:7.1f} {_ratio(r['decode_s'], r['decode_pred_s'])}"
+            f"{r['decode_s']:8.1f} {r['decode_pred_s']:7.1f} {_ratio(r['decode_s'], r['decode_pred_s'])} | "
+            f"{r['alone_s']:7.1f}"
         )
     pre, dec = relative_errors(cal)
     print(f"  per-batch RMS relative error: prefill {pre:.0%}, decode {dec:.0%} (ratio = measured / predicted)")
