@@ -165,8 +165,9 @@ def _hw(rng: random.Random) -> P.Hardware:
     )
 
 
-def _write_run(path, rng, hw, *, model, run_id, date, batches, concurrency=1.0, prefill_tokens=None):
-    """An ``eval ruler`` result file whose batch timings the cost model with ``hw`` gives (× ``concurrency``)."""
+def _write_run(path, rng, hw, *, model, run_id, date, batches, concurrency=1.0, prefill_tokens=None, recorded=None):
+    """An ``eval ruler`` result file whose batch timings the cost model with ``hw`` gives (× ``concurrency``), or
+    ``recorded`` (prefill_s, decode_s) per batch; returns each batch's lives and own (prefill, decode) seconds."""
     from delta_attn.eval import ruler
     from delta_attn.methods import parse_methods
 
@@ -184,9 +185,9 @@ def _write_run(path, rng, hw, *, model, run_id, date, batches, concurrency=1.0, 
         "options": {"prefill_tokens": prefill_tokens, "reserve": 128},
         "methods": {m.name: m.config_dict() for m in methods},
     }
-    lines, written = [header], []
+    lines, written, own = [header], [], []
     tasks = list(ruler.TASKS)
-    for method, length, rows in batches:
+    for k, (method, length, rows) in enumerate(batches):
         m = next(x for x in methods if x.name == method)
         n = length - 128
         chosen = [rng.choice(tasks) for _ in range(rows)]
@@ -196,7 +197,9 @@ def _write_run(path, rng, hw, *, model, run_id, date, batches, concurrency=1.0, 
         written.append(lives)
         pre = P.prefill_work(named.shape, m.config, n, rows, max(1, prefill_tokens // length)).prefill_s(hw)
         dec = P.decode_work(named.shape, n, P.decode_rows(lives)).decode_s(hw)
-        timing = {"size": rows, "prefill_s": pre * concurrency, "decode_s": dec * concurrency, "steps": steps}
+        own.append((pre, dec))
+        pre, dec = recorded[k] if recorded is not None else (pre * concurrency, dec * concurrency)
+        timing = {"size": rows, "prefill_s": pre, "decode_s": dec, "steps": steps}
         for t, life, stop in zip(chosen, lives, stopped):
             gen = life - 1 if stop else life
             lines.append(
@@ -206,7 +209,7 @@ def _write_run(path, rng, hw, *, model, run_id, date, batches, concurrency=1.0, 
     with gzip.open(path, "at", encoding="utf-8") as f:
         for line in lines:
             f.write(json.dumps(line) + "\n")
-    return written
+    return written, own
 
 
 def _random_batches(rng, count):
@@ -227,7 +230,7 @@ def test_calibration_recovers_the_rates_that_made_the_records(tmp_path):
             run_id=f"run{i}",
             date=t0 + dt.timedelta(days=i),  # never overlapping: concurrency 1
             batches=_random_batches(rng, 40),
-        )
+        )[0]
     cal = P.calibrate([tmp_path], start=P.Hardware())
     assert len(cal.batches) == 80 and {b.concurrency for b in cal.batches} == {1.0}
     assert [b.lives for b in cal.batches] == lives  # batches regrouped, stop tokens counted
@@ -257,6 +260,67 @@ def test_concurrent_runs_are_found_on_the_timeline(tmp_path):
     assert cal.hw.step_layer_ms == pytest.approx(true.step_layer_ms, rel=1e-2)
     wrong = P.calibrate([tmp_path], concurrency=1)
     assert max(P.relative_errors(wrong)) > 0.1
+
+
+def _time_sliced(runs):
+    """A GPU shared by processes in equal time slices (processor sharing): ``runs`` = (start s, [phase work in
+    seconds alone]) per process; returns every phase's duration, per process."""
+    n = len(runs)
+    phase, left = [0] * n, [ph[0] for _, ph in runs]
+    begun, out = [None] * n, [[] for _ in runs]
+    t = min(start for start, _ in runs)
+    while True:
+        active = [i for i in range(n) if runs[i][0] <= t and phase[i] < len(runs[i][1])]
+        later = [runs[i][0] for i in range(n) if runs[i][0] > t]
+        if not active and not later:
+            return out
+        if not active:
+            t = min(later)
+            continue
+        for i in active:
+            begun[i] = t if begun[i] is None else begun[i]
+        rate = 1 / len(active)
+        step = min([left[i] / rate for i in active] + [x - t for x in later])
+        t += step
+        for i in active:
+            left[i] -= step * rate
+            if left[i] <= 1e-12:
+                out[i].append(t - begun[i])
+                phase[i], begun[i] = phase[i] + 1, None
+                if phase[i] < len(runs[i][1]):
+                    left[i] = runs[i][1][phase[i]]
+
+
+def test_calibration_on_a_time_sliced_gpu(tmp_path):
+    """Three runs of different work share one GPU in time slices (one starts later): auto recovers the rates
+    and predicts the recorded times far better than dividing by a concurrency."""
+    rng = random.Random()
+    true = _hw(rng)
+    t0 = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.timezone.utc)
+    plans = [(f"g{i}", rng.random(), _random_batches(rng, 25), i * rng.uniform(0, 30)) for i in range(3)]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    own = {}
+    for run_id, seed, batches, _ in plans:  # the work each batch does alone (the same seed writes it again below)
+        own[run_id] = _write_run(scratch / f"{run_id}.jsonl.gz", random.Random(seed), true, model="qwen2.5-coder-1.5b",
+                                 run_id=run_id, date=t0, batches=batches, prefill_tokens=65536)[1]  # fmt: skip
+    phases = [(offset, [x for pre_dec in own[run_id] for x in pre_dec]) for run_id, _, _, offset in plans]
+    durations = _time_sliced(phases)
+    records = tmp_path / "records"
+    records.mkdir()
+    for (run_id, seed, batches, offset), took in zip(plans, durations):
+        recorded = list(zip(took[0::2], took[1::2]))
+        _write_run(records / f"{run_id}.jsonl.gz", random.Random(seed), true, model="qwen2.5-coder-1.5b",
+                   run_id=run_id, date=t0 + dt.timedelta(seconds=offset), batches=batches, prefill_tokens=65536,
+                   recorded=recorded)  # fmt: skip
+    cal = P.calibrate([records])
+    assert max(b.concurrency for b in cal.batches) > 2.5
+    alone = sum(b.work.prefill_s(cal.hw) + b.work.decode_s(cal.hw) for b in cal.batches)
+    assert alone == pytest.approx(sum(p + d for run in own.values() for p, d in run), rel=0.03)
+    auto_err = max(P.relative_errors(cal))
+    mean = sum(b.concurrency * b.wall_s for b in cal.batches) / sum(b.wall_s for b in cal.batches)
+    divided_err = max(P.relative_errors(P.calibrate([records], concurrency=mean)))
+    assert auto_err < 0.1 and auto_err < divided_err / 2, (auto_err, divided_err)
 
 
 def test_fit_keeps_rates_the_records_cannot_tell_and_stays_non_negative():
