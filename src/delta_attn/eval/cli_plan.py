@@ -5,10 +5,10 @@ The model's shape (layers, widths, heads, vocabulary) is read without loading we
 the registry (no download needed), a .gguf file's from its header, a folder's from config.json.
 
 ``--calibrate PATH...`` fits the rates to the batch timings that ``eval ruler`` records carry and prints
-measured vs predicted seconds per method and length. Processes that shared one GPU slowed each other down:
-``--concurrency auto`` (default) reconstructs how many runs of one PATH overlapped each batch from the
-runs' start times; ``--concurrency K`` divides every measured time by K. The plan is in GPU minutes of
-exclusive use.
+recorded vs predicted seconds per method and length. Processes that shared one GPU slowed each other down:
+``--concurrency auto`` (default) lays the runs of one PATH on a timeline from their start times and predicts
+each recorded time as the batch's own GPU time plus the other runs' work meanwhile (a time-sliced GPU);
+``--concurrency K`` predicts K times the batch's own time. The plan is in GPU minutes of exclusive use.
 
 Example (the 13 RULER tasks at 16K and 32K, 7 methods, 30 samples, on Qwen, calibrated on an H100 run):
 
@@ -92,7 +92,14 @@ def add_arguments(p) -> None:
         default=None,
         help=f"as eval ruler's (default {DEFAULT_PREFILL_TOKENS})",
     )
-    common.add_seed_reserve(g)
+    from .ruler import DEFAULT_RESERVE
+
+    g.add_argument(
+        "--reserve",
+        type=opt.nonnegative_int,
+        default=DEFAULT_RESERVE,
+        help=f"prompt = length − reserve tokens, as eval ruler's (default {DEFAULT_RESERVE})",
+    )
     common.add_method_opts(p, "dense,sparse,recompute,delta")
     r = p.add_argument_group("rates (the starting point of --calibrate; defaults: an H200)")
     for flag, what in (
@@ -123,8 +130,8 @@ def add_arguments(p) -> None:
         "--concurrency",
         type=concurrency,
         default="auto",
-        help="eval processes that shared the GPU of the calibration runs: auto (from the runs' start times, per "
-        "PATH; default) or a number",
+        help="how the calibration runs shared the GPU: auto (the runs of one PATH time-sliced it, placed by their "
+        "start times; default) or K (every batch took K times its own GPU time)",
     )
 
 

@@ -27,14 +27,19 @@ and the GPU. The records of one batch are regrouped, each batch's work is counte
 a plan uses, and the rates are fitted by least squares on the relative error (non-negative, with a weak
 pull towards the starting rates so that a rate the records cannot tell apart stays where it was).
 
-**Concurrent processes share the GPU.** A batch measured while k eval processes ran on one GPU took about
-k times its own GPU time (time-slicing). The run header does not say how many processes shared the GPU,
-so the concurrency of each batch is reconstructed (``concurrency="auto"``): the runs of one calibration
-path are laid on a timeline (each run's batches back to back from its header's start time; every run is
-assumed to spend the same time loading before its first batch) and a batch's concurrency is the average
-number of runs active during it. ``concurrency=k`` instead divides every measured time by k. Plans are in
-**GPU minutes of exclusive use**: k concurrent processes need about the same total wall time (they slice
-one GPU), plus each process's model load.
+**Concurrent processes share the GPU.** Several ``eval ruler`` processes on one GPU are time-sliced: a
+batch's recorded time is its own GPU time plus the GPU time the other processes used meanwhile. The run
+header does not say how many processes shared the GPU, so with ``concurrency="auto"`` (the default) the
+runs of one calibration path are laid on a timeline (each run's batches back to back from its header's
+start time; every run is assumed to spend the same time loading before its first batch) and each
+recorded prefill or decode time is predicted as the batch's own work plus the other runs' work during it
+(each of their phases spread evenly over its interval), which keeps the fit linear in the rates
+(:func:`assign_concurrency`). ``concurrency=k`` instead predicts k times the batch's own time (runs of
+similar work all along). On the Qwen2.5-Coder-1.5B H100 records (4 processes) the time-sliced model fits
+each batch to 9 % (prefill) and 15 % (decode) RMS; dividing each batch's times by the average number of
+runs active during it fits them to only 16 % and 37 %.
+Plans are in **GPU minutes of exclusive use**: k processes sharing one GPU take about as long in all (it
+was kept busy), plus each process's model load.
 """
 
 from __future__ import annotations
@@ -632,12 +637,12 @@ def print_calibration(cal: Calibration, start: Hardware) -> None:
         "processes sharing the GPU) vs predicted, and predicted alone on the GPU"
     )
     print(
-        f"  {'model':<20} {'method':<14} {'length':>6} {'batches':>7} {'conc.':>5} | {'prefill s':>9} {'pred':>7} "
+        f"  {'model':<20} {'method':<22} {'length':>6} {'batches':>7} {'conc.':>5} | {'prefill s':>9} {'pred':>7} "
         f"{'ratio':>5} | {'decode s':>8} {'pred':>7} {'ratio':>5} | {'alone s':>7}"
     )
     for r in sorted(rows, key=lambda r: (r["device"], r["model"], r["length"], r["method"])):
         print(
-            f"  {r['model'][:20]:<20} {r['method'][:14]:<14} {r['length']:>6} {r['batches']:>7} "
+            f"  {r['model'][:20]:<20} {r['method'][:22]:<22} {r['length']:>6} {r['batches']:>7} "
             f"{r['concurrency']:>5.2f} | "
             f"{r['prefill_s']:9.1f} {r['prefill_pred_s']:7.1f} {_ratio(r['prefill_s'], r['prefill_pred_s'])} | "
             f"{r['decode_s']:8.1f} {r['decode_pred_s']:7.1f} {_ratio(r['decode_s'], r['decode_pred_s'])} | "
