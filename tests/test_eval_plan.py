@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from delta_attn.eval import plan as P
+from delta_attn.models import ModelShape, model_shape, shape_from_gguf
 from delta_attn.models.registry import NAMED_MODELS, local_copy
-from delta_attn.models.shape import ModelShape, model_shape, shape_from_gguf
 from tiny_gguf import write_tiny_gguf
 
 

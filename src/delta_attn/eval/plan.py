@@ -661,7 +661,7 @@ def print_calibration(cal: Calibration, start: Hardware) -> None:
 
 def print_plan(args) -> None:
     from ..cli_options import UsageError
-    from ..models.shape import model_shape
+    from ..models import model_shape
     from . import cli_common as common
     from .runner import parse_batch_sizes
 

@@ -57,6 +57,7 @@ from .registry import (
     missing_message,
     resolve,
 )
+from .shape import ModelShape, shape_from_hf_config
 
 SMOLLM2_WHEEL = SMOLLM2.parts[0].requirement
 SMOLLM2_GGUF = SMOLLM2.file_name
@@ -199,6 +200,70 @@ def model_info(model: str | Path | ModelRef | None = None) -> ModelInfo:
         raise ValueError(f"{path}: GGUF metadata lacks {missing}")
     named = BY_SHA256.get(sha)
     return ModelInfo(path.name, sha, int(meta[keys[0]]), int(meta[keys[1]]), named.name if named else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the shape (layers, widths, heads, vocabulary) without the weights: what the GPU cost model needs
+
+
+def shape_from_gguf(path: str | Path) -> ModelShape:
+    """The :class:`ModelShape` of a GGUF file from its header (no weights, no ``gguf`` package needed)."""
+    arch = read_gguf_metadata(path, ["general.architecture"]).get("general.architecture")
+    if not isinstance(arch, str):
+        raise ValueError(f"{path}: GGUF metadata lacks general.architecture")
+    keys = {
+        "layers": f"{arch}.block_count",
+        "hidden": f"{arch}.embedding_length",
+        "heads": f"{arch}.attention.head_count",
+        "ffn": f"{arch}.feed_forward_length",
+    }
+    optional = [f"{arch}.attention.head_count_kv", f"{arch}.attention.key_length", f"{arch}.vocab_size"]
+    if read_gguf_metadata(path, [f"{arch}.expert_count"]).get(f"{arch}.expert_count"):
+        raise ValueError(f"{path}: a mixture-of-experts model; the cost model counts dense MLPs only")
+    meta = read_gguf_metadata(path, [*keys.values(), *optional])
+    missing = [k for k in keys.values() if not isinstance(meta.get(k), int)]
+    if missing:
+        raise ValueError(f"{path}: GGUF metadata lacks {', '.join(missing)} (per-layer head counts are not supported)")
+    vocab = meta.get(f"{arch}.vocab_size")
+    if not isinstance(vocab, int):
+        vocab = read_gguf_metadata(path, ["tokenizer.ggml.tokens"], array_lengths=True).get("tokenizer.ggml.tokens")
+    if not isinstance(vocab, int):
+        raise ValueError(f"{path}: GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
+    heads, hidden = meta[keys["heads"]], meta[keys["hidden"]]
+    return ModelShape(
+        layers=meta[keys["layers"]],
+        hidden=hidden,
+        heads=heads,
+        kv_heads=meta.get(f"{arch}.attention.head_count_kv", heads),
+        head_dim=meta.get(f"{arch}.attention.key_length", hidden // heads),
+        ffn=meta[keys["ffn"]],
+        vocab=vocab,
+    )
+
+
+def model_shape(model: str | Path | None = None) -> ModelShape:
+    """The shape of ``--model NAME|PATH`` (None: the default model) without loading weights.
+
+    A named model's shape is its registry record's (the file need not be on this machine); a ``.gguf``
+    file's comes from its header, a Hugging Face folder's from ``config.json``. Raises ``ValueError`` naming
+    the problem (unknown name, missing file, header or config without the sizes).
+    """
+    text = DEFAULT_MODEL if model is None else str(model)
+    check_spec(text)
+    named = NAMED_MODELS.get(text)
+    if named is not None:
+        return named.shape
+    path = Path(text).expanduser()
+    if path.is_file():
+        return shape_from_gguf(path)
+    config = path / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{config} does not load ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{config} is not a JSON object")
+    return shape_from_hf_config(data, str(config))
 
 
 #: weight files whose names and sizes enter a folder's hash (hashing gigabytes of weights would take minutes)
@@ -521,6 +586,9 @@ __all__ = [
     "smollm2_gguf_path",
     "pull",
     "read_gguf_metadata",
+    "ModelShape",
+    "model_shape",
+    "shape_from_gguf",
     "file_sha256",
     "cache_root",
 ]

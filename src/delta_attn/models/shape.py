@@ -7,8 +7,13 @@ bytes. Sources, cheapest first:
   registry record, so a model that is not downloaded yet (a 1 GB Qwen file) can still be planned for;
 * a **``.gguf`` file**: its header (``<arch>.block_count``, ``.embedding_length``, ``.attention.head_count``
   ...), read by :func:`delta_attn.models.read_gguf_metadata` without the ``gguf`` package and without
-  decoding the vocabulary (only its length is counted when ``<arch>.vocab_size`` is absent);
-* a **Hugging Face folder**: its ``config.json`` (the ``text_config`` of a multimodal one).
+  decoding the vocabulary (only its length is counted when ``<arch>.vocab_size`` is absent):
+  :func:`delta_attn.models.shape_from_gguf`;
+* a **Hugging Face folder**: its ``config.json`` (the ``text_config`` of a multimodal one):
+  :func:`shape_from_hf_config`.
+
+:func:`delta_attn.models.model_shape` picks the source for a ``--model NAME|PATH``. This module imports
+nothing of the package (the registry's records hold a :class:`ModelShape`).
 
 Only dense decoder layers with a gated MLP (Llama, Qwen2, Mistral ...: three FFN matrices) are counted;
 a mixture-of-experts config is refused with a clear error rather than mis-counted.
@@ -16,9 +21,7 @@ a mixture-of-experts config is refused with a clear error rather than mis-counte
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -101,67 +104,3 @@ def shape_from_hf_config(config: dict, where: str = "config.json") -> ModelShape
         ffn=needed["intermediate_size"],
         vocab=needed["vocab_size"],
     )
-
-
-def shape_from_gguf(path: str | Path) -> ModelShape:
-    """The :class:`ModelShape` of a GGUF file from its header (no weights, no ``gguf`` package needed)."""
-    from . import read_gguf_metadata
-
-    arch = read_gguf_metadata(path, ["general.architecture"]).get("general.architecture")
-    if not isinstance(arch, str):
-        raise ValueError(f"{path}: GGUF metadata lacks general.architecture")
-    keys = {
-        "layers": f"{arch}.block_count",
-        "hidden": f"{arch}.embedding_length",
-        "heads": f"{arch}.attention.head_count",
-        "ffn": f"{arch}.feed_forward_length",
-    }
-    optional = [f"{arch}.attention.head_count_kv", f"{arch}.attention.key_length", f"{arch}.vocab_size"]
-    if read_gguf_metadata(path, [f"{arch}.expert_count"]).get(f"{arch}.expert_count"):
-        raise ValueError(f"{path}: a mixture-of-experts model; the cost model counts dense MLPs only")
-    meta = read_gguf_metadata(path, [*keys.values(), *optional])
-    missing = [k for k in keys.values() if not isinstance(meta.get(k), int)]
-    if missing:
-        raise ValueError(f"{path}: GGUF metadata lacks {', '.join(missing)} (per-layer head counts are not supported)")
-    vocab = meta.get(f"{arch}.vocab_size")
-    if not isinstance(vocab, int):
-        vocab = read_gguf_metadata(path, ["tokenizer.ggml.tokens"], array_lengths=True).get("tokenizer.ggml.tokens")
-    if not isinstance(vocab, int):
-        raise ValueError(f"{path}: GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
-    heads, hidden = meta[keys["heads"]], meta[keys["hidden"]]
-    return ModelShape(
-        layers=meta[keys["layers"]],
-        hidden=hidden,
-        heads=heads,
-        kv_heads=meta.get(f"{arch}.attention.head_count_kv", heads),
-        head_dim=meta.get(f"{arch}.attention.key_length", hidden // heads),
-        ffn=meta[keys["ffn"]],
-        vocab=vocab,
-    )
-
-
-def model_shape(model: str | Path | None = None) -> ModelShape:
-    """The shape of ``--model NAME|PATH`` (None: the default model) without loading weights.
-
-    A named model's shape is its registry record's (the file need not be on this machine); a ``.gguf``
-    file's comes from its header, a Hugging Face folder's from ``config.json``. Raises ``ValueError`` naming
-    the problem (unknown name, missing file, header or config without the sizes).
-    """
-    from .registry import DEFAULT_MODEL, NAMED_MODELS, check_spec
-
-    text = DEFAULT_MODEL if model is None else str(model)
-    check_spec(text)
-    named = NAMED_MODELS.get(text)
-    if named is not None:
-        return named.shape
-    path = Path(text).expanduser()
-    if path.is_file():
-        return shape_from_gguf(path)
-    config = path / "config.json"
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{config} does not load ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{config} is not a JSON object")
-    return shape_from_hf_config(data, str(config))
