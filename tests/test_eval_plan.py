@@ -405,6 +405,8 @@ def test_cli_plans_the_target_run_on_cpu(tmp_path, run_cli):
 def test_cli_errors_name_the_problem(tmp_path, run_cli):
     rc, err = run_cli(["eval", "plan", "--lengths", "16Q"])
     assert rc == 2 and "16K" in err
+    rc, err = run_cli(["eval", "plan", "--lengths", f"{random.randint(1, 383)}"])
+    assert rc == 2 and "fewer than" in err and "--lengths" in err
     empty = tmp_path / "empty"
     empty.mkdir()
     rc, err = run_cli(["eval", "plan", "--calibrate", empty])

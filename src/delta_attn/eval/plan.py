@@ -649,7 +649,7 @@ def print_calibration(cal: Calibration, start: Hardware) -> None:
             f"{r['alone_s']:7.1f}"
         )
     pre, dec = relative_errors(cal)
-    print(f"  per-batch RMS relative error: prefill {pre:.0%}, decode {dec:.0%} (ratio = measured / predicted)")
+    print(f"  per-batch RMS relative error: prefill {pre:.0%}, decode {dec:.0%} (ratio = recorded / predicted)")
     hw = cal.hw
     names = ("tflops", "attn_tflops", "layer_overhead_ms", "step_layer_ms", "hbm_tbs")
     print(
@@ -662,6 +662,7 @@ def print_calibration(cal: Calibration, start: Hardware) -> None:
 def print_plan(args) -> None:
     from ..cli_options import UsageError
     from ..models import model_shape
+    from ..models.registry import NAMED_MODELS
     from . import cli_common as common
     from .runner import parse_batch_sizes
 
@@ -694,20 +695,30 @@ def print_plan(args) -> None:
             prefill_tokens = max(b.prefill_tokens for b in same)
     batch_spec = batch_spec or DEFAULT_BATCH_SPEC
     prefill_tokens = prefill_tokens or DEFAULT_PREFILL_TOKENS
-    rows = plan(
-        methods,
-        args.lengths,
-        args.samples,
-        shape,
-        hw,
-        tasks=args.tasks,
-        batch_size=parse_batch_sizes(batch_spec),
-        prefill_tokens=prefill_tokens,
-        reserve=args.reserve,
-        typical_tokens=typical,
-    )
+    try:
+        rows = plan(
+            methods,
+            args.lengths,
+            args.samples,
+            shape,
+            hw,
+            tasks=args.tasks,
+            batch_size=parse_batch_sizes(batch_spec),
+            prefill_tokens=prefill_tokens,
+            reserve=args.reserve,
+            typical_tokens=typical,
+        )
+    except ValueError as exc:  # a length that leaves no prompt after --reserve
+        raise UsageError(f"--lengths: {exc}") from None
     bs = parse_batch_sizes(batch_spec)
     print(f"model: {model_name} — {shape.describe()}")
+    named = NAMED_MODELS.get(model_name)
+    beyond = [L for L in args.lengths if named is not None and L > named.context_length]
+    if beyond:
+        print(
+            f"note: {', '.join(map(str, beyond))} beyond {named.name}'s context of {named.context_length} tokens "
+            "(eval ruler refuses them unless --allow-overflow)"
+        )
     print(
         f"plan: {len(args.tasks)} tasks × {args.samples} samples × {len(args.lengths)} lengths × "
         f"{len(methods)} methods; "
