@@ -52,6 +52,16 @@ part() { echo; echo "== $1 (t = $(( $(date +%s) - T0 )) s, $(left) s left)"; }
 
 PARTS=" ${PARTS:-checks layer first e2e} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
+# seconds kept for the wanted parts after $1 (each part's usual cap): a part never eats its successors' time, and
+# parts left out of PARTS reserve nothing (a fixed reserve cut the checks to 5 s in a short call, 2026-12-06)
+after() {
+  local s=0 seen=0 p
+  for p in checks:90 layer:180 profile:60 first:45 e2e:190; do
+    [ "$seen" = 1 ] && want "${p%%:*}" && s=$((s + ${p##*:}))
+    [ "${p%%:*}" = "$1" ] && seen=1
+  done
+  echo "$s"
+}
 
 METHODS="cudnn,sparse,delta,delta+strided,delta+devtma,delta+hf,delta_auto,delta_l0.5,rows,rows+ips8,rows+ips16,rows+chunk16384,rows+bn128"
 DEFAULT_CHECKS="delta-stream-g4,delta-stream-big,delta-d64-b2-mha,delta-d80-g8,delta-g3-d128,delta-gamma48-unfused,dense-g4"
@@ -82,7 +92,7 @@ if [ "$DRY" = 1 ]; then
     > "$OUT/sm90_report.log" 2>&1
   echo "sm_90 compile: exit $?"; cat "$OUT/sm90_report.log" | cut -c1-160
 else
-  timeout "$(cap 90 370)" $PY -m delta_attn.bench.check --workers 8 --cases "$CHECKS" --out "$OUT/checks" \
+  timeout "$(cap 90 "$(after checks)")" $PY -m delta_attn.bench.check --workers 8 --cases "$CHECKS" --out "$OUT/checks" \
     > "$OUT/checks.log" 2>&1
   echo "exit $?"; tail -n 3 "$OUT/checks.log"
 fi
@@ -104,7 +114,7 @@ for m in sys.argv[1].split(","):
 print("method names ok:", sys.argv[1])
 PY
 else
-  timeout "$(cap 190 180)" $PY -m delta_attn.cli bench layer --lengths 128K,1M --methods "$METHODS" \
+  timeout "$(cap 190 "$(after layer)")" $PY -m delta_attn.cli bench layer --lengths 128K,1M --methods "$METHODS" \
     --dense-once-above 256K --budget 0.4 --reps 5 --warmup-length 3000 --out "$OUT/layer" > "$OUT/layer.log" 2>&1
   echo "exit $?"; grep -E "warm-up|  (128K|1M) " "$OUT/layer.log" | head -40
 fi
@@ -118,7 +128,7 @@ if [ "$DRY" = 1 ]; then
   TRITON_INTERPRET=1 timeout "$(cap 120 60)" $PY -m delta_attn.bench.profile --device cpu --length 300 --heads 4,2 \
     --head-dim 32 --reps 1 --top 6 --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
 else
-  timeout "$(cap 60 60)" $PY -m delta_attn.bench.profile --length 128K --methods delta,delta_auto,delta_autod,sparse \
+  timeout "$(cap 60 "$(after profile)")" $PY -m delta_attn.bench.profile --length 128K --methods delta,delta_auto,delta_autod,sparse \
     --reps 5 --top 10 --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
 fi
 echo "exit $?"; grep -v "^USDT\|^STAGE" "$OUT/profile.log" | tail -50
@@ -127,7 +137,7 @@ fi
 # ---- (c) no per-length cost --------------------------------------------------------------------------------
 if want first; then
 part "(c) first call at never-seen lengths after a warm-up at another"
-TC=$(cap 45 140); [ "$DRY" = 1 ] && TC=600  # the interpreter is slow
+TC=$(cap 45 "$(after first)"); [ "$DRY" = 1 ] && TC=600  # the interpreter is slow
 timeout "$TC" env DRY="$DRY" $( [ "$DRY" = 1 ] && echo TRITON_INTERPRET=1 ) $PY - "$OUT/first_call.json" <<'PY'
 import json, os, sys, time
 import torch

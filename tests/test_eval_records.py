@@ -262,3 +262,22 @@ def test_the_bundled_model_is_named_by_its_hash_under_any_file_name():
 
     assert model_name([{"model_id": "model.gguf@sha256:b179c9523d0e"}]) == "SmolLM2-135M-Instruct"
     assert model_name([{"model_id": "other.gguf@sha256:0123456789ab"}]) == "other.gguf"
+
+
+def test_report_tests_the_variants_against_delta_and_recompute_per_base(tmp_path):
+    """The λ variants and a second window get their own pooled tests: Δ > V and V > recompute, per base prefix."""
+    import random
+
+    rng = random.Random()
+    tight = "streaming_w32_s8+"
+    methods = ["dense", "sparse", "recompute", "delta", "delta_auto", tight + "delta", tight + "recompute"]
+    recs = [_run_header("r1")]
+    for m in methods:
+        recs += [dict(r, score=float(rng.random() < 0.5)) for r in _samples(m, _config(m), n=4)]
+    _write(tmp_path / "run" / "ruler.jsonl", recs)
+    inputs = Inputs.find([tmp_path / "run"])
+    text = results_document(inputs, Records.load(inputs.ruler), Records.load(inputs.ppl), n_resamples=99)
+    section = text[text.index("### Δ variants") : text.index("## Perplexity")]
+    for pair in ("delta > delta_auto", "delta_auto > recompute", f"{tight}delta > {tight}recompute"):
+        assert f"| {pair} | all |" in section, pair
+    assert "| delta > sparse |" not in section  # already in the main table, not repeated

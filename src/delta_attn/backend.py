@@ -233,8 +233,14 @@ def plan_call(
         dense_pos = pos
     elif config.mode == "sparse":
         dense_pos = pos[:0]
-    else:
-        dense_pos = pos[((pos % config.gamma) == 0) | (pos >= tail_start)]
+    else:  # the anchors jγ ≥ q_start below the tail, then the tail: two aranges, no boolean index (a host sync)
+        first_anchor = -(-q_start // config.gamma) * config.gamma
+        dense_pos = torch.cat(
+            [
+                torch.arange(first_anchor, max(first_anchor, min(tail_start, n_keys)), config.gamma, device=device),
+                torch.arange(min(max(tail_start, q_start), n_keys), n_keys, device=device),
+            ]
+        )
     plan = CallPlan(config, q_start, n_keys, prompt_len, tail_start, dense_pos)
     if not plan.has_body:
         return plan

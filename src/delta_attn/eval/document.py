@@ -321,6 +321,10 @@ def results_document(
     parts.append(
         tables.significance_table(d, pairs, n_resamples=n_resamples, per_task=True) if pairs else "_no method pairs._\n"
     )
+    extra_pairs = tables.variant_pairs(d.methods)
+    if extra_pairs:
+        parts.append("\n### Δ variants and other settings (pooled over tasks)\n")
+        parts.append(tables.significance_table(d, extra_pairs, n_resamples=n_resamples))
     parts.append("\n## Perplexity (PG-19 style, public-domain books)\n")
     parts.append(tables.ppl_table(ppl) + pic("ppl.png", "perplexity"))
     if cppl.records:

@@ -210,6 +210,34 @@ def default_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
     return [(a, b) for a, b in cand if a in methods and b in methods]
 
 
+def variant_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs that decide a recommendation among Δ's variants (pooled tests only, no per-task rows).
+
+    Methods group by their base prefix (``streaming_w512_s64+delta`` is in the group ``streaming_w512_s64+``;
+    unprefixed names in the group ""). In each group: Δ against sparse and recompute where
+    :func:`default_pairs` does not already test them, then every other ``delta_*`` variant V as
+    "Δ > V" and "V > recompute" — is the paper's λ = 1 better than V, and does V beat recompute.
+    """
+    groups: dict[str, list[str]] = {}
+    for m in methods:
+        prefix, _, core = m.rpartition("+")
+        groups.setdefault(prefix + "+" if prefix else "", []).append(core)
+    done = set(default_pairs(methods))
+    out: list[tuple[str, str]] = []
+    for prefix, cores in groups.items():
+        name = {c: prefix + c for c in cores}
+        if "delta" not in name:
+            continue
+        cand = [("delta", "sparse"), ("delta", "recompute"), ("recompute", "sparse")]
+        for v in sorted(c for c in cores if c.startswith("delta_") and c != "delta_g16"):
+            cand += [("delta", v), (v, "recompute")]
+        for a, b in cand:
+            pair = (name.get(a), name.get(b))
+            if None not in pair and pair not in done:
+                out.append(pair)
+    return out
+
+
 def significance_table(
     d: RulerData, pairs: Sequence[tuple[str, str]], *, n_resamples: int = 9999, seed: int = 0, per_task: bool = False
 ) -> str:
