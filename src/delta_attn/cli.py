@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .cli_options import UsageError
     from .data.texts import TextsMissingError
-    from .models import ModelMissingError
+    from .models import ModelMissingError, RopeScalingError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = int(args.func(args) or 0)
-    except (UsageError, ModelMissingError, TextsMissingError) as exc:
+    except (UsageError, ModelMissingError, TextsMissingError, RopeScalingError) as exc:
         command = " ".join(x for x in (args.command, getattr(args, "eval_command", None)) if x)
         print(f"delta-attn {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -65,7 +65,7 @@ def run(args) -> int:
     config = opt.delta_config(args)
     if args.chunk_size and not config.is_causal:
         raise opt.UsageError(f"--chunk-size {args.chunk_size}: {config.non_causal_problem('it cannot run chunked')}")
-    info = model_info(args.model)
+    info = model_info(args.model, rope_scaling=args.rope_scaling)
     _check_dense_layers(args.dense_layers, info.num_layers)
     opt.check_device(args.device)
 
@@ -81,7 +81,7 @@ def run(args) -> int:
 
         text = chat_frame(tokenizer).render(text)
     ids = tokenizer(text, add_special_tokens=args.raw)["input_ids"]
-    opt.check_fits_context(len(ids), info.context_length, args.allow_overflow)
+    opt.check_fits_context(len(ids), info.context_length, args.allow_overflow, note=info.context_note)
     max_new = args.max_new_tokens
     if not args.allow_overflow and len(ids) + max_new > info.context_length:
         max_new = info.context_length - len(ids)
@@ -92,7 +92,7 @@ def run(args) -> int:
             f"({opt.OVERFLOW_OPTION} to go past it)"
         )
 
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=args.device, rope_scaling=args.rope_scaling)
     enable(model, config)
     print(
         f"[{len(ids)} prompt tokens; {config.mode} prefill ({config.method_name} sink {config.sink} + window "

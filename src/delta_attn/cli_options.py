@@ -215,15 +215,18 @@ def check_device(name: str | None) -> None:
         raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
-def check_fits_context(tokens: int, context: int, allow_overflow: bool, *, what: str = "the prompt") -> None:
+def check_fits_context(
+    tokens: int, context: int, allow_overflow: bool, *, what: str = "the prompt", note: str = ""
+) -> None:
     """The shared context-length check of ``generate``, ``demo`` and ``eval``.
 
     ``tokens`` (a prompt, or a nominal length) longer than the model's ``context`` is a
-    :class:`UsageError` naming the option that allows it, unless ``allow_overflow``.
+    :class:`UsageError` naming the option that allows it, unless ``allow_overflow``. ``note`` says where a
+    rope-scaled context comes from (:attr:`delta_attn.models.ModelInfo.context_note`).
     """
     if tokens > context and not allow_overflow:
         raise UsageError(
-            f"{what}: {tokens} tokens exceed the model's context of {context}; shorten it, or pass "
+            f"{what}: {tokens} tokens exceed the model's context of {context}{note}; shorten it, or pass "
             f"{OVERFLOW_OPTION} to run past the context anyway (outputs degrade)"
         )
 
@@ -252,6 +255,17 @@ def model_spec(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def rope_scaling(text: str):
+    """``--rope-scaling``: ``none``, ``yarn:FACTOR`` or ``yarn:FACTOR:ORIGINAL_CONTEXT``, as a
+    :class:`~delta_attn.models.rope.RopeScaling` (None for ``none``)."""
+    from .models.rope import parse_rope_scaling
+
+    try:
+        return parse_rope_scaling(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_command(subparsers, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
     """The parser of command ``name``: ``help`` in the command list, ``doc`` (its module docstring) as written
     at the top of its ``--help``."""
@@ -267,8 +281,8 @@ def add_dense_layers_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_model_options(p: argparse.ArgumentParser, *, dtype: bool = False) -> None:
-    """``--model --device --threads`` (``--dtype`` too when asked): which model runs where."""
+def add_model_options(p: argparse.ArgumentParser, *, dtype: bool = False, rope: bool = True) -> None:
+    """``--model --device --threads`` (``--dtype`` and ``--rope-scaling`` too when asked): which model runs where."""
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -278,6 +292,15 @@ def add_model_options(p: argparse.ArgumentParser, *, dtype: bool = False) -> Non
         help="smollm2-135m (default), qwen2.5-coder-1.5b (fetch it first: delta-attn models pull NAME), "
         "a .gguf file or a Hugging Face model folder",
     )
+    if rope:
+        g.add_argument(
+            "--rope-scaling",
+            type=rope_scaling,
+            default=None,
+            metavar="none|yarn:F[:N]",
+            help="stretch RoPE to run past the trained context: yarn:4 (factor 4 over the model's context) or "
+            "yarn:4:32768 (over N tokens); applied as the model loads, recorded with every result (default none)",
+        )
     # the option's old name, for GGUF files only (kept so existing scripts run; not shown in --help)
     g.add_argument("--gguf", dest="model", type=gguf_model_file, help=argparse.SUPPRESS)
     g.add_argument(

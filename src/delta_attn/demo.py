@@ -266,8 +266,10 @@ def _check(args) -> tuple[dict, object]:
 
     if args.min_depth > args.max_depth:
         raise opt.UsageError(f"--min-depth {args.min_depth} is deeper than --max-depth {args.max_depth}")
-    info = model_info(args.model)
-    opt.check_fits_context(args.length, info.context_length, args.allow_overflow, what="--length")
+    info = model_info(args.model, rope_scaling=args.rope_scaling)
+    opt.check_fits_context(
+        args.length, info.context_length, args.allow_overflow, what="--length", note=info.context_note
+    )
     opt.check_device(args.device)
     configs = {m: opt.delta_config(args, f"method {m}", mode=m) for m in args.methods}
     return configs, info
@@ -290,8 +292,8 @@ def run(args) -> int:
     except ValueError as exc:  # the length or the needle count does not fit
         raise opt.UsageError(str(exc)) from None
     max_new_tokens = args.max_new_tokens or answer_budget(tokenizer, hays)
-    print(f"loading {info.title} ({info.file}) ...", flush=True)
-    model, tokenizer = load_model(args.model, device=args.device)
+    print(f"loading {info.title} ({info.file}){info.context_note} ...", flush=True)
+    model, tokenizer = load_model(args.model, device=args.device, rope_scaling=args.rope_scaling)
     device = next(model.parameters()).device
     n_mean = sum(h.prompt_len for h in hays) / len(hays)
     print(

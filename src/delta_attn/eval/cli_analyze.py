@@ -81,9 +81,7 @@ def run(args) -> int:
     sweep = common.methods(args, args.sweep, "--sweep") if args.sweep.strip() else []
     (base,) = common.methods(args, "sparse", "--base")
     info = common.model_info(args)
-    common.check_lengths(
-        [args.length], info.context_length, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS, what="--length"
-    )
+    common.check_lengths([args.length], info, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS, what="--length")
     if ruler.task_spec(args.task).needs_texts:
         common.check_texts(ESSAY_BOOKS, args.texts_dir)
     device, dtype = common.device_and_dtype(args)

@@ -50,18 +50,30 @@ def device_and_dtype(args) -> tuple:
 
 
 def model_info(args):
-    """Facts of ``--model`` (context, layers, id for the records) read from its header or config.json."""
+    """Facts of ``--model`` (context, layers, id for the records) read from its header or config.json; with
+    ``--rope-scaling`` the context is the scaled one and the scaling is resolved (``yarn:4`` -> ``yarn:4:32768``)."""
     from ..models import model_info as info
 
-    return info(args.model)
+    facts = info(args.model, rope_scaling=getattr(args, "rope_scaling", None))
+    if facts.rope_scaling is not None:
+        print(
+            f"delta-attn: --rope-scaling {facts.rope_spec}: lengths up to {facts.context_length} tokens are allowed"
+            f"{facts.context_note}; results past {facts.trained_context} are exploratory",
+            file=sys.stderr,
+            flush=True,
+        )
+    return facts
 
 
-def check_lengths(lengths: Sequence[int], context: int, args, *, minimum: int = 1, what: str = "--lengths") -> None:
-    """Each length >= ``minimum`` and within the model's context (unless ``--allow-overflow``)."""
+def check_lengths(lengths: Sequence[int], info, args, *, minimum: int = 1, what: str = "--lengths") -> None:
+    """Each length >= ``minimum`` and within the context of the model ``info`` describes (a rope-scaled one's is
+    factor × its trained context), unless ``--allow-overflow``."""
     for length in lengths:
         if length < minimum:
             raise UsageError(f"{what} {length}: must be at least {minimum}")
-        check_fits_context(length, context, args.allow_overflow, what=f"{what} {length}")
+        check_fits_context(
+            length, info.context_length, args.allow_overflow, what=f"{what} {length}", note=info.context_note
+        )
 
 
 def check_texts(books: Sequence[str], texts_dir) -> None:
@@ -88,7 +100,7 @@ def load_model(args, device, dtype):
 
     from ..models import load_model as load
 
-    model, tok = load(args.model, device="cpu", dtype=torch.float32)
+    model, tok = load(args.model, device="cpu", dtype=torch.float32, rope_scaling=getattr(args, "rope_scaling", None))
     return model.to(device=device, dtype=dtype).eval(), tok
 
 
@@ -117,7 +129,7 @@ def prompt_settings(args, info, dtype) -> dict:
     seed, prompt): the ``config`` its result file records, compared before redoing it."""
     from . import ruler
 
-    return {
+    settings = {
         "model": info.model_id,
         "dtype": dtype_name(dtype),
         "seed": args.seed,
@@ -129,6 +141,9 @@ def prompt_settings(args, info, dtype) -> dict:
             "format": ruler.PROMPT_FORMAT,
         },
     }
+    if info.rope_spec is not None:  # only when set: results written before the option keep matching unscaled runs
+        settings["rope_scaling"] = info.rope_spec
+    return settings
 
 
 def result_meta(path: Path) -> tuple[dict | None, bool]:

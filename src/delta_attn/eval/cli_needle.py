@@ -62,9 +62,7 @@ def run(args) -> int:
     deadline = Deadline(args.time_limit, start=common.START)
     methods = common.methods(args)
     info = common.model_info(args)
-    common.check_lengths(
-        [args.length], info.context_length, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS, what="--length"
-    )
+    common.check_lengths([args.length], info, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS, what="--length")
     spec = ruler.task_spec(args.task)
     if spec.family != "niah":
         raise UsageError(f"--task {args.task}: the needle analysis needs a NIAH task (it has needle positions)")

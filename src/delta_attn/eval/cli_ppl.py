@@ -52,7 +52,7 @@ def run(args) -> int:
 
     deadline = Deadline(args.time_limit, start=common.START)
     info = common.model_info(args)
-    common.check_lengths(args.lengths, info.context_length, args, minimum=2)
+    common.check_lengths(args.lengths, info, args, minimum=2)
     conts = check_continuations(args.continuation, args.lengths)
     common.check_texts(PPL_BOOKS[: args.docs], args.texts_dir)
     device, dtype = common.device_and_dtype(args)
@@ -63,7 +63,11 @@ def run(args) -> int:
         return 0
     configs = {
         m.name: record_config(
-            m.canonical(), model=info.model_id, dtype=common.dtype_name(dtype), prompt={"format": DOC_FORMAT}
+            m.canonical(),
+            model=info.model_id,
+            dtype=common.dtype_name(dtype),
+            prompt={"format": DOC_FORMAT},
+            rope_scaling=info.rope_spec,
         )
         for m in methods
     }

@@ -119,7 +119,7 @@ def run(args) -> int:
     deadline = Deadline(args.time_limit, start=common.START)
     tasks, lengths = args.tasks, args.lengths
     info = common.model_info(args)
-    common.check_lengths(lengths, info.context_length, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS)
+    common.check_lengths(lengths, info, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS)
     if any(ruler.task_spec(t).needs_texts for t in tasks):
         common.check_texts(ESSAY_BOOKS, args.texts_dir)
     device, dtype = common.device_and_dtype(args)
@@ -132,7 +132,12 @@ def run(args) -> int:
     prompt = {"reserve": args.reserve, "chat": True, "format": ruler.PROMPT_FORMAT}
     configs = {
         m.name: record_config(
-            m.canonical(), model=info.model_id, dtype=common.dtype_name(dtype), prompt=prompt, seed=args.seed
+            m.canonical(),
+            model=info.model_id,
+            dtype=common.dtype_name(dtype),
+            prompt=prompt,
+            seed=args.seed,
+            rope_scaling=info.rope_spec,
         )
         for m in methods
     }

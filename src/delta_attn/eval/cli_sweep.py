@@ -75,11 +75,9 @@ def run(args) -> int:
     info = common.model_info(args)
     length, tasks = args.length, (args.tasks if args.samples else [])
     if tasks:
-        common.check_lengths(
-            [length], info.context_length, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS, what="--length"
-        )
+        common.check_lengths([length], info, args, minimum=args.reserve + ruler.MIN_PROMPT_TOKENS, what="--length")
     else:
-        common.check_lengths([length], info.context_length, args, minimum=2, what="--length")
+        common.check_lengths([length], info, args, minimum=2, what="--length")
     conts = check_continuations(args.continuation, [length]) if args.ppl_docs else []
     if any(ruler.TASKS[t].params.get("haystack") == "essay" or ruler.TASKS[t].is_qa for t in tasks):
         common.check_texts(ESSAY_BOOKS, args.texts_dir)
@@ -94,12 +92,17 @@ def run(args) -> int:
     )
     dtype_s = common.dtype_name(dtype)
     prompt = {"reserve": args.reserve, "chat": True, "format": ruler.PROMPT_FORMAT}
+    rope = info.rope_spec
     ruler_cfg = {
-        m.name: record_config(m.canonical(), model=info.model_id, dtype=dtype_s, prompt=prompt, seed=args.seed)
+        m.name: record_config(
+            m.canonical(), model=info.model_id, dtype=dtype_s, prompt=prompt, seed=args.seed, rope_scaling=rope
+        )
         for m in methods
     }
     cppl_cfg = {
-        m.name: record_config(m.canonical(), model=info.model_id, dtype=dtype_s, prompt={"format": DOC_FORMAT})
+        m.name: record_config(
+            m.canonical(), model=info.model_id, dtype=dtype_s, prompt={"format": DOC_FORMAT}, rope_scaling=rope
+        )
         for m in methods
     }
     scope = {(t, length, i, m.name, args.seed) for t in tasks for i in range(args.samples) for m in methods}

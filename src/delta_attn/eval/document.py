@@ -149,6 +149,12 @@ def setup_section(
         f"on {_one_or_list(_device(r) for r in runs)}; greedy decoding, "
         "dense over the full cache for every method.",
     ]
+    ropes = sorted({str(c.get("rope_scaling", "none")) for c in configs})
+    if ropes != ["none"]:  # a setting of the model, not of a method: say it once, above the method legend
+        lines.append(
+            f"- **Rope scaling**: {', '.join(ropes)} (`--rope-scaling`; rows run past the model's trained context "
+            "with it are exploratory, and a method name with several settings is labelled with its rope_scaling)."
+        )
     ppl_labels = [m for L in ppl.lengths for m in ppl.common_docs(L)[0]]
     if cppl is not None:
         ppl_labels += [m for L, M in cppl.cells for m in cppl.ppl(L, M)[0]]

@@ -15,9 +15,10 @@ Every line is one JSON object with a ``record`` field:
 
 ``config`` is everything that decides a record's result: the method's canonical settings
 (:func:`delta_attn.methods.canonical_config`), the model id (file name + sha256), the dtype, the
-prompt seed and the prompt format. A resumed run reuses a record only when its key *and* its config
-match (:mod:`delta_attn.eval.resume`). Records written before configs were recorded get theirs back
-from their run header (:func:`config_of`); their model hash is unknown.
+prompt seed and the prompt format, and the model's rope scaling when it ran with ``--rope-scaling``. A
+resumed run reuses a record only when its key *and* its config match (:mod:`delta_attn.eval.resume`).
+Records written before configs were recorded get theirs back from their run header (:func:`config_of`);
+their model hash is unknown.
 
 A line cut off by a killed run is never appended to: :class:`JsonlWriter` starts a new line (and
 warns), and readers count the lines they skip (:class:`Records`).
@@ -165,11 +166,25 @@ def _stderr(msg: str) -> None:
 # what decides a record's result
 
 
-def record_config(method_config: dict, *, model: str, dtype: str, prompt: dict, seed: int | None = None) -> dict:
-    """The ``config`` of a record: the method's canonical settings and everything else its result depends on."""
+def record_config(
+    method_config: dict,
+    *,
+    model: str,
+    dtype: str,
+    prompt: dict,
+    seed: int | None = None,
+    rope_scaling: str | None = None,
+) -> dict:
+    """The ``config`` of a record: the method's canonical settings and everything else its result depends on.
+
+    ``rope_scaling`` (``yarn:4:32768``, see :mod:`delta_attn.models.rope`) is a key only when the model ran
+    scaled, so records written before the option existed still match unscaled runs, and scaled ones never do.
+    """
     cfg = {"method": method_config, "model": model, "dtype": dtype, "prompt": dict(sorted(prompt.items()))}
     if seed is not None:
         cfg["seed"] = seed
+    if rope_scaling is not None:
+        cfg["rope_scaling"] = rope_scaling
     return dict(sorted(cfg.items()))
 
 
@@ -248,6 +263,9 @@ def run_info(args=None, model=None, extra: dict | None = None, *, model_info=Non
         info["model_id"] = model_info.model_id
         info["model_sha256"] = model_info.sha256
         info["context_length"] = model_info.context_length
+        if model_info.rope_scaling is not None:
+            info["rope_scaling"] = model_info.rope_spec
+            info["trained_context"] = model_info.trained_context
     if model is not None:
         p = next(model.parameters())
         info["device"] = str(p.device)

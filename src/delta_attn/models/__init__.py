@@ -24,6 +24,9 @@ Start-up cost and how it is avoided:
 * :func:`model_info` reads the context length and layer count from the GGUF header (without the ``gguf``
   package, whose reader parses the whole vocabulary) or from ``config.json``, so the command line can check
   arguments against the model before loading it.
+
+``--rope-scaling yarn:FACTOR`` (:mod:`delta_attn.models.rope`) is applied to the config each time the weights
+load, never written into the cache folder: that folder stays the model as trained, keyed by the GGUF alone.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import struct
 import sys
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -57,6 +60,7 @@ from .registry import (
     missing_message,
     resolve,
 )
+from .rope import RopeScaling, RopeScalingError, check_applied, check_model_type, parse_rope_scaling, scaled_config
 from .shape import ModelShape, shape_from_hf_config
 
 SMOLLM2_WHEEL = SMOLLM2.parts[0].requirement
@@ -163,6 +167,20 @@ class ModelInfo:
     context_length: int  # tokens
     num_layers: int
     name: str | None = None  # the registry name when the file is a named model (by its sha256)
+    rope_scaling: RopeScaling | None = None  # resolved (original filled in); context_length is then factor × it
+    trained_context: int | None = None  # the context of the file's header or config.json when rope_scaling is set
+
+    @property
+    def context_note(self) -> str:
+        """How messages explain a scaled context: `` (YaRN factor 4 over the trained 32768)``; empty if unscaled."""
+        if self.rope_scaling is None:
+            return ""
+        return f" ({self.rope_scaling.title} over the trained {self.rope_scaling.original})"
+
+    @property
+    def rope_spec(self) -> str | None:
+        """``yarn:4:32768`` when the model runs rope-scaled, else None: what result records carry."""
+        return self.rope_scaling.spec if self.rope_scaling is not None else None
 
     @property
     def model_id(self) -> str:
@@ -178,10 +196,43 @@ class ModelInfo:
         return named.title if named is not None else self.file
 
 
-def model_info(model: str | Path | ModelRef | None = None) -> ModelInfo:
+def model_info(model: str | Path | ModelRef | None = None, rope_scaling: RopeScaling | None = None) -> ModelInfo:
     """Context length, layer count and a content hash of a model (default ``smollm2-135m``), without loading
     its weights. A file that claims to be a named model (fetched under its name) but has another hash is
-    refused: it is damaged."""
+    refused: it is damaged.
+
+    With ``rope_scaling`` the context length is ``factor × original`` (the trained context is kept in
+    ``trained_context``); a model type whose transformers config has no RoPE parameters, or a folder whose
+    config already scales its RoPE, is a :class:`RopeScalingError` here, before anything loads."""
+    info = _unscaled_info(model)
+    if rope_scaling is None:
+        return info
+    ref = _resolve(model)
+    _check_rope_scalable(ref)
+    resolved = rope_scaling.resolved(info.context_length)
+    return replace(
+        info, context_length=resolved.context_length, rope_scaling=resolved, trained_context=info.context_length
+    )
+
+
+def _check_rope_scalable(ref: ModelRef) -> None:
+    """The cheap half of the rope-scaling checks (no weights): the model type, and a folder's existing scaling."""
+    if ref.is_gguf:  # transformers maps GGUF architectures to model types of the same name (qwen2, llama, ...)
+        check_model_type(read_gguf_metadata(ref.path, ["general.architecture"]).get("general.architecture"), ref.label)
+        return
+    config = json.loads((ref.path / "config.json").read_text(encoding="utf-8"))
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    check_model_type(text.get("model_type", config.get("model_type")), ref.label)
+    for key in ("rope_scaling", "rope_parameters"):
+        params = text.get(key)
+        if isinstance(params, dict) and params.get("rope_type", params.get("type", "default")) != "default":
+            raise RopeScalingError(
+                f"{ref.label}: its config.json already scales its RoPE ({key}: {params}); pass --rope-scaling none "
+                "(the default) to run it as configured"
+            )
+
+
+def _unscaled_info(model: str | Path | ModelRef | None) -> ModelInfo:
     ref = _resolve(model)
     if not ref.is_gguf:
         return _folder_info(ref.path)
@@ -387,14 +438,21 @@ def _quiet_transformers():
     return quiet()
 
 
-def _from_gguf(path: Path):
-    """(model, tokenizer) de-quantised from the GGUF: float32, CPU (~20 s on 2 cores)."""
+def _from_gguf(path: Path, rope_scaling: RopeScaling | None = None):
+    """(model, tokenizer) de-quantised from the GGUF: float32, CPU (~20 s on 2 cores); ``rope_scaling`` is set in
+    the config before the weights load."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        more = {}
+        if rope_scaling is not None:
+            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+            more["config"] = scaled_config(config, rope_scaling, path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32, **more)
+    if rope_scaling is not None:
+        check_applied(model, rope_scaling, path.name)
     # The weights are de-quantised to plain float32 tensors: drop the GGUF "quantizer" so the model can be
     # moved/cast like any other (transformers refuses .to(dtype) on models it believes are quantised).
     model.hf_quantizer = None
@@ -413,13 +471,21 @@ def _folder_tokenizer(folder: str):
         return AutoTokenizer.from_pretrained(folder)
 
 
-def _from_folder(folder: Path):
+def _from_folder(folder: Path, rope_scaling: RopeScaling | None = None, label: str | None = None):
+    """(model, tokenizer) of a Hugging Face folder; ``rope_scaling`` is set in a copy of its config before the
+    weights load (the folder itself is never changed). ``label`` names the model in errors."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     tokenizer = _folder_tokenizer(str(folder))
     with _quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        more = {}
+        if rope_scaling is not None:
+            config = scaled_config(AutoConfig.from_pretrained(folder), rope_scaling, label or str(folder))
+            more["config"] = config
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **more)
+    if rope_scaling is not None:
+        check_applied(model, rope_scaling, label or str(folder))
     return model, tokenizer
 
 
@@ -443,26 +509,31 @@ def _save_cache(model, tokenizer, folder: Path, sha: str, source: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_cpu_model(model: str | Path | ModelRef | None = None, *, use_cache: bool = True):
+def load_cpu_model(
+    model: str | Path | ModelRef | None = None, *, use_cache: bool = True, rope_scaling: RopeScaling | None = None
+):
     """(model, tokenizer) in float32 on CPU: from the cache folder, else from the GGUF (then cached); a
-    Hugging Face folder is read as is.
+    Hugging Face folder is read as is. ``rope_scaling`` (e.g. YaRN) is applied to the config as the weights
+    load; the cache folder always holds the unscaled model.
 
     Not copied: callers that modify the model should use :func:`load_model`.
     """
     ref = _resolve(model)
     path = ref.path
     if not ref.is_gguf:
-        return _from_folder(path)
+        return _from_folder(path, rope_scaling, ref.label)
     if not use_cache:
-        return _from_gguf(path)
+        return _from_gguf(path, rope_scaling)
     sha = file_sha256(path)
     folder = cache_root() / "models" / sha[:16]
     if folder.exists():
         problem = _manifest_problem(folder, sha)
         if problem is None:
             try:
-                return _from_folder(folder)
-            except Exception as exc:  # any failure to read it back means the folder is damaged
+                return _from_folder(folder, rope_scaling, ref.label)
+            except RopeScalingError:  # the model refuses the scaling: not a damaged folder
+                raise
+            except Exception as exc:  # any other failure to read it back means the folder is damaged
                 problem = f"it does not load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         _warn(f"the model cache {folder} is damaged ({problem}); rebuilding it from {path}")
         shutil.rmtree(folder, ignore_errors=True)
@@ -470,22 +541,32 @@ def load_cpu_model(model: str | Path | ModelRef | None = None, *, use_cache: boo
     else:
         seconds = "~20 s" if path.stat().st_size < 300e6 else "~1 min"  # 98 MB SmolLM2 / 1.1 GB Qwen 1.5B
         _warn(f"first start: de-quantising {path.name} once ({seconds} on 2 cores); later starts read {folder}")
-    loaded, tokenizer = _from_gguf(path)
+    loaded, tokenizer = _from_gguf(path)  # unscaled: the cache holds the model as trained
     try:
         _save_cache(loaded, tokenizer, folder, sha, path)
     except OSError as exc:
         _warn(f"could not write the model cache {folder} ({exc}); the next start parses the GGUF again")
+        return (_from_gguf(path, rope_scaling)) if rope_scaling is not None else (loaded, tokenizer)
+    if rope_scaling is not None:  # the weights again from the fresh folder (seconds), now with the scaled config
+        return _from_folder(folder, rope_scaling, ref.label)
     return loaded, tokenizer
 
 
 @lru_cache(maxsize=2)
-def _load_cpu(path: str, is_gguf: bool, use_cache: bool):
-    """Parsed once per process; :func:`load_model` hands out copies."""
-    model, tokenizer = load_cpu_model(ModelRef(Path(path), is_gguf), use_cache=use_cache)
+def _load_cpu(path: str, is_gguf: bool, use_cache: bool, rope_scaling: RopeScaling | None = None):
+    """Parsed once per process (per rope scaling); :func:`load_model` hands out copies."""
+    model, tokenizer = load_cpu_model(ModelRef(Path(path), is_gguf), use_cache=use_cache, rope_scaling=rope_scaling)
     return model.eval(), tokenizer
 
 
-def load_model(model: str | Path | ModelRef | None = None, device=None, dtype=None, *, use_cache: bool = True) -> tuple:
+def load_model(
+    model: str | Path | ModelRef | None = None,
+    device=None,
+    dtype=None,
+    *,
+    use_cache: bool = True,
+    rope_scaling: RopeScaling | None = None,
+) -> tuple:
     """Load a model offline; returns ``(model, tokenizer)``.
 
     Args:
@@ -494,6 +575,8 @@ def load_model(model: str | Path | ModelRef | None = None, device=None, dtype=No
         device: torch device (default ``"cuda"`` if available, else ``"cpu"``).
         dtype: torch dtype (default float32 on CPU, bfloat16 on CUDA).
         use_cache: read/write a GGUF's de-quantised copy under the cache folder (see the module docstring).
+        rope_scaling: e.g. YaRN (:mod:`delta_attn.models.rope`), set in the config before the weights load
+            (never in the cache folder); a model that cannot take it raises :class:`RopeScalingError`.
     Each call returns a fresh copy (enable/disable, ``.to()`` on one do not touch another); the model is
     loaded once per process, and copies share the weights' memory until moved or cast, so in-place edits
     of a weight tensor would show in every copy. The tokenizer pads on the left (what batched generation
@@ -503,7 +586,7 @@ def load_model(model: str | Path | ModelRef | None = None, device=None, dtype=No
     import torch
 
     ref = _resolve(model)
-    loaded, tokenizer = _load_cpu(str(ref.path), ref.is_gguf, use_cache)
+    loaded, tokenizer = _load_cpu(str(ref.path), ref.is_gguf, use_cache, rope_scaling)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -576,6 +659,9 @@ __all__ = [
     "ModelInfo",
     "ModelMissingError",
     "ModelFetchError",
+    "RopeScaling",
+    "RopeScalingError",
+    "parse_rope_scaling",
     "resolve",
     "check_spec",
     "model_info",

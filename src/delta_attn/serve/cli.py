@@ -220,6 +220,6 @@ def register(subparsers) -> None:
         help=f"prefill in chunks of this many tokens (default {DEFAULT_CHUNK}); 0: the whole prompt in one "
         "forward, which non-causal settings (--interp linear, --delta-scale auto-global, --extra-anchors) need",
     )
-    opt.add_model_options(p, dtype=True)
+    opt.add_model_options(p, dtype=True, rope=False)  # the server loads through serve.loading, unscaled
     opt.add_overflow_option(p)
     p.set_defaults(func=run, fast_exit=True)
