@@ -717,7 +717,8 @@ def print_plan(args) -> None:
     if beyond:
         print(
             f"note: {', '.join(map(str, beyond))} beyond {named.name}'s context of {named.context_length} tokens "
-            "(eval ruler refuses them unless --allow-overflow)"
+            "(eval ruler refuses them unless --rope-scaling yarn:F stretches the context F times, an exploratory "
+            "setting, or --allow-overflow)"
         )
     print(
         f"plan: {len(args.tasks)} tasks × {args.samples} samples × {len(args.lengths)} lengths × "
