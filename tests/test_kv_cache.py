@@ -10,6 +10,7 @@ from transformers import DynamicCache
 
 import delta_attn
 from delta_attn import DeltaConfig
+from delta_attn.hf import DECODE_ROOM
 from delta_attn.kv_cache import PreallocatedCache, PreallocatedLayer
 from tiny_models import continue_greedily, rand_ids, tiny_llama
 
@@ -146,7 +147,12 @@ def test_left_padded_batch_same_as_dynamic_cache(model):
         torch.testing.assert_close(mine.values * real, theirs.values * real, atol=0, rtol=0)
 
 
-def test_the_default_cache_is_dynamic(model):
+def test_the_default_cache_is_in_place_with_room_to_decode(model):
     delta_attn.enable(model, DELTA)
-    out = delta_attn.chunked_prefill(model, rand_ids(1, 100), chunk_size=32)
-    assert type(out.past_key_values) is DynamicCache and out.past_key_values.get_seq_length() == 100
+    ids = rand_ids(1, 100)
+    out = delta_attn.chunked_prefill(model, ids, chunk_size=32)
+    cache = out.past_key_values
+    assert type(cache) is PreallocatedCache and cache.get_seq_length() == 100
+    assert cache.layers[0].key_buffer.shape[2] >= 100 + DECODE_ROOM  # one buffer: decoding does not re-copy it
+    ref = delta_attn.chunked_prefill(model, ids, chunk_size=32, past_key_values=DynamicCache(config=model.config))
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-6, rtol=1e-5)

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from .compat import cache_argument, last_logits_only, left_padding_position_ids
 from .decoding import GenerationResult, Prefilled, SamplingParams, decode
-from .hf import PrefillState, delta_binding, derive_left_padding
+from .hf import DECODE_ROOM, PrefillState, delta_binding, derive_left_padding
 from .kv_cache import PreallocatedCache
 
 
@@ -148,18 +148,18 @@ def chunked_prefill(
             begun by an earlier call (then pass that call's ``past_key_values`` and ``state``).
         attention_mask: (B, cached + N), 1 for real tokens, 0 for left padding (default all ones).
         chunk_size: tokens per forward (a multiple of γ keeps chunk boundaries on γ-blocks; any value works).
-        past_key_values: the cache to fill: default a new transformers ``DynamicCache`` (or a
-            :class:`~delta_attn.kv_cache.PreallocatedCache` when ``max_cache_len`` is given). A non-empty
-            cache must come from an earlier call on the same prompt, together with its ``state``.
+        past_key_values: the cache to fill: default a new :class:`~delta_attn.kv_cache.PreallocatedCache`
+            of ``max_cache_len`` tokens; pass ``DynamicCache(config=model.config)`` for transformers' own. A
+            non-empty cache must come from an earlier call on the same prompt, together with its ``state``.
         prompt_len: the whole prompt's length (cached + all tokens still to come) when ``input_ids`` is
             not the end of the prompt: it places the exact tail. Default: cached + N (this call ends it).
         state: ``PrefillOutput.state`` of the earlier call when continuing a prompt.
-        max_cache_len: allocate a :class:`~delta_attn.kv_cache.PreallocatedCache` of this many tokens
-            (at least the prompt; e.g. ``prompt_len + DECODE_ROOM``): one buffer per layer, chunks written
-            in place, no chunk re-copies the cache (decoding past it grows the buffers by 25 %). Default
-            None: a ``DynamicCache``, which concatenates per chunk but hands the kernels contiguous K/V —
-            1.05× one-shot at 128K on the H200 against 1.24× for the in-place cache, at the same peak
-            memory (BENCHMARKS.md). Only used when ``past_key_values`` is None.
+        max_cache_len: tokens of the new :class:`~delta_attn.kv_cache.PreallocatedCache` (at least the
+            prompt; default ``prompt_len + DECODE_ROOM``): one buffer per layer, chunks written in place, no
+            chunk re-copies the cache (decoding past it grows the buffers by 25 %). On an H100 it is also the
+            faster cache at 128K — 1.03×, 1.09× and 1.10× one-shot for the Llama-3-8B shape, Qwen2.5-Coder-1.5B
+            and the llama-3.2-1b shape, against 1.07×, 1.14× and 1.15× for ``DynamicCache``, which
+            concatenates per chunk (BENCHMARKS.md, 2026-12-06). Only used when ``past_key_values`` is None.
         progress: show a tqdm bar over the chunks.
     Returns:
         :class:`PrefillOutput` (cache, last-position logits (B, vocab), attention mask, state). Continue it
@@ -204,10 +204,8 @@ def chunked_prefill(
         raise ValueError(f"max_cache_len must be an int >= the prompt length {prompt_len}, got {max_cache_len!r}")
     if past_key_values is not None:
         cache = past_key_values
-    elif max_cache_len is not None:
-        cache = PreallocatedCache(max_cache_len, config=model.config)
-    else:  # measured faster on the H200 (BENCHMARKS.md, end to end): the kernels get contiguous K/V
-        cache = DynamicCache(config=model.config)
+    else:  # the in-place cache: bounded memory, and the faster one on an H100 (docstring)
+        cache = PreallocatedCache(max_cache_len or prompt_len + DECODE_ROOM, config=model.config)
     bsz = input_ids.shape[0]
     if attention_mask is None:
         attention_mask = input_ids.new_ones(bsz, total)

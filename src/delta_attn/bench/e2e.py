@@ -138,7 +138,7 @@ def prefill(
 ):
     """One prefill of ``ids`` with ``method``; returns the last position's logits (B, vocab).
 
-    ``cache`` (chunked only): ``"dynamic"`` is chunked_prefill's default transformers DynamicCache, else the
+    ``cache`` (chunked only): ``"dynamic"`` is transformers' DynamicCache (concatenated per chunk), else the
     in-place PreallocatedCache (``max_cache_len``). ``parallel="cp"``: this rank forwards its shard of
     ``ids`` (cp_prefill); with ``"tp"`` the model is sharded by heads and every rank runs the whole prompt as
     on one device."""
@@ -161,8 +161,11 @@ def prefill(
         delta_attn.enable(model, delta_config.replace(mode=method))
     with torch.no_grad(), sdpa_context(sdpa_backend if method == "dense" else None):
         if chunk:
-            if cache == "dynamic":  # chunked_prefill's default
-                return delta_attn.chunked_prefill(model, ids, chunk_size=chunk).logits
+            if cache == "dynamic":  # transformers' cache, concatenated per chunk (not chunked_prefill's default)
+                from transformers import DynamicCache
+
+                dyn = DynamicCache(config=model.config)
+                return delta_attn.chunked_prefill(model, ids, chunk_size=chunk, past_key_values=dyn).logits
             room = ids.shape[1] + delta_attn.hf.DECODE_ROOM  # the in-place cache, sized as for decoding after
             return delta_attn.chunked_prefill(model, ids, chunk_size=chunk, max_cache_len=room).logits
         return model(input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1]

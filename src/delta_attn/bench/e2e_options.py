@@ -108,7 +108,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         "--chunk-cache",
         default="preallocated",
         help="KV cache of the chunked cells: preallocated (written in place; default), dynamic "
-        "(transformers' DynamicCache, chunked_prefill's own default: concatenates per chunk), or both",
+        "(transformers' DynamicCache: concatenates per chunk), or both",
     )
     p.add_argument("--gamma", type=positive_int, default=64, help="anchor stride γ (default 64)")
     p.add_argument("--window", type=positive_int, default=2048, help="sliding window of the sparse base (default 2048)")
