@@ -101,7 +101,9 @@ def load_model(args, device, dtype):
     from ..models import load_model as load
 
     model, tok = load(args.model, device="cpu", dtype=torch.float32, rope_scaling=getattr(args, "rope_scaling", None))
-    return model.to(device=device, dtype=dtype).eval(), tok
+    from ..compat import cast_model
+
+    return cast_model(model, device, dtype).eval(), tok  # rotary frequencies stay float32
 
 
 def task_prompts(args) -> list:

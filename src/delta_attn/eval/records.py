@@ -166,6 +166,10 @@ def _stderr(msg: str) -> None:
 # what decides a record's result
 
 
+#: dtypes in which an older cast rounded the rotary frequencies (see record_config)
+HALF_DTYPES = ("bfloat16", "float16")
+
+
 def record_config(
     method_config: dict,
     *,
@@ -185,6 +189,10 @@ def record_config(
         cfg["seed"] = seed
     if rope_scaling is not None:
         cfg["rope_scaling"] = rope_scaling
+    if dtype in HALF_DTYPES:
+        # models are cast with float32 rotary frequencies (compat.cast_model) since 2026-12-06 21:30 UTC; half-
+        # precision records without this key came from models whose inv_freq was rounded to bf16/fp16
+        cfg["rope_freqs"] = "float32"
     return dict(sorted(cfg.items()))
 
 

@@ -590,7 +590,9 @@ def load_model(
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _copy_sharing_weights(loaded).to(device=device, dtype=dtype), _prepared(copy.deepcopy(tokenizer))
+    from ..compat import cast_model
+
+    return cast_model(_copy_sharing_weights(loaded), device, dtype), _prepared(copy.deepcopy(tokenizer))
 
 
 def load_smollm2(device=None, dtype=None, *, gguf_path: str | Path | None = None, use_cache: bool = True):
