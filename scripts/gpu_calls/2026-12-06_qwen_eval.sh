@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Issue 15: Qwen2.5-Coder-1.5B-Instruct at 32K on one GPU, through the project's own eval commands.
 #
-#   bash scripts/gpu_calls/2026-12-06_qwen_eval.sh E1   13 tasks × 32K × the 7 methods, SAMPLES (default 20)
+#   bash scripts/gpu_calls/2026-12-06_qwen_eval.sh E1   13 tasks × LENGTHS (default 32768) × the 8 methods, SAMPLES
+#                                                        (default 20). The issue's whole run, resumable over sessions
+#                                                        (carry the earlier calls' results under .results/):
+#                                                        L=540 SAMPLES=30 LENGTHS=32768,16384 ... E1
+#                                                        Records written before the float32-rotary fix (all of
+#                                                        2026-12-06) do not match it and are redone, not reused.
 #   bash scripts/gpu_calls/2026-12-06_qwen_eval.sh E2   resumes E1 (carried in .results/E1) with more samples,
 #                                                        then continuation perplexity and the needle analysis
 #   bash scripts/gpu_calls/2026-12-06_qwen_eval.sh E3   (second session) the 8 tasks E1 left out at 32K, the tight
@@ -42,8 +47,8 @@ ruler() {  # $1 out-subfolder, $2 samples, $3 tasks, $4 seconds
   local i=0
   for g in "${GROUPS_[@]}"; do
     i=$((i + 1)); mkdir -p "$OUT/$1/g$i"
-    python3 -m delta_attn.cli eval ruler "${COMMON[@]}" --tasks "$3" --lengths 32768 --samples "$2" \
-      --batch-size 32768:12 --prefill-tokens 65536 --workers 4 --methods "$g" --out "$OUT/$1/g$i" \
+    python3 -m delta_attn.cli eval ruler "${COMMON[@]}" --tasks "$3" --lengths "${LENGTHS:-32768}" --samples "$2" \
+      --batch-size 16384:24,32768:12 --prefill-tokens 65536 --workers 4 --methods "$g" --out "$OUT/$1/g$i" \
       --resume-from .results --time-limit "$4" --no-progress > "$OUT/$1/g$i/run.log" 2>&1 &
   done
   wait
