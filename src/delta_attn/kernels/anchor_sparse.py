@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import LOG2E, kv_pointers, load_kv, softmax_step
+from .core import LOG2E, kv_pointers, load_kv, load_q_rows, softmax_step
 from .dense_rows import CONFIG as DENSE_CONFIG
 from .dense_rows import kernel_config
 from .sparse import PATTERN_RANGES, SparseSpec, _allowed
@@ -74,15 +74,7 @@ def _anchor_sparse_kernel(
     offs_d = tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
     d_ok = offs_d < D
-    q = tl.load(
-        Q
-        + b.to(tl.int64) * sqb
-        + head[:, None].to(tl.int64) * sqh
-        + (pos - q_start)[:, None].to(tl.int64) * sqn
-        + offs_d[None, :],
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
+    q = load_q_rows(Q, b, head, pos, q_start, sqb, sqh, sqn, offs_d, row_ok, d_ok)
     k_base = b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = b.to(tl.int64) * svb + hk.to(tl.int64) * svh
     kt_ptrs, v_ptrs = kv_pointers(K, V, k_base, v_base, offs_n, offs_d, skn, svn)

@@ -44,6 +44,21 @@ def softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, MASKED: tl.constexpr
 
 
 @triton.jit
+def load_q_rows(Q, b, head, pos, q_start, sqb, sqh, sqn, offs_d, row_ok, d_ok):
+    """The query tile [BM, BD]: row r is position ``pos[r]`` of query head ``head[r]`` of sequence ``b``
+    (Q holds positions ``q_start``…), zeros where ``row_ok`` or ``d_ok`` is False. int64 offsets: a 1M-token
+    Q overflows int32."""
+    ptrs = (
+        Q
+        + b.to(tl.int64) * sqb
+        + head[:, None].to(tl.int64) * sqh
+        + (pos - q_start)[:, None].to(tl.int64) * sqn
+        + offs_d[None, :]
+    )
+    return tl.load(ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+
+@triton.jit
 def kv_pointers(K, V, k_base, v_base, offs_n, offs_d, skn, svn):
     """Pointer tiles of keys 0..BN-1 of one KV head: K^T as [BD, BN] and V as [BN, BD].
 

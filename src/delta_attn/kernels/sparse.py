@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import LOG2E, kv_pointers, load_kv, make_kv_descriptors, softmax_step
+from .core import LOG2E, kv_pointers, load_kv, load_q_rows, make_kv_descriptors, softmax_step
 from .dense_rows import kernel_config, kv_descriptors
 
 # Launch configuration per input dtype, chosen by `python -m delta_attn.bench.launch` on an H200
@@ -231,15 +231,7 @@ def _sparse_kernel(
     offs_d = tl.arange(0, BD)
     offs_n = tl.arange(0, BN)
     d_ok = offs_d < D
-    q = tl.load(
-        Q
-        + b.to(tl.int64) * sqb
-        + h[:, None].to(tl.int64) * sqh
-        + (pos - q_start)[:, None].to(tl.int64) * sqn
-        + offs_d[None, :],
-        mask=row_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
+    q = load_q_rows(Q, b, h, pos, q_start, sqb, sqh, sqn, offs_d, row_ok, d_ok)
     k_base = b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = b.to(tl.int64) * svb + hk.to(tl.int64) * svh
     desc_k, desc_v, row0 = make_kv_descriptors(
