@@ -228,11 +228,10 @@ def plan_call(
         if q_start > 0 or prompt_len > n_keys:  # (linear runs on row blocks of one call: it reads its own keys)
             config.require_causal("a part of the prompt cannot be prefilled alone")
     tail_start = prompt_len - config.tail_rows(prompt_len)
-    pos = torch.arange(q_start, n_keys, device=device)
     if config.mode == "dense":
-        dense_pos = pos
+        dense_pos = torch.arange(q_start, n_keys, device=device)
     elif config.mode == "sparse":
-        dense_pos = pos[:0]
+        dense_pos = torch.arange(0, device=device)
     else:  # the anchors jγ ≥ q_start below the tail, then the tail: two aranges, no boolean index (a host sync)
         first_anchor = -(-q_start // config.gamma) * config.gamma
         dense_pos = torch.cat(

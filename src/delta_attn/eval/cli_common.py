@@ -95,15 +95,12 @@ def earlier_records(paths: Sequence[Path], log: Log):
 
 
 def load_model(args, device, dtype):
-    """(model on ``device`` in ``dtype``, tokenizer); the model is parsed on the CPU once per process."""
-    import torch
-
+    """(model on ``device`` in ``dtype``, tokenizer); the model is parsed on the CPU once per process, and the
+    cast keeps the rotary frequencies in float32 (:func:`delta_attn.models.load_model`)."""
     from ..models import load_model as load
 
-    model, tok = load(args.model, device="cpu", dtype=torch.float32, rope_scaling=getattr(args, "rope_scaling", None))
-    from ..compat import cast_model
-
-    return cast_model(model, device, dtype).eval(), tok  # rotary frequencies stay float32
+    model, tok = load(args.model, device=device, dtype=dtype, rope_scaling=getattr(args, "rope_scaling", None))
+    return model.eval(), tok
 
 
 def task_prompts(args) -> list:
