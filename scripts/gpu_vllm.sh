@@ -21,6 +21,8 @@
 #            on 24 NIAH prompts at 16K/32K, stock vLLM vs HF dense as control                      (~4–5 min)
 #   DRY=1    CPU dry run of the Python parts that run without vLLM/CUDA
 # Environment: OUT (default ./out), LIMIT (seconds for the whole script, default 530), LENGTHS, GPU_MEM (0.80),
+#   RUNS (bench engines, default flash:default,delta:default,flash:one,delta:one; the :default ones also measure
+#   decode and concurrency),
 #   COMPILE=1 (vLLM's default torch.compile + piecewise graphs; default off: no compile, full decode graphs —
 #   startup in seconds; prefill attention runs eagerly either way).
 set -uo pipefail
@@ -87,7 +89,8 @@ if [[ " $PARTS " == *" bench "* ]]; then
   budget=$(( $(left) - NEEDLES_TIME - 15 ))
   if [ "$budget" -ge 120 ]; then
     run_part bench "$budget" $PY -m delta_attn.vllm.check bench --out "$OUT" --limit $(( budget - 15 )) \
-      --lengths "${LENGTHS:-32K,128K}" ${COMPILE:+--compile}
+      --lengths "${LENGTHS:-32K,128K}" --runs "${RUNS:-flash:default,delta:default,flash:one,delta:one}" \
+      ${COMPILE:+--compile}
   else
     echo "bench: skipped ($budget s left; run PARTS=bench)"
   fi

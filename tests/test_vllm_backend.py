@@ -565,6 +565,17 @@ def test_gpu_summary_table_reads_the_parts_records(tmp_path):
     (tmp_path / "vllm_needles.json").write_text(json.dumps({"delta": {"identical": 23, "of": 24}}))
     text = table(tmp_path)
     assert "| 128K | 12.000 | 4.000 | 3.000× | — | skipped: time limit | — |" in text
-    assert "| decode_tok_s_batch1_ctx32768 | 80.000 | 79.000 |" in text
+    assert "| decode_tok_s_batch1_ctx32768 (FA, Δ, Δ ÷ FA) | 80.000 | 79.000 | 0.988× |" in text
     assert "flash one error | timeout after 90 s" in text
     assert "| chunked_3_vs_one_shot | 0.004 |" in text and "| delta | 23 / 24 |" in text
+
+
+def test_bench_runs_selects_engines_and_rejects_unknown_names():
+    from delta_attn.vllm.check import parse_runs
+
+    assert parse_runs("flash:default, delta:default") == [("flash", "default", True), ("delta", "default", True)]
+    assert parse_runs("delta:one") == [("delta", "one", False)]
+    with pytest.raises(SystemExit, match="unknown engine 'delta:two'"):
+        parse_runs("delta:two")
+    with pytest.raises(SystemExit, match="at least one"):
+        parse_runs(" , ")

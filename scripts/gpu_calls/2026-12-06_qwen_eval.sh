@@ -5,6 +5,10 @@
 #                                                        (default 20). The issue's whole run, resumable over sessions
 #                                                        (carry the earlier calls' results under .results/):
 #                                                        L=540 SAMPLES=30 LENGTHS=32768,16384 ... E1
+#                                                        METHOD_GROUPS="dense;sparse,recompute;delta,delta_auto"
+#                                                        picks the methods (one process a group); SmolLM2 at 8K
+#                                                        (SMOL_WINDOWS, default 256:64) runs after them when its
+#                                                        parts were carried
 #                                                        Records written before the float32-rotary fix (all of
 #                                                        2026-12-06) do not match it and are redone, not reused.
 #   bash scripts/gpu_calls/2026-12-06_qwen_eval.sh E2   resumes E1 (carried in .results/E1) with more samples,
@@ -40,8 +44,27 @@ python3 -c "from delta_attn.models import load_cpu_model as f; f('/tmp/m/model.g
 echo "model cached after $(( $(date +%s) - T0 )) s"
 COMMON=($MOPT /tmp/m/model.gguf --texts-dir .data/texts --base streaming --sink 128 --window 2048 --gamma 64
         --no-summary)
-GROUPS_=("dense" "sparse,recompute" "delta,delta_auto" "delta_autod,delta_l0.5,delta_g16")
+# one eval process per group (METHOD_GROUPS, groups separated by ";"), all sharing the GPU
+IFS=';' read -r -a GROUPS_ <<< "${METHOD_GROUPS:-dense;sparse,recompute;delta,delta_auto;delta_autod,delta_l0.5,delta_g16}"
+# SmolLM2 at 8K runs after the Qwen processes, in the last SMOL_S seconds (started beside them it found no GPU
+# memory left at model load, 2026-12-06 20:29 UTC); SMOL_S=0 skips it
+SMOL_S=${SMOL_S:-100}; [ -f /tmp/s/smollm2.gguf ] || SMOL_S=0
 left() { echo $(( L - ($(date +%s) - T0) - ${1:-0} )); }
+
+smol() {  # $1 windows "W:S ...": SmolLM2 at 8K (prompt format 2), one process per window, after the Qwen runs
+  wait
+  [ "$SMOL_S" -gt 0 ] || return 0
+  for w in $1; do
+    mkdir -p "$OUT/S8/w${w%%:*}"
+    python3 -m delta_attn.cli eval ruler $MOPT /tmp/s/smollm2.gguf --texts-dir .data/texts --base streaming \
+      --window "${w%%:*}" --sink "${w##*:}" --gamma 64 --no-summary --tasks all --lengths 8192 \
+      --samples "${SSAMPLES:-25}" --workers 2 --no-progress --batch-size 8192:32 \
+      --methods "$( [ "$w" = 256:64 ] && echo dense, )delta,delta_auto,delta_autod,recompute,sparse" \
+      --out "$OUT/S8/w${w%%:*}" --resume-from .results --time-limit "$(left 30)" \
+      > "$OUT/S8/w${w%%:*}/run.log" 2>&1 &
+  done
+  wait
+}
 
 ruler() {  # $1 out-subfolder, $2 samples, $3 tasks, $4 seconds
   local i=0
@@ -56,15 +79,8 @@ ruler() {  # $1 out-subfolder, $2 samples, $3 tasks, $4 seconds
 
 case "$PART" in
   E1)
-    if [ -f /tmp/s/smollm2.gguf ]; then
-      mkdir -p "$OUT/S8"
-      python3 -m delta_attn.cli eval ruler $MOPT /tmp/s/smollm2.gguf --texts-dir .data/texts --base streaming --sink 64 \
-        --window 256 --gamma 64 --no-summary --tasks all --lengths 8192 --samples 25 --workers 2 --no-progress \
-        --methods dense,sparse,recompute,delta,delta_auto,delta_autod --out "$OUT/S8" --resume-from .results \
-        --time-limit "$(left 60)" > "$OUT/S8/run.log" 2>&1 &
-    fi
-    ruler R32 "${SAMPLES:-20}" "${TASKS:-all}" "$(left 40)"
-    wait
+    ruler R32 "${SAMPLES:-20}" "${TASKS:-all}" "$(left $((40 + SMOL_S)))"
+    smol "${SMOL_WINDOWS:-256:64}"
     ;;
   E2)
     # discriminating tasks to 50 samples, the rest to 30 (records from E1 are reused, not redone)
@@ -83,9 +99,6 @@ case "$PART" in
     DISC=niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery,vt
     TW=streaming_w512_s64
     S=${SAMPLES:-15}
-    # SmolLM2 runs after the Qwen processes, in the last SMOL_S seconds: started beside them (first try,
-    # 20:29 UTC) it found no GPU memory left at model load
-    SMOL_S=${SMOL_S:-100}; [ -f /tmp/s/smollm2.gguf ] || SMOL_S=0
     q() {  # $1 name, $2 tasks, $3 methods: one eval process at 32K
       mkdir -p "$OUT/R32c/$1"
       python3 -m delta_attn.cli eval ruler "${COMMON[@]}" --tasks "$2" --lengths 32768 --samples "$S" \
@@ -101,18 +114,7 @@ case "$PART" in
       --methods dense,sparse,recompute,delta,delta_auto,delta_autod --out "$OUT/N32" \
       --time-limit "$(left $((45 + SMOL_S)))" > "$OUT/N32/run.log" 2>&1 &
     wait
-    if [ "$SMOL_S" -gt 0 ]; then  # SmolLM2 at 8K, prompt format 2: its tight window and the paper's
-      for w in 256:64 2048:128; do
-        mkdir -p "$OUT/S8/w${w%%:*}"
-        python3 -m delta_attn.cli eval ruler $MOPT /tmp/s/smollm2.gguf --texts-dir .data/texts --base streaming \
-          --window "${w%%:*}" --sink "${w##*:}" --gamma 64 --no-summary --tasks all --lengths 8192 \
-          --samples "${SSAMPLES:-25}" --workers 2 --no-progress --batch-size 8192:32 \
-          --methods "$( [ "$w" = 256:64 ] && echo dense, )delta,delta_auto,delta_autod,recompute,sparse" \
-          --out "$OUT/S8/w${w%%:*}" --resume-from .results --time-limit "$(left 30)" \
-          > "$OUT/S8/w${w%%:*}/run.log" 2>&1 &
-      done
-    fi
-    wait
+    smol "${SMOL_WINDOWS:-256:64 2048:128}"
     ;;
 esac
 echo "== $PART done after $(( $(date +%s) - T0 )) s"

@@ -356,16 +356,38 @@ def _run_group(cmd: list[str], timeout: float) -> tuple[int | None, str]:
         return code, log.read()
 
 
-def bench(out: Path, *, limit: float, lengths: str, model_dir: Path, delta: dict, compile_: bool) -> dict:
-    """The four engines, each in its own process (GPU memory is freed between them), within ``limit`` seconds."""
+BENCH_RUNS = ("flash:default", "delta:default", "flash:one", "delta:one")
+
+
+def parse_runs(text: str) -> list[tuple[str, str, bool]]:
+    """``"flash:default,delta:default"`` → the engines to start, in order, as (backend, chunk, with decode and
+    concurrency). The engines with vLLM's default chunking also measure decode and concurrency."""
+    runs = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        if item not in BENCH_RUNS:
+            raise SystemExit(f"--runs: unknown engine {item!r}; choose from {', '.join(BENCH_RUNS)}")
+        backend, chunk = item.split(":")
+        runs.append((backend, chunk, chunk == "default"))
+    if not runs:
+        raise SystemExit(f"--runs: name at least one of {', '.join(BENCH_RUNS)}")
+    return runs
+
+
+def bench(
+    out: Path,
+    *,
+    limit: float,
+    lengths: str,
+    model_dir: Path,
+    delta: dict,
+    compile_: bool,
+    runs: str = ",".join(BENCH_RUNS),
+) -> dict:
+    """The engines in ``runs`` (default all four), each in its own process (GPU memory is freed between them),
+    within ``limit`` seconds."""
+    runs = parse_runs(runs)
     make_dummy_model(model_dir)
     t0 = time.perf_counter()
-    runs = [
-        ("flash", "default", True),
-        ("delta", "default", True),
-        ("flash", "one", False),
-        ("delta", "one", False),
-    ]
     # the engines with decode + concurrency do more, and the first one also pays the cold start (its 2026-12-06
     # H100 run: 50 s of startup, then only TTFT fitted an equal quarter): they get 3 parts of the time, the others 2
     weights = [3 if extra else 2 for _, _, extra in runs]
@@ -558,6 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta", default=json.dumps(DELTA_DEFAULTS))
     parser.add_argument("--backend", choices=("delta", "flash"), default="delta")
     parser.add_argument("--chunk", default="default", help="'default' (vLLM's), 'one' (whole prompt) or a token count")
+    parser.add_argument(
+        "--runs",
+        default=",".join(BENCH_RUNS),
+        help="bench: the engines to start, in order (default all four: %(default)s)",
+    )
     parser.add_argument("--decode", action="store_true")
     parser.add_argument("--concurrency", action="store_true")
     parser.add_argument("--compile", action="store_true", help="vLLM's default torch.compile + CUDA graphs")
@@ -584,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                     model_dir=Path(args.model),
                     delta=delta,
                     compile_=args.compile,
+                    runs=args.runs,
                 ),
                 indent=1,
             )

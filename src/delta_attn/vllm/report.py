@@ -45,7 +45,8 @@ def table(out: Path) -> str:
         for key in ("decode_tok_s_batch1_ctx32768", "decode_tok_s_batch16_ctx2048"):
             fa = runs.get(("flash", "default"), {}).get(key)
             de = runs.get(("delta", "default"), {}).get(key)
-            lines.append(f"| {key} | {_fmt(fa)} | {_fmt(de)} | | | | |")
+            ratio = de / fa if isinstance(fa, float) and isinstance(de, float) and fa > 0 else None
+            lines.append(f"| {key} (FA, Δ, Δ ÷ FA) | {_fmt(fa)} | {_fmt(de)} | {_fmt(ratio, '×')} | | | |")
         for backend in ("flash", "delta"):
             c = runs.get((backend, "default"), {}).get("concurrency")
             if c:
