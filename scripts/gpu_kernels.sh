@@ -129,6 +129,7 @@ if [ "$DRY" = 1 ]; then
     --head-dim 32 --reps 1 --top 6 --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
 else
   timeout "$(cap 60 "$(after profile)")" $PY -m delta_attn.bench.profile --length 128K --methods delta,delta_auto,delta_autod,sparse \
+    --anchor-tiles 128:8,64:4,64:8,32:4 \
     --reps 5 --top 10 --out "$OUT/profile.json" > "$OUT/profile.log" 2>&1
 fi
 echo "exit $?"; grep -v "^USDT\|^STAGE" "$OUT/profile.log" | tail -50

@@ -126,24 +126,28 @@ def delta_scales(plan: CallPlan, deltas: Tensor) -> tuple[Tensor | float | None,
     if not isinstance(scale, str):
         return (None, None) if scale == 1.0 else (float(scale), None)
     bsz, heads, n_blocks, _ = deltas.shape
-    d64 = deltas.double()
+    # the per-anchor dot products in (at least) float32: λ is a clipped ratio, and float64 (B, H, n, D)
+    # temporaries cost ~0.4 ms at 128K on an H100 (profile, BENCHMARKS.md); only the running sums are float64
+    work = deltas if deltas.dtype in (torch.float32, torch.float64) else deltas.float()
     # anchors whose sparse row is exact carry only rounding noise: out of the sums (as exact zeros)
-    covered = fully_covered_blocks(plan, plan.first_block - 1, n_blocks + 1, device=d64.device)
+    covered = fully_covered_blocks(plan, plan.first_block - 1, n_blocks + 1, device=work.device)
     if covered is not None:
-        d64 = d64.masked_fill(covered[1:].view(1, 1, -1, 1), 0.0)
+        work = work.masked_fill(covered[1:].view(1, 1, -1, 1), 0.0)
     n_carried = 1 if plan.carried_delta is not None else 0
-    new = d64[:, :, n_carried:]  # the Δs of the call's own anchors, blocks first_block + n_carried + i
-    if n_carried:
-        prev = d64[:, :, :-1]
-    elif plan.previous_delta is not None:
-        before = plan.previous_delta.double()
-        if covered is not None:  # masked on the device: bool() of a GPU tensor would wait for the GPU
-            before = before.masked_fill(covered[0], 0.0)
-        prev = torch.cat([before.unsqueeze(2), d64[:, :, :-1]], dim=2)
-    else:  # the call starts the prompt: block 0 has no predecessor and adds nothing to the sums
-        prev = torch.cat([torch.zeros_like(d64[:, :, :1]), d64[:, :, :-1]], dim=2)
-    terms = torch.stack([(new * prev).sum(-1), (prev * prev).sum(-1)], dim=2)  # (B, H, 2, n_new)
-    start = plan.carried_sums.double() if plan.carried_sums is not None else d64.new_zeros(bsz, heads, 2)
+    # pairs (Δ_i, Δ_{i-1}) inside the tensor: shifted views, no (B, H, n, D) copy
+    inner = torch.stack([(work[:, :, 1:] * work[:, :, :-1]).sum(-1), work[:, :, :-1].square().sum(-1)], dim=2)
+    if n_carried:  # the carried block is the first new anchor's predecessor: every pair is inside
+        terms = inner
+    else:  # the call's first anchor pairs with the previous chunk's last Δ, or (prompt start) with nothing
+        first = work.new_zeros(bsz, heads, 2)
+        if plan.previous_delta is not None:
+            before = plan.previous_delta.to(work.dtype)
+            if covered is not None:  # masked on the device: bool() of a GPU tensor would wait for the GPU
+                before = before.masked_fill(covered[0], 0.0)
+            first = torch.stack([(work[:, :, 0] * before).sum(-1), before.square().sum(-1)], dim=2)
+        terms = torch.cat([first.unsqueeze(3), inner], dim=3)  # (B, H, 2, n_new)
+    terms = terms.double()
+    start = plan.carried_sums.double() if plan.carried_sums is not None else terms.new_zeros(bsz, heads, 2)
     # the scan runs along the last (contiguous) axis: CUDA's outer-axis scan took 0.21 ms at 128K (H100 profile)
     sums = torch.cat([start.unsqueeze(3), terms], dim=3).cumsum(dim=3).transpose(2, 3)  # sums[:, :, 0] = carried
     if scale == "auto-global":

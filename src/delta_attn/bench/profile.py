@@ -61,6 +61,45 @@ def profile_method(q, k, v, config, *, reps: int, scale: float) -> dict:
     return {"wall_ms": wall * 1e3, "device_ms": sum(r["ms"] for r in rows), "kernels": rows}
 
 
+def time_anchor_tiles(q, k, v, config, tiles: list[tuple[int, int]], *, reps: int, scale: float) -> list[dict]:
+    """Device time of the anchor-row Õ kernel (λ = auto's extra kernel) per launch config ``(BM, num_warps)``,
+    median of ``reps`` calls timed with CUDA events (after a compile call), and each config's largest difference
+    from the first config's output (the tiling must not change the result beyond summation order)."""
+    from ..kernels.anchor_sparse import CONFIG, anchor_sparse_rows
+    from ..kernels.dense_rows import kernel_config
+    from ..kernels.sparse import PATTERN_RANGES, SparseSpec
+
+    spec = SparseSpec(PATTERN_RANGES, sink=config.sink, window=config.window)  # the streaming base's ranges
+    gamma = config.gamma
+    n_anchor = len(range(0, max(0, q.shape[2] - config.tail), gamma))
+    rows, first = [], None
+    for bm, warps in tiles:
+        cfg = kernel_config(q.dtype, CONFIG) | {"BM": bm, "num_warps": warps}
+        call = lambda: anchor_sparse_rows(  # noqa: E731
+            q, k, v, spec, anchor_lo=0, n_anchor=n_anchor, gamma=gamma, scale=scale, config=cfg
+        )
+        out = call()
+        first = out if first is None else first
+        times = []
+        for _ in range(reps):
+            if q.is_cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                call()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - t0) * 1e3)
+        times.sort()
+        default = cfg == kernel_config(q.dtype, CONFIG)
+        diff = (out - first).abs().max().item()
+        rows.append({"BM": bm, "num_warps": warps, "ms": times[len(times) // 2], "default": default, "diff": diff})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     from .. import DeltaConfig
 
@@ -73,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=12, help="kernels printed per method (default 12)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (tiny shapes, Triton's interpreter)")
     p.add_argument("--out", default=None, help="write the full table as JSON here")
+    p.add_argument(
+        "--anchor-tiles",
+        default="",
+        help="also time the anchor-row Õ kernel (λ = auto) per launch config, BM:num_warps,... e.g. 128:8,64:4,32:4",
+    )
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device here: use --device cpu (with TRITON_INTERPRET=1) for the code path")
@@ -99,6 +143,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name} − {first}: {extra:+.2f} ms wall, "
                 f"{results[name]['device_ms'] - results[first]['device_ms']:+.2f} ms device"
             )
+    anchor_tiles = []
+    if args.anchor_tiles:
+        tiles = [tuple(int(x) for x in t.split(":")) for t in args.anchor_tiles.split(",") if t]
+        anchor_tiles = time_anchor_tiles(q, k, v, base, tiles, reps=max(3, args.reps), scale=d**-0.5)
+        print(f"anchor-row Õ kernel @ {fmt_length(n)} (median of {max(3, args.reps)} calls):")
+        for row in anchor_tiles:
+            mark = "  (default)" if row["default"] else ""
+            timing = f"{row['ms']:8.3f} ms  max diff {row['diff']:.1e}"
+            print(f"   BM {row['BM']:4d}  warps {row['num_warps']}  {timing}{mark}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(
@@ -109,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     "device": args.device,
                     "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                     "results": results,
+                    "anchor_tiles": anchor_tiles,
                 },
                 f,
                 indent=1,

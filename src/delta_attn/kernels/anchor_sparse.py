@@ -12,9 +12,17 @@ import triton
 import triton.language as tl
 
 from .core import LOG2E, kv_pointers, load_kv, load_q_rows, softmax_step
-from .dense_rows import CONFIG as DENSE_CONFIG
 from .dense_rows import kernel_config
 from .sparse import PATTERN_RANGES, SparseSpec, _allowed
+
+# Launch configuration per input dtype. A tile of BM packed rows spans BM/G anchors, γ positions apart, and
+# visits the union of their windows: with the dense-rows kernel's BM = 128 (G = 4, γ = 64: 32 anchors, 1,984
+# positions) that union is ~1.9× the keys each row needs; BM = 64 halves the overhang. Compare with
+# ``python -m delta_attn.bench.profile --anchor-tiles 128:8,64:4,32:4`` (BENCHMARKS.md).
+CONFIG = {
+    "half": dict(BM=64, BN=64, num_warps=4, num_stages=3),
+    "float32": dict(BM=64, BN=32, num_warps=4, num_stages=2),
+}
 
 
 @triton.jit(do_not_specialize=["q_start", "n_keys", "anchor_lo", "n_anchor", "qk_scale", "sink", "window", "bsize"])
@@ -134,8 +142,8 @@ def anchor_sparse_rows(
 ) -> torch.Tensor:
     """Õ (float32, (B, Hq, n_anchor, D)) of the anchor rows ``anchor_lo + a·γ`` only, for an analytic-range
     pattern (``spec.kind == PATTERN_RANGES``): what ``delta_scale="auto"`` needs before the sparse kernel
-    runs, so that the per-block λ is known in its epilogue. ``config``: the dense-rows launch config
-    (BM packed rows, BN keys; pointer loads)."""
+    runs, so that the per-block λ is known in its epilogue. ``config``: a launch config (BM packed rows, BN keys,
+    num_warps, num_stages; pointer loads); default :data:`CONFIG` for the dtype."""
     if spec.kind != PATTERN_RANGES:
         raise ValueError("anchor_sparse_rows takes analytic-range patterns only (sink/window/block/dense)")
     bsz, hq, nq, d = q.shape
@@ -144,7 +152,7 @@ def anchor_sparse_rows(
     out = torch.empty(bsz, hq, n_anchor, d, device=q.device, dtype=torch.float32)
     if n_anchor == 0:
         return out
-    cfg = kernel_config(q.dtype, DENSE_CONFIG) if config is None else dict(config)
+    cfg = kernel_config(q.dtype, CONFIG) if config is None else dict(config)
     bm, bn = cfg.pop("BM"), cfg.pop("BN")
     for key in ("USE_TMA", "HP", "ITEMS_PER_SM", "MAX_CHUNK"):  # not options of this kernel
         cfg.pop(key, None)
