@@ -12,6 +12,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def test_profile_cli_profiles_methods_and_sweeps_anchor_tiles(tmp_path):
+    # the CPU base config leaves ``tail`` at its default (None), as the GPU run's does: the sweep counts anchors
+    # with the config's tail rule (the first H100 run crashed on N − None)
     out = tmp_path / "prof.json"
     cmd = [
         sys.executable, "-m", "delta_attn.bench.profile", "--device", "cpu", "--length", "200", "--heads", "4,2",

@@ -16,11 +16,12 @@ from .dense_rows import kernel_config
 from .sparse import PATTERN_RANGES, SparseSpec, _allowed
 
 # Launch configuration per input dtype. A tile of BM packed rows spans BM/G anchors, γ positions apart, and
-# visits the union of their windows: with the dense-rows kernel's BM = 128 (G = 4, γ = 64: 32 anchors, 1,984
-# positions) that union is ~1.9× the keys each row needs; BM = 64 halves the overhang. Compare with
-# ``python -m delta_attn.bench.profile --anchor-tiles 128:8,64:4,32:4`` (BENCHMARKS.md).
+# visits the union of their windows (BM = 128, G = 4, γ = 64: 32 anchors over 1,984 positions, ~1.9× the keys
+# each row needs). Smaller tiles waste less but run slower: at 128K on an H100 (one Llama-3-8B layer, 2026-12-07,
+# ``python -m delta_attn.bench.profile --anchor-tiles 128:8,64:4,64:8,32:4``) BM 128 / 8 warps took 0.49 ms,
+# BM 64 / 4 warps 0.62, BM 64 / 8 warps 0.83, BM 32 / 4 warps 0.98 (BENCHMARKS.md).
 CONFIG = {
-    "half": dict(BM=64, BN=64, num_warps=4, num_stages=3),
+    "half": dict(BM=128, BN=64, num_warps=8, num_stages=3),
     "float32": dict(BM=64, BN=32, num_warps=4, num_stages=2),
 }
 
