@@ -557,7 +557,13 @@ def test_gpu_summary_table_reads_the_parts_records(tmp_path):
     (tmp_path / "vllm_layer.json").write_text(json.dumps(errors | {"stock_rows_vs_stock_fa": 0.0, "pass": True}))
     runs = [
         {"backend": "flash", "chunk": "default", "ttft_s": {"131072": 12.0}, "decode_tok_s_batch1_ctx32768": 80.0},
-        {"backend": "delta", "chunk": "default", "ttft_s": {"131072": 4.0}, "decode_tok_s_batch1_ctx32768": 79.0},
+        {
+            "backend": "delta",
+            "chunk": "default",
+            "ttft_s": {"131072": 4.0},
+            "decode_tok_s_batch1_ctx32768": 79.0,
+            "concurrency": {"ok": True, "wall_s": 4.9, "tokens_per_s": 29466.0, "reps": [7.8, 4.9]},
+        },
         {"backend": "flash", "chunk": "one", "error": "timeout after 90 s"},
         {"backend": "delta", "chunk": "one", "ttft_s": {"131072": "skipped: time limit"}},
     ]
@@ -567,6 +573,7 @@ def test_gpu_summary_table_reads_the_parts_records(tmp_path):
     assert "| 128K | 12.000 | 4.000 | 3.000× | — | skipped: time limit | — |" in text
     assert "| decode_tok_s_batch1_ctx32768 (FA, Δ, Δ ÷ FA) | 80.000 | 79.000 | 0.988× |" in text
     assert "flash one error | timeout after 90 s" in text
+    assert "| 16 mixed requests, delta | ok=True | 29466 tok/s | 4.90 s (runs: 7.80, 4.90 s) |" in text
     assert "| chunked_3_vs_one_shot | 0.004 |" in text and "| delta | 23 / 24 |" in text
 
 

@@ -317,19 +317,29 @@ def bench_engine(args) -> dict:
             record[f"decode_tok_s_batch{batch}_ctx{ctx}"] = (sum(rates) / len(rates) * batch) if rates else None
             record[f"decode_wall_s_batch{batch}_ctx{ctx}"] = elapsed
             save()
-    if args.concurrency and time.perf_counter() < deadline - 30:
-        sizes = [32768] * 4 + [1024] * 12  # 16 mixed requests at once
-        prompts = [prompt(n) for n in sizes]
-        elapsed, outs = run(prompts, 64)
-        ok = len(outs) == 16 and all(len(o.outputs[0].token_ids) == 64 for o in outs)
-        record["concurrency"] = {
-            "requests": 16,
-            "ok": ok,
-            "wall_s": elapsed,
-            "prompt_tokens": sum(sizes),
-            "generated_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
-            "tokens_per_s": (sum(sizes) + 16 * 64) / elapsed,
-        }
+    if args.concurrency:
+        # the same 16 mixed requests up to ``--concurrency-reps`` times, each with fresh prompts: a first-run cost
+        # (allocation, a new batch shape) shows as rep 1 > the rest; "concurrency" is the fastest rep
+        sizes = [32768] * 4 + [1024] * 12
+        reps = []
+        for _ in range(max(1, args.concurrency_reps)):
+            if time.perf_counter() > deadline - 30:
+                break
+            elapsed, outs = run([prompt(n) for n in sizes], 64)
+            ok = len(outs) == 16 and all(len(o.outputs[0].token_ids) == 64 for o in outs)
+            reps.append(
+                {
+                    "requests": 16,
+                    "ok": ok,
+                    "wall_s": elapsed,
+                    "prompt_tokens": sum(sizes),
+                    "generated_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
+                    "tokens_per_s": (sum(sizes) + 16 * 64) / elapsed,
+                }
+            )
+            best = min(reps, key=lambda r: r["wall_s"])
+            record["concurrency"] = dict(best, ok=all(r["ok"] for r in reps), reps=[r["wall_s"] for r in reps])
+            save()
     record["total_s"] = time.perf_counter() - t_start
     save()
     return record
@@ -587,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--decode", action="store_true")
     parser.add_argument("--concurrency", action="store_true")
+    parser.add_argument(
+        "--concurrency-reps", type=int, default=2, help="times the concurrency test runs (fastest reported)"
+    )
     parser.add_argument("--compile", action="store_true", help="vLLM's default torch.compile + CUDA graphs")
     parser.add_argument("--result", type=Path)
     parser.add_argument("--prompts")

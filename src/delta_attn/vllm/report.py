@@ -50,9 +50,10 @@ def table(out: Path) -> str:
         for backend in ("flash", "delta"):
             c = runs.get((backend, "default"), {}).get("concurrency")
             if c:
+                reps = ", ".join(f"{x:.2f}" for x in c.get("reps", [c["wall_s"]]))
                 lines.append(
                     f"| 16 mixed requests, {backend} | ok={c['ok']} | {c['tokens_per_s']:.0f} tok/s | "
-                    f"{c['wall_s']:.2f} s | | | |"
+                    f"{c['wall_s']:.2f} s (runs: {reps} s) | | | |"
                 )
         for (backend, chunk), r in sorted(runs.items()):
             for key in ("error", "skipped", "engine_error"):
