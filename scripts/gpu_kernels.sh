@@ -33,7 +33,9 @@
 # (d) end to end: SHAPE (default llama-3.2-1b) or MODEL (a real model: name, .gguf or HF folder; positions
 # past its context are timing only), L1 (one-shot dense + Δ lengths, default 32K,64K,128K; empty: none), CH_AT
 # (where Δ also runs chunked, default 128K), L2 (Δ-only lengths, default 1M) with L2_CHUNKS (default 16384;
-# "0,16384" times one-shot beside chunked). PYTHONPATH=src (the package is not installed on the GPU machine).
+# "0,16384" times one-shot beside chunked), PROFILE_AT (a length: after the L1 cells, one profiled prefill per
+# method there, device time by kernel category: where a whole forward's time goes, e.g. the 8B shape's gap to
+# its attention-free ceiling). PYTHONPATH=src (the package is not installed on the GPU machine).
 set -uo pipefail
 T0=$(date +%s)
 OUT=${OUT:-./out}
@@ -210,8 +212,9 @@ T1=$(cap 110 75); [ -z "$L2" ] && T1=$(cap 300 10)
 if [ -n "$L1" ]; then
 timeout "$T1" $PY -m delta_attn.cli bench e2e "${E2E[@]}" --lengths "$L1" --methods dense,delta \
   --chunk-size "0,$CH" --chunk-methods delta --chunk-lengths "$CH_AT" --chunk-cache preallocated,dynamic \
-  --reps 2 --time-limit $(( T1 - 20 )) --out "$OUT/e2e" > "$OUT/e2e.log" 2>&1
-echo "exit $?"; grep -E "TTFT|warm-up|skipped|OOM" "$OUT/e2e.log" | head -20
+  --reps 2 --time-limit $(( T1 - 20 )) ${PROFILE_AT:+--profile-length "$PROFILE_AT"} --out "$OUT/e2e" \
+  > "$OUT/e2e.log" 2>&1
+echo "exit $?"; grep -E "TTFT|warm-up|skipped|OOM|device .* ms" "$OUT/e2e.log" | head -24
 fi
 T2=$(cap 120 12)
 if [ -n "$L2" ]; then

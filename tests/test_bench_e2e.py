@@ -36,6 +36,45 @@ def test_e2e_cpu_tiny_all_methods(tmp_path):
     assert "| 256 | delta | 64 |" in md and "Warm-up excluded" in md
 
 
+def test_e2e_profile_splits_one_prefill_by_kernel_category(tmp_path):
+    """--profile-length: one profiled one-shot prefill per method after the cells; the categories add up to the
+    profiled device (here: CPU operator) time, and the report shows them."""
+    out = tmp_path / "run"
+    argv = [*TINY, "--lengths", "128", "--methods", "dense,delta", "--warmup-length", "32", "--profile-length", "96"]
+    assert cli_main(["bench", "e2e", *argv, "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["profiles"]) == {"dense", "delta"}
+    for p in res["profiles"].values():
+        assert p["n"] == 96 and p["device_ms"] > 0
+        assert sum(p["categories_ms"].values()) == pytest.approx(p["device_ms"])
+        assert p["categories_ms"]["matmul"] > 0  # the projections and the MLP
+    assert res["profiles"]["dense"]["categories_ms"]["attention"] > 0  # SDPA (on CPU, Δ's reference path runs as
+    # generic operators: matmul / index / elementwise)
+    md = (out / "results.md").read_text()
+    assert "Profile (torch.profiler, one one-shot prefill of 96 tokens" in md and "| delta |" in md
+
+
+def test_kernel_category_names_real_kernels():
+    from delta_attn.bench.profile import kernel_category
+
+    assert kernel_category("_sparse_kernel") == "attention"
+    assert kernel_category("cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x128_4x1x1_kernel0_0") == "attention"
+    assert kernel_category("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 64>>") == "attention"
+    assert kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1") == "matmul"
+    assert kernel_category("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT") == "matmul"
+    assert kernel_category("aten::addmm") == "matmul"
+    assert kernel_category("Memcpy DtoD (Device -> Device)") == "copy"
+    assert kernel_category("void at::native::elementwise_kernel<128, 4, direct_copy_kernel_cuda>") == "copy"
+    assert kernel_category("void at::native::vectorized_elementwise_kernel<4, silu_kernel>") == "other"
+    assert kernel_category("triton_red_fused__to_copy_mean_mul_pow_rsqrt_0") == "other"  # a fused RMSNorm
+
+
+def test_profile_length_is_checked_before_any_model(monkeypatch, capsys):
+    monkeypatch.setattr(e2e, "build_model", lambda *a, **k: pytest.fail("model built before the options were checked"))
+    assert cli_main(["bench", "e2e", *TINY, "--profile-length", "lots"]) == 2
+    assert "--profile-length" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_e2e_time_limit_oom_and_errors_are_recorded(tmp_path, monkeypatch):
     real = e2e.run_cell

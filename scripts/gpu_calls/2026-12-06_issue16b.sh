@@ -3,7 +3,9 @@
 # the Qwen GGUF at /tmp/m/model.gguf (and its de-quantised copy in /tmp/dcache from the eval call).
 #   (k)    the λ = auto float64-oracle checks again (delta-auto-topk failed on the H100 before its CPU fix) and a
 #          kernel-by-kernel profile of Δ, λ = auto, auto-decay and sparse-only at 128K (where λ = auto's time goes)
-#   (e8b)  end to end, Llama-3-8B shape (random weights), 128K: dense vs Δ one-shot and Δ chunked (target ≥ 2.9×)
+#   (e8b)  end to end, Llama-3-8B shape (random weights), 128K: dense vs Δ one-shot and Δ chunked (target ≥ 2.9×),
+#          then one profiled prefill per method at 128K (E8B_PROFILE; empty: none): where the 2.71× (2026-12-06)
+#          loses to the attention-free ceiling, by kernel category
 #   (eq)   end to end, the real Qwen2.5-Coder-1.5B weights: dense vs Δ at 32K/128K, Δ chunked at 128K, Δ chunked
 #          at 1M (positions past the model's 32K context: timing only)
 #   (e512) llama-3.2-1b shape, 512K: Δ one-shot vs chunked into the in-place cache (target ≤ 1.1×)
@@ -15,7 +17,8 @@ has() { [[ " $K " == *" $1 "* ]]; }
 has k && OUT=$O/k PARTS="checks profile" LIMIT=110 \
   CHECKS="delta-auto-topk,delta-auto,delta-auto-block,chunk-auto,delta-auto-b2-gqa,delta-auto-d80-g8,delta-stream-g4,chunk-gqa-strided,unit" \
   bash scripts/gpu_kernels.sh
-has e8b && OUT=$O/e8b PARTS=e2e SHAPE=llama-3-8b L1=128K L2= LIMIT=130 bash scripts/gpu_kernels.sh
+has e8b && OUT=$O/e8b PARTS=e2e SHAPE=llama-3-8b L1=128K L2= PROFILE_AT=${E8B_PROFILE-128K} LIMIT=170 \
+  bash scripts/gpu_kernels.sh
 if has eq && [ -f /tmp/m/model.gguf ]; then
   OUT=$O/eq PARTS=e2e MODEL=/tmp/m/model.gguf L1=32K,128K CH_AT=128K L2=1M LIMIT=170 bash scripts/gpu_kernels.sh
 fi

@@ -407,6 +407,9 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     add_ratios(cells)
+    profiles = {}
+    if opts.get("profile_length"):
+        profiles = profile_prefills(model, prompt(opts["profile_length"]), methods, delta_config, sdpa_backend, log)
     meta = dict(
         command="delta-attn bench e2e " + " ".join(args.argv),
         model_shape=model_label(args),
@@ -433,7 +436,40 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         time_limit_s=args.time_limit,
         wall_s=time.perf_counter() - t_start,
     )
-    return dict(meta=meta, cells=cells)
+    return dict(meta=meta, cells=cells, profiles=profiles)
+
+
+def profile_prefills(model, ids, methods, delta_config, sdpa_backend, log) -> dict:
+    """One one-shot prefill of ``ids`` per method under torch.profiler (:func:`.profile.profile_calls`, after an
+    untimed call): where a whole forward's device time goes, per kernel category and kernel. The wall time includes
+    the profiler's own overhead: the timed cells above are the TTFT numbers."""
+    import torch
+
+    from .profile import profile_calls
+
+    out = {}
+    n = ids.shape[1]
+    log(f"profile, one prefill of {fmt_length(n)} tokens per method (device ms per kernel category):", flush=True)
+    for m in methods:
+        try:
+            res = profile_calls(
+                lambda m=m: prefill(model, ids, m, 0, delta_config, sdpa_backend), reps=1, cuda=ids.is_cuda
+            )
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_oom(exc):
+                raise
+            out[m] = {"error": "OOM: " + (str(exc).splitlines() or [""])[0][:200]}
+            log(f"  {m:10s} {out[m]['error']}", flush=True)
+            continue
+        res["kernels"] = res["kernels"][:25]  # the file keeps the top 25
+        out[m] = dict(res, n=n)
+        cats = "  ".join(f"{k} {v:9.1f}" for k, v in res["categories_ms"].items())
+        log(f"  {m:10s} device {res['device_ms']:9.1f} ms  {cats}", flush=True)
+        for row in res["kernels"][:6]:
+            log(f"      {row['ms']:9.2f} ms  x{row['launches']:<4d} {row['kernel'][:100]}", flush=True)
+        if ids.is_cuda:
+            torch.cuda.empty_cache()
+    return out
 
 
 def add_ratios(cells: list[dict]) -> None:

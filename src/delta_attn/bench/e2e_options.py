@@ -118,6 +118,13 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     )
     p.add_argument("--warmup-length", default="4096", help="tokens of the untimed warm-up runs (default 4096)")
     p.add_argument(
+        "--profile-length",
+        default="",
+        help="after the timed cells, profile one one-shot prefill per method at this length (K/M suffixes) under "
+        "torch.profiler: device time per kernel category (attention, matmul, copy, other) and the top kernels "
+        "(default: no profile; one device only)",
+    )
+    p.add_argument(
         "--no-warmup",
         dest="warmup",
         action="store_false",
@@ -184,6 +191,14 @@ def validate(args: argparse.Namespace) -> dict:
         raise UsageError(
             f"--chunk-lengths: expected lengths (K/M suffixes allowed), got {args.chunk_lengths!r}"
         ) from None
+    try:
+        profile_length = parse_length(args.profile_length) if args.profile_length else None
+    except (ValueError, IndexError):
+        raise UsageError(
+            f"--profile-length: expected a length (K/M suffixes allowed), got {args.profile_length!r}"
+        ) from None
+    if profile_length is not None and args.parallel != "none":
+        raise UsageError("--profile-length profiles on one device: leave out --parallel")
     chunk_caches = _csv(args.chunk_cache)
     if not chunk_caches or [x for x in chunk_caches if x not in CHUNK_CACHES]:
         raise UsageError(f"--chunk-cache: choose from {', '.join(CHUNK_CACHES)}, got {args.chunk_cache!r}")
@@ -225,4 +240,5 @@ def validate(args: argparse.Namespace) -> dict:
         chunk_methods=chunk_methods,
         chunk_lengths=chunk_lengths,
         chunk_caches=list(dict.fromkeys(chunk_caches)),
+        profile_length=profile_length,
     )

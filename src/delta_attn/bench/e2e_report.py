@@ -89,7 +89,32 @@ def markdown(res: dict) -> str:
             f"{_f(c.get('speedup_vs_dense'))} | {_f(c.get('chunked_over_one_shot'))} | {_f(c.get('peak_gb'), '.1f')} "
             f"| {'; '.join(notes)} |"
         )
+    lines += profile_markdown(res.get("profiles") or {})
     return "\n".join(lines) + "\n"
+
+
+def profile_markdown(profiles: dict) -> list[str]:
+    """The ``--profile-length`` table: device ms of one one-shot prefill per method, by kernel category."""
+    if not profiles:
+        return []
+    cats = next((list(p["categories_ms"]) for p in profiles.values() if "categories_ms" in p), [])
+    n = next((p["n"] for p in profiles.values() if "n" in p), None)
+    lines = [
+        "",
+        f"Profile (torch.profiler, one one-shot prefill of {fmt_length(n) if n else '?'} tokens per method; "
+        "device (on CPU: operator) ms per kernel category, and the largest kernel):",
+        "",
+        "| method | device ms | " + " | ".join(cats) + " | largest kernel |",
+        "|---|---:|" + "---:|" * len(cats) + "---|",
+    ]
+    for m, p in profiles.items():
+        if "error" in p:
+            lines.append(f"| {m} | {p['error']} |" + " |" * (len(cats) + 1))
+            continue
+        top = p["kernels"][0] if p["kernels"] else {"kernel": "—", "ms": 0.0}
+        vals = " | ".join(f"{p['categories_ms'][c]:.1f}" for c in cats)
+        lines.append(f"| {m} | {p['device_ms']:.1f} | {vals} | {top['kernel'][:60]} ({top['ms']:.1f} ms) |")
+    return lines
 
 
 def summary(res: dict) -> str:

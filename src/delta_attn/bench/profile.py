@@ -24,23 +24,47 @@ import torch
 
 from .layer import fmt_length, method_config, parse_length
 
+#: Kernel (CUDA) or operator (CPU) name fragments, lower case, per category of :func:`kernel_category`; the
+#: first category that matches wins. Attention: the project's Triton kernels and SDPA's backends (cuDNN, flash,
+#: memory-efficient); matmul: cuBLAS / CUTLASS GEMMs (the projections and the MLP); copy: memory moves.
+CATEGORIES = (
+    (
+        "attention",
+        ("_sparse_kernel", "_dense_rows_kernel", "_merge_kernel", "_anchor_sparse_kernel", "_segment_", "sdpa",
+         "flash", "fmha", "attention", "cudnn"),
+    ),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "aten::mm", "aten::addmm", "aten::bmm", "matmul")),
+    ("copy", ("memcpy", "copy_kernel", "catarraybatchedcopy", "aten::copy_", "aten::cat", "index", "gather",
+              "scatter", "memset")),
+)  # fmt: skip
 
-def profile_method(q, k, v, config, *, reps: int, scale: float) -> dict:
-    """Per-call device time of each kernel over ``reps`` profiled calls (after one warm-up call)."""
+
+def kernel_category(name: str) -> str:
+    """``attention``, ``matmul``, ``copy`` or ``other`` (norms, rotary, activations, the λ arithmetic, …).
+
+    On CPU the names are operators: SDPA is ``attention``, but the reference backend's Δ runs as generic
+    matmul / index / elementwise operators and is counted under those."""
+    low = name.lower()
+    for category, fragments in CATEGORIES:
+        if any(f in low for f in fragments):
+            return category
+    return "other"
+
+
+def profile_calls(call, *, reps: int, cuda: bool) -> dict:
+    """Per-call device time of each kernel (CUDA) or operator (CPU: self time of ``aten::``/Triton ops) over
+    ``reps`` profiled calls of ``call()`` (after one untimed call), the wall time per call, and the time per
+    :func:`kernel_category`."""
     from torch.profiler import ProfilerActivity, profile
 
-    from ..kernels import triton_prefill
-
-    n = q.shape[2]
-    cuda = q.is_cuda
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    triton_prefill(q, k, v, config, scale=scale, prompt_len=n)  # compile + warm caches
+    call()  # compile + warm caches
     sync()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         t0 = time.perf_counter()
         for _ in range(reps):
-            triton_prefill(q, k, v, config, scale=scale, prompt_len=n)
+            call()
         sync()
         wall = (time.perf_counter() - t0) / reps
     kernels: dict[str, float] = defaultdict(float)
@@ -58,7 +82,23 @@ def profile_method(q, k, v, config, *, reps: int, scale: float) -> dict:
     rows = sorted(
         ({"kernel": key, "ms": ms, "launches": counts[key]} for key, ms in kernels.items()), key=lambda r: -r["ms"]
     )
-    return {"wall_ms": wall * 1e3, "device_ms": sum(r["ms"] for r in rows), "kernels": rows}
+    categories = {name: 0.0 for name, _ in CATEGORIES} | {"other": 0.0}
+    for row in rows:
+        categories[kernel_category(row["kernel"])] += row["ms"]
+    return {
+        "wall_ms": wall * 1e3,
+        "device_ms": sum(r["ms"] for r in rows),
+        "categories_ms": categories,
+        "kernels": rows,
+    }
+
+
+def profile_method(q, k, v, config, *, reps: int, scale: float) -> dict:
+    """:func:`profile_calls` of one :func:`~delta_attn.kernels.triton_prefill` call of the layer."""
+    from ..kernels import triton_prefill
+
+    n = q.shape[2]
+    return profile_calls(lambda: triton_prefill(q, k, v, config, scale=scale, prompt_len=n), reps=reps, cuda=q.is_cuda)
 
 
 def time_anchor_tiles(q, k, v, config, tiles: list[tuple[int, int]], *, reps: int, scale: float) -> list[dict]:
