@@ -2,14 +2,16 @@
 # The Δ attention backend inside vLLM 0.25.1 on one GPU (issue 19), in one device call of ≤ 9 minutes.
 #
 # Before it, the 99 pinned wheels (356 MB; docs: shared/reference/vllm-on-the-gpu.md) reach the GPU machine in
-# six parts of 62,000,000 bytes, one warm call each (the machine keeps /tmp between calls while warm):
-#   here, once:   for i in 00 01 02 03 04 05; do mkdir -p .vw$i && cp /work/dl/vllm-parts/wheels.tar.part-$i .vw$i/; done
-#                 cp /work/dl/vllm-parts/wheels.tar.sha256 /work/dl/extra-whl/gguf-0.19.0-py3-none-any.whl .vw05/
+# parts of 56,000,000 bytes (seven; a part and the working tree must fit the 64 MiB a call carries), one warm call
+# each (the machine keeps /tmp between calls while warm):
+#   here, once:   cat /work/dl/vllm-parts/wheels.tar.part-* | split -b 56000000 -d -a 2 - /tmp/wt.part-
+#                 for f in /tmp/wt.part-*; do i=${f##*-}; mkdir -p .vw$i && mv $f .vw$i/wheels.tar.part-$i; done
+#                 cp /work/dl/vllm-parts/wheels.tar.sha256 /work/dl/extra-whl/gguf-0.19.0-py3-none-any.whl .vw06/
 #                 echo '/.vw[0-9][0-9]/' >> .git/info/exclude
-#   calls 1–6:    carry [".vwNN"], command  mkdir -p /tmp/vw && cp .vwNN/* /tmp/vw/
-#   call 7:       bash scripts/gpu_vllm.sh          (cats the parts, checks sha256, installs into /tmp/site, runs)
+#   calls 1–7:    carry [".vwNN"], command  mkdir -p /tmp/vw && cp .vwNN/* /tmp/vw/
+#   call 8:       bash scripts/gpu_vllm.sh          (cats the parts, checks sha256, installs into /tmp/site, runs)
 # (gguf is only needed by the needles part.) For the needles part, the Qwen2.5-Coder-1.5B GGUF must be at
-# /tmp/m/model.gguf (offline-resources.md: 19 part calls); then  PARTS=needles bash scripts/gpu_vllm.sh
+# /tmp/m/model.gguf (scripts/gpu_model_parts.sh: 20 part calls); then  PARTS=needles bash scripts/gpu_vllm.sh
 #
 # Parts (PARTS, default "layer bench needles"; each has its own time limit, logs under $OUT):
 #   layer    one Llama-3-8B layer on a real paged cache through the backend's build + forward (FlashAttention for
@@ -47,13 +49,15 @@ SITE=${SITE:-/tmp/site}
 if [ ! -f "$SITE/.delta-vllm-0.25.1" ]; then
   if [ ! -f "$VW/wheels.tar" ]; then
     n=$(ls "$VW"/wheels.tar.part-* 2>/dev/null | wc -l)
-    if [ "$n" != 6 ]; then
-      echo "only $n of 6 wheel parts in $VW: carry .vw00 … .vw05 first, back to back (the machine went cold?)"
+    if [ "$n" = 0 ] || [ ! -f "$VW/wheels.tar.sha256" ]; then
+      echo "$n wheel parts and no sha256 in $VW: carry .vw00, .vw01, … first, back to back (the machine went cold?)"
       exit 3
     fi
-    cat "$VW"/wheels.tar.part-* > "$VW/wheels.tar"
+    cat "$VW"/wheels.tar.part-* > "$VW/wheels.tar"  # a missing part fails the sha256 check below
   fi
-  (cd "$VW" && sha256sum -c wheels.tar.sha256) || { echo "wheels.tar: sha256 mismatch"; rm -f "$VW/wheels.tar"; exit 3; }
+  (cd "$VW" && sha256sum -c wheels.tar.sha256) || {
+    echo "wheels.tar: sha256 mismatch from ${n:-?} parts (one missing or damaged: the machine went cold?)"
+    rm -f "$VW/wheels.tar"; exit 3; }
   mkdir -p "$VW/whl" && tar -xf "$VW/wheels.tar" -C "$VW/whl"
   extra=$(ls "$VW"/gguf-*.whl 2>/dev/null || true)
   $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$VW"/whl/*.whl $extra || exit 3

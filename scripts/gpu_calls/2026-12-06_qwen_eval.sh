@@ -18,9 +18,10 @@
 #                                                        the needle analysis, and SmolLM2 at 8K with both windows
 #                                                        (is the λ ranking a model effect or a window effect?)
 #
-# Before E1 the 19 parts of the GGUF were copied to /tmp/m by warm calls (scripts/gpu_model_parts.sh prints
-# them); E1 carries the last part (.p18), .whl (the gguf wheel) and .data (packed texts). Three eval processes
-# share the GPU, one per group of methods, so that a time limit cuts samples, never whole methods.
+# Before E1 the parts of the GGUF (20 of 56 MB since 2026-12-07, 19 of 62 MB before) are copied to /tmp/m by warm
+# calls, one part each (scripts/gpu_model_parts.sh prints them); E1 carries .whl (the gguf wheel), .data (packed
+# texts) and .results (earlier records to resume). One eval process per group of methods shares the GPU, so that a
+# time limit cuts samples, never whole methods.
 set -uo pipefail
 PART=${1:?usage: $0 E1|E2}
 T0=$(date +%s)
@@ -30,7 +31,8 @@ mkdir -p .results /tmp/m /tmp/s && cp .p[0-9][0-9]/part.* /tmp/m/ 2>/dev/null; c
 # SmolLM2 (2 parts, .s00 with the Qwen parts' calls, .s01 with this one): the no-regression check at 8K
 [ -f /tmp/s/smollm2.gguf ] || { [ -f /tmp/s/spart.01 ] && cat /tmp/s/spart.00 /tmp/s/spart.01 > /tmp/s/smollm2.gguf; }
 if [ ! -f /tmp/m/model.gguf ]; then
-  n=$(ls /tmp/m/part.* | wc -l); [ "$n" = 19 ] || { echo "only $n of 19 parts in /tmp/m: the machine went cold"; exit 3; }
+  want=$(cat /tmp/m/parts.count 2>/dev/null || echo 19)  # written by scripts/gpu_model_parts.sh into the last part
+  n=$(ls /tmp/m/part.* | wc -l); [ "$n" = "$want" ] || { echo "only $n of $want parts in /tmp/m: the machine went cold"; exit 3; }
   cat /tmp/m/part.* > /tmp/m/model.gguf && rm /tmp/m/part.*
 fi
 sha256sum /tmp/m/model.gguf | tee "$OUT/sha256.txt"
