@@ -255,6 +255,12 @@ def is_oom(exc: BaseException) -> bool:
 # ---- the benchmark -------------------------------------------------------------------------------
 
 
+def error_text(exc: BaseException) -> str:
+    """What a results file says of a failed cell: ``OOM: …`` or ``error (Type): …`` with the message's first line."""
+    what = "OOM" if is_oom(exc) else f"error ({type(exc).__name__})"
+    return f"{what}: " + (str(exc).splitlines() or [""])[0][:200]
+
+
 def pick_dense_backend(model, ids, want: str, device, parallel: str = "none") -> tuple[str | None, dict]:
     """The SDPA backend dense runs on: ``want``, or with ``auto`` the fastest of those that run ``ids``."""
     if device.type != "cuda":
@@ -377,8 +383,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                         raise  # the other ranks wait in a collective: stop them all
                     # one device: record it and go on (the other cells' numbers are not lost)
                     failed.add(key)
-                    what = "OOM" if is_oom(exc) else f"error ({type(exc).__name__})"
-                    cell["error"] = f"{what}: " + (str(exc).splitlines() or [""])[0][:200]
+                    cell["error"] = error_text(exc)
                     res = None
                 if res is None:  # outside the except block: its traceback no longer pins the cell's tensors
                     log(f"  {fmt_length(n):>5s} {variant_name(key):24s} {cell['error']}", flush=True)
@@ -458,7 +463,7 @@ def profile_prefills(model, ids, methods, delta_config, sdpa_backend, log) -> di
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_oom(exc):
                 raise
-            out[m] = {"error": "OOM: " + (str(exc).splitlines() or [""])[0][:200]}
+            out[m] = {"error": error_text(exc)}
             log(f"  {m:10s} {out[m]['error']}", flush=True)
             continue
         res["kernels"] = res["kernels"][:25]  # the file keeps the top 25

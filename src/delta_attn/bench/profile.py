@@ -113,9 +113,10 @@ def time_anchor_tiles(q, k, v, config, tiles: list[tuple[int, int]], *, reps: in
     gamma = config.gamma
     n = q.shape[2]
     n_anchor = -(-(n - config.tail_rows(n)) // gamma)  # the anchors below the exact tail, as a one-shot call has
+    default_cfg = kernel_config(q.dtype, CONFIG)
     rows, first = [], None
     for bm, warps in tiles:
-        cfg = kernel_config(q.dtype, CONFIG) | {"BM": bm, "num_warps": warps}
+        cfg = default_cfg | {"BM": bm, "num_warps": warps}
         call = lambda: anchor_sparse_rows(  # noqa: E731
             q, k, v, spec, anchor_lo=0, n_anchor=n_anchor, gamma=gamma, scale=scale, config=cfg
         )
@@ -135,9 +136,10 @@ def time_anchor_tiles(q, k, v, config, tiles: list[tuple[int, int]], *, reps: in
                 call()
                 times.append((time.perf_counter() - t0) * 1e3)
         times.sort()
-        default = cfg == kernel_config(q.dtype, CONFIG)
         diff = (out - first).abs().max().item()
-        rows.append({"BM": bm, "num_warps": warps, "ms": times[len(times) // 2], "default": default, "diff": diff})
+        rows.append(
+            {"BM": bm, "num_warps": warps, "ms": times[len(times) // 2], "default": cfg == default_cfg, "diff": diff}
+        )
     return rows
 
 

@@ -399,8 +399,7 @@ def bench(
     runs = parse_runs(runs)
     make_dummy_model(model_dir)
     t0 = time.perf_counter()
-    # the engines with decode + concurrency do more, and the first one also pays the cold start (its 2026-12-06
-    # H100 run: 50 s of startup, then only TTFT fitted an equal quarter): they get 3 parts of the time, the others 2
+    # the engines with decode + concurrency do more: they get 3 parts of the time, the others 2
     weights = [3 if extra else 2 for _, _, extra in runs]
     results = []
     for i, (backend, chunk, extra) in enumerate(runs):

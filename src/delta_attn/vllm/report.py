@@ -11,6 +11,11 @@ def _fmt(x, unit: str = "") -> str:
     return f"{x:.3f}{unit}" if isinstance(x, (int, float)) else ("—" if x is None else str(x))
 
 
+def _ratio(num, den) -> float | None:
+    """num / den when both were measured (floats) and den > 0, else None (a skipped or failed cell)."""
+    return num / den if isinstance(num, float) and isinstance(den, float) and den > 0 else None
+
+
 def table(out: Path) -> str:
     """The short summary of whatever parts ran (read back from their JSON files)."""
     lines = []
@@ -39,14 +44,12 @@ def table(out: Path) -> str:
             for chunk in ("default", "one"):
                 fa = runs.get(("flash", chunk), {}).get("ttft_s", {}).get(str(n))
                 de = runs.get(("delta", chunk), {}).get("ttft_s", {}).get(str(n))
-                ratio = fa / de if isinstance(fa, float) and isinstance(de, float) and de > 0 else None
-                row += [_fmt(fa), _fmt(de), _fmt(ratio, "×")]
+                row += [_fmt(fa), _fmt(de), _fmt(_ratio(fa, de), "×")]
             lines.append("| " + " | ".join(row) + " |")
         for key in ("decode_tok_s_batch1_ctx32768", "decode_tok_s_batch16_ctx2048"):
             fa = runs.get(("flash", "default"), {}).get(key)
             de = runs.get(("delta", "default"), {}).get(key)
-            ratio = de / fa if isinstance(fa, float) and isinstance(de, float) and fa > 0 else None
-            lines.append(f"| {key} (FA, Δ, Δ ÷ FA) | {_fmt(fa)} | {_fmt(de)} | {_fmt(ratio, '×')} | | | |")
+            lines.append(f"| {key} (FA, Δ, Δ ÷ FA) | {_fmt(fa)} | {_fmt(de)} | {_fmt(_ratio(de, fa), '×')} | | | |")
         for backend in ("flash", "delta"):
             c = runs.get((backend, "default"), {}).get("concurrency")
             if c:
