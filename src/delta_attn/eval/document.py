@@ -10,6 +10,13 @@ Where each part of the document comes from:
 * **Hand-written notes** (``--notes``): interpretation. Each notes file names the runs it describes
   in its first line, ``<!-- runs: ID ID ... -->``; the document says so above the notes, and a notes
   file naming a run that is not among the inputs is refused (its prose would describe other data).
+
+**One section per model.** The records are split by model first (:mod:`delta_attn.eval.model_groups`):
+two models' records share task, length and method names, and pooling them would average two models
+into one cell. With one model the document is that model's alone; with several, a "Models" overview
+comes first and then each model's document under its own heading (headings one level down, plots in a
+subfolder per model); a notes file goes to the section of the model whose runs it names, and one
+naming runs of two models is refused.
 """
 
 from __future__ import annotations
@@ -23,17 +30,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..models.registry import NAMED_MODELS
 from . import tables
+from .model_groups import ModelGroup, model_name, slug, split_by_model
 from .records import Records, open_text
 
-# a run's model (its --model option in older runs, its GGUF file name or registry name in newer ones) -> display name
-MODEL_NAMES = {"smollm2": "SmolLM2-135M-Instruct"} | {
-    key: m.title for m in NAMED_MODELS.values() for key in (m.name, m.file_name)
-}
-# a named model's file under another name (e.g. reassembled on a GPU machine) is known by its hash
-MODEL_NAMES_BY_SHA = {m.sha256[:12]: m.title for m in NAMED_MODELS.values()}
+if TYPE_CHECKING:  # the sweep module imports the methods; the report imports it only when it runs
+    from .sweep import SweepData
+
 _RUNS_LINE = re.compile(r"^\s*<!--\s*runs:\s*([\w\s,-]+?)\s*-->\s*$")
 
 
@@ -95,11 +100,12 @@ def read_note(path: Path, text: str) -> Note:
     return Note(path, tuple(re.split(r"[\s,]+", m.group(1).strip())), rest.strip())
 
 
-def load_analysis(paths: Sequence[Path]) -> dict:
-    out: dict = {}
+def load_json_files(paths: Sequence[Path]) -> list[dict]:
+    """The contents of JSON result files (analysis, needle), in the order given."""
+    out = []
     for p in paths:
         with open_text(Path(p)) as fh:
-            out.update(json.load(fh))
+            out.append(json.load(fh))
     return out
 
 
@@ -121,18 +127,6 @@ def _one_or_list(values) -> str:
 
 def _device(run: dict) -> str | None:
     return f"{run['device_name']} ({run.get('device', '?')})" if run.get("device_name") else None
-
-
-def model_name(runs: Sequence[dict]) -> str:
-    names = set()
-    for r in runs:
-        key = r["model_id"].partition("@")[0] if r.get("model_id") else r.get("options", {}).get("model")
-        sha = r["model_id"].partition("@sha256:")[2] if r.get("model_id") else ""
-        if sha in MODEL_NAMES_BY_SHA:
-            names.add(MODEL_NAMES_BY_SHA[sha])
-        elif key:
-            names.add(MODEL_NAMES.get(key, key))
-    return " / ".join(sorted(names)) or "an unnamed model"
 
 
 def setup_section(
@@ -238,47 +232,59 @@ def notes_section(note: Note) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the document
+# one model's results
 
 
-def results_document(
-    inputs: Inputs,
-    ruler_records: Records,
-    ppl_records: Records,
+@dataclass
+class ModelResults:
+    """One model's results (see :mod:`delta_attn.eval.model_groups`), read as the document's tables read them."""
+
+    variants: tables.RulerData  # every RULER record, the prompt-format variants (task@format) included
+    ruler: tables.RulerData  # the default format's records: variants get their own section, not a place in averages
+    ppl: tables.PplData
+    cppl: tables.CpplData
+    sweep: SweepData
+    analysis: dict  # the analysis files merged, in input order
+    needles: list[dict]
+
+    @classmethod
+    def from_group(cls, group: ModelGroup) -> ModelResults:
+        from .sweep import SweepData
+
+        analysis: dict = {}
+        for result in group.analysis:
+            analysis.update(result)
+        return cls(
+            variants=tables.RulerData.from_records(group.ruler),
+            ruler=tables.RulerData.from_records(r for r in group.ruler if "@" not in str(r.get("task", ""))),
+            ppl=tables.PplData.from_records(group.ppl),
+            cppl=tables.CpplData.from_records(group.ppl),
+            sweep=SweepData.from_records(group.sweep),
+            analysis=analysis,
+            needles=list(group.needles),
+        )
+
+    @property
+    def runs(self) -> list[dict]:
+        needle_runs = [n["meta"]["run"] for n in self.needles if n.get("meta", {}).get("run")]
+        return all_runs(self.variants, self.ppl, self.analysis, self.sweep.runs) + needle_runs
+
+
+def model_sections(
+    m: ModelResults,
     *,
-    notes: Sequence[Note] = (),
-    plots_dir: Path | None = None,
-    rel_to: Path | None = None,
-    n_resamples: int = 9999,
-    status: str | None = None,
-    command: str = "delta-attn eval report",
-    sweep_records: Records | None = None,
-) -> str:
-    """The full RESULTS.md text from the records of ``inputs.ruler`` and ``inputs.ppl`` and the analysis files.
-
-    Raises :class:`NotesError` when a note describes a run that is not among the inputs.
-    """
+    notes: Sequence[Note],
+    plots_dir: Path | None,
+    rel_to: Path | None,
+    n_resamples: int,
+    command: str,
+) -> tuple[str, list[str]]:
+    """(the setup section, every section after the methodology) of one model's results; plots go to ``plots_dir``."""
     from . import plots
     from .format_report import format_section
-    from .sweep import SweepData, sweep_markdown
+    from .sweep import sweep_markdown
 
-    # prompt-format variants (task@format) get their own section, not a place in the task averages
-    variants = tables.RulerData.from_records(ruler_records.items)
-    d = tables.RulerData.from_records(r for r in ruler_records.items if "@" not in str(r.get("task", "")))
-    needles = []
-    for p in inputs.needle:
-        with open_text(Path(p)) as fh:
-            needles.append(json.load(fh))
-    sweep = SweepData.from_records(sweep_records.items if sweep_records is not None else [])
-    ppl = tables.PplData.from_records(ppl_records.items)
-    cppl = tables.CpplData.from_records(ppl_records.items)
-    an = load_analysis(inputs.analysis)
-    runs = all_runs(variants, ppl, an, sweep.runs) + [n["meta"]["run"] for n in needles if n.get("meta", {}).get("run")]
-    known = {r.get("run_id") for r in runs}
-    for note in notes:
-        unknown = [r for r in note.runs if r not in known]
-        if unknown:
-            raise NotesError(f"{note.path} describes run(s) {', '.join(unknown)}, which are not among the inputs")
+    d, ppl, cppl, sweep, an, runs = m.ruler, m.ppl, m.cppl, m.sweep, m.analysis, m.runs
     img = {}
     if plots_dir is not None:
         plots_dir.mkdir(parents=True, exist_ok=True)
@@ -288,7 +294,7 @@ def results_document(
             ("analysis.png", lambda p: plots.plot_analysis(an, p)),
             ("sweep.png", lambda p: plots.plot_sweep(an, p)),
             ("gamma.png", lambda p: plots.plot_gamma(d, ppl, p)),
-            *((f"sweep_{m}.png", lambda p, m=m: plots.plot_sweep_map(sweep, m, p)) for m, _, _ in sweep.measures()),
+            *((f"sweep_{s}.png", lambda p, s=s: plots.plot_sweep_map(sweep, s, p)) for s, _, _ in sweep.measures()),
         ):
             out = fn(plots_dir / name)
             if out is not None:
@@ -297,19 +303,7 @@ def results_document(
     def pic(name, alt):
         return f"\n![{alt}]({img[name].as_posix()})\n" if name in img else ""
 
-    status = status or (
-        f"**Status:** generated {time.strftime('%Y-%m-%d')} from {len(inputs.ruler)} RULER, "
-        f"{len(inputs.ppl)} perplexity, {len(inputs.sweep)} sweep and {len(inputs.analysis)} analysis result files."
-    )
-    parts = [
-        f"# Results: Δ attention on {model_name(runs)} (offline RULER-style suite)\n",
-        status + "\n",
-        "This file is generated by `delta-attn eval report` from the result files; every setting and number "
-        f"in it comes from their records, except the hand-written notes, which say so.\nRegenerate: `{command}`\n",
-        setup_section(d, ppl, an, runs, cppl),
-        methodology(n_resamples),
-    ]
-    parts += [notes_section(n) for n in notes]
+    parts = [notes_section(n) for n in notes]
     parts += ["## Runs\n", runs_section(runs)]
     parts.append("\n## Targets\n")
     parts.append(tables.targets_table(d, n_resamples=n_resamples) if d.scores else "_no RULER results._\n")
@@ -339,11 +333,152 @@ def results_document(
     parts.append("\n## γ ablation\n")
     parts.append(pic("gamma.png", "gamma ablation") or "_no γ ablation (needs delta_g<γ> methods)._\n")
     if sweep.roots:
-        sweep_img = {m: img[f"sweep_{m}.png"].as_posix() for m, _, _ in sweep.measures() if f"sweep_{m}.png" in img}
+        sweep_img = {s: img[f"sweep_{s}.png"].as_posix() for s, _, _ in sweep.measures() if f"sweep_{s}.png" in img}
         parts.append("\n## Where Δ wins: window × γ map\n")
         parts.append(sweep_markdown(sweep, sweep_img))
     parts.append("\n## Analysis (paper Fig. 3 and Fig. 6b on our model)\n")
     parts.append(tables.analysis_markdown(an) + pic("analysis.png", "analysis") + pic("sweep.png", "per-layer sweep"))
-    parts.append(format_section(variants, needles, n_resamples=n_resamples))
+    parts.append(format_section(m.variants, m.needles, n_resamples=n_resamples))
     parts.append("\n" + reproduce_section(runs, command))
+    return setup_section(d, ppl, an, runs, cppl), parts
+
+
+# ---------------------------------------------------------------------------------------------
+# several models
+
+
+def demote(markdown: str) -> str:
+    """Every Markdown heading one level down (``## X`` → ``### X``); lines in fenced code blocks stay as they are."""
+    out, fenced = [], False
+    for line in markdown.split("\n"):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,5} ", line):
+            line = "#" + line
+        out.append(line)
+    return "\n".join(out)
+
+
+def models_table(groups: Sequence[ModelGroup], models: Sequence[ModelResults]) -> str:
+    """The overview of a document with several models: one row per model (its section follows below)."""
+    lines = [
+        "## Models\n",
+        "Each model has its own section below; no table pools records of two models.\n",
+        "| model | lengths | RULER tasks | methods | samples | runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for g, m in zip(groups, models):
+        lengths = {*m.variants.lengths, *m.ppl.lengths, *(L for L, _ in m.cppl.cells), *m.sweep.length}
+        samples = []
+        if m.variants.records:
+            counts = ", ".join(map(str, m.ruler.sample_counts() or m.variants.sample_counts()))
+            samples.append(f"RULER {counts} per (task, length, method), {len(m.variants.records)} generations")
+        docs = {r["doc"] for r in (*m.ppl.records, *m.cppl.records)}
+        if docs:
+            samples.append(f"perplexity {len(docs)} documents")
+        sweep_records = sum(len(v) for per in m.sweep.ruler.values() for v in per.values()) + sum(
+            len(v) for v in m.sweep.cppl.values()
+        )
+        if sweep_records:
+            samples.append(f"sweep {sweep_records} records")
+        if m.analysis:
+            samples.append(f"analysis {m.analysis.get('meta', {}).get('samples', '?')} prompts")
+        if m.needles:
+            samples.append(f"needle {sum(int(n.get('meta', {}).get('samples', 0) or 0) for n in m.needles)} prompts")
+        # method names, not labels: a name run with several settings is one entry here (its section tells them apart)
+        names = {r["method"] for r in (*g.ruler, *g.ppl) if r.get("record") != "run" and "method" in r}
+        run_ids = {r.get("run_id") for r in m.runs}
+        lines.append(
+            f"| {g.heading} | {', '.join(tables.len_name(L) for L in sorted(lengths)) or '–'} | "
+            f"{len(m.ruler.tasks) or '–'} | {', '.join(f'`{x}`' for x in tables.ordered_methods(names)) or '–'} | "
+            f"{'; '.join(samples) or '–'} | {len(run_ids)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def notes_by_model(notes: Sequence[Note], groups: Sequence[ModelGroup], models: Sequence[ModelResults]) -> list[list]:
+    """Each group's notes (a list per group): a note goes to the model whose runs it names.
+
+    Raises :class:`NotesError` for a note naming a run that is not among the inputs, or runs of two models.
+    """
+    group_of: dict[str, set[int]] = {}
+    for i, m in enumerate(models):
+        for r in m.runs:
+            group_of.setdefault(r.get("run_id"), set()).add(i)
+    out: list[list] = [[] for _ in groups]
+    for note in notes:
+        unknown = [r for r in note.runs if r not in group_of]
+        if unknown:
+            raise NotesError(f"{note.path} describes run(s) {', '.join(unknown)}, which are not among the inputs")
+        owners = sorted({i for r in note.runs for i in group_of[r]})
+        if len(owners) > 1:
+            named = "; ".join(
+                f"{groups[i].heading}: {', '.join(r for r in note.runs if i in group_of[r])}" for i in owners
+            )
+            raise NotesError(
+                f"{note.path} names runs of {len(owners)} models ({named}); the report writes one section per "
+                "model, so write one notes file per model, each naming only that model's runs"
+            )
+        out[owners[0]].append(note)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the document
+
+
+def results_document(
+    inputs: Inputs,
+    ruler_records: Records,
+    ppl_records: Records,
+    *,
+    notes: Sequence[Note] = (),
+    plots_dir: Path | None = None,
+    rel_to: Path | None = None,
+    n_resamples: int = 9999,
+    status: str | None = None,
+    command: str = "delta-attn eval report",
+    sweep_records: Records | None = None,
+) -> str:
+    """The full RESULTS.md text from the records of ``inputs.ruler`` and ``inputs.ppl`` and the analysis files.
+
+    The records are split by model first (:func:`~delta_attn.eval.model_groups.split_by_model`). With one
+    model the document is that model's; with several it has a "Models" overview and then one section per
+    model (every heading of the one-model document one level down; plots in ``plots_dir/<model slug>``).
+
+    Raises :class:`NotesError` when a note describes a run that is not among the inputs, or runs of two models.
+    """
+    groups = split_by_model(
+        ruler_records.items,
+        ppl_records.items,
+        sweep_records.items if sweep_records is not None else [],
+        load_json_files(inputs.analysis),
+        load_json_files(inputs.needle),
+    ) or [ModelGroup(None)]
+    models = [ModelResults.from_group(g) for g in groups]
+    notes_of = notes_by_model(notes, groups, models)
+    status = status or (
+        f"**Status:** generated {time.strftime('%Y-%m-%d')} from {len(inputs.ruler)} RULER, "
+        f"{len(inputs.ppl)} perplexity, {len(inputs.sweep)} sweep and {len(inputs.analysis)} analysis result files."
+    )
+
+    def head(models_named: str) -> list[str]:
+        return [
+            f"# Results: Δ attention on {models_named} (offline RULER-style suite)\n",
+            status + "\n",
+            "This file is generated by `delta-attn eval report` from the result files; every setting and number "
+            f"in it comes from their records, except the hand-written notes, which say so.\nRegenerate: `{command}`\n",
+        ]
+
+    options = dict(rel_to=rel_to, n_resamples=n_resamples, command=command)
+    if len(models) == 1:
+        setup, rest = model_sections(models[0], notes=notes_of[0], plots_dir=plots_dir, **options)
+        return "\n".join([*head(model_name(models[0].runs)), setup, methodology(n_resamples), *rest])
+    names = [g.key or "records that name no model" for g in groups]
+    parts = [*head(", ".join(names[:-1]) + " and " + names[-1]), models_table(groups, models)]
+    for g, m, own_notes in zip(groups, models, notes_of):
+        model_plots = plots_dir / slug(g.key) if plots_dir is not None else None
+        setup, rest = model_sections(m, notes=own_notes, plots_dir=model_plots, **options)
+        # the one-model document's content, the methodology included: it speaks of "the setup above"
+        parts += [f"## {g.heading}\n", demote("\n".join([setup, methodology(n_resamples), *rest]))]
     return "\n".join(parts)

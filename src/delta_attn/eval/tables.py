@@ -66,6 +66,11 @@ def _order(methods: Iterable[str], preferred: Sequence[str]) -> list[str]:
     return [m for m in preferred if m in ms] + sorted(m for m in ms if m not in preferred)
 
 
+def ordered_methods(methods: Iterable[str]) -> list[str]:
+    """Method names in the tables' order: the :data:`PREFERRED` ones first, then the others sorted."""
+    return _order(methods, PREFERRED)
+
+
 # ---------------------------------------------------------------------------------------------
 # method labels
 
