@@ -22,9 +22,11 @@ from delta_attn.models import model_info
 
 DEFAULTS = {"sparse": "streaming", "window": 64, "sink": 16, "gamma": 8}
 PROMPT = {"reserve": 128, "chat": True, "format": PROMPT_FORMAT}  # what `eval ruler` records today
+# the records' model, in their configs and their run header alike (the report splits records by model)
+MODEL_ID = "SmolLM2-135M-Instruct.Q4_1.gguf@sha256:b179c9523d0e"
 
 
-def _config(spec: str, model: str = "m@sha256:0", dtype: str = "float32", **defaults) -> dict:
+def _config(spec: str, model: str = MODEL_ID, dtype: str = "float32", **defaults) -> dict:
     method = parse_method(spec, {**DEFAULTS, **defaults})
     return record_config(method.canonical(), model=model, dtype=dtype, prompt=PROMPT, seed=0)
 
@@ -103,7 +105,7 @@ def test_resume_compares_model_dtype_and_prompt_too():
     plan = plan_resume(recs, "sample", sample_key, {"delta": base})
     assert not plan.done
     (line,) = plan.lines()[1:]
-    assert "dtype (bfloat16 vs float32)" in line and "model (other@sha256:1 vs m@sha256:0)" in line
+    assert "dtype (bfloat16 vs float32)" in line and f"model (other@sha256:1 vs {MODEL_ID})" in line
 
 
 def test_records_without_config_get_it_back_from_their_run_header():
@@ -188,7 +190,7 @@ def _run_header(run_id: str, dtype: str = "float32") -> dict:
         "dtype": dtype,
         "device": "cpu",
         "device_name": "x86_64",
-        "model_id": "SmolLM2-135M-Instruct.Q4_1.gguf@sha256:b179c9523d0e",
+        "model_id": MODEL_ID,
         "model_layers": 30,
         "options": {},
     }
