@@ -3,6 +3,11 @@
 Every setting and number in the document comes from the records (see
 :mod:`delta_attn.eval.document`); hand-written interpretation comes from ``--notes`` files that
 name the runs they describe. No result file among the inputs is an error.
+
+Records of several models (told apart by the model id in their configs and run headers, see
+:mod:`delta_attn.eval.model_groups`) get one section each under a "Models" overview, never a pooled
+table; plots go to ``--plots-dir/<model>/``, each notes file to its model's section, and a notes file
+naming runs of two models is an error.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import sys
 from ..cli_options import UsageError, read_text_file
 
 NAME = "report"
-HELP = "RESULTS.md (tables, permutation tests, plots) from result files"
+HELP = "RESULTS.md (tables, permutation tests, plots; one section per model) from result files"
 
 
 def add_arguments(p) -> None:
@@ -32,7 +37,11 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--out", type=opt.output_path, default=Path("RESULTS.md"), help="output file (default RESULTS.md)")
     p.add_argument(
-        "--plots-dir", type=opt.output_dir, default=None, help="write PNG plots here and link them (default: no plots)"
+        "--plots-dir",
+        type=opt.output_dir,
+        default=None,
+        help="write PNG plots here (in a subfolder per model when the inputs hold several) and link them "
+        "(default: no plots)",
     )
     p.add_argument("--resamples", type=opt.positive_int, default=9999, help="permutation-test resamples (default 9999)")
     p.add_argument("--status", default=None, help="status line at the top (default: generated from the inputs)")
@@ -41,8 +50,9 @@ def add_arguments(p) -> None:
         type=opt.existing_path,
         nargs="*",
         default=[],
-        help="hand-written Markdown notes placed after the generated overview; each must name the run ids it "
-        "describes in a first line '<!-- runs: ID ID ... -->' (default none)",
+        help="hand-written Markdown notes placed after the generated overview (of the model whose runs they "
+        "name); each must name the run ids it describes in a first line '<!-- runs: ID ID ... -->', runs of "
+        "one model (default none)",
     )
 
 
