@@ -370,9 +370,11 @@ def models_table(groups: Sequence[ModelGroup], models: Sequence[ModelResults]) -
     for g, m in zip(groups, models):
         lengths = {*m.variants.lengths, *m.ppl.lengths, *(L for L, _ in m.cppl.cells), *m.sweep.length}
         samples = []
-        if m.variants.records:
-            counts = ", ".join(map(str, m.ruler.sample_counts() or m.variants.sample_counts()))
-            samples.append(f"RULER {counts} per (task, length, method), {len(m.variants.records)} generations")
+        if m.ruler.records:  # counted as the model's setup counts them: the default prompt format
+            counts = ", ".join(map(str, m.ruler.sample_counts()))
+            samples.append(f"RULER {counts} per (task, length, method), {len(m.ruler.records)} generations")
+        if len(m.variants.records) > len(m.ruler.records):
+            samples.append(f"prompt-format variants {len(m.variants.records) - len(m.ruler.records)} generations")
         docs = {r["doc"] for r in (*m.ppl.records, *m.cppl.records)}
         if docs:
             samples.append(f"perplexity {len(docs)} documents")
