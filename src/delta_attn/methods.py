@@ -35,7 +35,8 @@ The spec string itself is the method's name in every output file and table.
 
 This module parses a spec (:func:`parse_method`), names what decides its results (:func:`canonical_config`)
 and describes it (:func:`describe_config` for legends, :func:`describe_settings` for logs); the command
-line's ``DeltaConfig`` fields come from :func:`settings_from_args`.
+line's ``DeltaConfig`` fields come from :func:`settings_from_args`; :func:`config_expression` writes a config
+back as a line of Python.
 """
 
 from __future__ import annotations
@@ -298,6 +299,34 @@ def parse_methods(specs: str | Sequence[str], defaults: dict | None = None) -> l
 def config_fields(config: DeltaConfig) -> dict:
     """Every field of ``config`` as a dict (shallow: a SparseMethod object stays itself), e.g. as spec defaults."""
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(DeltaConfig)}
+
+
+def config_expression(config: DeltaConfig) -> str:
+    """``config`` as a line of Python, ``DeltaConfig(window=256, sink=64, delta_scale="auto")``: the fewest
+    fields whose values give the same results (equal :func:`canonical_config`). Fields at their default are
+    left out, and so are those that change nothing in this mode (``interp`` of ``recompute``, say);
+    ``backend`` too (it changes rounding, not the method). A base given as an object is named by its
+    registered name."""
+    import json
+
+    target = canonical_config(config)
+    default = DeltaConfig()
+    kwargs = {}
+    for f in dataclasses.fields(DeltaConfig):
+        value = config.method_name if f.name == "sparse" else getattr(config, f.name)
+        if f.name != "backend" and value != getattr(default, f.name):
+            kwargs[f.name] = value
+    for name in list(kwargs):  # drop each field the results do not depend on, given the others
+        trial = {k: v for k, v in kwargs.items() if k != name}
+        try:
+            same = canonical_config(DeltaConfig(**trial)) == target
+        except (TypeError, ValueError):  # without it the others would not be a valid config
+            same = False
+        if same:
+            kwargs = trial
+    # strings in double quotes, as the docs write them; numbers and tuples as Python prints them
+    shown = ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else repr(v)}" for k, v in kwargs.items())
+    return f"DeltaConfig({shown})"
 
 
 def settings_from_args(args) -> dict:

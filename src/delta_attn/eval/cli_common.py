@@ -216,13 +216,12 @@ def add_model_opts(p) -> None:
     opt.add_overflow_option(p)
 
 
-def add_method_opts(p, default_methods: str) -> None:
-    """``--methods`` and the defaults their specs start from (the base, window, sink, γ, ..., backend)."""
+def add_method_opts(p, default_methods: str, *, flag: str = "--methods", what: str = "method specs") -> None:
+    """``--methods`` (or ``flag``) and the defaults their specs start from (the base, window, sink, γ, ...,
+    backend)."""
     from .. import cli_options as opt
 
-    p.add_argument(
-        "--methods", default=default_methods, help=f"comma-separated method specs (default {default_methods})"
-    )
+    p.add_argument(flag, default=default_methods, help=f"comma-separated {what} (default {default_methods})")
     opt.add_method_options(p, window=256, sink=64, gamma=64, base_option="--base")
     g = p.add_argument_group("other sparse bases (see delta_attn.methods for the spec syntax)")
     g.add_argument("--block-size", type=opt.positive_int, default=512, help="block base: block size (default 512)")
@@ -235,13 +234,23 @@ def add_method_opts(p, default_methods: str) -> None:
     opt.add_backend_option(g)
 
 
-def add_run_opts(p, *, methods: str, stem: str) -> None:
-    """The model and method options (``methods``: the default ``--methods``), then ``--out --resume-from
-    --time-limit --no-progress --plots --no-summary`` of a resumable run (``stem``: what its records are)."""
+def add_run_opts(
+    p,
+    *,
+    methods: str,
+    stem: str,
+    methods_flag: str = "--methods",
+    methods_what: str = "method specs",
+    progress: bool = True,
+    summary: bool = True,
+) -> None:
+    """The model and method options (``methods``: the default ``--methods``, or of ``methods_flag``), then
+    ``--out --resume-from --time-limit`` of a resumable run (``stem``: what its records are), ``--no-progress``
+    where it shows bars (``progress``) and ``--plots --no-summary`` where it writes a summary (``summary``)."""
     from .. import cli_options as opt
 
     add_model_opts(p)
-    add_method_opts(p, methods)
+    add_method_opts(p, methods, flag=methods_flag, what=methods_what)
     g = p.add_argument_group("run")
     g.add_argument("--out", type=opt.output_dir, required=True, help="output directory (required)")
     g.add_argument(
@@ -258,7 +267,10 @@ def add_run_opts(p, *, methods: str, stem: str) -> None:
         default=None,
         help="seconds since start after which no new batch is started (default none; the run can be resumed)",
     )
-    g.add_argument("--no-progress", action="store_true", help="no tqdm bars (default: bars on)")
+    if progress:
+        g.add_argument("--no-progress", action="store_true", help="no tqdm bars (default: bars on)")
+    if not summary:
+        return
     g.add_argument("--plots", action="store_true", help="also write PNG plots next to the summary (default off)")
     g.add_argument(
         "--no-summary",

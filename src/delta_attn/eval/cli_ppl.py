@@ -11,6 +11,9 @@ tokens are scored densely against the cache the method's prefill of the first L 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from . import cli_common as common
 
 NAME = "ppl"
@@ -42,7 +45,56 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     methods = common.methods(args)  # first: a bad method is reported before the imports below load torch
+    log = common.Log(args.out / "ppl.log")
+    if measure(args, methods, lengths=args.lengths, conts=args.continuation, log=log) is None:
+        return 0  # the time limit left no room to measure (logged)
+    if not args.no_summary:
+        from . import plots, tables
 
+        recs = common.earlier_records([args.out / PPL_FILE, *args.resume_from], log)
+        summary = tables.ppl_table(tables.PplData.from_records(recs.items))
+        cdata = tables.CpplData.from_records(recs.items)
+        if cdata.records:
+            summary += "\n## Continuation perplexity\n\n" + tables.cppl_table(cdata)
+        (args.out / "ppl_summary.md").write_text(summary)
+        if args.plots:
+            plots.plot_ppl(tables.PplData.from_records(recs.items), args.out / "ppl.png")
+        log(f"summary: {args.out / 'ppl_summary.md'}")
+    return 0
+
+
+#: the records file of ``eval ppl`` (and ``eval calibrate``) in ``--out``
+PPL_FILE = "ppl.jsonl"
+
+
+@dataclass
+class Measured:
+    """What :func:`measure` scored: the record ``config`` per method name (records with another config under
+    the same name are not this run's), and the documents (names) of each length."""
+
+    configs: dict[str, dict]
+    docs: dict[int, list[str]]
+
+
+def measure(
+    args,
+    methods,
+    *,
+    lengths: Sequence[int],
+    conts: Sequence[int] | None,
+    log,
+    info=None,
+    lengths_option: str = "--lengths",
+) -> Measured | None:
+    """The measuring part of ``eval ppl``, shared with ``eval calibrate``: check the lengths, continuations and
+    texts (before the model loads), then score every (document, length[, M], method) that ``<out>/ppl.jsonl``
+    and ``--resume-from`` do not already hold with the same settings, appending the records.
+
+    ``conts`` (``--continuation``) empty or None: row-wise perplexity; else continuation perplexity for each M.
+    ``args`` supplies the model, device, texts, ``--docs``, ``--batch-size``, ``--out``, ``--resume-from`` and
+    ``--time-limit``; ``info`` the model's facts when the caller has read them already. Returns None when the
+    time limit is too short to load the model (logged; nothing was measured).
+    """
     from .corpus import PPL_BOOKS
     from .cppl import run_cppl
     from .ppl import DOC_FORMAT, ppl_documents, run_ppl
@@ -51,16 +103,15 @@ def run(args) -> int:
     from .runner import Deadline
 
     deadline = Deadline(args.time_limit, start=common.START)
-    info = common.model_info(args)
-    common.check_lengths(args.lengths, info, args, minimum=2)
-    conts = check_continuations(args.continuation, args.lengths)
+    info = info or common.model_info(args)
+    common.check_lengths(lengths, info, args, minimum=2, what=lengths_option)
+    conts = check_continuations(conts, lengths)
     common.check_texts(PPL_BOOKS[: args.docs], args.texts_dir)
     device, dtype = common.device_and_dtype(args)
-    out_jsonl = args.out / "ppl.jsonl"
-    log = common.Log(args.out / "ppl.log")
+    out_jsonl = args.out / PPL_FILE
     if args.time_limit is not None and args.time_limit < 45:
         log(f"time limit {args.time_limit:.0f}s is too short for perplexity; skipping")
-        return 0
+        return None
     configs = {
         m.name: record_config(
             m.canonical(),
@@ -76,6 +127,7 @@ def run(args) -> int:
     for line in plan.lines():
         log(line)
     model, tok = common.load_model(args, device, dtype)
+    measured = Measured(configs, {})
     with JsonlWriter(out_jsonl, warn=log) as w:
         header = run_info(
             args,
@@ -88,8 +140,9 @@ def run(args) -> int:
             model_info=info,
         )
         w.write([header])
-        for length in args.lengths:
+        for length in lengths:
             docs = ppl_documents(tok, length, args.docs, args.texts_dir)
+            measured.docs[length] = [name for name, _ in docs]
             log(f"ppl@{length}: {len(docs)} documents × {len(methods)} methods" + (f", M = {conts}" if conts else ""))
             batch_size = args.batch_size or max(1, 16384 // length)
             if conts:
@@ -122,19 +175,7 @@ def run(args) -> int:
                 log=log,
                 deadline=deadline,
             )
-    if not args.no_summary:
-        from . import plots, tables
-
-        recs = common.earlier_records([out_jsonl, *args.resume_from], log)
-        summary = tables.ppl_table(tables.PplData.from_records(recs.items))
-        cdata = tables.CpplData.from_records(recs.items)
-        if cdata.records:
-            summary += "\n## Continuation perplexity\n\n" + tables.cppl_table(cdata)
-        (args.out / "ppl_summary.md").write_text(summary)
-        if args.plots:
-            plots.plot_ppl(tables.PplData.from_records(recs.items), args.out / "ppl.png")
-        log(f"summary: {args.out / 'ppl_summary.md'}")
-    return 0
+    return measured
 
 
 def check_continuations(conts, lengths) -> list[int]:
