@@ -13,6 +13,7 @@ import pytest
 import delta_attn
 from delta_attn.eval import cli_calibrate
 from delta_attn.eval.records import read_records
+from delta_attn.eval.stats import paired_permutation_test
 from delta_attn.methods import canonical_config, config_expression, parse_method
 
 SMALL = ["--window", "32", "--sink", "8", "--gamma", "16", "--threads", "1"]
@@ -129,9 +130,37 @@ def test_a_tie_is_not_significant_and_names_the_cheaper(seed):
     assert not r["significant"] and r["note"].startswith("not significant")
     # at 448 tokens the tail's base rows that recompute scores and Δ skips are several per cent of the pairs
     assert "the cheaper is delta_auto" in r["note"]
+    # Δ is worse on every document (p 2/256): the first candidate not significantly worse is λ = auto
+    assert r["recommendation"]["method"] == "delta_auto" and "delta significantly worse" in r["note"]
     # Δ and λ = auto score the same pairs: then the note says only that they cost the same
     r = cli_calibrate.calibration(cands[:2], _synthetic(seed, {"delta": 0.0, "delta_auto": 0.0}), length=512, cont=64)
     assert "they cost the same" in r["note"] and "cheaper" not in r["note"]
+
+
+def test_the_first_candidate_not_significantly_worse_is_recommended(seed):
+    """Δ first: recommended whenever its perplexity is not significantly above the lowest, even when another
+    candidate's is lower; skipped for the next one when it is significantly above."""
+    cands = [parse_method(s, {"window": 256, "sink": 64, "gamma": 64}) for s in ("delta", "delta_auto", "recompute")]
+    rng = random.Random(seed)
+    nll = _synthetic(seed, {"delta": 0.0, "delta_auto": 0.0, "recompute": -0.02})
+    for i, d in enumerate(sorted(nll["delta"])):  # Δ − recompute: +0.02 on average, but up and down by 0.05
+        nll["delta"][d] = nll["recompute"][d] + 0.02 + (-1) ** i * rng.uniform(0.04, 0.06)
+    r = cli_calibrate.calibration(cands, nll, length=4096, cont=1024)
+    assert r["best"] == "recompute"
+    p_delta = {row["method"]: row["p_value"] for row in r["candidates"]}["delta"]
+    assert p_delta >= 0.05
+    assert (
+        r["recommendation"]["method"] == "delta" and r["recommendation"]["python"] == "DeltaConfig(window=256, sink=64)"
+    )
+    assert "recommended: delta" in r["note"]
+    # Δ now above recompute on every document (p 2/256), λ = auto level with recompute (up and down): λ = auto
+    for i, d in enumerate(sorted(nll["recompute"])):
+        nll["delta"][d] = nll["recompute"][d] + rng.uniform(0.01, 0.03)
+        nll["delta_auto"][d] = nll["recompute"][d] + (-1) ** i * rng.uniform(0.005, 0.007)
+    r = cli_calibrate.calibration(cands, nll, length=4096, cont=1024)
+    rows = {row["method"]: row for row in r["candidates"]}
+    assert rows["delta"]["p_value"] == pytest.approx(2 / 256)
+    assert r["recommendation"]["method"] == "delta_auto" and "delta significantly worse" in r["note"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +183,24 @@ def test_calibrate_end_to_end_and_resume(tmp_path, run_cli):
     ppl = {m: math.exp(sum(v) / len(v)) for m, v in nll.items()}
     best = min(ppl, key=ppl.get)
     result = json.loads((out / "calibrate.json").read_text())
-    assert result["complete"] and result["best"] == result["recommendation"]["method"] == best
+    assert result["complete"] and result["best"] == best
+    # the rule, applied independently: the first candidate (in --candidates order) whose per-document NLLs are not
+    # significantly above the best's; with 3 documents no two-sided p can fall below 2/8, so that is the first
+    docs = sorted({r["doc"] for r in recs})
+    per_doc = {m: {r["doc"]: r["nll_sum"] / r["tokens"] for r in recs if r["method"] == m} for m in nll}
+    order = ["delta", "delta_auto", "recompute"]
+    ok = [
+        m
+        for m in order
+        if m == best
+        or paired_permutation_test(
+            [per_doc[m][d] for d in docs], [per_doc[best][d] for d in docs], alternative="two-sided"
+        ).p_value
+        >= 0.05
+    ]
+    chosen = ok[0]
+    assert result["recommendation"]["method"] == chosen == "delta"
+    assert "with 3 documents no difference can reach p < 0.05" in result["note"]
     assert [c["method"] for c in result["candidates"]] == sorted(ppl, key=ppl.get)
     for c in result["candidates"]:
         assert c["ppl"] == pytest.approx(ppl[c["method"]], rel=1e-9)
@@ -162,7 +208,7 @@ def test_calibrate_end_to_end_and_resume(tmp_path, run_cli):
     # the last printed line is Python that builds the best candidate's config
     last = stdout.strip().splitlines()[-1]
     built = eval(last, {"DeltaConfig": delta_attn.DeltaConfig})
-    want = parse_method(best, {"window": 32, "sink": 8, "gamma": 16}).config
+    want = parse_method(chosen, {"window": 32, "sink": 8, "gamma": 16}).config
     assert canonical_config(built) == canonical_config(want) and last.startswith(result["recommendation"]["python"])
     assert ("not significant" in stdout) == (not result["significant"])
     for m in ppl:

@@ -2,11 +2,14 @@
 
 Which setting is best depends on the model: on Qwen2.5-Coder-1.5B at 32K plain Δ (λ = 1) beats λ = auto
 and recompute on RULER, on SmolLM2-135M at 8K it is the other way round, and neither the per-prompt λ
-estimator nor the sparse base's budget tells in advance. Continuation perplexity does: on both models
-the candidate with the lowest one on a few documents at the target length was never significantly below
-the better of Δ and recompute on RULER. So this command measures it
-(:mod:`delta_attn.eval.cppl`, the same records as ``eval ppl --continuation``) for each candidate and
-recommends the lowest. On the bundled SmolLM2 at 2K tokens (CPU, 2 minutes)::
+estimator nor the sparse base's budget tells in advance. The KV cache each setting writes does: its
+continuation perplexity (:mod:`delta_attn.eval.cppl`, the same records as ``eval ppl --continuation``) is
+measured for each candidate on a few documents at the target length, and the recommendation is the **first
+candidate in ``--candidates`` order whose perplexity is not significantly worse than the lowest** (two-sided
+paired permutation test, p ≥ 0.05). The default order ``delta,delta_auto,recompute`` prefers the paper's full
+correction and shrinks it only when its cache measurably suffers. On the two models measured (H100, 2026-12-07)
+that picks the RULER winner: Δ on Qwen at 32K, λ = auto on SmolLM2 at 8K (window 256). Two models are not a
+law. On the bundled SmolLM2 at 2K tokens (CPU, 2 minutes)::
 
     $ delta-attn eval calibrate --length 2048 --continuation 256 --docs 4 --out runs/cal
     Continuation perplexity of SmolLM2-135M-Instruct.Q4_1.gguf@sha256:b179c9523d0e at 2048 tokens: each
@@ -18,18 +21,20 @@ recommends the lowest. On the bundled SmolLM2 at 2K tokens (CPU, 2 minutes)::
     delta_auto  31.415  +0.0175           0.62           0.4504
 
     not significant: recompute and delta are both fine (p 0.12 ≥ 0.05); the cheaper is delta (0.4504 of dense
-    attention's pairs vs 0.4759)
-    DeltaConfig(window=256, sink=64, mode="recompute")  # recompute
+    attention's pairs vs 0.4759); recommended: delta, the first in the order given (delta, delta_auto,
+    recompute) not significantly worse than recompute (p 0.12); with 4 documents no difference can reach
+    p < 0.05 (the smallest two-sided p is 2/16): use --docs 6 or more
+    DeltaConfig(window=256, sink=64)  # delta
 
-(four documents can show only large differences: the default is 8 windows of the model's context, e.g.
-``--model qwen2.5-coder-1.5b`` at 32K on a GPU).
+(the default is 8 windows of the model's context, e.g. ``--model qwen2.5-coder-1.5b`` at 32K on a GPU, where
+the smallest possible p is 2/256).
 
 Each window of ``--length`` tokens (default: the model's context, at most 32768) is cut into a prefill of
 L − M tokens, run with the candidate as one prompt, and its last M (``--continuation``) tokens, scored
 teacher-forced with dense attention against the cache that prefill wrote, as decoding reads it. The
 per-document NLL per token of the best candidate is compared with each other one's by a two-sided paired
-permutation test (the test ``eval report`` uses); when the runner-up is not significantly worse
-(p ≥ 0.05) both are fine, and the output says which costs fewer attention query-key pairs
+permutation test (the test ``eval report`` uses); the output also says whether the lowest is
+significantly better than the runner-up and, if not, which of the two costs fewer attention query-key pairs
 (:mod:`delta_attn.cost`; within 1 % they cost the same).
 
 Candidates are method specs (:mod:`delta_attn.methods`) from the ``--base --window --sink --gamma ...``
@@ -273,6 +278,24 @@ def calibration(candidates: list, nll: dict[str, dict[str, float]], *, length: i
     else:
         note = f"not significant: {best.name} and {runner_up.name} are both fine (p {_p(p)} ≥ {ALPHA}); "
         note += cheaper(best.name, rows[0]["attention_vs_dense"], runner_up.name, rows[1]["attention_vs_dense"])
+    # the recommendation: the first candidate, in the order given, not significantly worse than the lowest
+    by_name = {r["method"]: r for r in rows}
+    chosen = next(m for m in candidates if by_name[m.name]["p_value"] is None or by_name[m.name]["p_value"] >= ALPHA)
+    pick = by_name[chosen.name]
+    skipped = [m.name for m in candidates[: candidates.index(chosen)]]
+    if chosen.name != best.name:
+        note += (
+            f"; recommended: {chosen.name}, the first in the order given "
+            f"({', '.join(m.name for m in candidates)}) not significantly worse than {best.name} "
+            f"(p {_p(pick['p_value'])})"
+        )
+    if skipped:
+        note += f"; {', '.join(skipped)} significantly worse than {best.name}, so not recommended"
+    if 2 / 2 ** len(docs) >= ALPHA:  # the two-sided sign-flip test's smallest p: every document one way
+        note += (
+            f"; with {len(docs)} documents no difference can reach p < {ALPHA} (the smallest two-sided p is "
+            f"2/{2 ** len(docs)}): use --docs 6 or more"
+        )
     return {
         "complete": True,
         "length": length,
@@ -285,7 +308,8 @@ def calibration(candidates: list, nll: dict[str, dict[str, float]], *, length: i
         "significant": significant,
         "alpha": ALPHA,
         "note": note,
-        "recommendation": {"method": best.name, "python": rows[0]["python"], "config": rows[0]["config"]},
+        "rule": "the first candidate in the order given whose perplexity is not significantly worse than the lowest",
+        "recommendation": {"method": chosen.name, "python": pick["python"], "config": pick["config"]},
     }
 
 
