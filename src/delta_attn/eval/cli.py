@@ -6,7 +6,7 @@ Examples::
         --methods dense,sparse,delta --out runs/r1
     delta-attn eval ppl --lengths 8192 --docs 29 --methods dense,sparse,recompute,delta,delta_linear --out runs/p1
     delta-attn eval ppl --lengths 8192 --docs 29 --continuation 256,1024 --methods dense,sparse,delta --out runs/c1
-    delta-attn eval calibrate --model qwen2.5-coder-1.5b --sink 64 --window 256 --out runs/cal1
+    delta-attn eval calibrate --model qwen2.5-coder-1.5b --sink 128 --window 2048 --out runs/cal1
     delta-attn eval sweep --windows 128,256,512,1024 --gammas 8,16,32,64 --length 8192 --samples 20 \\
         --continuation 1024 --ppl-docs 8 --methods delta,recompute --out runs/s1
     delta-attn eval analyze --task niah_single_2 --length 4096 --samples 4 --out runs/a1

@@ -207,17 +207,14 @@ def per_document_nll(records, configs: dict, length: int, cont: int, docs: list)
     """method name -> {document: NLL per scored token} of the continuation records at (``length``, ``cont``) of
     ``docs`` whose config is this run's (``configs``: method name -> record config); others are not this run's."""
     from .records import config_of
+    from .tables import CpplData
 
     runs = records.runs
+    mine = [r for r in records.of("cppl") if r.get("method") in configs and config_of(r, runs) == configs[r["method"]]]
+    # one config per method name is left, so the tables' labels are the method names
+    per_doc = CpplData.from_records([*runs.values(), *mine]).per_doc(length, cont)
     docs = set(docs)
-    out: dict[str, dict[str, float]] = {}
-    for r in records.of("cppl"):
-        name = r.get("method")
-        if name not in configs or r["doc"] not in docs or int(r["length"]) != length or int(r["cont"]) != cont:
-            continue
-        if config_of(r, runs) == configs[name]:
-            out.setdefault(name, {})[r["doc"]] = float(r["nll_sum"]) / int(r["tokens"])
-    return out
+    return {name: {d: v for d, v in by_doc.items() if d in docs} for name, by_doc in per_doc.items()}
 
 
 def calibration(candidates: list, nll: dict[str, dict[str, float]], *, length: int, cont: int, reference=None) -> dict:

@@ -52,13 +52,14 @@ def run(args) -> int:
         from . import plots, tables
 
         recs = common.earlier_records([args.out / PPL_FILE, *args.resume_from], log)
-        summary = tables.ppl_table(tables.PplData.from_records(recs.items))
+        data = tables.PplData.from_records(recs.items)
+        summary = tables.ppl_table(data)
         cdata = tables.CpplData.from_records(recs.items)
         if cdata.records:
             summary += "\n## Continuation perplexity\n\n" + tables.cppl_table(cdata)
         (args.out / "ppl_summary.md").write_text(summary)
         if args.plots:
-            plots.plot_ppl(tables.PplData.from_records(recs.items), args.out / "ppl.png")
+            plots.plot_ppl(data, args.out / "ppl.png")
         log(f"summary: {args.out / 'ppl_summary.md'}")
     return 0
 
