@@ -211,6 +211,9 @@ def test_calibrate_end_to_end_and_resume(tmp_path, run_cli):
     want = parse_method(chosen, {"window": 32, "sink": 8, "gamma": 16}).config
     assert canonical_config(built) == canonical_config(want) and last.startswith(result["recommendation"]["python"])
     assert ("not significant" in stdout) == (not result["significant"])
+    # each clause of the note is a printed line of its own, and the JSON keeps them joined
+    assert result["note"] == "; ".join(result["notes"]) and len(result["notes"]) >= 2
+    assert all(f"\n{clause}\n" in stdout for clause in result["notes"])
     for m in ppl:
         assert f"\n{m} " in stdout
 

@@ -270,27 +270,30 @@ def calibration(candidates: list, nll: dict[str, dict[str, float]], *, length: i
         )
     p = rows[1]["p_value"]
     significant = p < ALPHA
+    # the notes: one clause per finding (calibrate.json also keeps them "; "-joined as "note"), a line each printed
     if significant:
-        note = f"{best.name} is significantly better than {runner_up.name} (p {_p(p)} < {ALPHA})"
+        notes = [f"{best.name} is significantly better than {runner_up.name} (p {_p(p)} < {ALPHA})"]
     else:
-        note = f"not significant: {best.name} and {runner_up.name} are both fine (p {_p(p)} ≥ {ALPHA}); "
-        note += cheaper(best.name, rows[0]["attention_vs_dense"], runner_up.name, rows[1]["attention_vs_dense"])
+        notes = [
+            f"not significant: {best.name} and {runner_up.name} are both fine (p {_p(p)} ≥ {ALPHA})",
+            cheaper(best.name, rows[0]["attention_vs_dense"], runner_up.name, rows[1]["attention_vs_dense"]),
+        ]
     # the recommendation: the first candidate, in the order given, not significantly worse than the lowest
     by_name = {r["method"]: r for r in rows}
     chosen = next(m for m in candidates if by_name[m.name]["p_value"] is None or by_name[m.name]["p_value"] >= ALPHA)
     pick = by_name[chosen.name]
     skipped = [m.name for m in candidates[: candidates.index(chosen)]]
     if chosen.name != best.name:
-        note += (
-            f"; recommended: {chosen.name}, the first in the order given "
+        notes.append(
+            f"recommended: {chosen.name}, the first in the order given "
             f"({', '.join(m.name for m in candidates)}) not significantly worse than {best.name} "
             f"(p {_p(pick['p_value'])})"
         )
     if skipped:
-        note += f"; {', '.join(skipped)} significantly worse than {best.name}, so not recommended"
+        notes.append(f"{', '.join(skipped)} significantly worse than {best.name}, so not recommended")
     if 2 / 2 ** len(docs) >= ALPHA:  # the two-sided sign-flip test's smallest p: every document one way
-        note += (
-            f"; with {len(docs)} documents no difference can reach p < {ALPHA} (the smallest two-sided p is "
+        notes.append(
+            f"with {len(docs)} documents no difference can reach p < {ALPHA} (the smallest two-sided p is "
             f"2/{2 ** len(docs)}): use --docs 6 or more"
         )
     return {
@@ -304,7 +307,8 @@ def calibration(candidates: list, nll: dict[str, dict[str, float]], *, length: i
         "p_best_vs_runner_up": p,
         "significant": significant,
         "alpha": ALPHA,
-        "note": note,
+        "note": "; ".join(notes),
+        "notes": notes,
         "rule": "the first candidate in the order given whose perplexity is not significantly worse than the lowest",
         "recommendation": {"method": chosen.name, "python": pick["python"], "config": pick["config"]},
     }
@@ -341,7 +345,7 @@ def format_calibration(result: dict, *, model: str) -> str:
     ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (head, *body)]
     rec = result["recommendation"]
-    lines += ["", result["note"], f"{rec['python']}  # {rec['method']}"]
+    lines += ["", *result["notes"], f"{rec['python']}  # {rec['method']}"]
     return "\n".join(lines)
 
 
