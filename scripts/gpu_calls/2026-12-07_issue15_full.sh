@@ -4,8 +4,9 @@
 # carried .results/ of earlier sessions) already hold. Before the first call the 20 Qwen parts are copied to
 # /tmp/m (scripts/gpu_model_parts.sh prints those calls). Every call carries .whl, .data and .results.
 #
-#   L=575 bash scripts/gpu_calls/2026-12-07_issue15_full.sh W1    the whole run, in this order per process:
-#                                                                  32K × 30, 16K × 30, 32K discriminating × 50;
+#   L=575 bash scripts/gpu_calls/2026-12-07_issue15_full.sh W1    the whole run, in three phases one after the
+#                                                                  other: 32K × 30, 16K × 30, 32K discriminating
+#                                                                  × 50 (G32, G16, GDISC: one process a group);
 #                                                                  cut by the time limit, so repeat W1 (as W2, W3,
 #                                                                  ...) until it reports nothing left
 #   L=400 bash scripts/gpu_calls/2026-12-07_issue15_full.sh X     the rest of the issue: the needle analysis at
@@ -16,7 +17,7 @@
 #
 # Records go to /tmp/res/<call>/ on the machine (it keeps /tmp between warm calls, so the next call resumes from
 # them without a round trip) and come back as $OUT/<call>.tgz. The whole run's processes are the only GPU work of
-# a W call, so its wall time is the run's device time (the issue's throughput target).
+# a W call, so its phases' wall times ($OUT/steps.log) are the run's device time (the issue's throughput target).
 set -uo pipefail
 CALL=${1:?usage: $0 W1|W2|...|X}
 T0=$(date +%s)
@@ -56,20 +57,27 @@ step() {  # $1 out folder, then eval ruler's arguments: runs while time is left,
     >> "$OUT/steps.log"
 }
 
-whole_run() {  # $1 group number, $2 methods: the three phases of the whole run, in priority order
-  step "g$1/L32" --tasks all --lengths 32768 --samples 30 --methods "$2"
-  step "g$1/L16" --tasks all --lengths 16384 --samples 30 --methods "$2"
-  step "g$1/D32" --tasks "$DISC" --lengths 32768 --samples 50 --methods "$2"
+# one process per group of methods ("a,b;c;..."), sharing the GPU, each group about the same work; every process
+# ends a phase before any starts the next, so that a call cut by its time limit leaves the earlier phases whole.
+# At 32K dense costs about two sparse-based methods and γ 16 and λ 0.5 have no records yet (the others have 15
+# samples a task from the earlier session); at 16K nothing has been run.
+G32=${G32:-dense,sparse,recompute;delta,delta_l0.5;delta_auto,delta_g16}
+G16=${G16:-dense;sparse,recompute;delta,delta_auto;delta_l0.5,delta_g16}
+GDISC=${GDISC:-dense,delta_g16;sparse,recompute,delta_l0.5;delta,delta_auto}
+phase() {  # $1 phase name, $2 groups, then eval ruler's arguments: all its processes end before it returns
+  local name=$1 groups i=0; IFS=';' read -r -a groups <<< "$2"; shift 2
+  for g in "${groups[@]}"; do
+    i=$((i + 1)); step "$name/g$i" "$@" --methods "$g" &
+  done
+  wait
 }
 
 case "$CALL" in
   W*)
-    # four processes of about equal work (dense costs about two sparse-based methods), sharing the GPU
-    whole_run 1 dense &
-    whole_run 2 sparse,recompute &
-    whole_run 3 delta,delta_auto &
-    whole_run 4 delta_l0.5,delta_g16 &
-    wait
+    # the whole run in priority order: 32K × 30, 16K × 30, then the discriminating tasks at 32K to 50
+    phase L32 "$G32" --tasks all --lengths 32768 --samples 30
+    phase L16 "$G16" --tasks all --lengths 16384 --samples 30
+    phase D32 "$GDISC" --tasks "$DISC" --lengths 32768 --samples 50
     ;;
   X)
     TW=streaming_w512_s64
