@@ -87,6 +87,33 @@ def test_eval_ruler_on_the_gguf(tiny, tmp_path, run_cli):
         assert r["config"]["model"] == run["model_id"] and r["config"]["prompt"]["format"] == ruler.PROMPT_FORMAT
 
 
+def test_a_resumed_eval_ruler_builds_only_the_prompts_still_needed(tiny, tmp_path, run_cli):
+    """Samples 0 of both methods and sample 1 of dense are done: the resumed run builds the prompts of samples 1
+    and 2 only (sample 1 for delta), and each new record's prompt is the one its index alone gives."""
+    path, _ = tiny
+    argv = ["eval", "ruler", "--model", path, "--tasks", "vt", "--lengths", "2048", "--window", "64", "--sink", "8"]
+    argv += ["--gamma", "16", "--batch-size", "2", "--workers", "2", "--no-progress", "--no-summary"]
+    rc, _, err = run_cli(
+        [*argv, "--samples", "1", "--methods", "dense,delta", "--out", tmp_path / "a"], with_stdout=True
+    )
+    assert rc == 0, err
+    rc, _, err = run_cli([*argv, "--samples", "2", "--methods", "dense", "--out", tmp_path / "b"], with_stdout=True)
+    assert rc == 0, err
+    resume = ["--resume-from", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "c"]
+    rc, _, err = run_cli([*argv, "--samples", "3", "--methods", "dense,delta", *resume], with_stdout=True)
+    assert rc == 0, err
+    log = (tmp_path / "c" / "ruler.log").read_text()
+    assert "reusing 3 earlier record(s)" in log and "built 2 prompts" in log, log
+    assert "3 generations in" in log and "3 already done" in log, log
+    new = [json.loads(x) for x in (tmp_path / "c" / "ruler.jsonl").read_text().splitlines()]
+    new = [r for r in new if r["record"] == "sample"]
+    assert sorted((r["index"], r["method"]) for r in new) == [(1, "delta"), (2, "delta"), (2, "dense")]
+    builder = ruler.PromptBuilder(models.load_tokenizer(str(path)))
+    for r in new:
+        expected = ruler.generate_sample(builder, "vt", 2048, r["index"])
+        assert r["prompt_tokens"] == len(expected.input_ids) and r["references"] == list(expected.answers)
+
+
 def test_length_beyond_the_gguf_context_is_refused(tiny, tmp_path, run_cli):
     rc, _, err = run_cli(
         ["eval", "ruler", "--model", tiny[0], "--lengths", "4096", "--out", tmp_path / "r"], with_stdout=True

@@ -3,8 +3,8 @@ Markdown summary.
 
 Order of work, so that mistakes surface in seconds: options and lengths (against the task's minimum
 and the model's context) and the texts are checked, earlier records are matched (only records with the
-same settings are reused; the log says how many and why others are not), the prompts are built with
-the tokenizer alone, and only then does the model load.
+same settings are reused; the log says how many and why others are not), the prompts some method still
+needs are built with the tokenizer alone, and only then does the model load.
 """
 
 from __future__ import annotations
@@ -29,15 +29,23 @@ def _gen_job(job):
     return [ruler.generate_sample(builder, task, length, i, seed=seed, reserve=reserve) for i in indices]
 
 
-def build_samples(builder, cells, n, *, seed, reserve, workers: int, log=None):
-    """Every prompt of the (task, length) ``cells``, in worker processes (fork) when ``workers > 1``."""
+def build_samples(builder, cells, n, *, seed, reserve, workers: int, log=None, indices=None, prebuilt=None):
+    """The prompts of the (task, length) ``cells``, in worker processes (fork) when ``workers > 1``.
+
+    Each cell gets samples ``0 … n − 1``, or only ``indices[(task, length)]`` when given (a resumed run builds
+    just the prompts some method still needs); ``prebuilt`` ({(task, length, index): sample}, e.g. from
+    :func:`probe_cells`) are used as they are, not built again."""
     from . import ruler
 
     t0 = time.perf_counter()
+    prebuilt = prebuilt or {}
     if any(ruler.task_spec(t).needs_texts for t, _ in cells):
         builder.essay()  # tokenise the essay books once, before forking
     chunk = 10
-    jobs = [(t, L, list(range(i, min(n, i + chunk))), seed, reserve) for t, L in cells for i in range(0, n, chunk)]
+    jobs = []
+    for t, L in cells:
+        wanted = [i for i in (indices[t, L] if indices is not None else range(n)) if (t, L, i) not in prebuilt]
+        jobs += [(t, L, wanted[i : i + chunk], seed, reserve) for i in range(0, len(wanted), chunk)]
     _POOL_STATE["builder"] = builder
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
@@ -47,22 +55,27 @@ def build_samples(builder, cells, n, *, seed, reserve, workers: int, log=None):
             parts = pool.map(_gen_job, jobs, chunksize=1)
     else:
         parts = [_gen_job(j) for j in jobs]
-    samples = [s for part in parts for s in part]
+    cell_set = set(cells)
+    samples = [s for (t, L, _), s in prebuilt.items() if (t, L) in cell_set] + [s for part in parts for s in part]
     if log:
         log(f"built {len(samples)} prompts in {time.perf_counter() - t0:.1f}s ({workers} workers)")
     return samples
 
 
-def probe_cells(builder, cells, *, seed: int, reserve: int, option: str = "--lengths") -> None:
-    """Build sample 0 of each cell: a length below a task's minimum fails here, in seconds, as a UsageError
-    naming ``option``."""
+def probe_cells(builder, cells, *, seed: int, reserve: int, option: str = "--lengths", indices=None) -> dict:
+    """Build one sample of each cell (its first index in ``indices``, else 0): a length below a task's minimum
+    fails here, in seconds, as a UsageError naming ``option``. Returns the samples built,
+    {(task, length, index): sample}, for :func:`build_samples` to reuse."""
     from . import ruler
 
+    built = {}
     for task, length in cells:
+        index = indices[task, length][0] if indices is not None else 0
         try:
-            ruler.generate_sample(builder, task, length, 0, seed=seed, reserve=reserve)
+            built[task, length, index] = ruler.generate_sample(builder, task, length, index, seed=seed, reserve=reserve)
         except ValueError as exc:
             raise UsageError(f"{option}: {exc}") from None
+    return built
 
 
 def add_arguments(p) -> None:
@@ -147,7 +160,12 @@ def run(args) -> int:
     )
     for line in plan.lines():
         log(line)
-    cells = [(t, L) for L in lengths for t in tasks if any(k[:2] == (t, L) and k not in plan.done for k in scope)]
+    # the prompts some method still needs, per (task, length): a resumed run builds no others
+    needed: dict[tuple, set] = {}
+    for key in scope - plan.done:
+        needed.setdefault(key[:2], set()).add(key[2])
+    indices = {cell: sorted(i) for cell, i in needed.items()}
+    cells = [(t, L) for L in lengths for t in tasks if (t, L) in indices]
     if not cells:
         log(f"nothing to do: all {len(scope)} generations are done")
         return 0
@@ -158,9 +176,17 @@ def run(args) -> int:
         )
         return 0
     builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
-    probe_cells(builder, cells, seed=args.seed, reserve=args.reserve)
+    probed = probe_cells(builder, cells, seed=args.seed, reserve=args.reserve, indices=indices)
     samples = build_samples(
-        builder, cells, args.samples, seed=args.seed, reserve=args.reserve, workers=args.workers, log=log
+        builder,
+        cells,
+        args.samples,
+        seed=args.seed,
+        reserve=args.reserve,
+        workers=args.workers,
+        log=log,
+        indices=indices,
+        prebuilt=probed,
     )
     model, tok = common.load_model(args, device, dtype)
     log(f"model loaded ({time.perf_counter() - common.START:.0f}s since start)")
@@ -172,7 +198,7 @@ def run(args) -> int:
         stats = run_batches(args, model, tok, samples, methods, w, lengths, plan.done, configs, header, deadline, log)
     log(
         f"ruler: {stats.done} generations in {stats.batches} batches (prefill {stats.prefill_s:.1f}s, decode "
-        f"{stats.decode_s:.1f}s / {stats.decode_steps} steps); {stats.skipped_existing} already done; "
+        f"{stats.decode_s:.1f}s / {stats.decode_steps} steps); {len(plan.done)} already done; "
         f"{stats.left_for_later} left for a resumed run; {stats.failed} failed"
     )
     for e in stats.errors:

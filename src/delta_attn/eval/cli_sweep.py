@@ -124,15 +124,17 @@ def run(args) -> int:
         samples = []
         if todo_ruler:
             builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
-            probe_cells(builder, [(t, length) for t in tasks], seed=args.seed, reserve=args.reserve, option="--length")
+            task_cells = [(t, length) for t in tasks]
+            probed = probe_cells(builder, task_cells, seed=args.seed, reserve=args.reserve, option="--length")
             samples = build_samples(
                 builder,
-                [(t, length) for t in tasks],
+                task_cells,
                 args.samples,
                 seed=args.seed,
                 reserve=args.reserve,
                 workers=args.workers,
                 log=log,
+                prebuilt=probed,
             )
         model, tok = common.load_model(args, device, dtype)
         docs = ppl_documents(tok, length, args.ppl_docs, args.texts_dir) if conts else []
