@@ -429,3 +429,49 @@ def test_plan_scales_with_the_work():
         assert b.prefill_s == pytest.approx(2 * a.prefill_s, rel=1e-9)
         assert b.decode_s > a.decode_s and a.decode_typical_s <= a.decode_s
     assert one[1].prefill_s < one[0].prefill_s
+
+
+def test_cli_plan_leaves_out_what_resume_records_hold(tmp_path, run_cli):
+    """``--resume-from``: generations the records hold with the planned settings are not planned, exactly as a
+    resumed eval ruler skips them; records of another window or dtype are not counted."""
+    from delta_attn.eval.cli_ruler import ruler_configs
+    from delta_attn.eval.runner import parse_batch_sizes
+    from delta_attn.methods import parse_methods
+
+    rng = random.Random()
+    tasks, methods, samples = ["vt", "niah_single_1"], "dense,delta", rng.randint(3, 6)
+    planned = parse_methods(methods, dict(window=256, sink=64, gamma=64))  # the command's defaults
+    model_id = NAMED_MODELS["qwen2.5-coder-1.5b"].model_id
+    same = ruler_configs(planned, model_id=model_id, dtype="bfloat16", reserve=128, seed=0)
+    other_window = ruler_configs(parse_methods("delta", dict(window=512, sink=64, gamma=64)),
+                                 model_id=model_id, dtype="bfloat16", reserve=128, seed=0)  # fmt: skip
+    other_dtype = ruler_configs(planned, model_id=model_id, dtype="float32", reserve=128, seed=0)
+    keys = [(t, 16384, i, m.name, 0) for t in tasks for i in range(samples) for m in planned]
+    done = set(rng.sample(keys, rng.randint(1, len(keys) - 1)))
+    records = []
+    for t, L, i, m, s in keys:
+        cfg = same[m] if (t, L, i, m, s) in done else rng.choice([other_dtype[m], other_window.get(m, other_dtype[m])])
+        records.append({"record": "sample", "task": t, "length": L, "index": i, "method": m, "seed": s, "config": cfg})
+    folder = tmp_path / "earlier"
+    folder.mkdir()
+    (folder / "ruler.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+    argv = ["eval", "plan", "--model", "qwen2.5-coder-1.5b", "--lengths", "16K", "--samples", str(samples)]
+    argv += ["--tasks", ",".join(tasks), "--methods", methods]
+    rc, out, err = run_cli([*argv, "--resume-from", folder], with_stdout=True)
+    assert rc == 0, err
+    assert f"resumed: {len(done)} of the {len(keys)} generations are in the records and are not planned" in out
+    assert "not reusing" in out  # the records of another window or dtype, with the reason
+    cells = P.plan(planned, [16384], samples, NAMED_MODELS["qwen2.5-coder-1.5b"].shape, P.Hardware(), tasks=tasks,
+                   batch_size=parse_batch_sizes(P.DEFAULT_BATCH_SPEC), done=done)  # fmt: skip
+    want = sum(c.total_s for c in cells) / 60
+    assert f"total ≈ {want:.1f} GPU min" in out
+    assert [c.prompts for c in cells] == [sum((t, 16384, i, m.name, 0) not in done for t in tasks
+                                              for i in range(samples)) for m in planned]  # fmt: skip
+    rc, full, err = run_cli(argv, with_stdout=True)  # without the records: every generation is planned
+    assert rc == 0, err
+    assert "resumed:" not in full
+    assert (
+        _minutes(full, "GPU minutes, pessimistic")["total"][-1]
+        >= _minutes(out, "GPU minutes, pessimistic")["total"][-1]
+    )

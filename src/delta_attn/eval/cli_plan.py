@@ -10,11 +10,17 @@ recorded vs predicted seconds per method and length. Processes that shared one G
 each recorded time as the batch's own GPU time plus the other runs' work meanwhile (a time-sliced GPU);
 ``--concurrency K`` predicts K times the batch's own time. The plan is in GPU minutes of exclusive use.
 
-Example (the 13 RULER tasks at 16K and 32K, 7 methods, 30 samples, on Qwen, calibrated on an H100 run):
+``--resume-from PATH...`` leaves out the generations earlier records already hold with the planned settings
+(model, ``--dtype``, prompt, ``--seed`` and each method's config, matched as a resumed ``eval ruler`` matches
+them): what is left of a run that goes on over several sessions.
+
+Example (the 13 RULER tasks at 16K and 32K, 7 methods, 30 samples, on Qwen, calibrated on an H100 run, less
+what the 2026-12-07 runs hold):
 
     delta-attn eval plan --model qwen2.5-coder-1.5b --lengths 16K,32K --samples 30 \\
-        --methods dense,sparse,recompute,delta,delta_auto,delta_autod,delta_g16 \\
-        --window 2048 --sink 128 --calibrate results/qwen-h100-2026-12-06
+        --methods dense,sparse,recompute,delta,delta_auto,delta_l0.5,delta_g16 \\
+        --window 2048 --sink 128 --calibrate results/h100-2026-12-07b \\
+        --resume-from results/h100-2026-12-07 results/h100-2026-12-07b
 """
 
 from __future__ import annotations
@@ -100,6 +106,23 @@ def add_arguments(p) -> None:
         default=DEFAULT_RESERVE,
         help=f"prompt = length − reserve tokens, as eval ruler's (default {DEFAULT_RESERVE})",
     )
+    g.add_argument(
+        "--resume-from",
+        type=opt.existing_path,
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="earlier eval ruler result files or folders: generations they hold with the planned settings are "
+        "left out of the plan, as a resumed eval ruler leaves them out (default none)",
+    )
+    g.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        default="bfloat16",
+        help="the dtype the planned run uses, for --resume-from: records of another dtype are not counted "
+        "(default bfloat16, eval ruler's on a GPU)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="as eval ruler's, for --resume-from (default 0)")
     common.add_method_opts(p, "dense,sparse,recompute,delta")
     r = p.add_argument_group("rates (the starting point of --calibrate; defaults: an H200)")
     for flag, what in (

@@ -78,6 +78,26 @@ def probe_cells(builder, cells, *, seed: int, reserve: int, option: str = "--len
     return built
 
 
+def ruler_configs(methods, *, model_id: str, dtype: str, reserve: int, seed: int, rope_scaling=None) -> dict:
+    """Method name -> the config its ``eval ruler`` records carry, which resume compares (one definition for
+    ``eval ruler``, ``eval sweep`` and ``eval plan --resume-from``)."""
+    from . import ruler
+    from .records import record_config
+
+    prompt = {"reserve": reserve, "chat": True, "format": ruler.PROMPT_FORMAT}
+    return {
+        m.name: record_config(
+            m.canonical(), model=model_id, dtype=dtype, prompt=prompt, seed=seed, rope_scaling=rope_scaling
+        )
+        for m in methods
+    }
+
+
+def ruler_scope(tasks, lengths, samples: int, methods, seed: int) -> set:
+    """The keys (task, length, index, method, seed) of every generation a run asks for."""
+    return {(t, L, i, m.name, seed) for t in tasks for L in lengths for i in range(samples) for m in methods}
+
+
 def add_arguments(p) -> None:
     """``eval ruler``'s options."""
     from ..cli_options import positive_int
@@ -125,7 +145,7 @@ def run(args) -> int:
     from ..models import load_tokenizer
     from . import ruler
     from .corpus import ESSAY_BOOKS
-    from .records import JsonlWriter, record_config, run_info, sample_key
+    from .records import JsonlWriter, run_info, sample_key
     from .resume import plan_resume
     from .runner import Deadline
 
@@ -142,19 +162,15 @@ def run(args) -> int:
         f"ruler: {len(tasks)} tasks × {lengths} × {args.samples} samples × methods {[m.name for m in methods]} "
         f"on {device} ({common.dtype_name(dtype)})"
     )
-    prompt = {"reserve": args.reserve, "chat": True, "format": ruler.PROMPT_FORMAT}
-    configs = {
-        m.name: record_config(
-            m.canonical(),
-            model=info.model_id,
-            dtype=common.dtype_name(dtype),
-            prompt=prompt,
-            seed=args.seed,
-            rope_scaling=info.rope_spec,
-        )
-        for m in methods
-    }
-    scope = {(t, L, i, m.name, args.seed) for t in tasks for L in lengths for i in range(args.samples) for m in methods}
+    configs = ruler_configs(
+        methods,
+        model_id=info.model_id,
+        dtype=common.dtype_name(dtype),
+        reserve=args.reserve,
+        seed=args.seed,
+        rope_scaling=info.rope_spec,
+    )
+    scope = ruler_scope(tasks, lengths, args.samples, methods, args.seed)
     plan = plan_resume(
         common.earlier_records([out_jsonl, *args.resume_from], log), "sample", sample_key, configs, scope
     )

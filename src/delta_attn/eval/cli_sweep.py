@@ -62,7 +62,7 @@ def run(args) -> int:
     from ..models import load_tokenizer
     from . import ruler
     from .cli_ppl import check_continuations
-    from .cli_ruler import build_samples, probe_cells, run_batches
+    from .cli_ruler import build_samples, probe_cells, ruler_configs, ruler_scope, run_batches
     from .corpus import ESSAY_BOOKS, PPL_BOOKS
     from .cppl import run_cppl
     from .ppl import DOC_FORMAT, ppl_documents
@@ -91,21 +91,17 @@ def run(args) -> int:
         f"{args.samples} samples; continuation M = {conts} on {args.ppl_docs} documents; on {device}"
     )
     dtype_s = common.dtype_name(dtype)
-    prompt = {"reserve": args.reserve, "chat": True, "format": ruler.PROMPT_FORMAT}
     rope = info.rope_spec
-    ruler_cfg = {
-        m.name: record_config(
-            m.canonical(), model=info.model_id, dtype=dtype_s, prompt=prompt, seed=args.seed, rope_scaling=rope
-        )
-        for m in methods
-    }
+    ruler_cfg = ruler_configs(
+        methods, model_id=info.model_id, dtype=dtype_s, reserve=args.reserve, seed=args.seed, rope_scaling=rope
+    )
     cppl_cfg = {
         m.name: record_config(
             m.canonical(), model=info.model_id, dtype=dtype_s, prompt={"format": DOC_FORMAT}, rope_scaling=rope
         )
         for m in methods
     }
-    scope = {(t, length, i, m.name, args.seed) for t in tasks for i in range(args.samples) for m in methods}
+    scope = ruler_scope(tasks, [length], args.samples, methods, args.seed)
     earlier = common.earlier_records([out_jsonl, *args.resume_from], log)
     ruler_plan = plan_resume(earlier, "sample", sample_key, ruler_cfg, scope)
     cppl_plan = plan_resume(earlier, "cppl", cppl_key, cppl_cfg)

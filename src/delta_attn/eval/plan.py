@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,11 +242,14 @@ def plan(
     prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
     reserve: int | None = None,
     typical_tokens: dict[str, int] | None = None,
+    done: Container = frozenset(),
+    seed: int = 0,
 ) -> list[CellPlan]:
     """The cost of every (method, length) cell, batched as :func:`delta_attn.eval.runner.run_ruler` batches.
 
     ``methods``: :class:`~delta_attn.methods.Method` objects or specs; ``typical_tokens``: answer tokens per
-    task for the typical bound (default :func:`typical_tokens_default`).
+    task for the typical bound (default :func:`typical_tokens_default`); ``done``: keys (task, length, index,
+    method, ``seed``) of generations earlier records already hold (a resumed run skips them, so the plan does).
     """
     from ..methods import Method, parse_method
     from .ruler import DEFAULT_RESERVE, prompt_tokens_for
@@ -268,9 +271,10 @@ def plan(
         for L in lengths:
             n = prompt_tokens_for(L, reserve)
             bs, per_forward = max(1, batch_size(L)), max(1, prefill_tokens // L)
-            cell = CellPlan(m.name, L, len(order), 0, 0.0, 0.0, 0.0, 0, 0)
-            for i in range(0, len(order), bs):
-                chunk = [t for t, _ in order[i : i + bs]]
+            todo = [(t, i) for t, i in order if (t, L, i, m.name, seed) not in done]
+            cell = CellPlan(m.name, L, len(todo), 0, 0.0, 0.0, 0.0, 0, 0)
+            for i in range(0, len(todo), bs):
+                chunk = [t for t, _ in todo[i : i + bs]]
                 cell.batches += 1
                 cell.prefill_s += prefill_work(shape, m.config, n, len(chunk), per_forward).prefill_s(hw)
                 limits = [TASKS[t].max_new_tokens for t in chunk]  # a sequence cut at its limit: life = limit
@@ -695,6 +699,7 @@ def print_plan(args) -> None:
             prefill_tokens = max(b.prefill_tokens for b in same)
     batch_spec = batch_spec or DEFAULT_BATCH_SPEC
     prefill_tokens = prefill_tokens or DEFAULT_PREFILL_TOKENS
+    done, resumed = _done_generations(args, methods) if args.resume_from else (frozenset(), None)
     try:
         rows = plan(
             methods,
@@ -707,6 +712,8 @@ def print_plan(args) -> None:
             prefill_tokens=prefill_tokens,
             reserve=args.reserve,
             typical_tokens=typical,
+            done=done,
+            seed=args.seed,
         )
     except ValueError as exc:  # a length that leaves no prompt after --reserve
         raise UsageError(f"--lengths: {exc}") from None
@@ -726,6 +733,8 @@ def print_plan(args) -> None:
         f"batch {', '.join(f'{L}:{bs(L)}' for L in args.lengths)}, prefill {prefill_tokens} tokens per forward"
     )
     print(f"rates: {hw.flags()}")
+    if resumed is not None:
+        print(f"resumed: {resumed}")
     measured = sorted(set(typical or {}) & set(args.tasks))
     print(
         f"typical answers: the records' 90th percentile for {len(measured)} of {len(args.tasks)} tasks"
@@ -746,6 +755,32 @@ def print_plan(args) -> None:
         f"total ≈ {total:.1f} GPU min pessimistic, {typ:.1f} typical (exclusive use of one GPU; k processes sharing "
         "it take about as long in all) + per process: model load and prompt building ≈ 0.5–1 min"
     )
+
+
+def _done_generations(args, methods) -> tuple[set, str]:
+    """The generations the ``--resume-from`` records already hold with the planned settings (as ``eval ruler``
+    matches them: model, dtype, prompt, seed and method config), and a line saying how many and why others
+    are not counted."""
+    from ..models import ModelMissingError
+    from ..models.registry import NAMED_MODELS
+    from . import cli_common as common
+    from .cli_ruler import ruler_configs, ruler_scope
+    from .records import Records, sample_key
+    from .resume import plan_resume
+
+    named = NAMED_MODELS.get(args.model or "smollm2-135m")
+    try:  # a named model's id needs no file: the plan works before the model is pulled
+        model_id = named.model_id if named is not None else common.model_info(args).model_id
+    except ModelMissingError as exc:
+        from ..cli_options import UsageError
+
+        raise UsageError(f"--model: {exc}") from None
+    configs = ruler_configs(methods, model_id=model_id, dtype=args.dtype, reserve=args.reserve, seed=args.seed)
+    scope = ruler_scope(args.tasks, args.lengths, args.samples, methods, args.seed)
+    resume = plan_resume(Records.load(args.resume_from), "sample", sample_key, configs, scope)
+    lines = resume.lines()
+    head = f"{len(resume.done)} of the {len(scope)} generations are in the records and are not planned"
+    return resume.done, "; ".join([head, *lines[1:]])
 
 
 def _print_minutes(title: str, rows: list[CellPlan], lengths: Sequence[int], attr: str) -> None:
