@@ -101,6 +101,13 @@ def _synthetic(seed: int, gaps: dict[str, float], n_docs: int = 8) -> dict[str, 
     return {m: {d: b + gap + rng.uniform(0, 1e-3) for d, b in base.items()} for m, gap in gaps.items()}
 
 
+def _tie(nll: dict, method: str, like: str, rng: random.Random) -> None:
+    """Make ``method`` tie ``like``: each document's NLL a little above or below, half the documents each way,
+    so that no winner is significant (independent noise would be "significant" in one seed of twenty)."""
+    for i, d in enumerate(sorted(nll[like])):
+        nll[method][d] = nll[like][d] + (-1) ** i * rng.uniform(0.5e-3, 1.5e-3)
+
+
 def test_a_clear_winner_is_significant(seed):
     cands = [parse_method(s, {"window": 256, "sink": 64, "gamma": 64}) for s in ("delta", "delta_auto", "recompute")]
     gap = random.Random(seed).uniform(0.01, 0.05)
@@ -123,8 +130,7 @@ def test_a_tie_is_not_significant_and_names_the_cheaper(seed):
     cands = [parse_method(s, defaults) for s in ("delta", "delta_auto", "recompute")]
     nll = _synthetic(seed, {"delta": 0.5, "delta_auto": 0.0, "recompute": 0.0})
     rng = random.Random(seed)
-    for i, d in enumerate(sorted(nll["recompute"])):  # recompute − delta_auto: half up, half down, so no winner
-        nll["recompute"][d] = nll["delta_auto"][d] + (-1) ** i * rng.uniform(0.5e-3, 1.5e-3)
+    _tie(nll, "recompute", "delta_auto", rng)
     r = cli_calibrate.calibration(cands, nll, length=512, cont=64)
     assert {r["best"], r["runner_up"]} == {"delta_auto", "recompute"}
     assert not r["significant"] and r["note"].startswith("not significant")
@@ -132,12 +138,9 @@ def test_a_tie_is_not_significant_and_names_the_cheaper(seed):
     assert "the cheaper is delta_auto" in r["note"]
     # Δ is worse on every document (p 2/256): the first candidate not significantly worse is λ = auto
     assert r["recommendation"]["method"] == "delta_auto" and "delta significantly worse" in r["note"]
-    # Δ and λ = auto score the same pairs: then the note says only that they cost the same. The tie is built
-    # like the one above (half the documents up, half down): independent noise would be "significant" at
-    # p < 0.05 in one seed of twenty
+    # Δ and λ = auto score the same pairs: then the note says only that they cost the same
     tie = _synthetic(seed, {"delta": 0.0, "delta_auto": 0.0})
-    for i, d in enumerate(sorted(tie["delta"])):
-        tie["delta_auto"][d] = tie["delta"][d] + (-1) ** i * rng.uniform(0.5e-3, 1.5e-3)
+    _tie(tie, "delta_auto", "delta", rng)
     r = cli_calibrate.calibration(cands[:2], tie, length=512, cont=64)
     assert not r["significant"] and "they cost the same" in r["note"] and "cheaper" not in r["note"]
 

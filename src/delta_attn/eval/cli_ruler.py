@@ -55,8 +55,7 @@ def build_samples(builder, cells, n, *, seed, reserve, workers: int, log=None, i
             parts = pool.map(_gen_job, jobs, chunksize=1)
     else:
         parts = [_gen_job(j) for j in jobs]
-    cell_set = set(cells)
-    samples = [s for (t, L, _), s in prebuilt.items() if (t, L) in cell_set] + [s for part in parts for s in part]
+    samples = [*prebuilt.values(), *(s for part in parts for s in part)]
     if log:
         log(f"built {len(samples)} prompts in {time.perf_counter() - t0:.1f}s ({workers} workers)")
     return samples
@@ -76,6 +75,28 @@ def probe_cells(builder, cells, *, seed: int, reserve: int, option: str = "--len
         except ValueError as exc:
             raise UsageError(f"{option}: {exc}") from None
     return built
+
+
+def build_prompts(args, cells, log, *, indices=None, option: str = "--lengths") -> list:
+    """The prompts of ``eval ruler`` and ``eval sweep``: the tokenizer of ``--model`` alone, one probe per cell (a
+    length too short for a task fails in seconds, naming ``option``), then :func:`build_samples` (only
+    ``indices`` when given), reusing the probes' prompts."""
+    from ..models import load_tokenizer
+    from . import ruler
+
+    builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
+    probed = probe_cells(builder, cells, seed=args.seed, reserve=args.reserve, option=option, indices=indices)
+    return build_samples(
+        builder,
+        cells,
+        args.samples,
+        seed=args.seed,
+        reserve=args.reserve,
+        workers=args.workers,
+        log=log,
+        indices=indices,
+        prebuilt=probed,
+    )
 
 
 def ruler_configs(methods, *, model_id: str, dtype: str, reserve: int, seed: int, rope_scaling=None) -> dict:
@@ -142,7 +163,6 @@ def run_batches(args, model, tok, samples, methods, writer, lengths, done, confi
 def run(args) -> int:
     methods = common.methods(args)  # first: a bad method is reported before the imports below load torch
 
-    from ..models import load_tokenizer
     from . import ruler
     from .corpus import ESSAY_BOOKS
     from .records import JsonlWriter, run_info, sample_key
@@ -191,19 +211,7 @@ def run(args) -> int:
             f"({len(cells)} (task, length) cells still have work)"
         )
         return 0
-    builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
-    probed = probe_cells(builder, cells, seed=args.seed, reserve=args.reserve, indices=indices)
-    samples = build_samples(
-        builder,
-        cells,
-        args.samples,
-        seed=args.seed,
-        reserve=args.reserve,
-        workers=args.workers,
-        log=log,
-        indices=indices,
-        prebuilt=probed,
-    )
+    samples = build_prompts(args, cells, log, indices=indices)
     model, tok = common.load_model(args, device, dtype)
     log(f"model loaded ({time.perf_counter() - common.START:.0f}s since start)")
     with JsonlWriter(out_jsonl, warn=log) as w:

@@ -59,10 +59,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     cells = _cells(args)  # first: a bad method is reported before the imports below load torch
 
-    from ..models import load_tokenizer
     from . import ruler
     from .cli_ppl import check_continuations
-    from .cli_ruler import build_samples, probe_cells, ruler_configs, ruler_scope, run_batches
+    from .cli_ruler import build_prompts, ruler_configs, ruler_scope, run_batches
     from .corpus import ESSAY_BOOKS, PPL_BOOKS
     from .cppl import run_cppl
     from .ppl import DOC_FORMAT, ppl_documents
@@ -119,19 +118,7 @@ def run(args) -> int:
     else:
         samples = []
         if todo_ruler:
-            builder = ruler.PromptBuilder(load_tokenizer(args.model), texts_dir=args.texts_dir)
-            task_cells = [(t, length) for t in tasks]
-            probed = probe_cells(builder, task_cells, seed=args.seed, reserve=args.reserve, option="--length")
-            samples = build_samples(
-                builder,
-                task_cells,
-                args.samples,
-                seed=args.seed,
-                reserve=args.reserve,
-                workers=args.workers,
-                log=log,
-                prebuilt=probed,
-            )
+            samples = build_prompts(args, [(t, length) for t in tasks], log, option="--length")
         model, tok = common.load_model(args, device, dtype)
         docs = ppl_documents(tok, length, args.ppl_docs, args.texts_dir) if conts else []
         log(f"model loaded ({time.perf_counter() - common.START:.0f}s since start)")

@@ -765,7 +765,7 @@ def _done_generations(args, methods) -> tuple[set, str]:
     from ..models.registry import NAMED_MODELS
     from . import cli_common as common
     from .cli_ruler import ruler_configs, ruler_scope
-    from .records import Records, sample_key
+    from .records import sample_key
     from .resume import plan_resume
 
     named = NAMED_MODELS.get(args.model or "smollm2-135m")
@@ -777,7 +777,9 @@ def _done_generations(args, methods) -> tuple[set, str]:
         raise UsageError(f"--model: {exc}") from None
     configs = ruler_configs(methods, model_id=model_id, dtype=args.dtype, reserve=args.reserve, seed=args.seed)
     scope = ruler_scope(args.tasks, args.lengths, args.samples, methods, args.seed)
-    resume = plan_resume(Records.load(args.resume_from), "sample", sample_key, configs, scope)
+    # as eval ruler reads them: a line cut by a time limit is skipped, and said
+    records = common.earlier_records(args.resume_from, lambda line: print(f"resume-from: {line}"))
+    resume = plan_resume(records, "sample", sample_key, configs, scope)
     lines = resume.lines()
     head = f"{len(resume.done)} of the {len(scope)} generations are in the records and are not planned"
     return resume.done, "; ".join([head, *lines[1:]])
