@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 15, 2026-12-07 (fifth session): the whole Qwen run — 13 tasks × 16K and 32K × 7 methods × 30 samples, the
-# 5 discriminating tasks at 32K to 50 — in warm calls on one GPU, each resuming what the earlier ones (and the
+# 5 discriminating tasks at 32K and 16K to 50 — in warm calls on one GPU, each resuming what the earlier ones (and the
 # carried .results/ of earlier sessions) already hold. Before the first call the 20 Qwen parts are copied to
 # /tmp/m (scripts/gpu_model_parts.sh prints those calls). Every call carries .whl, .data and .results.
 #
@@ -13,7 +13,8 @@
 #                                                                  32K, the tight window (sink 64 + window 512) on
 #                                                                  the discriminating tasks, λ = auto-decay at 32K
 #                                                                  × 30 there, continuation perplexity of λ 0.5
-#                                                                  and γ 16
+#                                                                  and γ 16, and one exploratory row at 64K with
+#                                                                  YaRN (factor 4 over 32K) on 6 tasks × 6
 #
 # Records go to /tmp/res/<call>/ on the machine (it keeps /tmp between warm calls, so the next call resumes from
 # them without a round trip) and come back as $OUT/<call>.tgz. The whole run's processes are the only GPU work of
@@ -74,10 +75,11 @@ phase() {  # $1 phase name, $2 groups, then eval ruler's arguments: all its proc
 
 case "$CALL" in
   W*)
-    # the whole run in priority order: 32K × 30, 16K × 30, then the discriminating tasks at 32K to 50
+    # the whole run in priority order: 32K × 30, 16K × 30, then the discriminating tasks to 50 (32K, then 16K)
     phase L32 "$G32" --tasks all --lengths 32768 --samples 30
     phase L16 "$G16" --tasks all --lengths 16384 --samples 30
     phase D32 "$GDISC" --tasks "$DISC" --lengths 32768 --samples 50
+    phase D16 "$GDISC" --tasks "$DISC" --lengths 16384 --samples 50
     ;;
   X)
     TW=streaming_w512_s64
@@ -92,6 +94,9 @@ case "$CALL" in
       python3 -m delta_attn.cli eval ppl "${COMMON[@]}" --lengths 32768 --continuation 1024 --docs 8 --batch-size 1 \
         --methods dense,sparse,recompute,delta,delta_auto,delta_autod,delta_l0.5,delta_g16 --resume-from .results \
         --out "$d" --time-limit "$(left)" --no-progress > "$d/run.log" 2>&1 ) &
+    # one exploratory row past the trained context: YaRN factor 4 (the model card's advice) at 64K
+    ( step yarn64 --rope-scaling yarn:4:32768 --tasks niah_single_1,$DISC --lengths 65536 --samples 6 \
+        --batch-size 65536:6 --methods dense,sparse,recompute,delta ) &
     wait
     ;;
   *) echo "unknown call $CALL (W1, W2, ... or X)"; exit 2 ;;
