@@ -4,17 +4,19 @@
 # carried .results/ of earlier sessions) already hold. Before the first call the 20 Qwen parts are copied to
 # /tmp/m (scripts/gpu_model_parts.sh prints those calls). Every call carries .whl, .data and .results.
 #
-#   L=575 bash scripts/gpu_calls/2026-12-07_issue15_full.sh W1    the whole run, in three phases one after the
-#                                                                  other: 32K × 30, 16K × 30, 32K discriminating
-#                                                                  × 50 (G32, G16, GDISC: one process a group);
-#                                                                  cut by the time limit, so repeat W1 (as W2, W3,
-#                                                                  ...) until it reports nothing left
+#   L=575 bash scripts/gpu_calls/2026-12-07_issue15_full.sh W1    the whole run, in four phases one after the
+#                                                                  other: 32K × 30, 16K × 30, the discriminating
+#                                                                  tasks × 50 at 32K, then at 16K (G32, G16,
+#                                                                  GDISC: one process a group); cut by the time
+#                                                                  limit, so repeat W1 (as W2, W3, ...) until it
+#                                                                  reports nothing left
 #   L=400 bash scripts/gpu_calls/2026-12-07_issue15_full.sh X     the rest of the issue: the needle analysis at
 #                                                                  32K, the tight window (sink 64 + window 512) on
-#                                                                  the discriminating tasks, λ = auto-decay at 32K
-#                                                                  × 30 there, continuation perplexity of λ 0.5
-#                                                                  and γ 16, and one exploratory row at 64K with
-#                                                                  YaRN (factor 4 over 32K) on 6 tasks × 6
+#                                                                  the discriminating tasks, continuation
+#                                                                  perplexity of λ 0.5 and γ 16, one exploratory
+#                                                                  row at 64K with YaRN (factor 4 over 32K) on
+#                                                                  6 tasks × 6, and with AUTOD=1 λ = auto-decay
+#                                                                  at 32K × 30 on the discriminating tasks
 #
 # Records go to /tmp/res/<call>/ on the machine (it keeps /tmp between warm calls, so the next call resumes from
 # them without a round trip) and come back as $OUT/<call>.tgz. The whole run's processes are the only GPU work of
@@ -85,7 +87,8 @@ case "$CALL" in
     TW=streaming_w512_s64
     ( step tight --tasks "$DISC" --lengths 32768 --samples 15 \
         --methods "$TW+sparse,$TW+recompute,$TW+delta,$TW+delta_auto" ) &
-    ( step autod --tasks "$DISC" --lengths 32768 --samples 30 --methods delta_autod ) &
+    # λ = auto-decay has 15 samples a task already and trails Δ there; more only when asked (AUTOD=1)
+    [ "${AUTOD:-0}" = 1 ] && ( step autod --tasks "$DISC" --lengths 32768 --samples 30 --methods delta_autod ) &
     ( d=/tmp/res/$CALL/N32; mkdir -p "$d"
       python3 -m delta_attn.cli eval needle "${COMMON[@]}" --task niah_multikey_2 --length 32768 --samples 6 \
         --methods dense,sparse,recompute,delta,delta_auto,delta_autod --out "$d" --time-limit "$(left)" \
