@@ -17,6 +17,9 @@
 #                                                                  row at 64K with YaRN (factor 4 over 32K) on
 #                                                                  6 tasks × 6, and with AUTOD=1 λ = auto-decay
 #                                                                  at 32K × 30 on the discriminating tasks
+#   L=575 bash scripts/gpu_calls/2026-12-07_issue15_full.sh Q1    for a short budget: 16K × 15 for the seven
+#                                                                  methods, then X's work, each process cut by
+#                                                                  the time limit
 #
 # Records go to /tmp/res/<call>/ on the machine (it keeps /tmp between warm calls, so the next call resumes from
 # them without a round trip) and come back as $OUT/<call>.tgz. The whole run's processes are the only GPU work of
@@ -75,6 +78,28 @@ phase() {  # $1 phase name, $2 groups, then eval ruler's arguments: all its proc
   wait
 }
 
+rest() {  # the rest of the issue, four processes sharing the GPU, each cut by the call's time limit
+  local TW=streaming_w512_s64
+  ( step tight --tasks "$DISC" --lengths 32768 --samples 15 \
+      --methods "$TW+sparse,$TW+recompute,$TW+delta,$TW+delta_auto" ) &
+  # λ = auto-decay has 15 samples a task already and trails Δ there; more only when asked (AUTOD=1)
+  [ "${AUTOD:-0}" = 1 ] && ( step autod --tasks "$DISC" --lengths 32768 --samples 30 --methods delta_autod ) &
+  ( [ "$(left)" -gt 30 ] || exit 0
+    d=/tmp/res/$CALL/N32; mkdir -p "$d"
+    python3 -m delta_attn.cli eval needle "${COMMON[@]}" --task niah_multikey_2 --length 32768 --samples 6 \
+      --methods dense,sparse,recompute,delta,delta_auto,delta_autod --out "$d" --time-limit "$(left)" \
+      > "$d/run.log" 2>&1
+    [ "$(left)" -gt 30 ] || exit 0
+    d=/tmp/res/$CALL/P32; mkdir -p "$d"
+    python3 -m delta_attn.cli eval ppl "${COMMON[@]}" --lengths 32768 --continuation 1024 --docs 8 --batch-size 1 \
+      --methods dense,sparse,recompute,delta,delta_auto,delta_autod,delta_l0.5,delta_g16 --resume-from .results \
+      --out "$d" --time-limit "$(left)" --no-progress > "$d/run.log" 2>&1 ) &
+  # one exploratory row past the trained context: YaRN factor 4 (the model card's advice) at 64K
+  ( step yarn64 --rope-scaling yarn:4:32768 --tasks niah_single_1,$DISC --lengths 65536 --samples 6 \
+      --batch-size 65536:6 --methods dense,sparse,recompute,delta ) &
+  wait
+}
+
 case "$CALL" in
   W*)
     # the whole run in priority order: 32K × 30, 16K × 30, then the discriminating tasks to 50 (32K, then 16K)
@@ -83,26 +108,14 @@ case "$CALL" in
     phase D32 "$GDISC" --tasks "$DISC" --lengths 32768 --samples 50
     phase D16 "$GDISC" --tasks "$DISC" --lengths 16384 --samples 50
     ;;
-  X)
-    TW=streaming_w512_s64
-    ( step tight --tasks "$DISC" --lengths 32768 --samples 15 \
-        --methods "$TW+sparse,$TW+recompute,$TW+delta,$TW+delta_auto" ) &
-    # λ = auto-decay has 15 samples a task already and trails Δ there; more only when asked (AUTOD=1)
-    [ "${AUTOD:-0}" = 1 ] && ( step autod --tasks "$DISC" --lengths 32768 --samples 30 --methods delta_autod ) &
-    ( d=/tmp/res/$CALL/N32; mkdir -p "$d"
-      python3 -m delta_attn.cli eval needle "${COMMON[@]}" --task niah_multikey_2 --length 32768 --samples 6 \
-        --methods dense,sparse,recompute,delta,delta_auto,delta_autod --out "$d" --time-limit "$(left)" \
-        > "$d/run.log" 2>&1
-      d=/tmp/res/$CALL/P32; mkdir -p "$d"
-      python3 -m delta_attn.cli eval ppl "${COMMON[@]}" --lengths 32768 --continuation 1024 --docs 8 --batch-size 1 \
-        --methods dense,sparse,recompute,delta,delta_auto,delta_autod,delta_l0.5,delta_g16 --resume-from .results \
-        --out "$d" --time-limit "$(left)" --no-progress > "$d/run.log" 2>&1 ) &
-    # one exploratory row past the trained context: YaRN factor 4 (the model card's advice) at 64K
-    ( step yarn64 --rope-scaling yarn:4:32768 --tasks niah_single_1,$DISC --lengths 65536 --samples 6 \
-        --batch-size 65536:6 --methods dense,sparse,recompute,delta ) &
-    wait
+  X) rest ;;
+  Q*)
+    # one call for what a short device budget allows: 16K at 15 samples a cell for all seven methods, then the
+    # rest of the issue as far as the time limit goes (a later W call takes 16K on to 30 from these records)
+    phase L16 "$G16" --tasks all --lengths 16384 --samples 15
+    rest
     ;;
-  *) echo "unknown call $CALL (W1, W2, ... or X)"; exit 2 ;;
+  *) echo "unknown call $CALL (W1, W2, ..., X or Q1, Q2, ...)"; exit 2 ;;
 esac
 echo "== $CALL done after $(( $(date +%s) - T0 )) s" | tee -a "$OUT/steps.log"
 tail -n 1 /tmp/res/"$CALL"/*/run.log /tmp/res/"$CALL"/*/*/run.log 2>/dev/null | grep -v '^$' | tail -30
