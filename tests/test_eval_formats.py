@@ -239,6 +239,8 @@ def test_report_has_the_prompt_format_section(tmp_path):
     assert "75.0 (n=4)" in rows["RULER default"]  # recompute's accuracy in the default format
     assert "0.400 (layer 2)" in text  # Δ's needle mass at the dense run's peak layer in the upper half
     assert format_section(RulerData.from_records([]), []) == ""
+    needle_only = format_section(RulerData.from_records([]), [needle_result])  # no variant records
+    assert "## Needle analysis" in needle_only and "prompt format" not in needle_only
 
     (tmp_path / "ruler.jsonl").write_text("\n".join(json.dumps(r) for r in _records()) + "\n")
     (tmp_path / "n").mkdir()

@@ -222,6 +222,60 @@ def test_report_never_merges_two_settings_under_one_name(tmp_path):
     assert d.avg(512, "delta (window 64)") == 100.0 and d.avg(512, "delta (window 2000)") == 0.0
 
 
+def test_an_exploratory_scaled_run_leaves_the_default_rows_and_targets_alone():
+    """A YaRN run beside unscaled ones: only its rows carry the setting, and the targets stay at the longest
+    length where dense, sparse, recompute and Δ all have averages (not at the scaled run's longer length)."""
+    import random
+
+    from delta_attn.eval.tables import targets_table
+
+    rng = random.Random()
+    recs = [_run_header("r1")]
+    for m in ("dense", "sparse", "recompute", "delta"):
+        for r in _samples(m, _config(m)):
+            recs.append({**r, "score": float(rng.random() < 0.5)})
+    for m in ("dense", "sparse"):  # the scaled run: two methods at a longer length
+        cfg = {**_config(m), "rope_scaling": "yarn:2:3000"}
+        recs += _samples(m, cfg, length=1024, run_id="r2", score=float(rng.random() < 0.5))
+    d = RulerData.from_records(recs)
+    assert set(d.methods) == {
+        "dense",
+        "sparse",
+        "recompute",
+        "delta",
+        "dense (rope_scaling yarn:2:3000)",
+        "sparse (rope_scaling yarn:2:3000)",
+    }
+    assert d.avg(1024, "dense") is None and d.avg(1024, "dense (rope_scaling yarn:2:3000)") is not None
+    assert d.lengths == [512, 1024]
+    assert d.headline_length() == 512 and d.headline_length(["dense (rope_scaling yarn:2:3000)"]) == 1024
+    table = targets_table(d, n_resamples=99)
+    assert table.startswith("| target (at 512) |"), table
+    assert "| delta − recompute | – | – |" not in table  # the comparison ran at 512
+    assert targets_table(d, length=1024, n_resamples=99).startswith("| target (at 1K) |")
+
+
+def test_the_gamma_plot_has_no_empty_panel(tmp_path):
+    """Accuracy at two γ and no perplexity records: one panel (the report's plot had an empty second one)."""
+    import random
+
+    from matplotlib.image import imread
+
+    from delta_attn.eval.plots import plot_gamma
+    from delta_attn.eval.tables import PplData
+
+    rng = random.Random()
+    recs = [_run_header("r1")]
+    for m in ("dense", "sparse", "delta", "delta_g16"):
+        for r in _samples(m, _config(m)):
+            recs.append({**r, "score": float(rng.random() < 0.5)})
+    d = RulerData.from_records(recs)
+    one = plot_gamma(d, PplData.from_records([]), tmp_path / "gamma.png")
+    height, width = imread(one).shape[:2]
+    assert (width, height) == (round(5.5 * 120), 4 * 120)  # one 5.5 × 4 inch panel at 120 dpi
+    assert plot_gamma(RulerData.from_records(recs[:-6]), PplData.from_records([]), tmp_path / "none.png") is None
+
+
 @pytest.mark.parametrize("inputs", [["/nonexistent/results"], []])
 def test_report_without_inputs_is_an_error(inputs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:

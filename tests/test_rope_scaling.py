@@ -246,7 +246,8 @@ def test_records_carry_the_scaling_and_resume_keeps_it_apart(tiny, tmp_path, run
     rc, _, err = run_cli(["eval", "report", "--inputs", out, "--out", report, "--resamples", "99"], with_stdout=True)
     assert rc == 0, err
     text = report.read_text()
-    assert "dense (rope_scaling yarn:2:3000)" in text and "dense (rope_scaling –)" in text
+    # the scaled rows are labelled; the unscaled setting keeps the plain name (and its comparisons and targets)
+    assert "dense (rope_scaling yarn:2:3000)" in text and "| dense |" in text and "rope_scaling –" not in text
     assert "**Rope scaling**: none, yarn:2:3000" in text
 
 

@@ -92,23 +92,27 @@ def needle_summary(results: Sequence[dict]) -> str:
 
 
 def format_section(d: RulerData, needles: Sequence[dict], *, n_resamples: int = 9999) -> str:
-    """The "Why the prompt format matters" section ('' when there are neither variant records nor needle files)."""
+    """The "Why the prompt format matters" section (when there are variant records) and the "Needle analysis"
+    section (when there are needle files); '' when there are neither."""
     groups = variant_tasks(d)
     if not groups and not needles:
         return ""
-    parts = [
-        "\n## Why the prompt format matters\n",
-        "The same NIAH task in prompt-format variants (task-name suffixes: "
-        + "; ".join(f"`@{f}`: {why}" for f, why in FORMATS.items())
-        + "). A variant's sample i has the default format's value and needle depth. Accuracy × 100 with the "
-        "number of samples; Δ − recompute is the paired mean difference (points) with a two-sided paired "
-        "permutation test.\n",
-    ]
+    parts = []
+    if groups:
+        parts += [
+            "\n## Why the prompt format matters\n",
+            "The same NIAH task in prompt-format variants (task-name suffixes: "
+            + "; ".join(f"`@{f}`: {why}" for f, why in FORMATS.items())
+            + "). A variant's sample i has the default format's value and needle depth. Accuracy × 100 with the "
+            "number of samples; Δ − recompute is the paired mean difference (points) with a two-sided paired "
+            "permutation test.\n",
+        ]
     for base, tasks in groups.items():
         for L in d.lengths:
             if any(d.count(t, L, m) for t in tasks for m in d.methods):
                 parts.append(format_table(d, base, L, tasks, n_resamples=n_resamples))
     if needles:
+        parts.append("\n## Needle analysis\n")
         parts.append(
             "Needle analysis (`eval needle`): per method, the cosine to dense of the needle tokens' keys and "
             "values in the prefilled cache, the attention mass the first decode query puts on the needle "

@@ -34,30 +34,37 @@ def _plt():
 
 
 def plot_ruler(d: RulerData, path: Path, methods: Sequence[str] | None = None, model: str | None = None) -> Path | None:
+    """Task average vs length per method, and per task at :meth:`RulerData.headline_length`. Only methods with
+    a task average somewhere are drawn (a cell run on a few tasks, such as an exploratory setting, is in the
+    report's per-task tables), each in one colour in both panels."""
     if not d.lengths:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    methods = list(methods or d.methods)
-    axes[0].set_prop_cycle(color=[plt.cm.tab10(i % 10) for i in range(len(methods))])
+    methods = [m for m in (methods or d.methods) if any(d.avg(n, m) is not None for n in d.lengths)]
+    if not methods:
+        plt.close(fig)
+        return None
+    color = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     for m in methods:
-        xs = [L for L in d.lengths if d.avg(L, m) is not None]
-        if xs:
-            axes[0].plot(xs, [d.avg(L, m) for L in xs], marker="o", label=m)
+        xs = [n for n in d.lengths if d.avg(n, m) is not None]
+        axes[0].plot(xs, [d.avg(n, m) for n in xs], marker="o", label=m, color=color[m])
+    drawn = sorted({n for n in d.lengths for m in methods if d.avg(n, m) is not None})
     axes[0].set_xscale("log", base=2)
-    axes[0].set_xticks(d.lengths, [len_name(L) for L in d.lengths])
+    axes[0].set_xticks(drawn, [len_name(n) for n in drawn])
+    axes[0].minorticks_off()
     axes[0].set_xlabel("prompt length")
     axes[0].set_ylabel("task-averaged score")
     axes[0].set_title("RULER-style accuracy" + (f" ({model})" if model else ""))
-    axes[1].set_prop_cycle(color=[plt.cm.tab10(i % 10) for i in range(len(methods))])
     axes[0].legend(fontsize=8)
     axes[0].grid(alpha=0.3)
-    L = max(d.lengths)
+    L = d.headline_length()
     tasks = d.tasks
-    w = 0.8 / max(1, len(methods))
-    for i, m in enumerate(methods):
+    at_L = [m for m in methods if d.avg(L, m) is not None]
+    w = 0.8 / max(1, len(at_L))
+    for i, m in enumerate(at_L):
         vals = [d.mean(t, L, m) or 0.0 for t in tasks]
-        axes[1].bar([j + i * w for j in range(len(tasks))], vals, width=w, label=m)
+        axes[1].bar([j + i * w for j in range(len(tasks))], vals, width=w, label=m, color=color[m])
     axes[1].set_xticks(
         [j + 0.4 - w / 2 for j in range(len(tasks))], [t.replace("niah_", "") for t in tasks], rotation=60, fontsize=7
     )
@@ -162,7 +169,8 @@ def plot_sweep(an: dict, path: Path) -> Path | None:
 
 
 def plot_gamma(d: RulerData, ppl: PplData, path: Path, *, sparse: str = "sparse", dense: str = "dense") -> Path | None:
-    """Accuracy (longest length) and perplexity vs γ over the methods named ``delta`` / ``delta_g<γ>``."""
+    """Accuracy (at :meth:`RulerData.headline_length`) and perplexity vs γ over the methods named ``delta`` /
+    ``delta_g<γ>``."""
 
     def gamma_of(m: str, default: int = 64) -> int | None:
         if m == "delta":
@@ -172,7 +180,7 @@ def plot_gamma(d: RulerData, ppl: PplData, path: Path, *, sparse: str = "sparse"
 
     acc = {}
     if d.lengths:
-        L = max(d.lengths)
+        L = d.headline_length()
         acc = {gamma_of(m): d.avg(L, m) for m in d.methods if gamma_of(m) and d.avg(L, m) is not None}
     pp = {}
     if ppl.records:
@@ -181,23 +189,26 @@ def plot_gamma(d: RulerData, ppl: PplData, path: Path, *, sparse: str = "sparse"
     if len(acc) < 2 and len(pp) < 2:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    shown = [name for name, values in (("accuracy", acc), ("perplexity", pp)) if len(values) >= 2]
+    fig, grid = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4), squeeze=False)
+    axes = list(grid[0])
+    panel = dict(zip(shown, axes))  # one panel per measure with at least two γ (no empty panel)
     if len(acc) >= 2:
         gs = sorted(acc)
-        axes[0].plot(gs, [acc[g] for g in gs], marker="o", label="Δ")
+        panel["accuracy"].plot(gs, [acc[g] for g in gs], marker="o", label="Δ")
         for ref, style in ((dense, "--"), (sparse, ":")):
-            v = d.avg(max(d.lengths), ref)
+            v = d.avg(L, ref)
             if v is not None:
-                axes[0].axhline(v, linestyle=style, color="gray", label=ref)
-        axes[0].set_title(f"accuracy vs γ at {len_name(max(d.lengths))}")
+                panel["accuracy"].axhline(v, linestyle=style, color="gray", label=ref)
+        panel["accuracy"].set_title(f"accuracy vs γ at {len_name(L)}")
     if len(pp) >= 2:
         gs = sorted(pp)
-        axes[1].plot(gs, [pp[g] for g in gs], marker="o", label="Δ")
+        panel["perplexity"].plot(gs, [pp[g] for g in gs], marker="o", label="Δ")
         allp = ppl_by_method(ppl, L2)
         for ref, style in ((dense, "--"), (sparse, ":")):
             if ref in allp:
-                axes[1].axhline(allp[ref], linestyle=style, color="gray", label=ref)
-        axes[1].set_title(f"perplexity vs γ at {len_name(L2)}")
+                panel["perplexity"].axhline(allp[ref], linestyle=style, color="gray", label=ref)
+        panel["perplexity"].set_title(f"perplexity vs γ at {len_name(L2)}")
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("γ")

@@ -77,7 +77,9 @@ def ordered_methods(methods: Iterable[str]) -> list[str]:
 
 def method_labels(records: Sequence[dict], runs: dict[str, dict]) -> tuple[list[str], dict[str, dict | None]]:
     """(a label per record, config per label): the method name, plus what differs when one name has several
-    configs among ``records``."""
+    configs among ``records``. The one config that sets none of the differing fields (the unscaled model beside
+    a ``rope_scaling`` run, say) keeps the plain name, so that the default setting's rows, comparisons and
+    targets read as they do without the extra runs."""
     configs = [config_of(r, runs) for r in records]
     seen: dict[str, dict[str, dict | None]] = defaultdict(dict)  # name -> config json -> config
     keys = []
@@ -90,9 +92,10 @@ def method_labels(records: Sequence[dict], runs: dict[str, dict]) -> tuple[list[
     for name, variants in seen.items():
         flats = {k: flatten(c) if c is not None else {} for k, c in variants.items()}
         varying = sorted({f for fl in flats.values() for f in fl if len({str(x.get(f)) for x in flats.values()}) > 1})
+        plain = [k for k, c in variants.items() if c is not None and not any(f in flats[k] for f in varying)]
         for k, c in variants.items():
             label = name
-            if len(variants) > 1:
+            if len(variants) > 1 and plain != [k]:
                 shown = [f"{f.removeprefix('method.')} {flats[k].get(f, '–')}" for f in varying]
                 label = f"{name} ({', '.join(shown) or 'no recorded config'})"
             label_of[name, k] = label
@@ -137,6 +140,14 @@ class RulerData:
     @property
     def methods(self) -> list[str]:
         return _order((k[2] for k in self.scores), PREFERRED)
+
+    def headline_length(self, methods: Sequence[str] = ("dense", "sparse", "recompute", "delta")) -> int:
+        """The longest length at which each of ``methods`` that has results at all has a task average: the
+        length of the targets, the per-task plot and the γ ablation. (An exploratory longer length, run with a
+        few tasks or methods, would otherwise leave them blank.)"""
+        present = [m for m in methods if any(k[2] == m for k in self.scores)]
+        complete = [n for n in self.lengths if present and all(self.avg(n, m) is not None for m in present)]
+        return max(complete or self.lengths)
 
     def mean(self, task: str, length: int, method: str) -> float | None:
         s = self.scores.get((task, length, method))
@@ -294,7 +305,7 @@ def targets_table(
 
     if not d.lengths:
         return "_no RULER results._\n"
-    L = length or max(d.lengths)
+    L = length or d.headline_length((dense, sparse, recompute, delta))
     rows = ["| target (at " + len_name(L) + ") | value | met? |", "|---|---|---|"]
     av = {m: d.avg(L, m) for m in (delta, sparse, recompute, dense)}
 
