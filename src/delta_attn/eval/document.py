@@ -147,7 +147,8 @@ def setup_section(
     if ropes != ["none"]:  # a setting of the model, not of a method: say it once, above the method legend
         lines.append(
             f"- **Rope scaling**: {', '.join(ropes)} (`--rope-scaling`; rows run past the model's trained context "
-            "with it are exploratory, and a method name with several settings is labelled with its rope_scaling)."
+            "with it are exploratory; a method run both ways is labelled with its scaling where it was scaled, and "
+            "keeps its plain name unscaled)."
         )
     ppl_labels = [m for L in ppl.lengths for m in ppl.common_docs(L)[0]]
     if cppl is not None:
