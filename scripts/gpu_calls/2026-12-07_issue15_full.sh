@@ -96,7 +96,7 @@ rest() {  # the rest of the issue, four processes sharing the GPU, each cut by t
       --out "$d" --time-limit "$(left)" --no-progress > "$d/run.log" 2>&1 ) &
   # one exploratory row past the trained context: YaRN factor 4 (the model card's advice) at 64K
   ( step yarn64 --rope-scaling yarn:4:32768 --tasks niah_single_1,$DISC --lengths 65536 --samples 6 \
-      --batch-size 65536:6 --methods dense,sparse,recompute,delta ) &
+      --batch-size 65536:6 --methods dense,sparse,delta,recompute ) &
   wait
 }
 
