@@ -9,6 +9,7 @@ import json
 import random
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -234,8 +235,23 @@ def test_calibration_recovers_the_rates_that_made_the_records(tmp_path):
     cal = P.calibrate([tmp_path], start=P.Hardware())
     assert len(cal.batches) == 80 and {b.concurrency for b in cal.batches} == {1.0}
     assert [b.lives for b in cal.batches] == lives  # batches regrouped, stop tokens counted
-    for name in ("tflops", "attn_tflops", "layer_overhead_ms", "step_layer_ms", "hbm_tbs"):
-        assert getattr(cal.hw, name) == pytest.approx(getattr(true, name), rel=1e-2), name
+    # Each rate within 1 % where the records determine it: where its term is ≥ 2 % of the recorded times it
+    # enters. A smaller term (HBM bandwidth under a large per-step overhead: under 1 % of the decode time in about
+    # one draw of a hundred) is pulled towards the starting rate by fit_coefs' prior, so there the test is what
+    # matters for a plan: the rate's error moves the predicted times by < 0.02 %.
+    features = np.array([b.prefill_mix for b in cal.batches] + [b.decode_mix for b in cal.batches])
+    seconds = np.array([b.prefill_s for b in cal.batches] + [b.decode_s for b in cal.batches])
+    true_coefs = np.array(true.prefill_coefs() + true.decode_coefs())
+    fitted = np.array(cal.hw.prefill_coefs() + cal.hw.decode_coefs())
+    names = ("tflops", "attn_tflops", "layer_overhead_ms", "step_layer_ms", "hbm_tbs")  # the coefficients' order
+    for i, name in enumerate(names):
+        used = (seconds > 0) & (features[:, i] > 0)
+        share = float(np.mean(features[used, i] * true_coefs[i] / seconds[used]))
+        error = abs(fitted[i] / true_coefs[i] - 1)
+        if share >= 0.02:
+            assert error < 1e-2, (name, share, error)
+        else:
+            assert error * share < 2e-4, (name, share, error)
     pre, dec = P.relative_errors(cal)
     assert pre < 0.01 and dec < 0.01
 
