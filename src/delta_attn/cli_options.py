@@ -20,6 +20,8 @@ from pathlib import Path
 from .config import BACKENDS, INTERPS, MODES
 
 OVERFLOW_OPTION = "--allow-overflow"
+#: the model dtypes ``--dtype`` accepts (eval plan's ``--dtype`` too, which matches records by it)
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class UsageError(Exception):
@@ -310,7 +312,7 @@ def add_model_options(p: argparse.ArgumentParser, *, dtype: bool = False, rope: 
         g.add_argument(
             "--dtype",
             default=None,
-            choices=["float32", "bfloat16", "float16"],
+            choices=MODEL_DTYPES,
             help="model dtype (default bfloat16 on CUDA, float32 on CPU)",
         )
     g.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")

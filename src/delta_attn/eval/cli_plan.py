@@ -117,7 +117,7 @@ def add_arguments(p) -> None:
     )
     g.add_argument(
         "--dtype",
-        choices=("bfloat16", "float16", "float32"),
+        choices=opt.MODEL_DTYPES,
         default="bfloat16",
         help="the dtype the planned run uses, for --resume-from: records of another dtype are not counted "
         "(default bfloat16, eval ruler's on a GPU)",

@@ -41,15 +41,17 @@ def plot_ruler(d: RulerData, path: Path, methods: Sequence[str] | None = None, m
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    methods = [m for m in (methods or d.methods) if any(d.avg(n, m) is not None for n in d.lengths)]
+    # task averages where a method has one (None where some task is missing)
+    avg = {(n, m): a for m in (methods or d.methods) for n in d.lengths if (a := d.avg(n, m)) is not None}
+    methods = [m for m in (methods or d.methods) if any((n, m) in avg for n in d.lengths)]
     if not methods:
         plt.close(fig)
         return None
     color = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     for m in methods:
-        xs = [n for n in d.lengths if d.avg(n, m) is not None]
-        axes[0].plot(xs, [d.avg(n, m) for n in xs], marker="o", label=m, color=color[m])
-    drawn = sorted({n for n in d.lengths for m in methods if d.avg(n, m) is not None})
+        xs = [n for n in d.lengths if (n, m) in avg]
+        axes[0].plot(xs, [avg[n, m] for n in xs], marker="o", label=m, color=color[m])
+    drawn = sorted({n for n, _ in avg})
     axes[0].set_xscale("log", base=2)
     axes[0].set_xticks(drawn, [len_name(n) for n in drawn])
     axes[0].minorticks_off()
@@ -60,7 +62,7 @@ def plot_ruler(d: RulerData, path: Path, methods: Sequence[str] | None = None, m
     axes[0].grid(alpha=0.3)
     L = d.headline_length()
     tasks = d.tasks
-    at_L = [m for m in methods if d.avg(L, m) is not None]
+    at_L = [m for m in methods if (L, m) in avg]
     w = 0.8 / max(1, len(at_L))
     for i, m in enumerate(at_L):
         vals = [d.mean(t, L, m) or 0.0 for t in tasks]

@@ -145,7 +145,7 @@ class RulerData:
         """The longest length at which each of ``methods`` that has results at all has a task average: the
         length of the targets, the per-task plot and the γ ablation. (An exploratory longer length, run with a
         few tasks or methods, would otherwise leave them blank.)"""
-        present = [m for m in methods if any(k[2] == m for k in self.scores)]
+        present = [m for m in methods if m in self.methods]
         complete = [n for n in self.lengths if present and all(self.avg(n, m) is not None for m in present)]
         return max(complete or self.lengths)
 
