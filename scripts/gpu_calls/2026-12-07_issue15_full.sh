@@ -10,6 +10,7 @@
 #                                                                  GDISC: one process a group); cut by the time
 #                                                                  limit, so repeat W1 (as W2, W3, ...) until it
 #                                                                  reports nothing left
+#                                                                  (then goes on to X's work, as time allows)
 #   L=400 bash scripts/gpu_calls/2026-12-07_issue15_full.sh X     the rest of the issue: the needle analysis at
 #                                                                  32K, the tight window (sink 64 + window 512) on
 #                                                                  the discriminating tasks, continuation
@@ -84,7 +85,8 @@ rest() {  # the rest of the issue, four processes sharing the GPU, each cut by t
       --methods "$TW+sparse,$TW+recompute,$TW+delta,$TW+delta_auto" ) &
   # λ = auto-decay has 15 samples a task already and trails Δ there; more only when asked (AUTOD=1)
   [ "${AUTOD:-0}" = 1 ] && ( step autod --tasks "$DISC" --lengths 32768 --samples 30 --methods delta_autod ) &
-  ( [ "$(left)" -gt 30 ] || exit 0
+  # the needle analysis does not resume: NEEDLE_PPL=0 skips it (and the perplexity) once a call has made them
+  [ "${NEEDLE_PPL:-1}" = 1 ] && ( [ "$(left)" -gt 30 ] || exit 0
     d=/tmp/res/$CALL/N32; mkdir -p "$d"
     python3 -m delta_attn.cli eval needle "${COMMON[@]}" --task niah_multikey_2 --length 32768 --samples 6 \
       --methods dense,sparse,recompute,delta,delta_auto,delta_autod --out "$d" --time-limit "$(left)" \
@@ -107,6 +109,8 @@ case "$CALL" in
     phase L16 "$G16" --tasks all --lengths 16384 --samples 30
     phase D32 "$GDISC" --tasks "$DISC" --lengths 32768 --samples 50
     phase D16 "$GDISC" --tasks "$DISC" --lengths 16384 --samples 50
+    # then, as time allows, what X does (resumed: each step runs only what is still missing)
+    rest
     ;;
   X) rest ;;
   Q*)
