@@ -2,7 +2,9 @@
 
 ``delta_scale="auto"`` needs each anchor's raw Δ before the sparse kernel's epilogue can add λ_j·Δ_j, so this
 small kernel computes the sparse output of the N/γ anchor rows only (the GQA group's heads packed in one tile),
-over the analytic key ranges of a sink+window or block pattern (:class:`.sparse.SparseSpec`).
+over the analytic key ranges of a sink+window or block pattern (:class:`.sparse.SparseSpec`). Given the dense
+rows, its epilogue stores the raw Δ = D − Õ directly (what :mod:`.delta_scale` reads), so no PyTorch
+subtraction (and no (B, Hq, n, D) temporary) sits between the two.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def _anchor_sparse_kernel(
     K,
     V,
     Out,
+    Dense,
     sqb,
     sqh,
     sqn,
@@ -44,6 +47,9 @@ def _anchor_sparse_kernel(
     sob,
     soh,
     son,
+    sdb,
+    sdh,
+    sdn,
     Hkv,
     G,
     q_start,
@@ -60,9 +66,11 @@ def _anchor_sparse_kernel(
     BM: tl.constexpr,
     BN: tl.constexpr,
     HAS_BLOCK: tl.constexpr,
+    HAS_DENSE: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """Õ of the anchor rows alone (positions anchor_lo + a·γ) under an analytic-range pattern.
+    """Õ of the anchor rows alone (positions anchor_lo + a·γ) under an analytic-range pattern; with HAS_DENSE,
+    D − Õ (Dense: the anchors' dense rows, row a = anchor a).
 
     Rows are packed like the dense-rows kernel's (the G query heads of a KV head interleaved), so a
     tile of BM rows spans BM/G anchors and shares every K/V tile it loads; it visits the sink tiles
@@ -123,10 +131,20 @@ def _anchor_sparse_kernel(
         )
         acc, l_i, m_i = softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, True, DOT_PREC)
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    out_mask = row_ok[:, None] & d_ok[None, :]
+    if HAS_DENSE:  # the raw Δ of each anchor
+        d_ptrs = (
+            Dense
+            + b.to(tl.int64) * sdb
+            + head[:, None].to(tl.int64) * sdh
+            + a[:, None].to(tl.int64) * sdn
+            + offs_d[None, :]
+        )
+        o = tl.load(d_ptrs, mask=out_mask, other=0.0).to(tl.float32) - o
     o_ptrs = (
         Out + b.to(tl.int64) * sob + head[:, None].to(tl.int64) * soh + a[:, None].to(tl.int64) * son + offs_d[None, :]
     )
-    tl.store(o_ptrs, o, mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(o_ptrs, o, mask=out_mask)
 
 
 def anchor_sparse_rows(
@@ -140,16 +158,23 @@ def anchor_sparse_rows(
     gamma: int,
     scale: float,
     config: dict | None = None,
+    dense: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Õ (float32, (B, Hq, n_anchor, D)) of the anchor rows ``anchor_lo + a·γ`` only, for an analytic-range
-    pattern (``spec.kind == PATTERN_RANGES``): what ``delta_scale="auto"`` needs before the sparse kernel
-    runs, so that the per-block λ is known in its epilogue. ``config``: a launch config (BM packed rows, BN keys,
-    num_warps, num_stages; pointer loads); default :data:`CONFIG` for the dtype."""
+    """Õ (float32, (B, Hq, n_anchor, D), contiguous) of the anchor rows ``anchor_lo + a·γ`` only, for an
+    analytic-range pattern (``spec.kind == PATTERN_RANGES``): what ``delta_scale="auto"`` needs before the
+    sparse kernel runs, so that the per-block λ is known in its epilogue. With ``dense`` ((B, Hq, ≥ n_anchor, D),
+    row a the dense row of anchor a, last dim contiguous) it returns the raw Δ = D − Õ instead. ``config``: a
+    launch config (BM packed rows, BN keys, num_warps, num_stages; pointer loads); default :data:`CONFIG` for the
+    dtype."""
     if spec.kind != PATTERN_RANGES:
         raise ValueError("anchor_sparse_rows takes analytic-range patterns only (sink/window/block/dense)")
     bsz, hq, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     g = hq // hkv
+    if dense is not None and (dense.shape[:2] != (bsz, hq) or dense.shape[2] < n_anchor or dense.shape[3] != d):
+        raise ValueError(f"dense rows {tuple(dense.shape)} do not cover the {n_anchor} anchors of q {tuple(q.shape)}")
+    if dense is not None and dense.stride(-1) != 1:
+        dense = dense.contiguous()
     out = torch.empty(bsz, hq, n_anchor, d, device=q.device, dtype=torch.float32)
     if n_anchor == 0:
         return out
@@ -164,10 +189,12 @@ def anchor_sparse_rows(
         k,
         v,
         out,
+        dense if dense is not None else out,
         *q.stride()[:3],
         *k.stride()[:3],
         *v.stride()[:3],
         *out.stride()[:3],
+        *(dense.stride()[:3] if dense is not None else (0, 0, 0)),
         hkv,
         g,
         nk - nq,
@@ -184,6 +211,7 @@ def anchor_sparse_rows(
         BM=bm,
         BN=bn,
         HAS_BLOCK=spec.block_size > 0,
+        HAS_DENSE=dense is not None,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         **cfg,
     )

@@ -16,16 +16,16 @@ inputs the kernels do not take (CPU tensors, float64, head dims above 256) run
 :func:`reference_prefill` whole.
 
 The Δ variants (docs/algorithm.md §13) with ``interp="repeat"`` stay in the fused epilogue: a float
-``delta_scale`` λ scales every Δ there (the anchor rows store D); ``"auto"``/``"auto-global"`` first
-compute Õ of the anchor rows alone (:func:`.anchor_sparse.anchor_sparse_rows`, 1/γ of the rows), then the raw
-Δs and λ per γ-block in PyTorch (:func:`delta_attn.combine.delta_scales`, a (B, Hq, n_blocks) problem),
-and the epilogue adds the given λ_jΔ_j. Index-list patterns (top-k, vertical-slash) with ``"auto"`` and the
-filters take the unfused path of step 3 with the Δs scaled in PyTorch. ``extra_anchors``
-takes the unfused path too, chooses the blocks in PyTorch, computes the extra rows with the dense-row
-kernel (one launch per sequence, as the choice differs per sequence, the rows as an explicit position
-list) and, for ``repeat``, rewrites the second half of each chosen block in PyTorch (a gather over those
-rows only); ``linear`` with extra anchors is combined in PyTorch (:func:`delta_attn.combine.combine`),
-which materialises the Δ of every body row.
+``delta_scale`` λ scales every Δ there (the anchor rows store D); ``"auto"``/``"auto-decay"``/``"auto-global"``
+first compute the raw Δ = D − Õ of the anchor rows alone (:func:`.anchor_sparse.anchor_sparse_rows`, 1/γ of
+the rows), then λ per γ-block and λ_jΔ_j in two small kernels (:func:`.delta_scale.scaled_block_deltas`, the
+fused form of :func:`delta_attn.combine.delta_scales`), and the epilogue adds the given λ_jΔ_j. Index-list
+patterns (top-k, vertical-slash) with ``"auto"`` and the filters take the unfused path of step 3 with the Δs
+scaled in PyTorch. ``extra_anchors`` takes the unfused path too, chooses the blocks in PyTorch, computes the
+extra rows with the dense-row kernel (one launch per sequence, as the choice differs per sequence, the rows as
+an explicit position list) and, for ``repeat``, rewrites the second half of each chosen block in PyTorch (a
+gather over those rows only); ``linear`` with extra anchors is combined in PyTorch
+(:func:`delta_attn.combine.combine`), which materialises the Δ of every body row.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from ..sparse import plan_pattern
 from . import sparse as sparse_mod
 from .anchor_sparse import anchor_sparse_rows
 from .blocks import spec_for
+from .delta_scale import scaled_block_deltas
 from .dense_rows import PositionList, RowSet, dense_rows, kernel_config
 from .interpret import active as interpreting
 from .interpret import enable as enable_interpreter
@@ -89,7 +90,8 @@ def triton_prefill(
     :func:`delta_attn.reference.reference_prefill`: queries are the last Nq of the Nk key positions,
     ``prompt_len`` places the exact tail, and ``state`` carries Δ (and the ema/abg filter state)
     between chunks. ``kernel_configs`` overrides the launch configurations
-    (``{"dense": {...}, "sparse": {...}}``; the benchmark and the checks pass them).
+    (``{"dense": {...}, "sparse": {...}}``, and ``"delta_scale"`` for the λ kernels; the benchmark and the
+    checks pass them).
     """
     if not _supported(q):
         return reference_prefill(q, k, v, config, scale=scale, prompt_len=prompt_len, state=state)
@@ -185,20 +187,27 @@ def triton_prefill(
     )
     scan_state = scale_sums = None
     if fused and per_block_scale:
-        o_anchor = anchor_sparse_rows(
-            q, k, v, spec, anchor_lo=plan.anchor_lo, n_anchor=n_anchor, gamma=gamma, scale=scale, config=kc.get("dense")
+        # the anchor kernel stores the raw Δ = D − Õ of the call's anchors; the λ kernels turn them (and the
+        # carried block's Δ) into λ_jΔ_j and the running sums: combine.delta_scales + scale_deltas, fused
+        raw = anchor_sparse_rows(
+            q,
+            k,
+            v,
+            spec,
+            anchor_lo=plan.anchor_lo,
+            n_anchor=n_anchor,
+            gamma=gamma,
+            scale=scale,
+            config=kc.get("dense"),
+            dense=dense,
         )
-        raw = dense[:, :, :n_anchor] - o_anchor
-        if carry is not None:
-            raw = torch.cat([carry.unsqueeze(2), raw], dim=2)
-        lam, scale_sums = delta_scales(plan, raw)
-        given = scale_deltas(raw, lam).float().contiguous()
+        given, scale_sums = scaled_block_deltas(plan, raw, config=kc.get("delta_scale"))
         sparse_rows(
             q.dtype,
             out=out,
             delta=dict(gamma=gamma, dense=dense, first_anchor=plan.anchor_lo, given=given, exact_anchor=True),
         )
-        last_delta = raw[:, :, -1]
+        last_delta = raw[:, :, -1] if n_anchor else carry
     elif fused:
         delta_out = None
         if state is not None:

@@ -1,0 +1,248 @@
+"""λ per γ-block for ``delta_scale="auto"`` (and ``"auto-decay"``, ``"auto-global"``) in the fused Δ path
+(docs/algorithm.md §13), as two small kernels instead of a dozen PyTorch ones.
+
+:func:`delta_attn.combine.delta_scales` and :func:`~delta_attn.combine.scale_deltas` are the definition (and
+the unfused path); this computes the same ``given = λ_j Δ_j`` that the sparse kernel's epilogue adds, and the
+running sums a chunked prefill carries, from the raw Δs of the call's anchors
+(:func:`.anchor_sparse.anchor_sparse_rows` with ``dense``: D − Õ, written by the anchor kernel itself):
+
+1. :func:`_pair_terms_kernel` (one program per (b, h) and run of anchors): per anchor a its pair terms
+   ⟨Δ_a, Δ_{a−1}⟩ and ‖Δ_{a−1}‖² in float32, Δ_{−1} being the carried block's Δ (a chunk that continues a
+   γ-block), the previous chunk's last Δ (a chunk starting on a block boundary) or nothing (prompt start:
+   the term is 0). Anchors whose sparse row sees every causal key (``combine.fully_covered_blocks``) count as
+   exact zeros here, as in the reference.
+2. :func:`_scale_kernel` (same grid): the float64 sums before its run (the carried sums plus the terms of
+   the earlier runs, re-read from the small term array: n/γ · 8 bytes per (b, h)), the running sums inside
+   its run (a float64 scan), λ_a = clip(Σnum / Σden, 0, 1) with 0/0 = 1, optionally the block mean decay,
+   and ``given`` = λ·Δ (the raw Δ: only the sums leave the covered anchors out). The carried block keeps the
+   carried sums' λ; the program of the last run writes the sums through the call's last block.
+
+Two launches rather than one program per (b, h): at 128K there are ~2K anchors × 128 channels per head, and
+32 programs (Llama-3-8B's heads) would read and write those 2 × 32 MiB through a quarter of an H100's SMs.
+All three forms are fused: ``"auto-global"`` reads every run's terms instead of the earlier ones' and writes
+no sums; ``"auto-decay"`` maps λ through (ρ − 1)/ln ρ (``combine.block_mean_decay``), with ln(1 + x) for
+x = ρ − 1 taken as x·ln(u)/(u − 1), u = 1 + x, which keeps log1p's accuracy near ρ = 1 in float64.
+The dot products are float32 (as in the reference) in another summation order, so λ matches the reference to
+float32 rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..backend import CallPlan
+from ..combine import fully_covered_blocks
+from ..config import DELTA_SCALE_MODES
+
+#: ``delta_scale`` string → the kernels' MODE.
+MODES = {"auto": 0, "auto-decay": 1, "auto-global": 2}
+#: Anchors per program (BA), terms per step of the prefix loop (BP), warps.
+CONFIG = dict(BA=32, BP=512, num_warps=4)
+
+
+@triton.jit(do_not_specialize=["n_anchor"])
+def _pair_terms_kernel(
+    Deltas,
+    Prev,
+    Covered,
+    Terms,
+    n_anchor,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BA: tl.constexpr,
+    HAS_PREV: tl.constexpr,
+    HAS_COVERED: tl.constexpr,
+):
+    """Terms[bh, 0, a] = ⟨Δ_a, Δ_{a−1}⟩, Terms[bh, 1, a] = ‖Δ_{a−1}‖² (float32), covered anchors as zeros.
+
+    Deltas: (BH, n_anchor, D) float32 contiguous; Prev: (BH, D) Δ_{−1} (HAS_PREV); Covered: uint8/bool
+    (n_anchor + 1,), entry a + 1 for anchor a and entry 0 for Δ_{−1} (HAS_COVERED)."""
+    bh = tl.program_id(0).to(tl.int64)
+    a = tl.program_id(1) * BA + tl.arange(0, BA)
+    a_ok = a < n_anchor
+    offs_d = tl.arange(0, BD)
+    d_ok = offs_d < D
+    base = Deltas + bh * n_anchor * D
+    cur = tl.load(base + a[:, None] * D + offs_d[None, :], mask=a_ok[:, None] & d_ok[None, :], other=0.0)
+    pred_ok = a_ok & (a >= 1)
+    pred = tl.load(base + (a - 1)[:, None] * D + offs_d[None, :], mask=pred_ok[:, None] & d_ok[None, :], other=0.0)
+    if HAS_PREV:  # anchor 0 pairs with the block before the call's first anchor
+        prev = tl.load(Prev + bh * D + offs_d, mask=d_ok, other=0.0)
+        pred = tl.where((a == 0)[:, None], prev[None, :], pred)
+    if HAS_COVERED:  # exact anchors: their Δ is rounding noise, left out of both sums
+        cur_covered = tl.load(Covered + a + 1, mask=a_ok, other=0) != 0
+        pred_covered = tl.load(Covered + a, mask=a_ok, other=0) != 0
+        cur = tl.where(cur_covered[:, None], 0.0, cur)
+        pred = tl.where(pred_covered[:, None], 0.0, pred)
+    num = tl.sum(cur * pred, axis=1)
+    den = tl.sum(pred * pred, axis=1)
+    t_base = Terms + bh * 2 * n_anchor
+    tl.store(t_base + a, num, mask=a_ok)
+    tl.store(t_base + n_anchor + a, den, mask=a_ok)
+
+
+@triton.jit
+def _lstsq_lambda(num, den, MODE: tl.constexpr):
+    """clip(num / den, 0, 1) with 0/0 → 1 (``combine._lstsq_factor``), then for MODE 1 the block mean decay
+    (``combine.block_mean_decay``); float64 in, float64 out; a NaN stays NaN, as with torch.clamp."""
+    safe_den = tl.where(den > 0, den, 1.0)
+    ratio = tl.where(den > 0, num / safe_den, 1.0)
+    lam = tl.where(ratio < 0.0, 0.0, tl.where(ratio > 1.0, 1.0, ratio))
+    if MODE == 1:
+        inner = (lam > 0.0) & (lam < 1.0)
+        x = tl.where(inner, lam - 1.0, -0.5)
+        u = 1.0 + x
+        # log1p(x) = x·ln(u)/(u − 1) (u ≠ 1): exact to a few ulp where ln(1 + x) alone would lose x's digits
+        log1p = tl.where(u == 1.0, x, tl.log(u) * (x / tl.where(u == 1.0, 1.0, u - 1.0)))
+        lam = tl.where(inner, x / log1p, lam)
+    return lam
+
+
+@triton.jit(do_not_specialize=["n_anchor"])
+def _scale_kernel(
+    Deltas,
+    Prev,
+    Terms,
+    Start,
+    Given,
+    Sums,
+    n_anchor,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    BA: tl.constexpr,
+    BP: tl.constexpr,
+    CARRIED: tl.constexpr,
+    HAS_START: tl.constexpr,
+    MODE: tl.constexpr,
+):
+    """Given[bh, a + CARRIED] = λ_a·Δ_a for this program's run of anchors (and Given[bh, 0] = λ·Prev for the
+    carried block, first run); the last run writes Sums[bh] (MODE 0/1). Start: (BH, 2) float64 carried sums."""
+    bh = tl.program_id(0).to(tl.int64)
+    run = tl.program_id(1)
+    lo = run * BA
+    if HAS_START:
+        num0 = tl.load(Start + bh * 2).to(tl.float64)
+        den0 = tl.load(Start + bh * 2 + 1).to(tl.float64)
+    else:
+        num0 = tl.zeros([], tl.float64)
+        den0 = tl.zeros([], tl.float64)
+    t_base = Terms + bh * 2 * n_anchor
+    # the sums before this run (auto-global: over every anchor of the call)
+    end = n_anchor if MODE == 2 else lo
+    acc_num = tl.zeros([BP], tl.float64)
+    acc_den = tl.zeros([BP], tl.float64)
+    for p0 in range(0, end, BP):
+        idx = p0 + tl.arange(0, BP)
+        ok = idx < end
+        acc_num += tl.load(t_base + idx, mask=ok, other=0.0).to(tl.float64)
+        acc_den += tl.load(t_base + n_anchor + idx, mask=ok, other=0.0).to(tl.float64)
+    num_before = num0 + tl.sum(acc_num, axis=0)
+    den_before = den0 + tl.sum(acc_den, axis=0)
+    a = lo + tl.arange(0, BA)
+    a_ok = a < n_anchor
+    offs_d = tl.arange(0, BD)
+    d_ok = offs_d < D
+    term_num = tl.load(t_base + a, mask=a_ok, other=0.0).to(tl.float64)
+    term_den = tl.load(t_base + n_anchor + a, mask=a_ok, other=0.0).to(tl.float64)
+    if MODE == 2:
+        num = num_before + tl.zeros([BA], tl.float64)
+        den = den_before + tl.zeros([BA], tl.float64)
+    else:  # block a's λ reads the anchors up to a: the running sums through it
+        num = num_before + tl.cumsum(term_num, axis=0)
+        den = den_before + tl.cumsum(term_den, axis=0)
+    lam = _lstsq_lambda(num, den, MODE).to(tl.float32)
+    n_blocks = n_anchor + CARRIED
+    g_base = Given + bh * n_blocks * D
+    m2 = a_ok[:, None] & d_ok[None, :]
+    delta = tl.load(Deltas + bh * n_anchor * D + a[:, None] * D + offs_d[None, :], mask=m2, other=0.0)
+    tl.store(g_base + (a + CARRIED)[:, None] * D + offs_d[None, :], delta * lam[:, None], mask=m2)
+    if CARRIED:
+        if run == 0:  # the carried block keeps the carried sums' λ (auto-global: the call's)
+            if MODE == 2:
+                lam0 = _lstsq_lambda(num_before, den_before, MODE).to(tl.float32)
+            else:
+                lam0 = _lstsq_lambda(num0, den0, MODE).to(tl.float32)
+            prev = tl.load(Prev + bh * D + offs_d, mask=d_ok, other=0.0)
+            tl.store(g_base + offs_d, prev * lam0, mask=d_ok)
+    if MODE != 2:
+        if run == tl.num_programs(1) - 1:  # the sums through the call's last block, for the next chunk
+            tl.store(Sums + bh * 2, num_before + tl.sum(term_num, axis=0))
+            tl.store(Sums + bh * 2 + 1, den_before + tl.sum(term_den, axis=0))
+
+
+def scaled_block_deltas(
+    plan: CallPlan, anchor_deltas: Tensor, *, config: dict | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """``(given, sums)`` for the fused epilogue: what ``scale_deltas(raw, λ)`` and ``delta_scales(plan, raw)``
+    give for ``raw`` = the carried Δ (if any) then ``anchor_deltas``.
+
+    anchor_deltas: (B, H, n_anchor, D) raw Δ = D − Õ of the call's anchors (``plan.n_anchors``), float32.
+    Returns ``given`` (B, H, n_blocks, D) float32 contiguous, λ_jΔ_j of every γ-block the call touches (the
+    carried one first), and ``sums`` (B, H, 2) float64, the running sums through the call's last block
+    (None for ``"auto-global"``, as :func:`~delta_attn.combine.delta_scales`). ``config``: BA, BP, num_warps
+    (default :data:`CONFIG`).
+    """
+    mode = plan.config.delta_scale
+    if mode not in DELTA_SCALE_MODES:
+        raise ValueError(f"scaled_block_deltas computes the data-driven λ {DELTA_SCALE_MODES}, not {mode!r}")
+    bsz, heads, n_anchor, d = anchor_deltas.shape
+    carried = plan.carried_delta is not None
+    n_blocks = n_anchor + int(carried)
+    if n_blocks != plan.n_blocks or n_anchor != plan.n_anchors:
+        raise ValueError(
+            f"anchor_deltas has {n_anchor} anchors; the call has {plan.n_anchors} anchors and {plan.n_blocks} "
+            "γ-blocks (pass the Δs of the call's anchors, without the carried block)"
+        )
+    device = anchor_deltas.device
+    deltas = anchor_deltas.float().contiguous()
+    given = torch.empty(bsz, heads, n_blocks, d, device=device, dtype=torch.float32)
+    sums = torch.empty(bsz, heads, 2, device=device, dtype=torch.float64)
+    prev = plan.carried_delta if carried else plan.previous_delta
+    has_prev = prev is not None
+    prev = prev.float().contiguous() if has_prev else given  # (unread without HAS_PREV)
+    start = plan.carried_sums.double().contiguous() if plan.carried_sums is not None else sums
+    covered = fully_covered_blocks(plan, plan.first_block - 1, n_blocks + 1, device=device)
+    if covered is not None:  # entry 0: the block before the call's first anchor (carried or previous)
+        covered = covered[int(carried) :]
+    cfg = dict(CONFIG if config is None else config)
+    ba, bp = cfg.pop("BA"), cfg.pop("BP")
+    bd = max(16, triton.next_power_of_2(d))
+    bh = bsz * heads
+    if n_anchor:
+        terms = torch.empty(bh, 2, n_anchor, device=device, dtype=torch.float32)
+        _pair_terms_kernel[(bh, triton.cdiv(n_anchor, ba))](
+            deltas,
+            prev,
+            covered if covered is not None else given,
+            terms,
+            n_anchor,
+            D=d,
+            BD=bd,
+            BA=ba,
+            HAS_PREV=has_prev,
+            HAS_COVERED=covered is not None,
+            **cfg,
+        )
+    else:  # a chunk inside the carried block: no anchor, no term
+        terms = deltas
+    _scale_kernel[(bh, max(1, triton.cdiv(n_anchor, ba)))](
+        deltas,
+        prev,
+        terms,
+        start,
+        given,
+        sums,
+        n_anchor,
+        D=d,
+        BD=bd,
+        BA=ba,
+        BP=bp,
+        CARRIED=carried,
+        HAS_START=plan.carried_sums is not None,
+        MODE=MODES[mode],
+        **cfg,
+    )
+    return given, (None if mode == "auto-global" else sums)
