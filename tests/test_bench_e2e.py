@@ -58,6 +58,7 @@ def test_kernel_category_names_real_kernels():
     from delta_attn.bench.profile import kernel_category
 
     assert kernel_category("_sparse_kernel") == "attention"
+    assert kernel_category("_lambda_terms_kernel") == kernel_category("_lambda_scale_kernel") == "attention"  # λ=auto
     assert kernel_category("cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x128_4x1x1_kernel0_0") == "attention"
     assert kernel_category("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 64>>") == "attention"
     assert kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1") == "matmul"

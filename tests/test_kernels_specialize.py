@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present:
 PROBE = r"""
 import json, sys, torch
 from delta_attn.kernels import triton_prefill
-from delta_attn.kernels import anchor_sparse as asp, dense_rows as dr, sparse as sp, scan as sc
+from delta_attn.kernels import anchor_sparse as asp, delta_scale as ds, dense_rows as dr, sparse as sp, scan as sc
 from delta_attn.kernels.interpret import record_specialisations
 from delta_attn.bench.check import TINY_TILES
 from delta_attn.backend import SequenceState
@@ -35,6 +35,7 @@ from delta_attn.config import DeltaConfig
 seen = record_specialisations({
     "dense_rows": dr._dense_rows_kernel, "merge": dr._merge_kernel, "sparse": sp._sparse_kernel,
     "anchor_sparse": asp._anchor_sparse_kernel,
+    "lambda_terms": ds._lambda_terms_kernel, "lambda_scale": ds._lambda_scale_kernel,
     "scan_states": sc._segment_states, "scan_apply": sc._segment_apply,
 })
 lengths = json.loads(sys.argv[1])
@@ -95,6 +96,8 @@ def test_no_new_compile_key_at_a_new_length(configs, tma, warm_range):
     per_length = _keys_per_length([warm, *later], configs, chunk=rng.randrange(97, 160), tiles=tiles)
     first = per_length[0]
     assert first["dense_rows"] and first["sparse"] and first["merge"], first  # the warm-up launched them
+    if any(c.get("delta_scale") == "auto" for c in configs):  # and λ = auto's anchor and λ kernels
+        assert first["anchor_sparse"] and first["lambda_terms"] and first["lambda_scale"], first
     for n, keys in zip(later, per_length[1:]):
         grown = {name: len(keys[name]) - len(first[name]) for name in keys if keys[name] != first[name]}
         assert not grown, f"length {n} (warm-up at {warm}) compiles new kernel variants: {grown}"

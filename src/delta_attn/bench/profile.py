@@ -4,8 +4,9 @@ Runs one attention layer (Llama-3-8B shape by default: 32/8 heads, d 128, bf16) 
 :func:`delta_attn.kernels.triton_prefill` for each method spec, under ``torch.profiler``, and prints the
 device time of every kernel (Triton kernels by name, PyTorch ops by their kernel names) per call, largest
 first, plus the per-call total. Comparing ``delta`` with ``delta_auto`` shows what λ = auto adds: the
-anchor-row Õ kernel, the λ arithmetic, any host synchronisation (visible as a gap between wall and device
-time).
+anchor-row kernel (``_anchor_sparse_kernel``, Õ and D − Õ of the anchor rows), the two λ kernels
+(``_lambda_terms_kernel``, ``_lambda_scale_kernel``: :mod:`delta_attn.kernels.delta_scale`), any PyTorch
+kernel left between them, and any host synchronisation (visible as a gap between wall and device time).
 
     python -m delta_attn.bench.profile --length 128K --methods delta,delta_auto --out prof.json
 
@@ -25,13 +26,14 @@ import torch
 from .layer import fmt_length, method_config, parse_length
 
 #: Kernel (CUDA) or operator (CPU) name fragments, lower case, per category of :func:`kernel_category`; the
-#: first category that matches wins. Attention: the project's Triton kernels and SDPA's backends (cuDNN, flash,
-#: memory-efficient); matmul: cuBLAS / CUTLASS GEMMs (the projections and the MLP); copy: memory moves.
+#: first category that matches wins. Attention: the project's Triton kernels (the λ kernels included) and SDPA's
+#: backends (cuDNN, flash, memory-efficient); matmul: cuBLAS / CUTLASS GEMMs (the projections and the MLP);
+#: copy: memory moves.
 CATEGORIES = (
     (
         "attention",
-        ("_sparse_kernel", "_dense_rows_kernel", "_merge_kernel", "_anchor_sparse_kernel", "_segment_", "sdpa",
-         "flash", "fmha", "attention", "cudnn"),
+        ("_sparse_kernel", "_dense_rows_kernel", "_merge_kernel", "_anchor_sparse_kernel", "_lambda_terms_kernel",
+         "_lambda_scale_kernel", "_segment_", "sdpa", "flash", "fmha", "attention", "cudnn"),
     ),
     ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "aten::mm", "aten::addmm", "aten::bmm", "matmul")),
     ("copy", ("memcpy", "copy_kernel", "catarraybatchedcopy", "aten::copy_", "aten::cat", "index", "gather",
@@ -40,7 +42,7 @@ CATEGORIES = (
 
 
 def kernel_category(name: str) -> str:
-    """``attention``, ``matmul``, ``copy`` or ``other`` (norms, rotary, activations, the λ arithmetic, …).
+    """``attention``, ``matmul``, ``copy`` or ``other`` (norms, rotary, activations, PyTorch elementwise ops, …).
 
     On CPU the names are operators: SDPA is ``attention``, but the reference backend's Δ runs as generic
     matmul / index / elementwise operators and is counted under those."""

@@ -4,6 +4,9 @@
   GQA-packed, split over keys with a log-sum-exp merge when rows are few.
 * :mod:`.sparse` — the sparse base Õ (sink+window, anchor block, dense, and index lists for
   top-k / vertical-slash), with the Δ broadcast fused into its epilogue.
+* :mod:`.anchor_sparse` — Õ (or the raw Δ = D − Õ) of the anchor rows alone, for ``delta_scale="auto"``.
+* :mod:`.delta_scale` — λ per γ-block (``"auto"``, ``"auto-decay"``, ``"auto-global"``) and λ_jΔ_j for the
+  fused epilogue, in two small kernels (the fused form of :func:`delta_attn.combine.delta_scales`).
 * :mod:`.scan` — the Δ apply as a causal filter over rows (ema / abg, and unfused repeat).
 * :mod:`.blocks` — pattern → kernel description (index lists built on the GPU, no N×N mask).
 * :mod:`.prefill` — :func:`triton_prefill`, the backend entry point (same contract as

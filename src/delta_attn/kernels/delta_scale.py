@@ -6,12 +6,12 @@ the unfused path); this computes the same ``given = λ_j Δ_j`` that the sparse 
 running sums a chunked prefill carries, from the raw Δs of the call's anchors
 (:func:`.anchor_sparse.anchor_sparse_rows` with ``dense``: D − Õ, written by the anchor kernel itself):
 
-1. :func:`_pair_terms_kernel` (one program per (b, h) and run of anchors): per anchor a its pair terms
+1. :func:`_lambda_terms_kernel` (one program per (b, h) and run of anchors): per anchor a its pair terms
    ⟨Δ_a, Δ_{a−1}⟩ and ‖Δ_{a−1}‖² in float32, Δ_{−1} being the carried block's Δ (a chunk that continues a
    γ-block), the previous chunk's last Δ (a chunk starting on a block boundary) or nothing (prompt start:
    the term is 0). Anchors whose sparse row sees every causal key (``combine.fully_covered_blocks``) count as
    exact zeros here, as in the reference.
-2. :func:`_scale_kernel` (same grid): the float64 sums before its run (the carried sums plus the terms of
+2. :func:`_lambda_scale_kernel` (same grid): the float64 sums before its run (the carried sums plus the terms of
    the earlier runs, re-read from the small term array: n/γ · 8 bytes per (b, h)), the running sums inside
    its run (a float64 scan), λ_a = clip(Σnum / Σden, 0, 1) with 0/0 = 1, optionally the block mean decay,
    and ``given`` = λ·Δ (the raw Δ: only the sums leave the covered anchors out). The carried block keeps the
@@ -44,7 +44,7 @@ CONFIG = dict(BA=32, BP=512, num_warps=4)
 
 
 @triton.jit(do_not_specialize=["n_anchor"])
-def _pair_terms_kernel(
+def _lambda_terms_kernel(
     Deltas,
     Prev,
     Covered,
@@ -102,7 +102,7 @@ def _lstsq_lambda(num, den, MODE: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["n_anchor"])
-def _scale_kernel(
+def _lambda_scale_kernel(
     Deltas,
     Prev,
     Terms,
@@ -213,7 +213,7 @@ def scaled_block_deltas(
     bh = bsz * heads
     if n_anchor:
         terms = torch.empty(bh, 2, n_anchor, device=device, dtype=torch.float32)
-        _pair_terms_kernel[(bh, triton.cdiv(n_anchor, ba))](
+        _lambda_terms_kernel[(bh, triton.cdiv(n_anchor, ba))](
             deltas,
             prev,
             covered if covered is not None else given,
@@ -228,7 +228,7 @@ def scaled_block_deltas(
         )
     else:  # a chunk inside the carried block: no anchor, no term
         terms = deltas
-    _scale_kernel[(bh, max(1, triton.cdiv(n_anchor, ba)))](
+    _lambda_scale_kernel[(bh, max(1, triton.cdiv(n_anchor, ba)))](
         deltas,
         prev,
         terms,
