@@ -118,7 +118,7 @@ def _run(seed, cases, *extra):
     return json.loads(lines[-1][len("ROWS ") :])
 
 
-SMALL = dict(BA=8, BP=16, num_warps=4)  # several runs per head and several prefix steps at these sizes
+SMALL = dict(BA=8, BP=4, num_warps=4)  # several runs per head and several prefix steps at these sizes
 SW = dict(sink=4, window=40, gamma=8)  # the anchors at 0 … 32 see every key: covered
 
 

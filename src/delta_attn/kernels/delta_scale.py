@@ -11,15 +11,16 @@ running sums a chunked prefill carries, from the raw Δs of the call's anchors
    γ-block), the previous chunk's last Δ (a chunk starting on a block boundary) or nothing (prompt start:
    the term is 0). Anchors whose sparse row sees every causal key (``combine.fully_covered_blocks``) count as
    exact zeros here, as in the reference.
-2. :func:`_lambda_scale_kernel` (same grid): the float64 sums before its run (the carried sums plus the terms of
-   the earlier runs, re-read from the small term array: n/γ · 8 bytes per (b, h)), the running sums inside
-   its run (a float64 scan), λ_a = clip(Σnum / Σden, 0, 1) with 0/0 = 1, optionally the block mean decay,
-   and ``given`` = λ·Δ (the raw Δ: only the sums leave the covered anchors out). The carried block keeps the
-   carried sums' λ; the program of the last run writes the sums through the call's last block.
+   Each program also writes its run's float64 totals.
+2. :func:`_lambda_scale_kernel` (same grid): the float64 sums before its run (the carried sums plus the
+   earlier runs' totals), the running sums inside its run (a float64 scan), λ_a = clip(Σnum / Σden, 0, 1)
+   with 0/0 = 1, optionally the block mean decay, and ``given`` = λ·Δ (the raw Δ: only the sums leave the
+   covered anchors out, §13). The carried block keeps the carried sums' λ; the program of the last run
+   writes the sums through the call's last block.
 
 Two launches rather than one program per (b, h): at 128K there are ~2K anchors × 128 channels per head, and
 32 programs (Llama-3-8B's heads) would read and write those 2 × 32 MiB through a quarter of an H100's SMs.
-All three forms are fused: ``"auto-global"`` reads every run's terms instead of the earlier ones' and writes
+All three forms are fused: ``"auto-global"`` adds every run's totals instead of the earlier ones' and writes
 no sums; ``"auto-decay"`` maps λ through (ρ − 1)/ln ρ (``combine.block_mean_decay``), with ln(1 + x) for
 x = ρ − 1 taken as x·ln(u)/(u − 1), u = 1 + x, which keeps log1p's accuracy near ρ = 1 in float64.
 The dot products are float32 (as in the reference) in another summation order, so λ matches the reference to
@@ -39,7 +40,7 @@ from ..config import DELTA_SCALE_MODES
 
 #: ``delta_scale`` string → the kernels' MODE.
 MODES = {"auto": 0, "auto-decay": 1, "auto-global": 2}
-#: Anchors per program (BA), terms per step of the prefix loop (BP), warps.
+#: Anchors per program (BA), run totals per step of the prefix loop (BP; one step up to BA·BP = 16K anchors), warps.
 CONFIG = dict(BA=32, BP=512, num_warps=4)
 
 
@@ -49,6 +50,7 @@ def _lambda_terms_kernel(
     Prev,
     Covered,
     Terms,
+    RunSums,
     n_anchor,
     D: tl.constexpr,
     BD: tl.constexpr,
@@ -56,12 +58,14 @@ def _lambda_terms_kernel(
     HAS_PREV: tl.constexpr,
     HAS_COVERED: tl.constexpr,
 ):
-    """Terms[bh, 0, a] = ⟨Δ_a, Δ_{a−1}⟩, Terms[bh, 1, a] = ‖Δ_{a−1}‖² (float32), covered anchors as zeros.
+    """Terms[bh, 0, a] = ⟨Δ_a, Δ_{a−1}⟩, Terms[bh, 1, a] = ‖Δ_{a−1}‖² (float32), covered anchors as zeros, and
+    RunSums[bh, run] = the float64 sums of this run's terms.
 
     Deltas: (BH, n_anchor, D) float32 contiguous; Prev: (BH, D) Δ_{−1} (HAS_PREV); Covered: uint8/bool
     (n_anchor + 1,), entry a + 1 for anchor a and entry 0 for Δ_{−1} (HAS_COVERED)."""
     bh = tl.program_id(0).to(tl.int64)
-    a = tl.program_id(1) * BA + tl.arange(0, BA)
+    run = tl.program_id(1)
+    a = run * BA + tl.arange(0, BA)
     a_ok = a < n_anchor
     offs_d = tl.arange(0, BD)
     d_ok = offs_d < D
@@ -82,6 +86,9 @@ def _lambda_terms_kernel(
     t_base = Terms + bh * 2 * n_anchor
     tl.store(t_base + a, num, mask=a_ok)
     tl.store(t_base + n_anchor + a, den, mask=a_ok)
+    r_ptr = RunSums + (bh * tl.num_programs(1) + run) * 2
+    tl.store(r_ptr, tl.sum(num.to(tl.float64), axis=0))
+    tl.store(r_ptr + 1, tl.sum(den.to(tl.float64), axis=0))
 
 
 @triton.jit
@@ -106,6 +113,7 @@ def _lambda_scale_kernel(
     Deltas,
     Prev,
     Terms,
+    RunSums,
     Start,
     Given,
     Sums,
@@ -119,7 +127,8 @@ def _lambda_scale_kernel(
     MODE: tl.constexpr,
 ):
     """Given[bh, a + CARRIED] = λ_a·Δ_a for this program's run of anchors (and Given[bh, 0] = λ·Prev for the
-    carried block, first run); the last run writes Sums[bh] (MODE 0/1). Start: (BH, 2) float64 carried sums."""
+    carried block, first run); the last run writes Sums[bh] (MODE 0/1). Start: (BH, 2) float64 carried sums;
+    RunSums: (BH, n_runs, 2) float64 from :func:`_lambda_terms_kernel`."""
     bh = tl.program_id(0).to(tl.int64)
     run = tl.program_id(1)
     lo = run * BA
@@ -130,15 +139,17 @@ def _lambda_scale_kernel(
         num0 = tl.zeros([], tl.float64)
         den0 = tl.zeros([], tl.float64)
     t_base = Terms + bh * 2 * n_anchor
-    # the sums before this run (auto-global: over every anchor of the call)
-    end = n_anchor if MODE == 2 else lo
+    # the sums before this run from the earlier runs' totals (auto-global: every run's)
+    n_runs = (n_anchor + BA - 1) // BA
+    end = n_runs if MODE == 2 else run
+    r_base = RunSums + bh * n_runs * 2
     acc_num = tl.zeros([BP], tl.float64)
     acc_den = tl.zeros([BP], tl.float64)
     for p0 in range(0, end, BP):
         idx = p0 + tl.arange(0, BP)
         ok = idx < end
-        acc_num += tl.load(t_base + idx, mask=ok, other=0.0).to(tl.float64)
-        acc_den += tl.load(t_base + n_anchor + idx, mask=ok, other=0.0).to(tl.float64)
+        acc_num += tl.load(r_base + idx * 2, mask=ok, other=0.0)
+        acc_den += tl.load(r_base + idx * 2 + 1, mask=ok, other=0.0)
     num_before = num0 + tl.sum(acc_num, axis=0)
     den_before = den0 + tl.sum(acc_den, axis=0)
     a = lo + tl.arange(0, BA)
@@ -211,13 +222,16 @@ def scaled_block_deltas(
     ba, bp = cfg.pop("BA"), cfg.pop("BP")
     bd = max(16, triton.next_power_of_2(d))
     bh = bsz * heads
+    n_runs = triton.cdiv(n_anchor, ba)
     if n_anchor:
         terms = torch.empty(bh, 2, n_anchor, device=device, dtype=torch.float32)
-        _lambda_terms_kernel[(bh, triton.cdiv(n_anchor, ba))](
+        run_sums = torch.empty(bh, n_runs, 2, device=device, dtype=torch.float64)
+        _lambda_terms_kernel[(bh, n_runs)](
             deltas,
             prev,
             covered if covered is not None else given,
             terms,
+            run_sums,
             n_anchor,
             D=d,
             BD=bd,
@@ -227,11 +241,12 @@ def scaled_block_deltas(
             **cfg,
         )
     else:  # a chunk inside the carried block: no anchor, no term
-        terms = deltas
-    _lambda_scale_kernel[(bh, max(1, triton.cdiv(n_anchor, ba)))](
+        terms = run_sums = sums
+    _lambda_scale_kernel[(bh, max(1, n_runs))](
         deltas,
         prev,
         terms,
+        run_sums,
         start,
         given,
         sums,
