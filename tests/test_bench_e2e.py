@@ -159,6 +159,13 @@ def test_e2e_context_parallel_two_gloo_ranks(tmp_path):
     assert "Context parallel over 2 ranks" in (tmp_path / "cp" / "results.md").read_text()
 
 
+def parallel_rank_timing_backends(rank: int, world: int, mode: str, out: str, argv: list) -> dict:
+    """parallel_rank with the per-length SDPA timing on (off CUDA it is off: here flash runs, cuDNN and efficient
+    refuse)."""
+    e2e.dense_backend_timer = e2e.attention_timer
+    return parallel_rank(rank, world, mode, out, argv)
+
+
 @pytest.mark.slow  # two processes: ~15 s
 def test_e2e_tensor_parallel_two_gloo_ranks(tmp_path):
     from ranks import run_ranks
@@ -167,7 +174,7 @@ def test_e2e_tensor_parallel_two_gloo_ranks(tmp_path):
     assert e2e.main([*argv, "--out", str(tmp_path / "one")]) == 0
     one = {e2e_report.variant(c): c for c in json.loads((tmp_path / "one" / "results.json").read_text())["cells"]}
     argv += ["--tp-dir", str(tmp_path / "model")]
-    res = run_ranks(parallel_rank, 2, "tp", str(tmp_path / "tp"), argv, timeout=240)[0]
+    res = run_ranks(parallel_rank_timing_backends, 2, "tp", str(tmp_path / "tp"), argv, timeout=240)[0]
     assert res["meta"]["parallel"] == "tp" and res["meta"]["ranks"] == 2 and res["meta"]["tp_size"] == 2
     tp = {e2e_report.variant(c): c for c in res["cells"]}
     assert set(tp) == set(one) == {("dense", 0, ""), ("delta", 0, ""), ("delta", 64, "preallocated")}
@@ -175,6 +182,12 @@ def test_e2e_tensor_parallel_two_gloo_ranks(tmp_path):
         assert cell["ttft_s"] > 0 and cell["first_token"] == one[key]["first_token"]
     assert tp[("delta", 64, "preallocated")]["max_abs_diff_vs_one_shot"] < 1e-4
     assert not (tmp_path / "model").exists()  # the saved copy is removed
+    # dense picked its backend from one SDPA call on each rank's local heads (tiny: 4 query, 2 KV heads over 2 ranks)
+    assert res["meta"]["dense_backend_timed_call"]["q_heads"] == 2
+    assert res["meta"]["dense_backend_timed_call"]["kv_heads"] == 1
+    timings = tp[("dense", 0, "")]["dense_backend_timings"]
+    assert tp[("dense", 0, "")]["dense_backend"] == "flash" and timings["flash"] > 0
+    assert timings["cudnn"].startswith("refused") and timings["efficient"].startswith("refused")
     assert "Tensor parallel over 2 ranks" in (tmp_path / "tp" / "results.md").read_text()
 
 
@@ -302,6 +315,24 @@ def test_forced_dense_backend_runs_at_every_length_untimed(tmp_path, monkeypatch
     forced = "flash at every length (--dense-backend flash): 48 flash, 96 flash, 128 flash"
     assert res["meta"]["dense_backend"] == forced
     assert res["meta"]["dense_backend_choice"] == "flash"
+
+
+def test_e2e_times_the_real_attention_call_per_length_on_cpu(tmp_path, monkeypatch):
+    """The per-length timing through the whole run, the real timer (on CPU flash runs, cuDNN and efficient refuse):
+    the dense cells run on flash and record the refusals; meta records the call it timed."""
+    monkeypatch.setattr(e2e, "dense_backend_timer", e2e.attention_timer)
+    out = tmp_path / "run"
+    argv = [*TINY, "--layers", "1", "--lengths", "48,80", "--methods", "dense", "--warmup-length", "32"]
+    assert e2e.main([*argv, "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    for c in res["cells"]:
+        assert c["dense_backend"] == "flash" and c["ttft_s"] > 0 and c["dense_backend_timings"]["flash"] > 0
+        assert c["dense_backend_timings"]["cudnn"].startswith("refused")
+        assert c["dense_backend_timings"]["efficient"].startswith("refused")
+    call = res["meta"]["dense_backend_timed_call"]
+    assert (call["q_heads"], call["kv_heads"], call["head_dim"]) == (4, 2, 16)
+    assert call["layouts"]["q"] == [0, 2, 1, 3]  # q: a transposed view of the projection (B, N, H, d)
+    assert res["meta"]["dense_backend_by_length"] == {"48": "flash", "80": "flash"}
 
 
 def test_per_length_timer_unavailable_falls_back_to_the_warm_up_pick_and_says_so(tmp_path, monkeypatch):

@@ -12,7 +12,8 @@ method and reports the time to first token (one forward with ``logits_to_keep=1`
   efficient; one untimed call first) and the fastest runs the cell. Backends swap places between lengths (on an
   H100, flash and cuDNN were tied at 4K but cuDNN 1.6x faster at 128K), so one pick for every length would
   misstate the ratios. Each dense cell records its backend and the timings; ``--dense-backend cudnn|flash|efficient``
-  forces one backend at every length;
+  forces one backend at every length. The warm-up's dense prefill runs on the fastest whole-model forward at the
+  warm-up length. Off CUDA dense runs on PyTorch's own choice (unless forced);
 * ``sparse``, ``delta``, ``recompute``: :func:`delta_attn.enable` with those modes (Triton kernels).
 
 Warm-up: before any timed cell, every (method, chunk size) runs once at ``--warmup-length`` tokens
@@ -25,11 +26,12 @@ cached prefix needs a rectangular mask, which SDPA's flash/cuDNN backends do not
 
 Context parallel (``--parallel cp``, under ``torchrun``: one process per GPU): every method's prefill
 runs through :func:`delta_attn.distributed.cp_prefill`, each rank forwarding its shard of the prompt
-(dense too, as ``mode="dense"`` through the same CP attention; one-shot only); a cell's time is the
-slowest rank's, its peak memory the largest rank's. Tensor parallel (``--parallel tp``, under
+(dense too, as ``mode="dense"`` through the same CP attention, no SDPA backend pick; one-shot only); a
+cell's time is the slowest rank's, its peak memory the largest rank's. Tensor parallel (``--parallel tp``, under
 ``torchrun``): rank 0 saves the random model to ``--tp-dir`` once, every rank loads it with
 transformers' head-sharding plan (``tp_plan="auto"``) and runs the cells as on one device (Δ on its
-local heads, chunked too), with the same reductions. ``--device cpu`` runs the same code paths at tiny
+local heads, chunked too), with the same reductions (dense's per-length backend timing too: each rank times its
+local heads, every rank takes the same pick). ``--device cpu`` runs the same code paths at tiny
 sizes (the ``tiny`` shape, float32; gloo for CP and TP) for tests.
 """
 
@@ -376,6 +378,15 @@ def attention_timer(model, device, parallel: str = "none", probe_tokens: int = 1
             _sync(device)
         return _slowest(time.perf_counter() - t0, parallel, device)  # the same choice on every rank
 
+    # what is timed, for the results file (tensor parallel: this rank's heads)
+    time_attention.call = dict(
+        q_heads=q_heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        dtype=str(dtype).replace("torch.", ""),
+        layouts={"q": list(q_order), "k": list(k_order), "v": list(v_order)},  # dims, outermost in memory first
+        kwargs={k: v for k, v in kwargs.items() if isinstance(v, (bool, int, float, str, type(None)))},
+    )
     return time_attention
 
 
@@ -595,6 +606,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         ),
         dense_backend_choice="cp" if cp else want,  # auto: the fastest at each length; else forced
         dense_backend_by_length={fmt_length(n): be or "PyTorch default" for n, be in sorted(dense_by_length.items())},
+        dense_backend_timed_call=getattr(timer, "call", None),  # the attention call timed per backend (rank 0's)
         warmup=dict(
             done=bool(args.warmup),
             length=warm_n,
