@@ -292,7 +292,7 @@ def test_dense_runs_on_the_fastest_backend_at_each_length(tmp_path, monkeypatch,
     assert meta["dense_backend"].startswith("the fastest SDPA backend at each length")
     assert meta["dense_backend"].endswith("64 flash, 128 cudnn")
     md = (out / "results.md").read_text()
-    assert "Dense: SDPA on the fastest SDPA backend at each length" in md
+    assert "Dense (SDPA): the fastest SDPA backend at each length (one attention call" in md
     assert f"| 128 | dense | one-shot | {cells[(128, 'dense')]['ttft_s']:.3f} |" in md
     assert f"cudnn (attention alone: cudnn {long_:.4g} s, flash {long_ * 1.5:.4g} s, efficient refused) |" in md
     printed = capsys.readouterr().out

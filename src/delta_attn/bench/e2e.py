@@ -491,7 +491,8 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         f"model {model_label(args)} ({n_layers} layers, {count_params(model) / 1e9:.2f} B params, {dtype}) on "
         f"{device}; dense SDPA backend: "
         + ("CP dense attention" if cp else f"{want}, per length" if timer else f"{warm_backend or 'PyTorch default'}")
-        + f" (warm-up forward: {warm_backend or 'PyTorch default'} {warm_timings or ''}"
+        + f" (warm-up forward: {warm_backend or 'PyTorch default'}"
+        + (f" {warm_timings}" if warm_timings else "")
         + (f"; {timer_note}" if timer_note else "")
         + "); "
         f"warm-up {'at ' + fmt_length(warm_n) + f' tokens, {warm_s:.1f} s' if args.warmup else 'off'}",

@@ -98,7 +98,7 @@ def markdown(res: dict) -> str:
                 if meta.get("parallel") == "tp"
                 else ""
             )
-            + f"Dense: SDPA on {meta['dense_backend']}; one forward only (a chunk over a "
+            + f"Dense (SDPA): {meta['dense_backend']}; one forward only (a chunk over a "
             "cached prefix needs a masked SDPA, which flash/cuDNN do not run). "
         )
         + "Δ: streaming base, "
