@@ -19,7 +19,8 @@
 #                         32K/64K/128K, Δ chunked (16384) at 128K into PreallocatedCache and into DynamicCache,
 #                         2 reps each (first call = never-seen length); then Δ chunked into PreallocatedCache at 1M
 #                         (DynamicCache would copy the cache at every chunk: ~1 TB moved at 1M), dense at 1M
-#                         extrapolated from an N² fit of the measured dense times (labelled so)
+#                         extrapolated from an N² fit of the measured dense times (labelled so, with the SDPA
+#                         backend each dense point ran on: the fastest at its length)
 #
 #   DRY=1 scripts/gpu_kernels.sh   CPU dry run: (a) and (c) through Triton's interpreter at tiny sizes plus every kernel
 #                                  variant compiled for sm_90 (bench/sm90_report.py), (b) checks the method names only,
@@ -284,17 +285,21 @@ if cells:
         print(f"{c['label']:>6s} {c['method']:8s} {ch:>18s} {c['ttft_s']:8.3f} {c['tokens_per_s']:9.0f} "
               f"{f(c.get('speedup_vs_dense')):>8s} {f(c.get('chunked_over_one_shot')):>11s} {f(c.get('peak_gb'), '.1f'):>8s} "
               f"{f(c.get('first_vs_steady')):>10s}")
-    dense = sorted((c["n"], c["ttft_s"]) for c in cells if c["method"] == "dense" and not c["chunk"])
-    if len(dense) >= 2:  # t = a·N + b·N², least squares over the measured dense cells
-        import numpy as np
-        n = np.array([x[0] for x in dense], float); t = np.array([x[1] for x in dense])
-        a, b = np.linalg.lstsq(np.stack([n, n * n], 1), t, rcond=None)[0]
+    # t = a·N + b·N², least squares over the measured one-shot dense cells only (each on the fastest SDPA backend
+    # at its length; the note names the backends of its points)
+    from delta_attn.bench.e2e_report import dense_backends, dense_fit, dense_fit_at
+    from delta_attn.bench.layer import fmt_length
+    if dense_backends(cells):
+        print("dense SDPA backend: " + ", ".join(f"{fmt_length(n)} {be}" for n, be in sorted(dense_backends(cells).items())))
+    fit = dense_fit(cells)
+    if fit:
         for c in cells:
-            if c["method"] == "delta" and c["n"] > dense[-1][0]:
-                est = a * c["n"] + b * c["n"] ** 2
-                print(f"{c['label']:>6s} dense EXTRAPOLATED (N² fit of {len(dense)} measured lengths): {est:.2f} s -> "
+            if c["method"] == "delta" and c["n"] > fit["lengths"][-1]:
+                est = dense_fit_at(fit, c["n"])
+                print(f"{c['label']:>6s} dense EXTRAPOLATED ({fit['note']}): {est:.2f} s -> "
                       f"Δ ({c['chunk'] or 'one-shot'}) is {est / c['ttft_s']:.1f}x dense (extrapolated)")
-                summary.setdefault("extrapolated", []).append(dict(n=c["n"], dense_s=est, delta_s=c["ttft_s"]))
+                summary.setdefault("extrapolated", []).append(
+                    dict(n=c["n"], dense_s=est, delta_s=c["ttft_s"], fit=fit["note"], dense_backends=fit["backends"]))
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
 PY
 echo "total $(( $(date +%s) - T0 )) s"

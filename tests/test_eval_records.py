@@ -337,3 +337,24 @@ def test_report_tests_the_variants_against_delta_and_recompute_per_base(tmp_path
     for pair in ("delta > delta_auto", "delta_auto > recompute", f"{tight}delta > {tight}recompute"):
         assert f"| {pair} | all |" in section, pair
     assert "| delta > sparse |" not in section  # already in the main table, not repeated
+
+
+def test_variant_pairs_compare_only_methods_run_alike():
+    """A scaled run's Δ is tested against the scaled run's sparse and recompute (never against the unscaled
+    ones), a tight-window base against its own group, and γ 16 against recompute among the default pairs."""
+    from delta_attn.eval.tables import default_pairs, variant_pairs
+
+    scaled = " (rope_scaling yarn:4:32768)"
+    methods = ["dense", "sparse", "recompute", "delta", "delta_g16", "delta_auto"]
+    methods += [m + scaled for m in ("dense", "sparse", "recompute", "delta")]
+    methods += ["w512+sparse", "w512+recompute", "w512+delta", "w512+delta_auto"]
+    pairs = variant_pairs(methods)
+    assert ("delta_g16", "recompute") in default_pairs(methods)
+    assert ("delta" + scaled, "sparse" + scaled) in pairs
+    assert ("delta" + scaled, "recompute" + scaled) in pairs
+    assert ("recompute" + scaled, "sparse" + scaled) in pairs
+    assert ("w512+delta", "w512+delta_auto") in pairs and ("w512+delta_auto", "w512+recompute") in pairs
+    assert ("delta", "delta_auto") in pairs and ("delta_auto", "recompute") in pairs
+    assert not set(default_pairs(methods)) & set(pairs)  # each pair tested once
+    for a, b in pairs:  # never across groups
+        assert (scaled in a) == (scaled in b) and a.startswith("w512+") == b.startswith("w512+"), (a, b)

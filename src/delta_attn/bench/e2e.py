@@ -5,8 +5,15 @@ default, see :data:`SHAPES`), bf16 on one GPU. Each cell prefills a random promp
 method and reports the time to first token (one forward with ``logits_to_keep=1`` plus the argmax;
 ``chunked_prefill`` for chunk sizes > 0), tokens/s and the peak memory allocated on the GPU:
 
-* ``dense``: the model's own SDPA attention on the fastest SDPA backend that runs it (cuDNN, flash,
-  efficient: timed at the warm-up length, the choice is stated in the output);
+* ``dense``: the model's own SDPA attention on the fastest SDPA backend at that length (``--dense-backend auto``):
+  before the dense cell at each length N, one call of the model's SDPA attention function (transformers'
+  ``sdpa`` entry, the first attention layer as its module, so GQA goes through ``enable_gqa`` / ``repeat_kv`` as in
+  the model's forward; random q, k, v at N in the model's layout, causal) is timed per backend (cuDNN, flash,
+  efficient; one untimed call first) and the fastest runs the cell. Backends swap places between lengths (on an
+  H100, flash and cuDNN were tied at 4K but cuDNN 1.6x faster at 128K), so one pick for every length would
+  misstate the ratios. Each dense cell records its backend and the timings; ``--dense-backend cudnn|flash|efficient``
+  forces one backend at every length. The warm-up's dense prefill runs on the fastest whole-model forward at the
+  warm-up length. Off CUDA dense runs on PyTorch's own choice (unless forced);
 * ``sparse``, ``delta``, ``recompute``: :func:`delta_attn.enable` with those modes (Triton kernels).
 
 Warm-up: before any timed cell, every (method, chunk size) runs once at ``--warmup-length`` tokens
@@ -19,11 +26,12 @@ cached prefix needs a rectangular mask, which SDPA's flash/cuDNN backends do not
 
 Context parallel (``--parallel cp``, under ``torchrun``: one process per GPU): every method's prefill
 runs through :func:`delta_attn.distributed.cp_prefill`, each rank forwarding its shard of the prompt
-(dense too, as ``mode="dense"`` through the same CP attention; one-shot only); a cell's time is the
-slowest rank's, its peak memory the largest rank's. Tensor parallel (``--parallel tp``, under
+(dense too, as ``mode="dense"`` through the same CP attention, no SDPA backend pick; one-shot only); a
+cell's time is the slowest rank's, its peak memory the largest rank's. Tensor parallel (``--parallel tp``, under
 ``torchrun``): rank 0 saves the random model to ``--tp-dir`` once, every rank loads it with
 transformers' head-sharding plan (``tp_plan="auto"``) and runs the cells as on one device (Δ on its
-local heads, chunked too), with the same reductions. ``--device cpu`` runs the same code paths at tiny
+local heads, chunked too), with the same reductions (dense's per-length backend timing too: each rank times its
+local heads, every rank takes the same pick). ``--device cpu`` runs the same code paths at tiny
 sizes (the ``tiny`` shape, float32; gloo for CP and TP) for tests.
 """
 
@@ -35,11 +43,12 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 
 from ..cli_options import UsageError
 from ..config import DEFAULT_CONFIG
 from .e2e_options import SDPA_BACKENDS, SHAPES, build_parser, model_label, validate
-from .e2e_report import summary, variant_name, write
+from .e2e_report import backend_timings_text, summary, variant_name, write
 from .layer import fmt_length
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -129,6 +138,7 @@ def sdpa_context(backend: str | None):
         "cudnn": SDPBackend.CUDNN_ATTENTION,
         "flash": SDPBackend.FLASH_ATTENTION,
         "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,  # not a --dense-backend choice: the CPU tests time it beside flash
     }
     return sdpa_kernel([names[backend]])
 
@@ -261,26 +271,144 @@ def error_text(exc: BaseException) -> str:
     return f"{what}: " + (str(exc).splitlines() or [""])[0][:200]
 
 
-def pick_dense_backend(model, ids, want: str, device, parallel: str = "none") -> tuple[str | None, dict]:
-    """The SDPA backend dense runs on: ``want``, or with ``auto`` the fastest of those that run ``ids``."""
-    if device.type != "cuda":
-        return None, {}
-    candidates = SDPA_BACKENDS if want == "auto" else (want,)
-    timings = {}
+def fastest_backend(time_call: Callable[[str], float], candidates) -> tuple[str, dict]:
+    """The fastest of ``candidates`` by ``time_call(backend)`` (seconds) and every backend's timing; a backend whose
+    call raises a RuntimeError (it refuses the shape, GQA, the device; or runs out of memory) is recorded as
+    ``"refused: …"`` and skipped. Raises RuntimeError if every candidate refuses."""
+    timings: dict[str, float | str] = {}
     for be in candidates:
         try:
-            prefill(model, ids, "dense", 0, None, be)  # compile / plan
-            _sync(device)
-            t0 = time.perf_counter()
-            prefill(model, ids, "dense", 0, None, be)
-            _sync(device)
-            timings[be] = _slowest(time.perf_counter() - t0, parallel, device)  # the same choice on every rank
-        except RuntimeError as exc:  # this backend refuses the shape (or GQA): try the next
-            timings[be] = f"refused: {str(exc).splitlines()[0][:120]}"
+            timings[be] = float(time_call(be))
+        except RuntimeError as exc:
+            timings[be] = f"refused: {(str(exc).splitlines() or [''])[0][:120]}"
     ok = {be: t for be, t in timings.items() if isinstance(t, float)}
     if not ok:
-        raise RuntimeError(f"no SDPA backend runs the dense model: {timings}")
+        raise RuntimeError(f"no SDPA backend runs the dense attention: {timings}")
     return min(ok, key=ok.get), timings
+
+
+def pick_dense_backend(model, ids, want: str, device, parallel: str = "none") -> tuple[str | None, dict]:
+    """The SDPA backend of the warm-up's dense prefill: ``want``, or with ``auto`` the fastest whole-model forward of
+    ``ids`` (the warm-up length; the timed cells pick per length, :func:`attention_timer`). Off CUDA: ``want`` untimed
+    (None with ``auto``: PyTorch's own choice)."""
+    if device.type != "cuda":
+        return (None if want == "auto" else want), {}
+
+    def forward(be: str) -> float:
+        prefill(model, ids, "dense", 0, None, be, parallel=parallel)  # compile / plan
+        _sync(device)
+        t0 = time.perf_counter()
+        prefill(model, ids, "dense", 0, None, be, parallel=parallel)
+        _sync(device)
+        return _slowest(time.perf_counter() - t0, parallel, device)  # the same choice on every rank
+
+    return fastest_backend(forward, SDPA_BACKENDS if want == "auto" else (want,))
+
+
+def _dim_order(strides) -> tuple[int, ...]:
+    """The dims of a tensor from the outermost in memory to the innermost (stable for equal strides)."""
+    return tuple(sorted(range(len(strides)), key=lambda i: -strides[i]))
+
+
+def _random_in_layout(shape, order, dtype, device):
+    """Random normal values of ``shape`` laid out in memory as ``order`` (:func:`_dim_order`) says."""
+    import torch
+
+    t = torch.randn([shape[i] for i in order], dtype=dtype, device=device)
+    return t.permute([order.index(i) for i in range(len(shape))])
+
+
+def attention_timer(model, device, parallel: str = "none", probe_tokens: int = 16) -> Callable[[str, int], float]:
+    """``time_attention(backend, n)``: seconds of one call of the model's own SDPA attention at ``n`` tokens on
+    ``backend`` (after one untimed call; with ``parallel`` the slowest rank's), raising RuntimeError where the backend
+    refuses.
+
+    The call is the one the model's forward makes: a short probe forward (``probe_tokens``) with transformers' ``sdpa``
+    attention function wrapped records the first attention layer's module, its local query/key heads (on a
+    tensor-parallel rank: that rank's heads), head dim, dtype, the memory layout of q, k, v (q is a transposed view
+    of the projection, k/v come out of the KV cache) and the keyword arguments (scaling, dropout). The timed call then
+    passes random q (1, Hq, n, d) and k/v (1, Hkv, n, d) in those layouts to the same function with that module, so
+    GQA takes the model's path (``enable_gqa`` or ``repeat_kv``) and causality the model's flag. Raises ValueError if
+    the model does not call that function, or passes it an attention mask for one unpadded prompt (the timer does not
+    rebuild a mask at ``n``)."""
+    import torch
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    seen: dict = {}
+
+    def capture(module, query, key, value, attention_mask, **kwargs):
+        if not seen:
+            seen.update(module=module, q=query, k=key, v=value, mask=attention_mask, kwargs=kwargs)
+            seen.update(layouts=[_dim_order(t.stride()) for t in (query, key, value)])
+        return sdpa(module, query, key, value, attention_mask, **kwargs)
+
+    probe = torch.randint(0, model.config.vocab_size, (1, probe_tokens), generator=torch.Generator().manual_seed(0))
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = capture
+    try:
+        prefill(model, probe.to(device), "dense", 0, None, None, parallel=parallel)
+    finally:
+        ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa
+    if not seen:
+        raise ValueError(
+            f"the dense model does not call transformers' sdpa attention function (attn_implementation="
+            f"{model.config._attn_implementation!r}): its SDPA call cannot be timed alone; use --dense-backend"
+        )
+    if seen["mask"] is not None:
+        raise ValueError(
+            "the dense model passes SDPA an attention mask for one unpadded prompt, which the per-length timing does "
+            "not rebuild: use --dense-backend"
+        )
+    module = seen["module"]
+    q_heads, kv_heads, head_dim = seen["q"].shape[1], seen["k"].shape[1], seen["q"].shape[-1]
+    dtype, value_dim = seen["q"].dtype, seen["v"].shape[-1]
+    kwargs = {k: v for k, v in seen["kwargs"].items() if not isinstance(v, torch.Tensor)}  # position ids: unused
+    q_order, k_order, v_order = seen["layouts"]
+    seen.clear()  # the probe's tensors
+
+    def time_attention(backend: str, n: int) -> float:
+        q = _random_in_layout((1, q_heads, n, head_dim), q_order, dtype, device)
+        k = _random_in_layout((1, kv_heads, n, head_dim), k_order, dtype, device)
+        v = _random_in_layout((1, kv_heads, n, value_dim), v_order, dtype, device)
+        with torch.no_grad(), sdpa_context(backend):
+            sdpa(module, q, k, v, None, **kwargs)  # cuDNN builds its plan for this shape here, untimed
+            _sync(device)
+            t0 = time.perf_counter()
+            sdpa(module, q, k, v, None, **kwargs)
+            _sync(device)
+        return _slowest(time.perf_counter() - t0, parallel, device)  # the same choice on every rank
+
+    # what is timed, for the results file (tensor parallel: this rank's heads)
+    time_attention.call = dict(
+        q_heads=q_heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        dtype=str(dtype).replace("torch.", ""),
+        layouts={"q": list(q_order), "k": list(k_order), "v": list(v_order)},  # dims, outermost in memory first
+        kwargs={k: v for k, v in kwargs.items() if isinstance(v, (bool, int, float, str, type(None)))},
+    )
+    return time_attention
+
+
+def dense_backend_timer(model, device, parallel: str = "none") -> Callable[[str, int], float] | None:
+    """The per-length timer of ``--dense-backend auto`` (:func:`attention_timer`) on CUDA; None elsewhere (on CPU
+    dense runs on PyTorch's own choice; tests replace this function)."""
+    if device.type != "cuda":
+        return None
+    return attention_timer(model, device, parallel)
+
+
+def describe_dense_backend(want: str, by_length: dict[int, str | None], note: str = "") -> str:
+    """What ``meta["dense_backend"]`` says: how dense was chosen and, per length, the backend it ran on."""
+    runs = ", ".join(f"{fmt_length(n)} {be or 'PyTorch default'}" for n, be in sorted(by_length.items()))
+    runs = runs or "no dense cell ran"
+    if want != "auto":
+        return f"{want} at every length (--dense-backend {want}): {runs}"
+    if note:
+        return f"the fastest whole-model forward at the warm-up length for every length ({note}): {runs}"
+    if all(be is None for be in by_length.values()) and by_length:
+        return f"PyTorch's own SDPA choice (no backend timing off CUDA): {runs}"
+    return f"the fastest SDPA backend at each length (one attention call per backend timed there): {runs}"
 
 
 def forecast(prev: dict | None, n: int, method: str) -> float:
@@ -327,9 +455,25 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     # warm-up: every (method, chunk) once at the warm-up length, so compilation is not timed
     warm_n = opts["warmup_length"]
     warm_ids = prompt(warm_n)
-    sdpa_backend, sdpa_timings = (None, {})
+    want = args.dense_backend
+    warm_backend, warm_timings = (None, {})
     if "dense" in methods and not cp:
-        sdpa_backend, sdpa_timings = pick_dense_backend(model, warm_ids, args.dense_backend, device, par)
+        warm_backend, warm_timings = pick_dense_backend(model, warm_ids, want, device, par)
+    timer, timer_note = None, ""
+    if "dense" in methods and not cp and want == "auto":
+        try:
+            timer = dense_backend_timer(model, device, par)
+        except ValueError as exc:  # keep the warm-up's pick for every length, and say so
+            timer_note = str(exc)
+
+    def dense_backend_at(n: int) -> tuple[str | None, dict]:
+        """The SDPA backend dense runs on at ``n`` tokens, and the per-backend attention timings behind the pick."""
+        if want != "auto":
+            return want, {}
+        if timer is None:
+            return warm_backend, {}
+        return fastest_backend(lambda be: timer(be, n), SDPA_BACKENDS)
+
     warm_s, warm_cells = 0.0, {}
     if args.warmup:  # per cell: the first call of a (method, chunk) pays Triton compilation: recorded
         for m in methods:
@@ -339,18 +483,23 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 for cache in opts["chunk_caches"] if c else [""]:
                     _sync(device)
                     t0 = time.perf_counter()
-                    prefill(model, warm_ids, m, min(c, max(1, warm_n // 2)), delta_config, sdpa_backend, cache, par)
+                    prefill(model, warm_ids, m, min(c, max(1, warm_n // 2)), delta_config, warm_backend, cache, par)
                     _sync(device)
                     warm_cells[variant_name((m, c, cache))] = time.perf_counter() - t0
         warm_s = sum(warm_cells.values())
     log(
         f"model {model_label(args)} ({n_layers} layers, {count_params(model) / 1e9:.2f} B params, {dtype}) on "
-        f"{device}; dense SDPA backend: {sdpa_backend or 'PyTorch default'} {sdpa_timings or ''}; "
+        f"{device}; dense SDPA backend: "
+        + ("CP dense attention" if cp else f"{want}, per length" if timer else f"{warm_backend or 'PyTorch default'}")
+        + f" (warm-up forward: {warm_backend or 'PyTorch default'}"
+        + (f" {warm_timings}" if warm_timings else "")
+        + (f"; {timer_note}" if timer_note else "")
+        + "); "
         f"warm-up {'at ' + fmt_length(warm_n) + f' tokens, {warm_s:.1f} s' if args.warmup else 'off'}",
         flush=True,
     )
 
-    cells, last_ok, failed = [], {}, set()
+    cells, last_ok, failed, dense_by_length = [], {}, set(), {}
     for n in lengths:
         ids = prompt(n)
         one_shot_logits = {}
@@ -377,7 +526,13 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                     log(f"  {fmt_length(n):>5s} {variant_name(key):24s} skipped ({cell['skipped']})", flush=True)
                     continue
                 try:
-                    res = run_cell(model, ids, m, c, delta_config, sdpa_backend, args.reps, cache, par)
+                    backend = None
+                    if m == "dense" and not cp:  # the fastest at this length (or the forced one), just before the cell
+                        backend, timings = dense_backend_at(n)
+                        cell["dense_backend"] = backend or "PyTorch default"
+                        if timings:
+                            cell["dense_backend_timings"] = timings
+                    res = run_cell(model, ids, m, c, delta_config, backend, args.reps, cache, par)
                 except (torch.OutOfMemoryError, RuntimeError) as exc:
                     if par != "none" and not is_oom(exc):
                         raise  # the other ranks wait in a collective: stop them all
@@ -399,9 +554,17 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 del logits
                 cell.update(res)
                 last_ok[key] = (n, res)
+                if "dense_backend" in cell:
+                    dense_by_length[n] = backend
                 mem = f"  peak {res['peak_gb']:.1f} GB" if "peak_gb" in res else ""
                 if res.get("first_vs_steady") is not None:
                     mem += f"  first call {res['times_s'][0]:.3f} s = {res['first_vs_steady']:.2f}x steady"
+                if "dense_backend" in cell:
+                    mem += f"  on {cell['dense_backend']}" + (
+                        f" (attention alone: {backend_timings_text(cell['dense_backend_timings'])})"
+                        if "dense_backend_timings" in cell
+                        else ""
+                    )
                 log(
                     f"  {fmt_length(n):>5s} {variant_name(key):24s} TTFT {res['ttft_s']:8.3f} s  "
                     f"{res['tokens_per_s']:10.0f} tok/s{mem}",
@@ -414,7 +577,10 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     add_ratios(cells)
     profiles = {}
     if opts.get("profile_length"):
-        profiles = profile_prefills(model, prompt(opts["profile_length"]), methods, delta_config, sdpa_backend, log)
+        prof_backend = None
+        if "dense" in methods and not cp:
+            prof_backend, _ = dense_backend_at(opts["profile_length"])
+        profiles = profile_prefills(model, prompt(opts["profile_length"]), methods, delta_config, prof_backend, log)
     meta = dict(
         command="delta-attn bench e2e " + " ".join(args.argv),
         model_shape=model_label(args),
@@ -434,9 +600,22 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
         host=platform.node(),
         delta=dict(gamma=args.gamma, window=args.window, sink=args.sink, sparse="streaming"),
-        dense_backend="CP dense attention (cp_prefill, mode='dense')" if cp else sdpa_backend or "PyTorch default",
-        dense_backend_timings=sdpa_timings,
-        warmup=dict(done=bool(args.warmup), length=warm_n, seconds=warm_s, cells_s=warm_cells),
+        dense_backend=(
+            "CP dense attention (cp_prefill, mode='dense')"
+            if cp
+            else describe_dense_backend(want, dense_by_length, timer_note)
+        ),
+        dense_backend_choice="cp" if cp else want,  # auto: the fastest at each length; else forced
+        dense_backend_by_length={fmt_length(n): be or "PyTorch default" for n, be in sorted(dense_by_length.items())},
+        dense_backend_timed_call=getattr(timer, "call", None),  # the attention call timed per backend (rank 0's)
+        warmup=dict(
+            done=bool(args.warmup),
+            length=warm_n,
+            seconds=warm_s,
+            cells_s=warm_cells,
+            dense_backend=warm_backend or "PyTorch default",  # its dense prefill: the fastest whole-model forward
+            dense_backend_timings=warm_timings,
+        ),
         reps=args.reps,
         time_limit_s=args.time_limit,
         wall_s=time.perf_counter() - t_start,
@@ -472,6 +651,8 @@ def profile_prefills(model, ids, methods, delta_config, sdpa_backend, log) -> di
         log(f"  {m:10s} device {res['device_ms']:9.1f} ms  {cats}", flush=True)
         for row in res["kernels"][:6]:
             log(f"      {row['ms']:9.2f} ms  x{row['launches']:<4d} {row['kernel'][:100]}", flush=True)
+        if m == "dense":
+            out[m]["dense_backend"] = sdpa_backend or "PyTorch default"
         if ids.is_cuda:
             torch.cuda.empty_cache()
     return out

@@ -133,7 +133,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--dense-backend",
         default="auto",
-        help="auto (the fastest that runs, default) or one of cudnn, flash, efficient",
+        help="SDPA backend of dense: auto (default: at each length, one call of the model's attention is timed per "
+        "backend and the fastest runs that length's dense cell; the cells record their backend and the timings) or "
+        "one of cudnn, flash, efficient (forced at every length)",
     )
     p.add_argument("--time-limit", type=nonnegative_float, default=0.0, help="seconds for all cells (default 0: none)")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (tiny sizes: the code path, for tests)")

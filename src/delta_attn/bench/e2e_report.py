@@ -33,12 +33,59 @@ def _f(x, fmt=".2f") -> str:
     return "—" if x is None else format(x, fmt)
 
 
+def backend_timings_text(timings: dict) -> str:
+    """``cudnn 0.101 s, flash 0.160 s, efficient refused``: one attention call per SDPA backend at a cell's length."""
+    return ", ".join(f"{be} {t:.4g} s" if isinstance(t, float) else f"{be} refused" for be, t in timings.items())
+
+
+def dense_backends(cells: list[dict]) -> dict[int, str]:
+    """The SDPA backend each measured one-shot dense cell ran on, by length (older results did not record it)."""
+    return {
+        c["n"]: c["dense_backend"]
+        for c in cells
+        if c["method"] == "dense" and not c["chunk"] and "ttft_s" in c and "dense_backend" in c
+    }
+
+
+def dense_fit(cells: list[dict]) -> dict | None:
+    """Dense TTFT as ``t = a·N + b·N²``, least squares over the measured one-shot dense cells (the projections and the
+    MLP grow with N, attention with N²); None with fewer than 2 lengths. With ``--dense-backend auto`` each point ran
+    on the fastest SDPA backend at its length, so the fit is the fastest dense's; ``note`` says which backends its
+    points ran on (each one named when they differ), for the EXTRAPOLATED lines that quote it."""
+    pts = sorted((c["n"], c["ttft_s"]) for c in cells if c["method"] == "dense" and not c["chunk"] and "ttft_s" in c)
+    if len(pts) < 2:
+        return None
+    # the 2x2 normal equations of the least-squares fit (no numpy needed), in x = N / the longest N (well scaled)
+    scale = pts[-1][0]
+    xs = [(n / scale, t) for n, t in pts]
+    s2 = sum(x**2 for x, _ in xs)
+    s3 = sum(x**3 for x, _ in xs)
+    s4 = sum(x**4 for x, _ in xs)
+    t1 = sum(x * t for x, t in xs)
+    t2 = sum(x * x * t for x, t in xs)
+    det = s2 * s4 - s3 * s3
+    a, b = (t1 * s4 - t2 * s3) / det / scale, (s2 * t2 - s3 * t1) / det / scale**2
+    backends = dense_backends(cells)
+    note = f"N² fit of {len(pts)} measured dense lengths"
+    names = {backends.get(n) for n, _ in pts}
+    if len(names) == 1 and None not in names:
+        note += f", all on {names.pop()}"
+    elif names != {None}:
+        runs = ", ".join(f"{fmt_length(n)} {backends.get(n, 'backend not recorded')}" for n, _ in pts)
+        note += f", on different SDPA backends (the fastest at each length): {runs}"
+    return dict(a=a, b=b, lengths=[n for n, _ in pts], backends=[backends.get(n) for n, _ in pts], note=note)
+
+
+def dense_fit_at(fit: dict, n: int) -> float:
+    """The fitted dense TTFT (s) at ``n`` tokens (:func:`dense_fit`)."""
+    return fit["a"] * n + fit["b"] * n * n
+
+
 def markdown(res: dict) -> str:
     meta = res["meta"]
     cut = " (cut with --layers)" if meta["layers_cut"] else ""
     warm = meta["warmup"]
     gpus = f" ({meta['gpus']} GPU)" if meta["gpus"] else ""
-    picked = " (the fastest at the warm-up length)" if len(meta["dense_backend_timings"]) > 1 else ""
     lines = [
         f"Model: {meta['model_shape']}, {meta['layers']} layers{cut}, {meta['params_b']:.2f} B "
         f"{'real' if meta.get('real_weights') else 'random'} weights, "
@@ -53,7 +100,7 @@ def markdown(res: dict) -> str:
                 if meta.get("parallel") == "tp"
                 else ""
             )
-            + f"Dense: SDPA on the {meta['dense_backend']} backend{picked}, one forward only (a chunk over a "
+            + f"Dense (SDPA): {meta['dense_backend']}; one forward only (a chunk over a "
             "cached prefix needs a masked SDPA, which flash/cuDNN do not run). "
         )
         + "Δ: streaming base, "
@@ -78,6 +125,10 @@ def markdown(res: dict) -> str:
             lines.append(f"| {c['label']} | {c['method']} | {chunk} | — | — | — | — | — | {note} |")
             continue
         notes = []
+        if "dense_backend" in c:  # the per-backend times: one attention call at this length, the pick's evidence
+            timed = c.get("dense_backend_timings")
+            alone = f" (attention alone: {backend_timings_text(timed)})" if timed else ""
+            notes.append(f"{c['dense_backend']}{alone}")
         if not c.get("finite", True):
             notes.append("non-finite logits")
         if "max_abs_diff_vs_one_shot" in c:
@@ -131,6 +182,9 @@ def summary(res: dict) -> str:
         sp = by.get(("delta", 0, ""), {}).get("speedup_vs_dense")
         peak = max((c.get("peak_gb", 0.0) for c in by.values()), default=0.0)
         out.append(f"{fmt_length(n):>5s} " + " ".join(row) + f" {_f(sp):>13s} {_f(peak or None, '.1f'):>8s}")
+    backends = dense_backends(cells)
+    if backends:
+        out.append("dense SDPA backend: " + ", ".join(f"{fmt_length(n)} {be}" for n, be in sorted(backends.items())))
     for c in cells:
         if c["chunk"] and "chunked_over_one_shot" in c:
             out.append(
@@ -152,6 +206,8 @@ def plot(res: dict, path: str) -> None:
         label = variant_name(key)
         pts = [(c["n"], c["ttft_s"]) for c in res["cells"] if variant(c) == key and "ttft_s" in c]
         style = dict(marker="o", color=f"C{METHODS.index(m)}", linestyle={"": "-", "dynamic": ":"}.get(cache, "--"))
+        if pts and m == "dense" and dense_backends(res["cells"]):
+            label += " (" + "/".join(sorted(set(dense_backends(res["cells"]).values()))) + " SDPA)"
         if pts:
             ax1.plot(*zip(*pts), label=label, **style)
         sp = [(c["n"], c["speedup_vs_dense"]) for c in res["cells"] if variant(c) == key and "speedup_vs_dense" in c]
@@ -167,7 +223,8 @@ def plot(res: dict, path: str) -> None:
             ax.legend(fontsize=8)
     ax1.set_yscale("log")
     ax1.set_ylabel("time to first token (s)")
-    ax2.set_ylabel("speed-up over dense SDPA (same run)")
+    per_length = res["meta"].get("dense_backend_choice") == "auto"
+    ax2.set_ylabel("speed-up over dense SDPA (" + ("fastest backend at each N, " if per_length else "") + "same run)")
     meta = res["meta"]
     fig.suptitle(
         f"end-to-end prefill, {meta['model_shape']} ({meta['layers']} layers), {meta['dtype']} — {meta['device']}",

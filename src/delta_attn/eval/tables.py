@@ -218,6 +218,7 @@ def default_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
         ("delta", "recompute"),
         ("delta_g16", "sparse"),
         ("delta_g16", "delta"),
+        ("delta_g16", "recompute"),
         ("recompute", "sparse"),
         ("block+delta", "block"),
         ("vertical_slash+delta", "vertical_slash"),
@@ -230,18 +231,21 @@ def variant_pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
     """The pairs that decide a recommendation among Δ's variants (pooled tests only, no per-task rows).
 
     Methods group by their base prefix (``streaming_w512_s64+delta`` is in the group ``streaming_w512_s64+``;
-    unprefixed names in the group ""). In each group: Δ against sparse and recompute where
-    :func:`default_pairs` does not already test them, then every other ``delta_*`` variant V as
-    "Δ > V" and "V > recompute" — is the paper's λ = 1 better than V, and does V beat recompute.
+    unprefixed names in the group "") and by the setting :func:`method_labels` appends (``delta (rope_scaling
+    yarn:4:32768)`` is in the group of the suffix `` (rope_scaling yarn:4:32768)``): only methods run alike are
+    compared. In each group: Δ against sparse and recompute where :func:`default_pairs` does not already test
+    them, then every other ``delta_*`` variant V as "Δ > V" and "V > recompute" — is the paper's λ = 1 better
+    than V, and does V beat recompute.
     """
-    groups: dict[str, list[str]] = {}
+    groups: dict[tuple[str, str], list[str]] = {}
     for m in methods:
-        prefix, _, core = m.rpartition("+")
-        groups.setdefault(prefix + "+" if prefix else "", []).append(core)
+        label, paren, setting = m.partition(" (")
+        prefix, _, core = label.rpartition("+")
+        groups.setdefault((prefix + "+" if prefix else "", paren + setting), []).append(core)
     done = set(default_pairs(methods))
     out: list[tuple[str, str]] = []
-    for prefix, cores in groups.items():
-        name = {c: prefix + c for c in cores}
+    for (prefix, suffix), cores in groups.items():
+        name = {c: prefix + c + suffix for c in cores}
         if "delta" not in name:
             continue
         cand = [("delta", "sparse"), ("delta", "recompute"), ("recompute", "sparse")]
