@@ -29,9 +29,9 @@ Epilogues
   tile) or the Δ carried from the previous chunk when the anchor lies before the call; then
   store ``Õ + λΔ`` with a constant λ (``delta_scale`` a float; 1 by default). Optionally store every
   raw Δ (for the chunked-prefill state).
-* ``EPILOGUE=2`` (Δ with a per-block λ, ``delta_scale="auto"``/``"auto-global"``): the scaled
-  ``λ_j Δ_j`` of every γ-block is given (from :func:`.anchor_sparse.anchor_sparse_rows`, Õ of the anchor rows alone,
-  and :func:`delta_attn.combine.delta_scales`); store ``Õ + λ_j Δ_j``.
+* ``EPILOGUE=2`` (Δ with a per-block λ, ``delta_scale="auto"``/``"auto-decay"``/``"auto-global"``): the scaled
+  ``λ_j Δ_j`` of every γ-block is given (from :func:`.anchor_sparse.anchor_sparse_rows`, D − Õ of the anchor rows
+  alone, and :func:`.delta_scale.scaled_block_deltas`); store ``Õ + λ_j Δ_j``.
 * ``EXACT_ANCHOR`` (λ ≠ 1, docs/algorithm.md §13): the anchor rows store D itself.
 """
 
