@@ -78,6 +78,7 @@ VARIANTS = [  # Δ variants (docs/algorithm.md §13): λ fused (float, auto), un
     "delta-auto-block",
     "delta-auto-topk",
     "chunk-auto-gqa",
+    "chunk-auto-decay-gqa",
 ]
 
 

@@ -184,6 +184,18 @@ def gpu_cases() -> list[Case]:
             chunks=(512, 488, 500),
             cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto"),
         ),
+        # auto-decay through the fused λ kernels: a chunk inside a block (carried Δ) and one on a boundary, d 64
+        Case(
+            "chunk-auto-decay-gqa",
+            b=2,
+            hq=8,
+            hkv=2,
+            n=1400,
+            d=64,
+            dtype="fp32",
+            chunks=(480, 288, 632),  # GPU: carried Δ, then a block boundary; tiny (÷10, γ 8): the reverse
+            cfg=dict(sink=4, window=48, gamma=64, delta_scale="auto-decay"),
+        ),
     ]
     return c
 
