@@ -15,7 +15,7 @@ O=${OUT:-./out}
 K=${K_PARTS:-k e8b eq e512}
 has() { [[ " $K " == *" $1 "* ]]; }
 has k && OUT=$O/k PARTS="checks profile" LIMIT=110 \
-  CHECKS="delta-auto-topk,delta-auto,delta-auto-block,chunk-auto,delta-auto-b2-gqa,delta-auto-d80-g8,delta-stream-g4,chunk-gqa-strided,unit" \
+  CHECKS="delta-auto-topk,delta-auto,delta-auto-block,chunk-auto,chunk-auto-decay-gqa,delta-auto-global,delta-auto-b2-gqa,delta-auto-d80-g8,delta-stream-g4,chunk-gqa-strided,unit" \
   bash scripts/gpu_kernels.sh
 has e8b && OUT=$O/e8b PARTS=e2e SHAPE=llama-3-8b L1=128K L2= PROFILE_AT=${E8B_PROFILE-128K} LIMIT=170 \
   bash scripts/gpu_kernels.sh

@@ -7,7 +7,9 @@
 #   (k) λ = auto's fused arithmetic: the float64-oracle checks of every λ = auto case, then the 128K profile of
 #       Δ / λ = auto / sparse-only (scripts/gpu_calls/2026-12-06_issue16b.sh, part k), after (s) so that nothing
 #       shares the GPU with the profile.
-# PARTS_S=0 or PARTS_K=0 leaves a part out (two calls when the λ kernel is not ready before the SmolLM2 run).
+#   (e) `bench e2e --model-shape llama-3.2-1b` at 32K and 128K, dense and Δ: dense on the fastest SDPA backend at
+#       each length (the per-length pick, first run on a GPU).
+# PARTS_S=0, PARTS_K=0 or PARTS_E=0 leaves a part out (two calls when the λ kernel is not ready before the SmolLM2 run).
 # Records come back as $OUT/close.tgz (the run tool returns a limited number of files); a table prints last.
 set -uo pipefail
 T0=$(date +%s)
@@ -25,7 +27,7 @@ if [ "${PARTS_S:-1}" = 1 ]; then
     python3 -m delta_attn.cli eval ruler --model /tmp/s/smollm2.gguf --texts-dir .data/texts --base streaming \
       --window 256 --sink 64 --gamma 64 --no-summary --tasks all --lengths 8192 --samples 25 --workers 2 \
       --no-progress --batch-size 8192:32 --methods $m --out $R/S8/$m --resume-from .results \
-      --time-limit $(( L - 160 - ($(date +%s) - T0) )) > $R/S8/$m/run.log 2>&1 &
+      --time-limit $(( L - 150 - ($(date +%s) - T0) )) > $R/S8/$m/run.log 2>&1 &
   done
   wait
   tail -n 1 $R/S8/*/run.log
@@ -34,6 +36,11 @@ echo "(s) done after $(( $(date +%s) - T0 )) s"
 if [ "${PARTS_K:-1}" = 1 ]; then
   OUT=$R K_PARTS=k bash scripts/gpu_calls/2026-12-06_issue16b.sh > $R/k.log 2>&1
   grep -E "checks:|PASS|FAIL|==|ms  x|− delta" $R/k.log | grep -v "^$" | tail -45
+fi
+if [ "${PARTS_E:-1}" = 1 ]; then  # (e) dense on the fastest SDPA backend at each length, on the GPU
+  timeout 90 python3 -m delta_attn.cli bench e2e --model-shape llama-3.2-1b --lengths 32K,128K --methods dense,delta \
+    --out $R/e2e1b > $R/e2e1b.log 2>&1
+  grep -E "TTFT|backend" $R/e2e1b.log | cut -c1-240 | tail -8
 fi
 tar czf "$OUT/close.tgz" -C /tmp close
 python3 scripts/gpu_calls/score_table.py $R .results 2>/dev/null | grep -i smol
