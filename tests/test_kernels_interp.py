@@ -115,3 +115,20 @@ def test_dense_rows_split_options_in_interpreter(seed, tmp_path):
     rows = _run_tiny(["delta-d80-g8", "chunk-gqa-strided", "delta-auto-b2-gqa", "dense-g4"], seed, str(path))
     bad = [r for r in rows if not r["ok"]]
     assert rows and not bad, bad
+
+
+def test_run_all_reports_each_case_as_it_ends(monkeypatch):
+    """run_all hands each case's row to on_row in case order as it comes in (the GPU run prints it at once, so a
+    call cut by its time limit still shows the finished cases), and returns the same rows."""
+    import random
+
+    from delta_attn.bench import check
+
+    names = [f"case-{i}-{random.randrange(10**6)}" for i in range(random.randint(3, 7))]
+    cases = [type("Case", (), {"name": n, "dtype": "bf16"})() for n in names]
+    monkeypatch.setattr(check, "tiny_cases", lambda: cases)
+    monkeypatch.setattr(check, "_worker", lambda job: {"name": job[0].name, "seed": job[3], "ok": True})
+    seen = []
+    rows = check.run_all("cpu", tiny=True, names=names, seed=5, on_row=seen.append)
+    assert [r["name"] for r in seen] == names and seen == rows
+    assert [r["seed"] for r in rows] == list(range(5, 5 + len(names)))

@@ -258,6 +258,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _print_row(row: dict) -> None:
+    """One result line as soon as its check ends (the table's row format)."""
+    print(format_table([row]).splitlines()[1], flush=True)
+
+
 def _failed(name: str, dtype: str, exc: Exception) -> dict:
     """A result row for a check that raised (reported, so the other checks still run)."""
     nan = float("nan")
@@ -291,8 +296,13 @@ TINY_TILES = dict(
 )
 
 
-def run_all(device="cuda", workers: int = 1, tiny: bool = False, names=None, configs=None, seed=None) -> list[dict]:
+def run_all(
+    device="cuda", workers: int = 1, tiny: bool = False, names=None, configs=None, seed=None, on_row=None
+) -> list[dict]:
     """Every case (or ``names``, plus ``"unit"`` for the kernel unit checks) against the oracle.
+
+    ``on_row(row)`` is called with each case's result as it comes in (the GPU run prints it at once, so a call
+    cut by its time limit still shows the cases that finished).
 
     ``configs``: launch configs ``{"dense": {...}, "sparse": {...}}`` passed to the kernels for half
     inputs (float32 cases keep the defaults); tiny runs use :data:`TINY_TILES` unless given, for
@@ -305,13 +315,22 @@ def run_all(device="cuda", workers: int = 1, tiny: bool = False, names=None, con
         configs = configs or TINY_TILES
     seed = fresh_seed() if seed is None else seed
     jobs = [(c, device, configs if tiny or c.dtype != "fp32" else None, seed + i) for i, c in enumerate(cases)]
+    rows = []
     if workers > 1:
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(workers) as pool:
-            rows = pool.map(_worker, jobs, chunksize=1)
+            for row in pool.imap(
+                _worker, jobs, chunksize=1
+            ):  # in case order, each as soon as it (and those before) ends
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
     else:
-        rows = [_worker(job) for job in jobs]
+        for job in jobs:
+            rows.append(_worker(job))
+            if on_row is not None:
+                on_row(rows[-1])
     try:
         if not names or "unit" in names:
             rows += kernel_unit_checks(
@@ -374,7 +393,7 @@ def main(argv=None) -> int:
     rows = []
     if not args.skip_checks:
         t0 = time.time()
-        rows = run_all("cuda", workers=args.workers, names=names, configs=configs, seed=seed)
+        rows = run_all("cuda", workers=args.workers, names=names, configs=configs, seed=seed, on_row=_print_row)
         if args.tune and not all(r["ok"] for r in rows):  # a tuned config failed: back to the defaults
             print(format_table(rows))
             print("tuned launch configs FAILED checks; rerunning with the default configs", flush=True)
