@@ -24,7 +24,7 @@ from .records import config_of, flatten
 from .ruler import DISPLAY_NAMES, QA_TASKS, TASK_NAMES
 
 TARGET_FRACTION = 0.90  # Δ recovers >= 90% of dense's average at RulerData.headline_length
-TARGET_GAIN = 30.0  # Δ − sparse >= +30 points
+TARGET_GAIN = 20.0  # Δ − sparse >= +20 points (the 16K–32K target; the paper reports +36 at 131K on an 8B model)
 ALPHA = 0.05
 
 PREFERRED = [
