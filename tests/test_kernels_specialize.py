@@ -98,6 +98,9 @@ def test_no_new_compile_key_at_a_new_length(configs, tma, warm_range):
     assert first["dense_rows"] and first["sparse"] and first["merge"], first  # the warm-up launched them
     if any(c.get("delta_scale") == "auto" for c in configs):  # and λ = auto's anchor and λ kernels
         assert first["anchor_sparse"] and first["lambda_terms"] and first["lambda_scale"], first
+        # one variant of each λ kernel serves one-shot calls and every chunk (a carried block, carried sums,
+        # covered anchors, a chunk without an anchor): what a call has is a runtime argument, not a constexpr
+        assert len(first["lambda_terms"]) == 1 and len(first["lambda_scale"]) == 1, first
     for n, keys in zip(later, per_length[1:]):
         grown = {name: len(keys[name]) - len(first[name]) for name in keys if keys[name] != first[name]}
         assert not grown, f"length {n} (warm-up at {warm}) compiles new kernel variants: {grown}"

@@ -44,7 +44,10 @@ MODES = {"auto": 0, "auto-decay": 1, "auto-global": 2}
 CONFIG = dict(BA=32, BP=512, num_warps=4)
 
 
-@triton.jit(do_not_specialize=["n_anchor"])
+# What a call has (a previous Δ, covered anchors, a carried block, carried sums) depends on where its chunk falls,
+# so these are runtime flags, never constexprs: as constexprs each combination was a compilation, and a new prompt
+# length could meet a combination the warm-up had not (tests/test_kernels_specialize.py).
+@triton.jit(do_not_specialize=["n_anchor", "has_prev", "has_covered", "covered_off"])
 def _lambda_terms_kernel(
     Deltas,
     Prev,
@@ -52,17 +55,18 @@ def _lambda_terms_kernel(
     Terms,
     RunSums,
     n_anchor,
+    has_prev,
+    has_covered,
+    covered_off,
     D: tl.constexpr,
     BD: tl.constexpr,
     BA: tl.constexpr,
-    HAS_PREV: tl.constexpr,
-    HAS_COVERED: tl.constexpr,
 ):
     """Terms[bh, 0, a] = ⟨Δ_a, Δ_{a−1}⟩, Terms[bh, 1, a] = ‖Δ_{a−1}‖² (float32), covered anchors as zeros, and
     RunSums[bh, run] = the float64 sums of this run's terms.
 
-    Deltas: (BH, n_anchor, D) float32 contiguous; Prev: (BH, D) Δ_{−1} (HAS_PREV); Covered: uint8/bool
-    (n_anchor + 1,), entry a + 1 for anchor a and entry 0 for Δ_{−1} (HAS_COVERED)."""
+    Deltas: (BH, n_anchor, D) float32 contiguous; Prev: (BH, D) Δ_{−1} (has_prev ≠ 0); Covered: uint8/bool, entry
+    covered_off + a + 1 for anchor a and entry covered_off for Δ_{−1} (has_covered ≠ 0)."""
     bh = tl.program_id(0).to(tl.int64)
     run = tl.program_id(1)
     a = run * BA + tl.arange(0, BA)
@@ -73,14 +77,15 @@ def _lambda_terms_kernel(
     cur = tl.load(base + a[:, None] * D + offs_d[None, :], mask=a_ok[:, None] & d_ok[None, :], other=0.0)
     pred_ok = a_ok & (a >= 1)
     pred = tl.load(base + (a - 1)[:, None] * D + offs_d[None, :], mask=pred_ok[:, None] & d_ok[None, :], other=0.0)
-    if HAS_PREV:  # anchor 0 pairs with the block before the call's first anchor
-        prev = tl.load(Prev + bh * D + offs_d, mask=d_ok, other=0.0)
-        pred = tl.where((a == 0)[:, None], prev[None, :], pred)
-    if HAS_COVERED:  # exact anchors: their Δ is rounding noise, left out of both sums
-        cur_covered = tl.load(Covered + a + 1, mask=a_ok, other=0) != 0
-        pred_covered = tl.load(Covered + a, mask=a_ok, other=0) != 0
-        cur = tl.where(cur_covered[:, None], 0.0, cur)
-        pred = tl.where(pred_covered[:, None], 0.0, pred)
+    # anchor 0 pairs with the block before the call's first anchor (zeros without one: the term is 0)
+    prev = tl.load(Prev + bh * D + offs_d, mask=d_ok & (has_prev != 0), other=0.0)
+    pred = tl.where((a == 0)[:, None], prev[None, :], pred)
+    # exact anchors: their Δ is rounding noise, left out of both sums
+    cov_ok = a_ok & (has_covered != 0)
+    cur_covered = tl.load(Covered + covered_off + a + 1, mask=cov_ok, other=0) != 0
+    pred_covered = tl.load(Covered + covered_off + a, mask=cov_ok, other=0) != 0
+    cur = tl.where(cur_covered[:, None], 0.0, cur)
+    pred = tl.where(pred_covered[:, None], 0.0, pred)
     num = tl.sum(cur * pred, axis=1)
     den = tl.sum(pred * pred, axis=1)
     t_base = Terms + bh * 2 * n_anchor
@@ -108,7 +113,7 @@ def _lstsq_lambda(num, den, MODE: tl.constexpr):
     return lam
 
 
-@triton.jit(do_not_specialize=["n_anchor"])
+@triton.jit(do_not_specialize=["n_anchor", "carried", "has_start"])
 def _lambda_scale_kernel(
     Deltas,
     Prev,
@@ -118,26 +123,22 @@ def _lambda_scale_kernel(
     Given,
     Sums,
     n_anchor,
+    carried,
+    has_start,
     D: tl.constexpr,
     BD: tl.constexpr,
     BA: tl.constexpr,
     BP: tl.constexpr,
-    CARRIED: tl.constexpr,
-    HAS_START: tl.constexpr,
     MODE: tl.constexpr,
 ):
-    """Given[bh, a + CARRIED] = λ_a·Δ_a for this program's run of anchors (and Given[bh, 0] = λ·Prev for the
-    carried block, first run); the last run writes Sums[bh] (MODE 0/1). Start: (BH, 2) float64 carried sums;
-    RunSums: (BH, n_runs, 2) float64 from :func:`_lambda_terms_kernel`."""
+    """Given[bh, a + carried] = λ_a·Δ_a for this program's run of anchors (and Given[bh, 0] = λ·Prev for the
+    carried block, carried = 1, first run); the last run writes Sums[bh] (MODE 0/1). Start: (BH, 2) float64
+    carried sums (has_start ≠ 0); RunSums: (BH, n_runs, 2) float64 from :func:`_lambda_terms_kernel`."""
     bh = tl.program_id(0).to(tl.int64)
     run = tl.program_id(1)
     lo = run * BA
-    if HAS_START:
-        num0 = tl.load(Start + bh * 2).to(tl.float64)
-        den0 = tl.load(Start + bh * 2 + 1).to(tl.float64)
-    else:
-        num0 = tl.zeros([], tl.float64)
-        den0 = tl.zeros([], tl.float64)
+    num0 = tl.load(Start + bh * 2, mask=has_start != 0, other=0.0).to(tl.float64)
+    den0 = tl.load(Start + bh * 2 + 1, mask=has_start != 0, other=0.0).to(tl.float64)
     t_base = Terms + bh * 2 * n_anchor
     # the sums before this run from the earlier runs' totals (auto-global: every run's)
     n_runs = (n_anchor + BA - 1) // BA
@@ -165,12 +166,12 @@ def _lambda_scale_kernel(
         num = num_before + tl.cumsum(term_num, axis=0)
         den = den_before + tl.cumsum(term_den, axis=0)
     lam = _lstsq_lambda(num, den, MODE).to(tl.float32)
-    n_blocks = n_anchor + CARRIED
+    n_blocks = n_anchor + carried
     g_base = Given + bh * n_blocks * D
     m2 = a_ok[:, None] & d_ok[None, :]
     delta = tl.load(Deltas + bh * n_anchor * D + a[:, None] * D + offs_d[None, :], mask=m2, other=0.0)
-    tl.store(g_base + (a + CARRIED)[:, None] * D + offs_d[None, :], delta * lam[:, None], mask=m2)
-    if CARRIED:
+    tl.store(g_base + (a + carried)[:, None] * D + offs_d[None, :], delta * lam[:, None], mask=m2)
+    if carried != 0:
         if run == 0:  # the carried block keeps the carried sums' λ (auto-global: the call's)
             if MODE == 2:
                 lam0 = _lstsq_lambda(num_before, den_before, MODE).to(tl.float32)
@@ -213,11 +214,15 @@ def scaled_block_deltas(
     sums = torch.empty(bsz, heads, 2, device=device, dtype=torch.float64)
     prev = plan.carried_delta if carried else plan.previous_delta
     has_prev = prev is not None
-    prev = prev.float().contiguous() if has_prev else given  # (unread without HAS_PREV)
+    # Every pointer keeps one type and 16-byte alignment whatever the call has (absent inputs get stand-ins of the
+    # same dtype, the covered mask is offset by an argument rather than sliced): one compilation serves all calls
+    prev = prev.float().contiguous() if has_prev else given  # (unread without has_prev)
     start = plan.carried_sums.double().contiguous() if plan.carried_sums is not None else sums
+    # entry 0 is the block before the call's first block; with a carried block, the one before its first anchor
     covered = fully_covered_blocks(plan, plan.first_block - 1, n_blocks + 1, device=device)
-    if covered is not None:  # entry 0: the block before the call's first anchor (carried or previous)
-        covered = covered[int(carried) :]
+    has_covered = covered is not None
+    if not has_covered:
+        covered = torch.zeros(1, dtype=torch.bool, device=device)
     cfg = dict(CONFIG if config is None else config)
     ba, bp = cfg.pop("BA"), cfg.pop("BP")
     bd = max(16, triton.next_power_of_2(d))
@@ -229,19 +234,20 @@ def scaled_block_deltas(
         _lambda_terms_kernel[(bh, n_runs)](
             deltas,
             prev,
-            covered if covered is not None else given,
+            covered,
             terms,
             run_sums,
             n_anchor,
+            int(has_prev),
+            int(has_covered),
+            int(carried),
             D=d,
             BD=bd,
             BA=ba,
-            HAS_PREV=has_prev,
-            HAS_COVERED=covered is not None,
             **cfg,
         )
-    else:  # a chunk inside the carried block: no anchor, no term
-        terms = run_sums = sums
+    else:  # a chunk inside the carried block: no anchor, no term (stand-ins of the usual dtypes)
+        terms, run_sums = given, sums
     _lambda_scale_kernel[(bh, max(1, n_runs))](
         deltas,
         prev,
@@ -251,12 +257,12 @@ def scaled_block_deltas(
         given,
         sums,
         n_anchor,
+        int(carried),
+        int(plan.carried_sums is not None),
         D=d,
         BD=bd,
         BA=ba,
         BP=bp,
-        CARRIED=carried,
-        HAS_START=plan.carried_sums is not None,
         MODE=MODES[mode],
         **cfg,
     )
