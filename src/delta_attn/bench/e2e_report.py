@@ -55,16 +55,13 @@ def dense_fit(cells: list[dict]) -> dict | None:
     pts = sorted((c["n"], c["ttft_s"]) for c in cells if c["method"] == "dense" and not c["chunk"] and "ttft_s" in c)
     if len(pts) < 2:
         return None
-    # the 2x2 normal equations of the least-squares fit (no numpy needed), in x = N / the longest N (well scaled)
+    import numpy as np
+
+    # least squares in x = N / the longest N, so that the N and N² columns are of one scale at 1M too
     scale = pts[-1][0]
-    xs = [(n / scale, t) for n, t in pts]
-    s2 = sum(x**2 for x, _ in xs)
-    s3 = sum(x**3 for x, _ in xs)
-    s4 = sum(x**4 for x, _ in xs)
-    t1 = sum(x * t for x, t in xs)
-    t2 = sum(x * x * t for x, t in xs)
-    det = s2 * s4 - s3 * s3
-    a, b = (t1 * s4 - t2 * s3) / det / scale, (s2 * t2 - s3 * t1) / det / scale**2
+    x = np.array([n for n, _ in pts], dtype=np.float64) / scale
+    (a, b), *_ = np.linalg.lstsq(np.stack([x, x * x], axis=1), np.array([t for _, t in pts]), rcond=None)
+    a, b = float(a) / scale, float(b) / scale**2
     backends = dense_backends(cells)
     note = f"N² fit of {len(pts)} measured dense lengths"
     names = {backends.get(n) for n, _ in pts}
