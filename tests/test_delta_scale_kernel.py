@@ -13,12 +13,11 @@ against its Õ. As in test_kernels_interp, the interpreter needs a fresh process
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from interpreted import run_interpreted
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the interpreter is CPU-only")
@@ -105,17 +104,9 @@ print("ROWS " + json.dumps(rows))
 """
 
 
-def _run(seed, cases, *extra):
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(seed), json.dumps(cases), *extra],
-        env=dict(os.environ, TRITON_INTERPRET="1"),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROWS ")]
-    assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads(lines[-1][len("ROWS ") :])
+def _run(probe, seed, cases, *extra):
+    """The rows ``probe`` prints (``ROWS <json>``), run in a fresh process under the interpreter."""
+    return run_interpreted(["-c", probe, str(seed), json.dumps(cases), *extra], "ROWS ")
 
 
 SMALL = dict(BA=8, BP=4, num_warps=4)  # several runs per head and several prefix steps at these sizes
@@ -145,7 +136,7 @@ def _cases():
 
 def test_fused_lambda_matches_delta_scales(seed):
     cases = _cases()
-    rows = _run(seed, cases, "anchor")
+    rows = _run(PROBE, seed, cases, "anchor")
     anchor = rows.pop()
     assert len(rows) == len(cases)
     seen = {"start": 0, "previous": 0, "carried": 0, "covered": 0, "no-anchor": 0, "inner": 0, "clipped": 0}
@@ -245,16 +236,7 @@ PREFILL_CASES = [
 def test_fused_lambda_prefill_matches_reference(seed):
     """The whole λ prefill (anchor kernel D − Õ → λ kernels → sparse epilogue) equals the PyTorch reference
     (``combine.delta_scales``) in float32 to rounding, and the float64 reference as closely as that does."""
-    proc = subprocess.run(
-        [sys.executable, "-c", PREFILL, str(seed), json.dumps(PREFILL_CASES)],
-        env=dict(os.environ, TRITON_INTERPRET="1"),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROWS ")]
-    assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = json.loads(lines[-1][len("ROWS ") :])
+    rows = _run(PREFILL, seed, PREFILL_CASES)
     assert len(rows) == len(PREFILL_CASES)
     for row in rows:
         case = row["case"]

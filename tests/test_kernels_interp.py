@@ -13,12 +13,11 @@ masks ("mask has unsupported dtype").
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from interpreted import run_interpreted
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: test_kernels_gpu runs instead")
@@ -46,16 +45,7 @@ def _run_tiny(names: list[str], seed: int, kernel_config: str | None = None) -> 
     args = ["--tiny", "--json", "--seed", str(seed), "--cases", ",".join(names)]
     if kernel_config:
         args += ["--kernel-config", kernel_config]
-    proc = subprocess.run(
-        [sys.executable, "-m", "delta_attn.bench.check", *args],
-        env=dict(os.environ, TRITON_INTERPRET="1"),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
-    assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads(lines[-1])
+    return run_interpreted(["-m", "delta_attn.bench.check", *args], "[")
 
 
 def test_tiny_cases_in_interpreter(seed):

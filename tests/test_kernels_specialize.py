@@ -12,13 +12,12 @@ like ``PreallocatedCache``) use.
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
+
+from interpreted import run_interpreted
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the interpreter is CPU-only")
@@ -61,16 +60,8 @@ print("COUNTS " + json.dumps(counts))
 
 
 def _keys_per_length(lengths, configs, chunk, tiles=None):
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(lengths), json.dumps(configs), str(chunk), json.dumps(tiles or {})],
-        env=dict(os.environ, TRITON_INTERPRET="1"),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("COUNTS ")]
-    assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads(lines[-1][len("COUNTS ") :])
+    args = [json.dumps(lengths), json.dumps(configs), str(chunk), json.dumps(tiles or {})]
+    return run_interpreted(["-c", PROBE, *args], "COUNTS ")
 
 
 TMA = {"dense": {"USE_TMA": True}, "sparse": {"USE_TMA": True}}  # host descriptors: 2-D contiguous, 4-D strided
