@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import LOG2E, kv_pointers, load_kv, load_q_rows, softmax_step
+from .core import LOG2E, kv_pointers, load_kv, load_q_rows, row_pointers, softmax_step
 from .dense_rows import kernel_config
 from .sparse import PATTERN_RANGES, SparseSpec, _allowed
 
@@ -133,18 +133,9 @@ def _anchor_sparse_kernel(
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     out_mask = row_ok[:, None] & d_ok[None, :]
     if HAS_DENSE:  # the raw Δ of each anchor
-        d_ptrs = (
-            Dense
-            + b.to(tl.int64) * sdb
-            + head[:, None].to(tl.int64) * sdh
-            + a[:, None].to(tl.int64) * sdn
-            + offs_d[None, :]
-        )
+        d_ptrs = row_pointers(Dense, b, head, a, sdb, sdh, sdn, offs_d)
         o = tl.load(d_ptrs, mask=out_mask, other=0.0).to(tl.float32) - o
-    o_ptrs = (
-        Out + b.to(tl.int64) * sob + head[:, None].to(tl.int64) * soh + a[:, None].to(tl.int64) * son + offs_d[None, :]
-    )
-    tl.store(o_ptrs, o, mask=out_mask)
+    tl.store(row_pointers(Out, b, head, a, sob, soh, son, offs_d), o, mask=out_mask)
 
 
 def anchor_sparse_rows(

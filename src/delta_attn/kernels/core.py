@@ -44,17 +44,19 @@ def softmax_step(acc, l_i, m_i, q, k, v, qk_scale, allowed, MASKED: tl.constexpr
 
 
 @triton.jit
+def row_pointers(X, b, head, row, sxb, sxh, sxn, offs_d):
+    """Pointers [BM, BD] into a (B, H, N, D) tensor with unit stride on D: tile row r is row ``row[r]`` of head
+    ``head[r]`` of sequence ``b``. int64 offsets: a 1M-token tensor overflows int32."""
+    return (
+        X + b.to(tl.int64) * sxb + head[:, None].to(tl.int64) * sxh + row[:, None].to(tl.int64) * sxn + offs_d[None, :]
+    )
+
+
+@triton.jit
 def load_q_rows(Q, b, head, pos, q_start, sqb, sqh, sqn, offs_d, row_ok, d_ok):
     """The query tile [BM, BD]: row r is position ``pos[r]`` of query head ``head[r]`` of sequence ``b``
-    (Q holds positions ``q_start``…), zeros where ``row_ok`` or ``d_ok`` is False. int64 offsets: a 1M-token
-    Q overflows int32."""
-    ptrs = (
-        Q
-        + b.to(tl.int64) * sqb
-        + head[:, None].to(tl.int64) * sqh
-        + (pos - q_start)[:, None].to(tl.int64) * sqn
-        + offs_d[None, :]
-    )
+    (Q holds positions ``q_start``…), zeros where ``row_ok`` or ``d_ok`` is False."""
+    ptrs = row_pointers(Q, b, head, pos - q_start, sqb, sqh, sqn, offs_d)
     return tl.load(ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
 

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import LOG2E, kv_pointers, load_kv, load_q_rows, make_kv_descriptors, softmax_step
+from .core import LOG2E, kv_pointers, load_kv, load_q_rows, make_kv_descriptors, row_pointers, softmax_step
 
 
 @dataclass(frozen=True)
@@ -185,13 +185,7 @@ def _dense_rows_kernel(
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     if slot < 0:  # the whole key range in one item: final output
-        o_ptrs = (
-            Out
-            + b.to(tl.int64) * sob
-            + head[:, None].to(tl.int64) * soh
-            + a[:, None].to(tl.int64) * son
-            + offs_d[None, :]
-        )
+        o_ptrs = row_pointers(Out, b, head, a, sob, soh, son, offs_d)
         tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     else:  # one chunk of a split tile: normalised partial output + log2-sum-exp
         base = (bh.to(tl.int64) * n_slots + slot) * BM
@@ -247,10 +241,7 @@ def _merge_kernel(
     a = r // G
     head = hk * G + r % G
     ok = (a < n_rows)[:, None] & (offs_d < D)[None, :]
-    o_ptrs = (
-        Out + b.to(tl.int64) * sob + head[:, None].to(tl.int64) * soh + a[:, None].to(tl.int64) * son + offs_d[None, :]
-    )
-    tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=ok)
+    tl.store(row_pointers(Out, b, head, a, sob, soh, son, offs_d), o.to(Out.dtype.element_ty), mask=ok)
 
 
 @dataclass

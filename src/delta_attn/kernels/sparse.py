@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .core import LOG2E, kv_pointers, load_kv, load_q_rows, make_kv_descriptors, softmax_step
+from .core import LOG2E, kv_pointers, load_kv, load_q_rows, make_kv_descriptors, row_pointers, softmax_step
 from .dense_rows import kernel_config, kv_descriptors
 
 # Launch configuration per input dtype, chosen by `python -m delta_attn.bench.launch` on an H200
@@ -404,13 +404,7 @@ def _sparse_kernel(
         o = o + corr
         if EXACT_ANCHOR:
             o = tl.where(is_anchor[:, None], exact, o)
-    o_ptrs = (
-        Out
-        + b.to(tl.int64) * sob
-        + h[:, None].to(tl.int64) * soh
-        + (pos - q_start)[:, None].to(tl.int64) * son
-        + offs_d[None, :]
-    )
+    o_ptrs = row_pointers(Out, b, h, pos - q_start, sob, soh, son, offs_d)
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
