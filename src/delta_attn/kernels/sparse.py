@@ -359,10 +359,9 @@ def _sparse_kernel(
 
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     if EPILOGUE != 0:
-        # λΔ of every γ-block of the tile (γ divides BMP), broadcast to its rows
-        corr = tl.zeros([BM, BD], tl.float32)
-        exact = tl.zeros([BM, BD], tl.float32)  # D of the anchor rows (EXACT_ANCHOR)
-        is_anchor = rows < 0
+        # λΔ of every γ-block of the tile (γ divides BMP), added to its rows in place: block s reads its anchor's
+        # Õ from rows not yet changed (earlier blocks only touch their own rows), and no second [BM, BD]
+        # temporary stays live (with one, BM = 128 tiles spilled registers)
         for s in tl.static_range(BM // GAMMA):
             h_a = h0 + (s * GAMMA) // BMP  # head and position of the block's anchor row
             a_pos = tile_p0 + (s * GAMMA) % BMP
@@ -396,14 +395,9 @@ def _sparse_kernel(
                     mask=d_ok & (own | carried) & (a_pos < row_end),
                     other=0.0,
                 )
-            corr += tl.where(((rows // GAMMA) == s)[:, None], delta[None, :], 0.0)
-            if EXACT_ANCHOR:
-                at = (rows == s * GAMMA) & own
-                exact += tl.where(at[:, None], d_a[None, :], 0.0)
-                is_anchor = is_anchor | at
-        o = o + corr
-        if EXACT_ANCHOR:
-            o = tl.where(is_anchor[:, None], exact, o)
+            o = tl.where(((rows // GAMMA) == s)[:, None], o + delta[None, :], o)
+            if EXACT_ANCHOR:  # λ ≠ 1: the anchor row stores D itself
+                o = tl.where(((rows == s * GAMMA) & own)[:, None], d_a[None, :], o)
     o_ptrs = row_pointers(Out, b, h, pos - q_start, sob, soh, son, offs_d)
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
