@@ -129,6 +129,7 @@ def test_e2e_time_limit_oom_and_errors_are_recorded(tmp_path, monkeypatch):
         (["--dense-backend", "math"], "--dense-backend"),
         (["--chunk-methods", "dense"], "--chunk-methods"),
         (["--chunk-cache", "static"], "--chunk-cache"),
+        (["--kernel-config", "/nonexistent/best_128K.json"], "--kernel-config"),
     ],
 )
 def test_e2e_usage_errors_before_any_model(bad, message, monkeypatch, capsys):
@@ -382,3 +383,45 @@ def test_dense_fit_uses_dense_cells_only_and_names_their_backends():
     assert same["note"] == "N² fit of 3 measured dense lengths, all on cudnn"
     assert e2e_report.dense_fit([_dense_cell(n, 1.0) for n in lengths])["note"] == "N² fit of 3 measured dense lengths"
     assert e2e_report.dense_fit(cells[:1] + cells[3:]) is None  # one measured dense length
+
+
+def test_kernel_config_file_runs_the_model_with_those_launch_configs_then_restores_them(tmp_path, monkeypatch):
+    """--kernel-config: the whole model's forward runs with the file's launch configs (the model passes none
+    itself); the tables are back to the shipped ones afterwards, and the results record the file's contents."""
+    pytest.importorskip("triton")
+    from delta_attn.kernels import dense_rows, sparse
+
+    shipped = (dict(dense_rows.CONFIG["half"]), dict(sparse.CONFIG["half"]))
+    wanted = {"dense": dict(shipped[0], num_stages=2), "sparse": dict(shipped[1], BM=128, num_warps=8)}
+    path = tmp_path / "best_128K.json"
+    path.write_text(json.dumps(wanted))
+    seen = []
+    real_run = e2e.run_e2e
+
+    def spy(args, opts):
+        seen.append((dict(dense_rows.CONFIG["half"]), dict(sparse.CONFIG["half"])))
+        return real_run(args, opts)
+
+    monkeypatch.setattr(e2e, "run_e2e", spy)
+    out = tmp_path / "run"
+    argv = [*TINY, "--lengths", "128", "--methods", "delta", "--warmup-length", "64", "--reps", "1"]
+    assert cli_main(["bench", "e2e", *argv, "--kernel-config", str(path), "--out", str(out)]) == 0
+    assert seen == [(wanted["dense"], wanted["sparse"])]
+    assert (dense_rows.CONFIG["half"], sparse.CONFIG["half"]) == shipped
+    assert json.loads((out / "results.json").read_text())["meta"]["kernel_config"] == wanted
+
+
+def test_launch_configs_restore_after_an_error_and_refuse_unknown_keys():
+    pytest.importorskip("triton")
+    from delta_attn.kernels import dense_rows, sparse
+    from delta_attn.kernels.prefill import launch_configs
+
+    shipped = (dict(dense_rows.CONFIG["half"]), dict(sparse.CONFIG["half"]))
+    with pytest.raises(RuntimeError, match="inside"):
+        with launch_configs({"sparse": dict(shipped[1], num_stages=2)}):
+            assert sparse.CONFIG["half"]["num_stages"] == 2 and dense_rows.CONFIG["half"] == shipped[0]
+            raise RuntimeError("inside")
+    assert (dense_rows.CONFIG["half"], sparse.CONFIG["half"]) == shipped
+    with pytest.raises(ValueError, match="unknown keys"):
+        with launch_configs({"rows": {}}):
+            pass

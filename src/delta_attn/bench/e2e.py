@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import sys
@@ -675,7 +676,15 @@ def run(args: argparse.Namespace) -> int:
     if not hasattr(args, "argv"):
         args.argv = sys.argv[3:]
     opts = validate(args)
-    res = run_e2e(args, opts)
+    if getattr(args, "kernel_config", ""):
+        from ..kernels.prefill import launch_configs
+
+        with launch_configs(args.kernel_config):
+            res = run_e2e(args, opts)
+        with open(args.kernel_config) as f:
+            res["meta"]["kernel_config"] = json.load(f)
+    else:
+        res = run_e2e(args, opts)
     if res["meta"]["rank"] != 0:  # context parallel: rank 0 reports
         return 0
     md = write(res, args.out)

@@ -151,6 +151,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     )
     p.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
     p.add_argument(
+        "--kernel-config",
+        default="",
+        help='JSON file {"dense": {...}, "sparse": {...}} of launch configs for the Triton kernels (what '
+        "`python -m delta_attn.bench.launch` writes as best_<N>.json; default: the ones in the code)",
+    )
+    p.add_argument(
         "--out",
         default="runs/bench-e2e",
         help="directory for results.json, results.md, plot.png (default runs/bench-e2e)",
@@ -201,6 +207,8 @@ def validate(args: argparse.Namespace) -> dict:
         ) from None
     if profile_length is not None and args.parallel != "none":
         raise UsageError("--profile-length profiles on one device: leave out --parallel")
+    if getattr(args, "kernel_config", "") and not os.path.isfile(args.kernel_config):
+        raise UsageError(f"--kernel-config {args.kernel_config!r}: no such file")
     chunk_caches = _csv(args.chunk_cache)
     if not chunk_caches or [x for x in chunk_caches if x not in CHUNK_CACHES]:
         raise UsageError(f"--chunk-cache: choose from {', '.join(CHUNK_CACHES)}, got {args.chunk_cache!r}")

@@ -30,6 +30,9 @@ gather over those rows only); ``linear`` with extra anchors is combined in PyTor
 
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
@@ -52,6 +55,35 @@ _INTERPRET = interpreting()
 if _INTERPRET:
     enable_interpreter()
 _ALLOCATOR_SET = False
+
+
+@contextmanager
+def launch_configs(table: dict | str | None):
+    """Run the block with other launch configurations for half-precision inputs.
+
+    ``table``: ``{"dense": {...}, "sparse": {...}}`` (either key may be left out), or the path of a JSON file
+    holding it — what ``python -m delta_attn.bench.launch`` writes as ``best_<N>.json``. Each given entry
+    replaces ``CONFIG["half"]`` of :mod:`.dense_rows` / :mod:`.sparse` until the block ends. For benchmarks of a
+    whole model (``delta-attn bench e2e --kernel-config``), whose forward passes no ``kernel_configs``; a
+    process-wide setting, so not for concurrent use.
+    """
+    from . import dense_rows as dense_mod
+
+    if isinstance(table, str):
+        with open(table) as f:
+            table = json.load(f)
+    table = table or {}
+    unknown = set(table) - {"dense", "sparse"}
+    if unknown:
+        raise ValueError(f"launch configs: unknown keys {sorted(unknown)}; expected 'dense' and/or 'sparse'")
+    saved = {name: dict(mod.CONFIG["half"]) for name, mod in (("dense", dense_mod), ("sparse", sparse_mod))}
+    try:
+        for name, mod in (("dense", dense_mod), ("sparse", sparse_mod)):
+            if table.get(name):
+                mod.CONFIG["half"] = dict(table[name])
+        yield
+    finally:
+        dense_mod.CONFIG["half"], sparse_mod.CONFIG["half"] = saved["dense"], saved["sparse"]
 
 
 def _supported(q: Tensor) -> bool:
