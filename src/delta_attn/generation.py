@@ -84,9 +84,9 @@ def resolve_chunk_size(model, n: int, chunk_size: ChunkSize = AUTO) -> int | Non
     only where chunking is the better choice and can run: the prompt is longer than :data:`AUTO_CHUNK_ABOVE`
     tokens, the model is switched to Δ attention (:func:`delta_attn.enable`: chunked prefill needs it) and its
     config is causal (:attr:`~delta_attn.DeltaConfig.is_causal`: a non-causal one must see the whole prompt).
-    Chunks bound the activation memory to one chunk at about the one-shot time: 1.00–1.04× at 128K–512K on an
-    H100, the 512K peak 19.4 GB instead of 50.5 GB (BENCHMARKS.md, 2026-12-06/07). Shorter prompts gain nothing
-    from chunking and keep the one forward.
+    Chunks bound the activation memory to one chunk at about the one-shot time: on an H100, 1.00–1.04× at
+    128K–512K (1.03–1.12× in an earlier run), the 512K peak 19.4 GB instead of 50.5 GB (BENCHMARKS.md,
+    2026-12-07 and 2026-12-06). Shorter prompts keep the one forward: their activations are small anyway.
     """
     _check_chunk_size(chunk_size)
     if chunk_size != AUTO:
