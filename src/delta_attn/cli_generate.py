@@ -6,10 +6,13 @@ default SmolLM2-135M-Instruct).
 
 The prompt is wrapped in the model's chat template, its trailing whitespace (a file's final newline)
 stripped; ``--raw`` feeds it exactly as it is, without template or stripping. Prefill uses the
-chosen mode (``delta`` by default) and decode is dense over the full KV cache. ``--chunk-size``
-prefills long prompts in chunks with :func:`delta_attn.chunked_prefill`. A prompt longer than the
-model's context is an error unless ``--allow-overflow``; a reply that would run past the context is
-cut at the context's end (with a note) unless ``--allow-overflow``.
+chosen mode (``delta`` by default) and decode is dense over the full KV cache. ``--chunk-size N``
+prefills in chunks of N tokens with :func:`delta_attn.chunked_prefill` (into the in-place KV cache),
+``--chunk-size 0`` in one forward; the default ``auto`` chunks prompts longer than 32,768 tokens in
+chunks of 16,384 when the settings are causal (:func:`delta_attn.generation.resolve_chunk_size`: it
+bounds activation memory at about the one-shot time) and runs shorter ones in one forward. A prompt
+longer than the model's context is an error unless ``--allow-overflow``; a reply that would run past
+the context is cut at the context's end (with a note) unless ``--allow-overflow``.
 """
 
 from __future__ import annotations
@@ -63,13 +66,13 @@ def run(args) -> int:
     if not args.raw:  # a file's trailing newline would be part of the question (and change the answer)
         text = text.rstrip()
     config = opt.delta_config(args)
-    if args.chunk_size and not config.is_causal:
+    if isinstance(args.chunk_size, int) and not config.is_causal:  # "auto" falls back to one forward by itself
         raise opt.UsageError(f"--chunk-size {args.chunk_size}: {config.non_causal_problem('it cannot run chunked')}")
     info = model_info(args.model, rope_scaling=args.rope_scaling)
     _check_dense_layers(args.dense_layers, info.num_layers)
     opt.check_device(args.device)
 
-    from .generation import SamplingParams, generate, stop_token_ids
+    from .generation import SamplingParams, generate, resolve_chunk_size, stop_token_ids
     from .hf import enable
     from .models import load_model, load_tokenizer
 
@@ -94,9 +97,11 @@ def run(args) -> int:
 
     model, tokenizer = load_model(args.model, device=args.device, rope_scaling=args.rope_scaling)
     enable(model, config)
+    chunk = resolve_chunk_size(model, len(ids), args.chunk_size)
+    how = f"in chunks of {chunk}" if chunk else "in one forward"
     print(
         f"[{len(ids)} prompt tokens; {config.mode} prefill ({config.method_name} sink {config.sink} + window "
-        f"{config.window}, gamma {config.gamma}), dense decode]",
+        f"{config.window}, gamma {config.gamma}) {how}, dense decode]",
         file=sys.stderr,
         flush=True,
     )
@@ -104,7 +109,7 @@ def run(args) -> int:
         model,
         [ids],
         SamplingParams(max_new, stop_token_ids=stop_token_ids(tokenizer)),
-        chunk_size=args.chunk_size,
+        chunk_size=chunk,
         on_token=_Printer(tokenizer),
     )
     print()
@@ -129,7 +134,7 @@ def register(subparsers) -> None:
         "template, and trailing whitespace stripped)",
     )
     opt.add_method_options(p, window=2048, sink=128, gamma=64)
-    opt.add_chunk_option(p)
+    opt.add_auto_chunk_option(p)
     opt.add_model_options(p)
     opt.add_overflow_option(p)
     p.set_defaults(func=run)

@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import BACKENDS, INTERPS, MODES
+from .config import AUTO_CHUNK_ABOVE, AUTO_CHUNK_SIZE, BACKENDS, INTERPS, MODES
 
 OVERFLOW_OPTION = "--allow-overflow"
 #: the model dtypes ``--dtype`` accepts (eval plan's ``--dtype`` too, which matches records by it)
@@ -40,6 +40,22 @@ def positive_int(text: str) -> int:
 def nonnegative_int(text: str) -> int:
     """An int >= 0."""
     return _int_at_least(text, 0)
+
+
+def chunk_size_or_auto(text: str) -> int | str | None:
+    """``--chunk-size`` of ``generate``: "auto" (kept as is, resolved by :func:`delta_attn.generation.prefill`),
+    0 (None: the whole prompt in one forward) or tokens per chunk."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 0 (one forward) or a chunk size in tokens, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or >= 0 (0: one forward), got {value}")
+    return value or None
 
 
 def _int_at_least(text: str, minimum: int) -> int:
@@ -391,6 +407,18 @@ def add_chunk_option(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="prefill in chunks of this many tokens (default: the whole prompt in one chunk)",
+    )
+
+
+def add_auto_chunk_option(p: argparse.ArgumentParser) -> None:
+    """``--chunk-size`` defaulting to "auto" (:func:`delta_attn.generation.resolve_chunk_size`'s rule)."""
+    p.add_argument(
+        "--chunk-size",
+        type=chunk_size_or_auto,
+        default="auto",
+        help=f"prefill in chunks of this many tokens into the in-place KV cache; 0: the whole prompt in one "
+        f"forward (default auto: chunks of {AUTO_CHUNK_SIZE} for prompts over {AUTO_CHUNK_ABOVE} tokens with "
+        "causal settings, which bounds activation memory at about the one-shot time; one forward otherwise)",
     )
 
 

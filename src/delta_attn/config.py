@@ -33,6 +33,15 @@ DELTA_SCALE_MODES = ("auto", "auto-decay", "auto-global")
 CAUSAL_SCALE_MODES = ("auto", "auto-decay")
 #: what a causal config looks like, for the errors of :meth:`DeltaConfig.require_causal`
 CAUSAL_SETTINGS = "interp='repeat'/'ema'/'abg', delta_scale a float, 'auto' or 'auto-decay', extra_anchors=0"
+#: ``chunk_size="auto"``, the default of :func:`delta_attn.generation.prefill` / ``generate`` and of
+#: ``delta-attn generate --chunk-size``: a prompt longer than AUTO_CHUNK_ABOVE tokens is prefilled in chunks of
+#: AUTO_CHUNK_SIZE tokens into the in-place cache when the model runs Δ with causal settings (one forward
+#: otherwise). On an H100 that took 1.00–1.04× the one-shot time at 128K–512K (1.03–1.12× in an earlier run)
+#: while the 512K peak fell from 50.5 to 19.4 GB (BENCHMARKS.md, 2026-12-07 and 2026-12-06). Defined here, not
+#: in generation.py, so that the CLI's help quotes them without importing torch; generation.py re-exports them
+#: and reads its own copies (patch those to change the rule).
+AUTO_CHUNK_SIZE = 16384
+AUTO_CHUNK_ABOVE = 32768
 
 
 #: the largest value of every integer field (token counts, strides, layer indices): 2**31 - 1, int32.

@@ -83,12 +83,15 @@ class Prefilled:
         logits: (B, vocab) logits at each prompt's last position.
         attention_mask: (B, N), 0 on left padding; None when no prompt is padded.
         seconds: the prefill's wall time (reported in the result).
+        chunk_size: the chunk size :func:`delta_attn.generation.prefill` ran with (its ``"auto"`` resolved);
+            None for one forward per micro-batch, and in a Prefilled built elsewhere.
     """
 
     cache: Any
     logits: torch.Tensor
     attention_mask: torch.Tensor | None = None
     seconds: float = 0.0
+    chunk_size: int | None = None
 
 
 @dataclass

@@ -183,6 +183,9 @@ def run_ruler(
                             [SamplingParams(s.max_new_tokens, stop_token_ids=stop_ids) for s in batch],
                             pad_id=pad_id,
                             prefill_batch=pb,
+                            # one forward per micro-batch, not generate's chunked "auto" for long prompts: the
+                            # protocol every evaluation in RESULTS.md ran with (chunked is equal up to rounding only)
+                            chunk_size=None,
                         )
                     except torch.OutOfMemoryError:
                         if bs == 1:

@@ -341,8 +341,8 @@ class Engine:
         from ..chunked import chunked_prefill
         from ..generation import Prefilled
 
-        if not self.chunk_size:
-            return prefill(self.served.model, [job.prompt_ids])
+        if not self.chunk_size:  # --chunk-size 0 asks for one forward: not prefill's chunked "auto"
+            return prefill(self.served.model, [job.prompt_ids], chunk_size=None)
         ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self._device)
         n, step = ids.shape[1], self.chunk_size
         t0 = time.perf_counter()

@@ -458,7 +458,8 @@ def hf_greedy(model, prompts: list[list[int]], cfg: DeltaConfig | None, max_new:
     if cfg is not None:
         delta_attn.enable(model, cfg)
     try:
-        res = [generate(model, [p], SamplingParams(max_new_tokens=max_new)).tokens[0] for p in prompts]
+        # one forward (not generate's chunked "auto" for long prompts), the protocol these checks were run with
+        res = [generate(model, [p], SamplingParams(max_new_tokens=max_new), chunk_size=None).tokens[0] for p in prompts]
     finally:
         if cfg is not None:
             delta_attn.disable(model)
