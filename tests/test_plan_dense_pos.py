@@ -33,3 +33,22 @@ def test_dense_positions_match_the_mask_definition(mode):
         plan = plan_call(config, q_start, n_keys, prompt_len, None)
         want = _expected(q_start, n_keys, prompt_len, config)
         assert torch.equal(plan.dense_pos, want), (seed, gamma, tail, prompt_len, n_keys, q_start)
+
+
+def test_dense_positions_are_built_only_when_read(monkeypatch):
+    """The Triton backend never reads ``dense_pos`` (it describes the rows by numbers): building it eagerly cost
+    three device kernels and allocations of host time before every call's first kernel."""
+    made = []
+    real_arange = torch.arange
+
+    def counting_arange(*args, **kwargs):
+        made.append(args)
+        return real_arange(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "arange", counting_arange)
+    plan = plan_call(DeltaConfig(gamma=16, tail=16), 0, 500, 500)
+    assert made == [] and "dense_pos" not in vars(plan)
+    first = plan.dense_pos
+    assert len(made) == 2 and plan.dense_pos is first  # built once, then cached
+    monkeypatch.undo()
+    assert torch.equal(first, _expected(0, 500, 500, DeltaConfig(gamma=16, tail=16)))

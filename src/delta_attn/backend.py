@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import torch
@@ -134,9 +135,12 @@ class CallPlan:
     The call's queries sit at absolute positions ``[q_start, n_keys)`` of a prompt of ``prompt_len``
     tokens; ``tail_start`` is where the prompt's exact tail begins.
 
-    dense_pos:     absolute positions (ascending, on the call's device) whose dense output D the
+    dense_pos:     absolute positions (ascending, on the call's ``device``) whose dense output D the
                    backend computes: the anchors ``anchor_lo, anchor_lo + γ, … < body_end`` then the
-                   tail rows ``[tail_lo, n_keys)`` (every row for ``dense``, none for ``sparse``).
+                   tail rows ``[tail_lo, n_keys)`` (every row for ``dense``, none for ``sparse``). Built on
+                   first use: the Triton backend describes the same rows by numbers
+                   (:class:`delta_attn.kernels.dense_rows.RowSet`) and never needs the tensor, whose
+                   three small device kernels and allocations were host time before every call's first kernel.
     carried_delta: (B, Hq, D) Δ of the γ-block open at ``q_start`` (its anchor came in an earlier
                    call), or None when the call starts a block or needs no Δ.
     carried_scan:  (B, Hq, S, D) ``ema``/``abg`` filter state after row ``q_start - 1``, or None.
@@ -151,11 +155,27 @@ class CallPlan:
     n_keys: int
     prompt_len: int
     tail_start: int
-    dense_pos: Tensor
+    device: torch.device | str | None = None
     carried_delta: Tensor | None = None
     carried_scan: Tensor | None = None
     carried_sums: Tensor | None = None
     previous_delta: Tensor | None = None
+
+    @cached_property
+    def dense_pos(self) -> Tensor:
+        config, q_start, n_keys = self.config, self.q_start, self.n_keys
+        if config.mode == "dense":
+            return torch.arange(q_start, n_keys, device=self.device)
+        if config.mode == "sparse":
+            return torch.arange(0, device=self.device)
+        # the anchors jγ ≥ q_start below the tail, then the tail: two aranges, no boolean index (a host sync)
+        first_anchor, anchor_end, dev = self.anchor_lo, min(self.tail_start, n_keys), self.device
+        return torch.cat(
+            [
+                torch.arange(first_anchor, max(first_anchor, anchor_end), config.gamma, device=dev),
+                torch.arange(self.tail_lo, n_keys, device=dev),
+            ]
+        )
 
     @property
     def gamma(self) -> int:
@@ -228,19 +248,7 @@ def plan_call(
         if q_start > 0 or prompt_len > n_keys:  # (linear runs on row blocks of one call: it reads its own keys)
             config.require_causal("a part of the prompt cannot be prefilled alone")
     tail_start = prompt_len - config.tail_rows(prompt_len)
-    if config.mode == "dense":
-        dense_pos = torch.arange(q_start, n_keys, device=device)
-    elif config.mode == "sparse":
-        dense_pos = torch.arange(0, device=device)
-    else:  # the anchors jγ ≥ q_start below the tail, then the tail: two aranges, no boolean index (a host sync)
-        first_anchor = -(-q_start // config.gamma) * config.gamma
-        dense_pos = torch.cat(
-            [
-                torch.arange(first_anchor, max(first_anchor, min(tail_start, n_keys)), config.gamma, device=device),
-                torch.arange(min(max(tail_start, q_start), n_keys), n_keys, device=device),
-            ]
-        )
-    plan = CallPlan(config, q_start, n_keys, prompt_len, tail_start, dense_pos)
+    plan = CallPlan(config, q_start, n_keys, prompt_len, tail_start, device)
     if not plan.has_body:
         return plan
     carried_delta = carried_scan = None
@@ -280,7 +288,7 @@ def plan_call(
         n_keys,
         prompt_len,
         tail_start,
-        dense_pos,
+        device,
         carried_delta,
         carried_scan,
         carried_sums,
