@@ -40,7 +40,11 @@ def _fake_results():
             dict(
                 n=1 << 17,
                 label="128K",
-                methods=dict(cudnn=meth(250.0, 1.0), delta=meth(16.0, 15.6), sparse=meth(11.0, 22.7)),
+                methods=dict(
+                    cudnn=meth(250.0, 1.0),
+                    delta=dict(meth(16.0, 15.6), ms_back_to_back=14.5, speedup_vs_cudnn_back_to_back=17.2),
+                    sparse=meth(11.0, 22.7),
+                ),
                 rows_vs_cudnn_tflops=0.9,
                 delta_extra_ms=5.0,
                 delta_extra_vs_dense_over_gamma=1.28,
@@ -54,7 +58,9 @@ def test_reports(tmp_path):
     res = _fake_results()
     md = markdown(res)
     assert "| 128K | delta | 16.00 |" in md and "OOM" in md and "1.28" in md
-    assert "15.6" in summary(res)
+    assert "| 14.50, 17.2 |" in md  # back to back beside the synchronised time, with its own ratio
+    assert "| 128K | sparse | 11.00 | 100 | 22.7 |  |" in md  # none measured: an empty cell
+    assert "15.6" in summary(res) and "17.2" in summary(res)
     plot(res, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000
     json.dumps(res)

@@ -24,7 +24,10 @@ compilation), then each length's first call is timed on its own (wall clock, syn
 reported as ``first ms`` and ``first ÷ steady``: what a server pays for a prompt length it has not
 seen (cuDNN's first call includes its plan for the new shape).
 
-Timing: CUDA events around each call, after warm-up; the median of repeated calls. Dense SDPA at
+Timing: CUDA events around each call, after warm-up; the median of repeated calls (synchronised around each
+call, so a call's host time before its first kernel counts). Beside it, ``back to back``: the same number of
+calls enqueued one after the other between one pair of events (:func:`time_back_to_back`), as a model's
+layers run, where that host time overlaps the GPU's work; both ratios to cuDNN are reported. Dense SDPA at
 the largest lengths (``--dense-once-above``) is timed from a single call (it takes seconds) and
 marked so. FLOPs are counted exactly by :mod:`delta_attn.cost` (allowed query-key pairs × 4·d per
 head). Each row reports ms, TFLOP/s, the speed-up over SDPA cuDNN from the same run, the fraction of the FLOP floor
@@ -155,6 +158,24 @@ def time_cuda(fn, *, warmup: int = 1, reps: int = 10, budget_s: float = 3.0, onc
     ts = [timed() for _ in range(n)]
     med = statistics.median(ts)
     return dict(ms=med, reps=n, spread=(max(ts) - min(ts)) / med, once=False)
+
+
+def time_back_to_back(fn, *, calls: int) -> float:
+    """ms per call of ``calls`` calls enqueued back to back between one pair of CUDA events (after one untimed
+    call): the host code of each call runs while the GPU works on the previous one, as it does between a model's
+    layers, so a call's host latency before its first kernel is not counted. :func:`time_cuda` synchronises
+    around every call and counts it. Same inputs every call; at the lengths reported K and V far exceed L2."""
+    import torch
+
+    fn()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    s.record()
+    for _ in range(calls):
+        fn()
+    e.record()
+    e.synchronize()
+    return s.elapsed_time(e) / calls
 
 
 def matmul_peak_tflops() -> float:
@@ -309,6 +330,7 @@ def run_layer(args) -> dict:
                     mem = peak_memory(fn)  # the first call at this length (synchronised inside)
                     first_ms = (time.perf_counter() - t0) * 1e3
                     t = time_cuda(fn, reps=args.reps, budget_s=args.budget)
+                    t["ms_back_to_back"] = time_back_to_back(fn, calls=t["reps"])
                 out = fn() if name not in ("cudnn", "flash") and args.nan_check else None
                 finite = None if out is None else bool(torch.isfinite(out).all().item())
                 del out
@@ -324,6 +346,7 @@ def run_layer(args) -> dict:
                     note=note,
                     first_ms=first_ms,
                     first_vs_steady=None if first_ms is None else first_ms / t["ms"],
+                    ms_back_to_back=t.get("ms_back_to_back"),
                 )
                 first = "" if first_ms is None else f"  first {first_ms:.2f} ms ({first_ms / t['ms']:.2f}x)"
                 print(
@@ -360,9 +383,12 @@ def run_layer(args) -> dict:
                 del qm, km, vm
         ms = row["methods"]
         if "cudnn" in ms and "ms" in ms["cudnn"]:
+            b2b_cudnn = ms["cudnn"].get("ms_back_to_back")
             for r in ms.values():
                 if "ms" in r:
                     r["speedup_vs_cudnn"] = ms["cudnn"]["ms"] / r["ms"]
+                    if b2b_cudnn and r.get("ms_back_to_back"):
+                        r["speedup_vs_cudnn_back_to_back"] = b2b_cudnn / r["ms_back_to_back"]
             if "rows" in ms and "ms" in ms["rows"]:
                 row["rows_vs_cudnn_tflops"] = ms["rows"]["tflops"] / ms["cudnn"]["tflops"]
             if "delta" in ms and "sparse" in ms and "ms" in ms["delta"] and "ms" in ms["sparse"]:
@@ -402,20 +428,23 @@ def markdown(res: dict) -> str:
         f"{meta['date']}; bf16 matmul rate {meta['matmul_tflops']:.0f} TFLOP/s (the FLOP floor's rate).",
         f"Command: `{meta['command']}`",
         "",
-        "| N | method | ms | TFLOP/s | × vs cuDNN | floor frac | peak mem GB | first call ÷ steady | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| N | method | ms | TFLOP/s | × vs cuDNN | back to back: ms, × vs cuDNN | floor frac | peak mem GB | "
+        "first call ÷ steady | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in res["results"]:
         for name, r in row["methods"].items():
             if "ms" not in r:
-                lines.append(f"| {row['label']} | {name} | — | — | — | — | — | — | {r.get('error', '')} |")
+                lines.append(f"| {row['label']} | {name} | — | — | — | — | — | — | — | {r.get('error', '')} |")
                 continue
             note = ", ".join(x for x in [r.get("note", ""), "timed once" if r.get("once") else ""] if x)
             sp = r.get("speedup_vs_cudnn")
             fv = r.get("first_vs_steady")
+            b2b, b2b_sp = r.get("ms_back_to_back"), r.get("speedup_vs_cudnn_back_to_back")
+            b2b_cell = "" if b2b is None else f"{b2b:.2f}" + ("" if b2b_sp is None else f", {b2b_sp:.1f}")
             lines.append(
                 f"| {row['label']} | {name} | {r['ms']:.2f} | {r['tflops']:.0f} | "
-                f"{'' if sp is None else f'{sp:.1f}'} | {r['floor_frac']:.2f} | {r['peak_mem_gb']:.2f} | "
+                f"{'' if sp is None else f'{sp:.1f}'} | {b2b_cell} | {r['floor_frac']:.2f} | {r['peak_mem_gb']:.2f} | "
                 f"{'' if fv is None else f'{fv:.2f}'} | {note} |"
             )
     lines += [
@@ -437,7 +466,8 @@ def markdown(res: dict) -> str:
 def summary(res: dict) -> str:
     """A short fixed-width table: the headline ratios per length."""
     out = [
-        f"{'N':>5s} {'cuDNN ms':>10s} {'sparse ms':>9s} {'delta ms':>9s} {'x cuDNN':>8s} {'rows/cuDNN TF':>13s} "
+        f"{'N':>5s} {'cuDNN ms':>10s} {'sparse ms':>9s} {'delta ms':>9s} {'x cuDNN':>8s} {'x b2b':>6s} "
+        f"{'rows/cuDNN TF':>13s} "
         f"{'extra/(dense/g)':>15s} {'floor':>6s} {'delta 1st/steady':>16s}"
     ]
     for row in res["results"]:
@@ -446,7 +476,9 @@ def summary(res: dict) -> str:
         f = lambda x, p=".2f": "-" if x is None else format(x, p)  # noqa: E731
         out.append(
             f"{row['label']:>5s} {f(get('cudnn')):>10s} {f(get('sparse')):>9s} {f(get('delta')):>9s} "
-            f"{f(get('delta', 'speedup_vs_cudnn'), '.1f'):>8s} {f(row.get('rows_vs_cudnn_tflops')):>13s} "
+            f"{f(get('delta', 'speedup_vs_cudnn'), '.1f'):>8s} "
+            f"{f(get('delta', 'speedup_vs_cudnn_back_to_back'), '.1f'):>6s} "
+            f"{f(row.get('rows_vs_cudnn_tflops')):>13s} "
             f"{f(row.get('delta_extra_vs_dense_over_gamma')):>15s} {f(get('delta', 'floor_frac')):>6s} "
             f"{f(get('delta', 'first_vs_steady')):>16s}"
         )
