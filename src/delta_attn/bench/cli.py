@@ -39,8 +39,14 @@ def _e2e(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _e2e_report(args: argparse.Namespace) -> int:
+    from .e2e_merge import run
+
+    return run(args)
+
+
 def register(subparsers) -> None:
-    """Add ``bench`` (with ``layer`` and ``e2e``) to the ``delta-attn`` command line."""
+    """Add ``bench`` (with ``layer``, ``e2e`` and ``e2e-report``) to the ``delta-attn`` command line."""
     from .layer import build_parser
 
     bench = subparsers.add_parser(
@@ -65,4 +71,14 @@ def register(subparsers) -> None:
     )
     build_e2e_parser(e2e)
     e2e.set_defaults(func=_e2e)
+    from .e2e_merge import build_parser as build_e2e_report_parser
+
+    report = sub.add_parser(
+        "e2e-report",
+        help="one report (JSON, Markdown, log-log plot with dense's N² fit and Δ's floor) from several bench e2e runs",
+        description="Merge the results.json of several `bench e2e` runs of one model on one device into one "
+        "results.json, results.md and plot.png (see delta_attn/bench/e2e_merge.py).",
+    )
+    build_e2e_report_parser(report)
+    report.set_defaults(func=_e2e_report)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from ..cli_options import UsageError
 from ..config import DEFAULT_CONFIG
 from .e2e_options import SDPA_BACKENDS, SHAPES, build_parser, model_label, validate
-from .e2e_report import backend_timings_text, summary, variant_name, write
+from .e2e_report import add_ratios, backend_timings_text, summary, variant_name, write
 from .layer import fmt_length
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -111,6 +111,13 @@ def build_tp_model(args, max_len: int, device, dtype, rank: int):
     if rank == 0:
         shutil.rmtree(path, ignore_errors=True)
     return model
+
+
+def attention_shape(config) -> dict:
+    """The model's query heads, key/value heads and head dimension (every rank's whole model, not its shard)."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return dict(heads=heads, kv_heads=getattr(config, "num_key_value_heads", None) or heads, head_dim=head_dim)
 
 
 def count_params(model) -> int:
@@ -601,6 +608,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
         host=platform.node(),
         delta=dict(gamma=args.gamma, window=args.window, sink=args.sink, sparse="streaming"),
+        attention=attention_shape(model.config),  # the cost model's head counts (e2e-report's floor line)
         dense_backend=(
             "CP dense attention (cp_prefill, mode='dense')"
             if cp
@@ -657,19 +665,6 @@ def profile_prefills(model, ids, methods, delta_config, sdpa_backend, log) -> di
         if ids.is_cuda:
             torch.cuda.empty_cache()
     return out
-
-
-def add_ratios(cells: list[dict]) -> None:
-    """``speedup_vs_dense``: dense one-shot TTFT at the same length (same run) over the cell's TTFT."""
-    dense = {c["n"]: c["ttft_s"] for c in cells if c["method"] == "dense" and c["chunk"] == 0 and "ttft_s" in c}
-    one_shot = {(c["n"], c["method"]): c["ttft_s"] for c in cells if c["chunk"] == 0 and "ttft_s" in c}
-    for c in cells:
-        if "ttft_s" not in c:
-            continue
-        if c["n"] in dense:
-            c["speedup_vs_dense"] = dense[c["n"]] / c["ttft_s"]
-        if c["chunk"] and (c["n"], c["method"]) in one_shot:
-            c["chunked_over_one_shot"] = c["ttft_s"] / one_shot[(c["n"], c["method"])]
 
 
 def run(args: argparse.Namespace) -> int:
