@@ -164,8 +164,9 @@ def run(args: argparse.Namespace) -> int:
     from .e2e_report import ReportInputError
 
     loaded = [load_results(path) for path in args.inputs]
-    argv = getattr(args, "argv", None) or sys.argv[3:]
-    res = merge(loaded, "delta-attn bench e2e-report " + " ".join(argv))
+    # the command rebuilt from the options (sys.argv is another program's under a test or a script)
+    command = f"delta-attn bench e2e-report --inputs {' '.join(args.inputs)} --out {args.out}"
+    res = merge(loaded, command)
     for note in res["meta"]["merge_notes"]:
         print(f"note: {note}", flush=True)
     try:
@@ -183,7 +184,6 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv
     try:
         return run(args)
     except UsageError as exc:
