@@ -33,6 +33,10 @@ transformers' head-sharding plan (``tp_plan="auto"``) and runs the cells as on o
 local heads, chunked too), with the same reductions (dense's per-length backend timing too: each rank times its
 local heads, every rank takes the same pick). ``--device cpu`` runs the same code paths at tiny
 sizes (the ``tiny`` shape, float32; gloo for CP and TP) for tests.
+
+``delta-attn bench e2e-report --inputs DIR|JSON ... --out DIR`` (:mod:`.e2e_merge`) merges several runs of one model
+on one device (say dense + Δ at 32K/128K, and Δ chunked at 1M) into one report and log-log plot, with dense's N² fit
+extrapolated over every length and Δ's floor line (:func:`.e2e_report.floor_curve`).
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         nargs="+",
         required=True,
         metavar="PATH",
-        help="results of `delta-attn bench e2e`: its --out directories (their results.json) or .json files; for "
-        "an identical cell a later input wins",
+        help="(required) results of `delta-attn bench e2e`: its --out directories (their results.json) or .json "
+        "files; for an identical cell a later input wins",
     )
     p.add_argument(
         "--out",
