@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = int(args.func(args) or 0)
     except (UsageError, ModelMissingError, TextsMissingError, RopeScalingError) as exc:
-        command = " ".join(x for x in (args.command, getattr(args, "eval_command", None)) if x)
+        sub = (getattr(args, "eval_command", None), getattr(args, "bench_command", None))
+        command = " ".join(x for x in (args.command, *sub) if x)
         print(f"delta-attn {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
