@@ -20,7 +20,8 @@
 #                         2 reps each (first call = never-seen length); then Δ chunked into PreallocatedCache at 1M
 #                         (DynamicCache would copy the cache at every chunk: ~1 TB moved at 1M), dense at 1M
 #                         extrapolated from an N² fit of the measured dense times (labelled so, with the SDPA
-#                         backend each dense point ran on: the fastest at its length)
+#                         backend each dense point ran on: the fastest at its length); both runs merged by
+#                         `bench e2e-report` into $OUT/e2e_all (one log-log plot 32K → 1M with the fit and Δ's floor)
 #
 #   DRY=1 scripts/gpu_kernels.sh   CPU dry run: (a) and (c) through Triton's interpreter at tiny sizes plus every kernel
 #                                  variant compiled for sm_90 (bench/sm90_report.py), (b) checks the method names only,
@@ -223,6 +224,10 @@ timeout "$T2" $PY -m delta_attn.cli bench e2e "${E2E[@]}" --lengths "$L2" --meth
   --chunk-size "${L2_CHUNKS:-$CH}" --chunk-methods delta --chunk-cache preallocated \
   --reps 2 --out "$OUT/e2e_1m" > "$OUT/e2e_1m.log" 2>&1
 echo "exit $?"; grep -E "TTFT|warm-up|skipped|OOM" "$OUT/e2e_1m.log" 2>/dev/null | head -10
+fi
+if [ -f "$OUT/e2e/results.json" ] && [ -f "$OUT/e2e_1m/results.json" ]; then  # one plot over every length
+  $PY -m delta_attn.cli bench e2e-report --inputs "$OUT/e2e" "$OUT/e2e_1m" --out "$OUT/e2e_all" > "$OUT/e2e_all.log" 2>&1
+  echo "e2e-report exit $?: $OUT/e2e_all/plot.png"; grep -E "^note|no floor" "$OUT/e2e_all.log" | head -5
 fi
 fi
 
