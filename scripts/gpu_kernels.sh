@@ -227,7 +227,7 @@ echo "exit $?"; grep -E "TTFT|warm-up|skipped|OOM" "$OUT/e2e_1m.log" 2>/dev/null
 fi
 if [ -f "$OUT/e2e/results.json" ] && [ -f "$OUT/e2e_1m/results.json" ]; then  # one plot over every length
   $PY -m delta_attn.cli bench e2e-report --inputs "$OUT/e2e" "$OUT/e2e_1m" --out "$OUT/e2e_all" > "$OUT/e2e_all.log" 2>&1
-  echo "e2e-report exit $?: $OUT/e2e_all/plot.png"; grep -E "^note|no floor" "$OUT/e2e_all.log" | head -5
+  echo "e2e-report exit $?: $OUT/e2e_all/plot.png"; grep -E "^note|No floor" "$OUT/e2e_all.log" | head -5
 fi
 fi
 

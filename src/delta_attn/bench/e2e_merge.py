@@ -175,8 +175,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     print(md, flush=True)
     print(summary(res), flush=True)
-    if res.get("floor_error"):
-        print(f"no floor line: {res['floor_error']}", flush=True)
     print(f"wrote {os.path.join(args.out, 'results.json')}, results.md, plot.png", flush=True)
     return 0
 
