@@ -195,7 +195,7 @@ def extrapolate(res: dict, strict: bool = True) -> None:
         return
     measured = {c["n"] for c in cells if c["method"] == "dense" and not c["chunk"] and "ttft_s" in c}
     for c in cells:
-        if "ttft_s" in c and c["method"] != "dense" and c["n"] not in measured:
+        if "ttft_s" in c and c["method"] != "dense" and c["n"] not in measured and dense_fit_at(fit, c["n"]) > 0:
             c["speedup_vs_dense_fit"] = dense_fit_at(fit, c["n"]) / c["ttft_s"]
     if fit["a"] < 0 or fit["b"] < 0:
         res["floor_error"] = (
@@ -325,9 +325,12 @@ def fit_word(fit: dict, n: int) -> str:
 
 
 def fitted_dense_lengths(cells: list[dict]) -> set[int]:
-    """The lengths whose dense row comes from the fit: measured non-dense cells, no measured one-shot dense."""
+    """The lengths whose dense row comes from the fit: measured non-dense cells, no measured one-shot dense (and a
+    positive time there: a fit with a negative N² term, of overhead-bound tiny runs, falls below 0 further out)."""
+    fit = dense_fit(cells)
     measured = {c["n"] for c in cells if c["method"] == "dense" and not c["chunk"] and "ttft_s" in c}
-    return {c["n"] for c in cells if "ttft_s" in c and c["method"] != "dense"} - measured
+    wanted = {c["n"] for c in cells if "ttft_s" in c and c["method"] != "dense"} - measured
+    return {n for n in wanted if fit is not None and dense_fit_at(fit, n) > 0}
 
 
 def speedup_text(cell: dict, fit: dict | None) -> str:
