@@ -80,17 +80,14 @@ def test_two_runs_merge_into_one_report_over_every_length(runs, tmp_path, capsys
     assert fit["lengths"] == [128, 256]
     for n in (128, 256):  # two lengths, two coefficients: the fit goes through both points
         assert e2e_report.dense_fit_at(fit, n) == pytest.approx(by_key[(n, "dense", 0, "")]["ttft_s"], rel=1e-6)
-    at_512 = by_key[(512, "delta", 64, "preallocated")]
-    assert "speedup_vs_dense" not in at_512  # no dense ran at 512: only the fit's ratio, under its own name
-    assert at_512["speedup_vs_dense_fit"] == pytest.approx(e2e_report.dense_fit_at(fit, 512) / at_512["ttft_s"])
+    assert "speedup_vs_dense" not in by_key[(512, "delta", 64, "preallocated")]  # no dense ran at 512
     meta = res["meta"]
     assert [i["command"] for i in meta["inputs"]] == [r["meta"]["command"] for r in ran]
     assert meta["inputs"][1]["path"] == str(long_ / "results.json") and meta["merge_notes"] == []
     assert meta["attention"] == dict(heads=TINY_HEADS, kv_heads=2, head_dim=TINY_HEAD_DIM)
     assert (out / "plot.png").stat().st_size > 0
     md = (out / "results.md").read_text()
-    assert "| 512 | delta | 64 |" in md and "(extrapolated)" in md
-    assert f"| 512 | dense | one-shot | {e2e_report.dense_fit_at(fit, 512):.3f} **extrapolated** |" in md
+    assert "| 512 | delta | 64 |" in md and "| 256 | dense | one-shot |" in md
     assert "Run 1: Warm-up excluded" in md and "Run 2: Warm-up excluded" in md
     # the floor curve the plot draws, at lengths the runs never measured too
     ns = [128, 200, 256, 384, 512]
@@ -124,8 +121,14 @@ def test_floor_line_equals_the_formula_from_the_fit_and_the_cost_model(runs, tmp
         assert row["dense_fit_s"] == pytest.approx(a * n + b * n * n, rel=1e-9)
         assert 0 < row["delta_flops"] <= row["dense_flops"]
     assert res["floor"][-1]["delta_flops"] < res["floor"][-1]["dense_flops"]  # 512 tokens: beyond Δ's exact tail
+    at_512 = next(c for c in res["cells"] if c["n"] == 512)
+    # no dense ran at 512: only the fit's ratio, under its own name
+    assert "speedup_vs_dense" not in at_512
+    assert at_512["speedup_vs_dense_fit"] == pytest.approx((a * 512 + b * 512**2) / at_512["ttft_s"], rel=1e-9)
     md = (out / "results.md").read_text()
     assert f"| 512 | {a * 512 + b * 512**2:.3f} |" in md and f"{independent_floor(a, b, 512):.3f} |" in md
+    assert f"| 512 | dense | one-shot | {a * 512 + b * 512**2:.3f} **extrapolated** |" in md
+    assert f"| {at_512['speedup_vs_dense_fit']:.2f} (extrapolated) |" in md
 
 
 @pytest.mark.slow
@@ -171,9 +174,31 @@ def test_a_missing_input_is_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+TINY_REPORT_META = dict(  # what markdown() reads of a run's meta
+    model_shape="tiny shape",
+    layers=TINY_LAYERS,
+    layers_cut=False,
+    params_b=0.0,
+    real_weights=False,
+    dtype="float32",
+    device="cpu",
+    gpus=0,
+    torch="2",
+    date="today",
+    dense_backend="PyTorch's own SDPA choice",
+    delta=TINY_CONFIG,
+    warmup=dict(done=True, length=64, seconds=0.1),
+    reps=2,
+    command="delta-attn bench e2e",
+)
+
+
 def _results(dense_times: dict[int, float], delta_times: dict[int, float], **meta) -> dict:
-    cells = [dict(n=n, label=str(n), method="dense", chunk=0, cache="", ttft_s=t) for n, t in dense_times.items()]
-    cells += [dict(n=n, label=str(n), method="delta", chunk=0, cache="", ttft_s=t) for n, t in delta_times.items()]
+    cells = [
+        dict(n=n, label=str(n), method=m, chunk=0, cache="", ttft_s=t, tokens_per_s=n / t)
+        for m, times in (("dense", dense_times), ("delta", delta_times))
+        for n, t in times.items()
+    ]
     meta = {**dict(model_shape="tiny shape", real_weights=False, layers=TINY_LAYERS, delta=TINY_CONFIG), **meta}
     return dict(meta=meta, cells=cells)
 
@@ -182,12 +207,16 @@ def test_floor_needs_the_delta_config_and_a_fit_without_negative_terms():
     n1 = int(torch.randint(64, 1024, ()))
     n2 = n1 * int(torch.randint(2, 5, ()))
     t1 = float(torch.rand(()) + 1.0)
-    res = _results({n1: t1, n2: t1 * 0.5}, {n2 * 4: 0.1})  # dense faster at the longer length: b < 0
+    near, far = n2 + n1 // 2, n2 * 10
+    res = _results({n1: t1, n2: t1 * 1.2}, {near: 0.1, far: 0.2})  # dense grows slower than N: b < 0
     e2e_report.extrapolate(res)
-    assert "negative term" in res["floor_error"] and "floor" not in res
-    assert res["cells"][-1]["speedup_vs_dense_fit"] == pytest.approx(
-        e2e_report.dense_fit_at(res["dense_fit"], n2 * 4) / 0.1
-    )
+    assert res["dense_fit"]["b"] < 0 and "negative term" in res["floor_error"] and "floor" not in res
+    by_n = {c["n"]: c for c in res["cells"] if c["method"] == "delta"}
+    assert by_n[near]["speedup_vs_dense_fit"] == pytest.approx(e2e_report.dense_fit_at(res["dense_fit"], near) / 0.1)
+    assert e2e_report.dense_fit_at(res["dense_fit"], far) < 0 and "speedup_vs_dense_fit" not in by_n[far]
+    md = e2e_report.markdown(dict(res, meta=TINY_REPORT_META))
+    near_row, far_row = (f"| {e2e_report.fmt_length(n)} | dense |" for n in (near, far))
+    assert near_row in md and far_row not in md and "No floor line" in md
     old = _results({n1: t1, n2: t1 * (n2 / n1) ** 1.5}, {})
     old["meta"]["delta"] = dict(window=32, sink=4)  # an older or hand-edited file
     with pytest.raises(e2e_report.ReportInputError, match="meta.delta lacks gamma, sparse"):
