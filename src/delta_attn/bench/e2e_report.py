@@ -160,11 +160,12 @@ def floor_curve(fit: dict, meta: dict, ns) -> list[float]:
     so it takes ``b·N²`` scaled by its share of dense's attention FLOPs. A measured Δ above the line is what Δ's
     kernels lose to dense's attention rate (plus anything Δ adds outside attention); the line is no bound on a Δ
     faster per FLOP than the dense backend."""
-    out = []
-    for n in ns:
-        dense, delta = attention_flops(meta, n)
-        out.append(fit["a"] * n + fit["b"] * n * n * (delta / dense))
-    return out
+    return [floor_at(fit, n, *attention_flops(meta, n)) for n in ns]
+
+
+def floor_at(fit: dict, n: int, dense_flops: int, delta_flops: int) -> float:
+    """:func:`floor_curve` at one length whose attention FLOPs are known."""
+    return fit["a"] * n + fit["b"] * n * n * (delta_flops / dense_flops)
 
 
 def curve_lengths(lengths, points: int = 48) -> list[int]:
@@ -193,9 +194,9 @@ def extrapolate(res: dict, strict: bool = True) -> None:
     if fit is None:
         res["floor_error"] = "no dense fit: fewer than 2 measured one-shot dense lengths"
         return
-    measured = {c["n"] for c in cells if c["method"] == "dense" and not c["chunk"] and "ttft_s" in c}
+    fitted = fitted_dense_lengths(cells, fit)
     for c in cells:
-        if "ttft_s" in c and c["method"] != "dense" and c["n"] not in measured and dense_fit_at(fit, c["n"]) > 0:
+        if "ttft_s" in c and c["method"] != "dense" and c["n"] in fitted:
             c["speedup_vs_dense_fit"] = dense_fit_at(fit, c["n"]) / c["ttft_s"]
     if fit["a"] < 0 or fit["b"] < 0:
         res["floor_error"] = (
@@ -205,7 +206,6 @@ def extrapolate(res: dict, strict: bool = True) -> None:
         return
     ns = sorted({c["n"] for c in cells})
     try:
-        floor = floor_curve(fit, res["meta"], ns)
         flops = [attention_flops(res["meta"], n) for n in ns]
     except ReportInputError as exc:
         if strict:
@@ -213,8 +213,8 @@ def extrapolate(res: dict, strict: bool = True) -> None:
         res["floor_error"] = str(exc)
         return
     res["floor"] = [
-        dict(n=n, dense_fit_s=dense_fit_at(fit, n), dense_flops=fl[0], delta_flops=fl[1], floor_s=t)
-        for n, fl, t in zip(ns, flops, floor)
+        dict(n=n, dense_fit_s=dense_fit_at(fit, n), dense_flops=fl[0], delta_flops=fl[1], floor_s=floor_at(fit, n, *fl))
+        for n, fl in zip(ns, flops)
     ]
 
 
@@ -253,8 +253,8 @@ def markdown(res: dict) -> str:
         "| N | method | chunk | TTFT s | tokens/s | × vs dense | chunked ÷ one-shot | peak GB | note |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    fit = dense_fit(res["cells"])
-    fitted = fitted_dense_lengths(res["cells"]) if fit else set()
+    fit = res["dense_fit"] if "dense_fit" in res else dense_fit(res["cells"])  # extrapolate() stores it
+    fitted = fitted_dense_lengths(res["cells"], fit) if fit else set()
 
     def fitted_row(n: int) -> str:  # dense from the fit, at a length where it did not run: labelled so
         return (
@@ -324,10 +324,10 @@ def fit_word(fit: dict, n: int) -> str:
     return "interpolated" if min(fit["lengths"]) < n < max(fit["lengths"]) else "extrapolated"
 
 
-def fitted_dense_lengths(cells: list[dict]) -> set[int]:
-    """The lengths whose dense row comes from the fit: measured non-dense cells, no measured one-shot dense (and a
-    positive time there: a fit with a negative N² term, of overhead-bound tiny runs, falls below 0 further out)."""
-    fit = dense_fit(cells)
+def fitted_dense_lengths(cells: list[dict], fit: dict | None) -> set[int]:
+    """The lengths whose dense row comes from the fit (:func:`dense_fit` of ``cells``): measured non-dense cells, no
+    measured one-shot dense (and a positive time there: a fit with a negative N² term, of overhead-bound tiny runs,
+    falls below 0 further out)."""
     measured = {c["n"] for c in cells if c["method"] == "dense" and not c["chunk"] and "ttft_s" in c}
     wanted = {c["n"] for c in cells if "ttft_s" in c and c["method"] != "dense"} - measured
     return {n for n in wanted if fit is not None and dense_fit_at(fit, n) > 0}
