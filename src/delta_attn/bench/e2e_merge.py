@@ -82,6 +82,11 @@ def load_results(path: str) -> tuple[str, dict]:
     return file, res
 
 
+def ran_dense(res: dict) -> bool:
+    """Whether a run measured any dense cell (its dense-backend choice then matters to a merge)."""
+    return any(c["method"] == "dense" and "ttft_s" in c for c in res["cells"])
+
+
 def check_same_runs(loaded: list[tuple[str, dict]]) -> list[str]:
     """Raise UsageError naming the first :data:`MUST_MATCH` field that differs between the runs (and dense's backend
     choice among the runs that ran dense); return notes on :data:`NOTE_IF_DIFFERENT` fields that differ."""
@@ -94,7 +99,7 @@ def check_same_runs(loaded: list[tuple[str, dict]]) -> list[str]:
                     f"meta field {field!r} differs: {first_file} has {a!r}, {file} has {b!r}; e2e-report merges runs "
                     "of one model on one device with one Δ config only"
                 )
-    with_dense = [(f, r) for f, r in loaded if any(c["method"] == "dense" and "ttft_s" in c for c in r["cells"])]
+    with_dense = [(f, r) for f, r in loaded if ran_dense(r)]
     choices = {r["meta"].get("dense_backend_choice") for _, r in with_dense}
     if len(choices) > 1:
         runs = ", ".join(f"{f}: {r['meta'].get('dense_backend_choice')!r}" for f, r in with_dense)
@@ -137,7 +142,7 @@ def merge(loaded: list[tuple[str, dict]], command: str) -> dict:
     by_length = {
         c["n"]: c["dense_backend"] for c in merged if c["method"] == "dense" and "ttft_s" in c and "dense_backend" in c
     }
-    dense_runs = [r["meta"] for _, r in loaded if any(c["method"] == "dense" and "ttft_s" in c for c in r["cells"])]
+    dense_runs = [r["meta"] for _, r in loaded if ran_dense(r)]
     if len(dense_runs) == 1:
         meta["dense_backend"] = dense_runs[0]["dense_backend"]
     elif dense_runs and meta.get("parallel") != "cp":
