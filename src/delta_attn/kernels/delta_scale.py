@@ -37,6 +37,7 @@ from torch import Tensor
 from ..backend import CallPlan
 from ..combine import fully_covered_blocks
 from ..config import DELTA_SCALE_MODES
+from .dense_rows import stand_in
 
 #: ``delta_scale`` string → the kernels' MODE.
 MODES = {"auto": 0, "auto-decay": 1, "auto-global": 2}
@@ -222,7 +223,7 @@ def scaled_block_deltas(
     covered = fully_covered_blocks(plan, plan.first_block - 1, n_blocks + 1, device=device)
     has_covered = covered is not None
     if not has_covered:
-        covered = torch.zeros(1, dtype=torch.bool, device=device)
+        covered = stand_in(device, torch.bool)
     cfg = dict(CONFIG if config is None else config)
     ba, bp = cfg.pop("BA"), cfg.pop("BP")
     bd = max(16, triton.next_power_of_2(d))

@@ -356,9 +356,12 @@ def _schedule(
     return _Schedule(**parts, n_items=len(plan["item_tile"]), n_slots=plan["n_slots"], n_merge=len(plan["merge_tile"]))
 
 
-@lru_cache(maxsize=8)
-def _dummy_f32(device: torch.device) -> torch.Tensor:
-    return torch.zeros(1, device=device, dtype=torch.float32)
+@lru_cache(maxsize=32)
+def stand_in(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A one-element tensor for a pointer argument a launch does not read or write, made once per device and dtype:
+    fresh ones cost an allocation and a fill kernel of host time before every call, and a stand-in of the real
+    argument's dtype keeps the kernel's signature (one compilation whatever the call has)."""
+    return torch.zeros(1, device=device, dtype=dtype)
 
 
 def num_sms(device: torch.device) -> int:
@@ -436,7 +439,7 @@ def dense_rows(
     bd = max(16, triton.next_power_of_2(d))
     sched = _schedule(rows, g, bm, bn, bsz * hkv, num_sms(q.device), str(q.device), *split)
     # float32 dummies when nothing is split: the same argument types as a split launch (one compiled kernel)
-    part_o = part_l = _dummy_f32(q.device)
+    part_o = part_l = stand_in(q.device, torch.float32)
     if sched.n_slots:
         part_o = torch.empty(bsz * hkv * sched.n_slots * bm, bd, device=q.device, dtype=torch.float32)
         part_l = torch.empty(bsz * hkv * sched.n_slots * bm, device=q.device, dtype=torch.float32)

@@ -38,14 +38,13 @@ Epilogues
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import torch
 import triton
 import triton.language as tl
 
 from .core import LOG2E, kv_pointers, load_kv, load_q_rows, make_kv_descriptors, row_pointers, softmax_step
-from .dense_rows import kernel_config, kv_descriptors
+from .dense_rows import kernel_config, kv_descriptors, stand_in
 
 # Launch configuration per input dtype, chosen by `python -m delta_attn.bench.launch` on an H200
 # (BENCHMARKS.md); HP (query heads per program, default 1) was tried and not faster at 128K.
@@ -403,13 +402,6 @@ def _sparse_kernel(
     tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-@lru_cache(maxsize=8)
-def _dummies(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stand-ins for the pointer arguments a launch does not use (uint8, int32, float32; never read), made once
-    per device: fresh ones cost two allocations and fill kernels of host time before every call."""
-    return tuple(torch.zeros(1, device=device, dtype=dt) for dt in (torch.uint8, torch.int32, torch.float32))
-
-
 def heads_per_program(hp: int, group: int, spec: SparseSpec | None) -> int:
     """Query heads packed into one program: they must share a KV head, and index-list patterns
     (per-head lists) run one head per program."""
@@ -466,7 +458,7 @@ def sparse_attention(
     bd = max(16, triton.next_power_of_2(d))
     tile0 = (q_start // bmp) * bmp
     n_tiles = -(-(row_end - tile0) // bmp)
-    dummy8, dummy32, dummy_f32 = _dummies(q.device)
+    dummy8, dummy32 = stand_in(q.device, torch.uint8), stand_in(q.device, torch.int32)
     sel = spec.sel if spec.sel is not None else dummy8
     col_m = spec.col_mask if spec.col_mask is not None else dummy8
     diag_m = spec.diag_mask if spec.diag_mask is not None else dummy8
@@ -493,7 +485,7 @@ def sparse_attention(
     else:
         gamma, dense, carry, delta_out, sd, first_anchor, first_block = bm, out, None, None, (0, 0, 0), 0, 0
         lam, exact_anchor, epilogue, given = 1.0, False, 0, None
-    carry = carry if carry is not None else dummy_f32
+    carry = carry if carry is not None else stand_in(q.device, torch.float32)
     n_delta = delta_out.shape[2] if delta_out is not None else 1
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     grid = (bsz * hq // hp, n_tiles)
