@@ -157,3 +157,21 @@ def test_fa4_prefill_on_the_gpu_matches_float64(seed, fields, chunks):
     got = run_chunked(fa4_prefill, q, k, v, config.replace(backend="fa4"), chunks, **kw)
     assert torch.isfinite(got).all()
     assert rel_err(got, oracle) <= 2 * rel_err(ref, oracle) + 1e-6, (rel_err(got, oracle), rel_err(ref, oracle))
+
+
+def test_fa4_backend_refuses_what_it_cannot_run():
+    from delta_attn.config import DeltaConfig
+    from delta_attn.kernels.fa4_prefill import fa4_prefill
+
+    q = torch.randn(1, 2, 16, 64)
+    k = v = torch.randn(1, 2, 16, 64)
+    with pytest.raises(ValueError, match="fp16/bf16"):
+        fa4_prefill(q, k, v, DeltaConfig(sparse="streaming", window=8, sink=2, gamma=4), scale=0.125, prompt_len=16)
+    with pytest.raises(ValueError, match="sink \\+ window"):
+        fa4_prefill(q, k, v, DeltaConfig(sparse="block", gamma=4), scale=0.125, prompt_len=16)
+    with pytest.raises(ValueError, match="interp"):
+        fa4_prefill(q, k, v, DeltaConfig(sparse="streaming", interp="linear", gamma=4), scale=0.125, prompt_len=16)
+    from delta_attn.ops import select_backend  # says why before any kernel runs
+
+    with pytest.raises(ValueError, match="backend='fa4' cannot run here: it needs CUDA tensors"):
+        select_backend(DeltaConfig(backend="fa4"), torch.device("cpu"))

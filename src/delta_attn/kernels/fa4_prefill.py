@@ -78,7 +78,13 @@ def fa4_prefill(
     why = unsupported(config)
     if why is not None:
         raise ValueError(f"backend='fa4' cannot run {why}; use backend='triton' (or 'auto') for it")
-    passes = passes or Passes()
+    if passes is None:  # the real FA4 kernels: their dtypes and head dims (the CPU tests pass float64 stand-ins)
+        if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] % 8 or q.shape[-1] > 256:
+            raise ValueError(
+                f"backend='fa4' runs fp16/bf16 with head dim a multiple of 8 up to 256, got {q.dtype} and "
+                f"head dim {q.shape[-1]}; use backend='triton' (or 'auto')"
+            )
+        passes = Passes()
     bsz, hq, nq, d = q.shape
     nk = k.shape[2]
     q0 = nk - nq
