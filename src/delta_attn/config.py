@@ -25,7 +25,7 @@ MODES = ("delta", "recompute", "sparse", "dense")
 BUILTIN_SPARSE_METHODS = ("streaming", "vertical_slash", "topk", "block", "dense")
 INTERPS = ("repeat", "linear", "ema", "abg")
 FILTER_INTERPS = ("ema", "abg")  # linear filters over the repeated Δs: they carry a state across chunks
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "fa4")
 #: the data-driven forms of DeltaConfig.delta_scale (docs/algorithm.md §13): "auto" is causal (running
 #: least squares over the anchors before each block), "auto-global" fits one factor on all anchors of the call
 DELTA_SCALE_MODES = ("auto", "auto-decay", "auto-global")
@@ -151,7 +151,8 @@ class DeltaConfig:
     dense_layers: layers run with dense attention when the config is used inside a model:
         an int k means layers 0..k-1, a sequence lists layer indices. Default 0 (none).
     backend: ``"auto"`` (Triton kernels on CUDA when available, else the PyTorch reference),
-        ``"reference"`` or ``"triton"``.
+        ``"reference"``, ``"triton"`` or ``"fa4"`` (the sparse base and the dense rows on FlashAttention 4's
+        kernels, ``pip install flash-attn-4``, sm_90+; sink + window only: :mod:`delta_attn.kernels.fa4_prefill`).
     """
 
     sparse: str | "SparseMethod" = "streaming"

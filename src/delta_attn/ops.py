@@ -60,6 +60,15 @@ def select_backend(config: DeltaConfig, device: torch.device) -> Backend:
     here, above the contract (:mod:`delta_attn.backend`), which its implementations import.
     """
     want = config.backend
+    if want == "fa4":
+        from .kernels.fa4 import available
+
+        why = "it needs CUDA tensors" if device.type != "cuda" else available()
+        if why is not None:
+            raise ValueError(f"backend='fa4' cannot run here: {why}; use backend='triton' or 'auto'")
+        from .kernels.fa4_prefill import fa4_prefill
+
+        return fa4_prefill
     if want == "auto":
         want = "triton" if device.type == "cuda" else "reference"
     if want == "triton":

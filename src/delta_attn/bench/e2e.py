@@ -457,7 +457,13 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
             dist.broadcast(t.data, src=0)
     n_layers = model.config.num_hidden_layers
     weights_gb = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    delta_config = DeltaConfig(window=args.window, sink=args.sink, gamma=args.gamma, sparse="streaming")
+    delta_config = DeltaConfig(
+        window=args.window,
+        sink=args.sink,
+        gamma=args.gamma,
+        sparse="streaming",
+        backend=getattr(args, "backend", "auto"),
+    )
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(args.seed)
 
@@ -596,6 +602,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     meta = dict(
         command="delta-attn bench e2e " + " ".join(args.argv),
         model_shape=model_label(args),
+        delta_backend=delta_config.backend,
         real_weights=getattr(args, "model", None) is not None,
         layers=n_layers,
         layers_cut=args.layers is not None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..cli_options import UsageError, check_device, model_spec, nonnegative_float, positive_int
+from ..cli_options import UsageError, add_backend_option, check_device, model_spec, nonnegative_float, positive_int
 from .layer import parse_length
 
 # the attention-relevant shape of each model family; weights are random, so only the sizes matter
@@ -150,6 +150,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         help="where --parallel tp saves the random model for the ranks to load (default: a folder in the temp dir)",
     )
     p.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
+    add_backend_option(p)  # Δ's backend: auto (Triton on CUDA), triton, fa4 (FlashAttention 4's kernels), reference
     p.add_argument(
         "--kernel-config",
         default="",

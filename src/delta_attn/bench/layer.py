@@ -53,7 +53,7 @@ LENGTHS = "32K,64K,128K,256K,512K,1M"
 DENSE_METHODS = ("cudnn", "flash", "rows")  # timed without a DeltaConfig
 
 
-MODIFIERS = ("strided", "hf", "devtma", "notma", "ips", "chunk", "bm", "bn")
+MODIFIERS = ("strided", "hf", "fa4", "devtma", "notma", "ips", "chunk", "bm", "bn")
 
 
 def split_method(name: str) -> tuple[str, list[str]]:
@@ -65,7 +65,7 @@ def split_method(name: str) -> tuple[str, list[str]]:
             for x in MODIFIERS
         ):
             raise ValueError(
-                f"unknown modifier {m!r} in {name!r}: one of strided, hf, devtma, notma, ips<k>, chunk<keys>, "
+                f"unknown modifier {m!r} in {name!r}: one of strided, hf, fa4, devtma, notma, ips<k>, chunk<keys>, "
                 "bm<k>, bn<k>"
             )
     if mods and base in ("cudnn", "flash"):
@@ -79,7 +79,7 @@ def modified_configs(mods: list[str], dtype, kcfg: dict | None) -> dict | None:
     from ..kernels.dense_rows import CONFIG as DENSE_CONFIG
     from ..kernels.dense_rows import kernel_config
 
-    if not any(m not in ("strided", "hf") for m in mods):
+    if not any(m not in ("strided", "hf", "fa4") for m in mods):
         return kcfg
     kcfg = dict(kcfg or {})
     dense = dict(kcfg.get("dense") or kernel_config(dtype, DENSE_CONFIG))
@@ -260,7 +260,7 @@ def run_layer(args) -> dict:
     def inputs(n: int, mods: list[str], seed: int, q=None):
         """q, k, v of n tokens in the layout the modifiers ask for (``q``: reuse it where the layout allows)."""
         gen = torch.Generator(device=dev).manual_seed(seed)
-        if "hf" in mods:  # a model's projections: (B, N, H, D) memory, seen as (B, H, N, D)
+        if "hf" in mods or "fa4" in mods:  # a model's projections: (B, N, H, D) memory, seen as (B, H, N, D)
             q = torch.randn(b, n, hq, d, device=dev, dtype=dtype, generator=gen).transpose(1, 2)
             k = torch.randn(b, n, hkv, d, device=dev, dtype=dtype, generator=gen).transpose(1, 2)
             v = torch.randn(b, n, hkv, d, device=dev, dtype=dtype, generator=gen).transpose(1, 2)
@@ -278,6 +278,17 @@ def run_layer(args) -> dict:
     def triton_call(m: str, n: int, q, k, v):
         name, mods = split_method(m)
         cfgs = modified_configs(mods, dtype, kcfg)
+        if name == "rows" and "fa4" in mods:  # FA4's anchor rows and tail rows (kernels/fa4.py)
+            from ..kernels import fa4
+
+            qf, kf, vf = (t.transpose(1, 2) for t in (q, k, v))
+            tail_start = n - base.tail_rows(n)
+
+            def fa4_rows():
+                fa4.anchor_rows(qf[:, 0 : tail_start : args.gamma], kf, vf, start=0, step=args.gamma, scale=scale)
+                return fa4.anchor_rows(qf[:, tail_start:], kf, vf, start=tail_start, step=1, scale=scale)
+
+            return fa4_rows
         if name == "rows":
             from ..kernels.prefill import ensure_allocator
 
@@ -286,6 +297,10 @@ def run_layer(args) -> dict:
             rs = RowSet(0, tail_start, args.gamma, tail_start, n)
             return lambda: dense_rows(q, k, v, rs, scale=scale, config=(cfgs or {}).get("dense"))
         cfg = method_config(m, base)
+        if "fa4" in mods:  # backend="fa4": FlashAttention 4's kernels for the two attention passes
+            from ..kernels.fa4_prefill import fa4_prefill
+
+            return lambda: fa4_prefill(q, k, v, cfg, scale=scale, prompt_len=n)
         return lambda: triton_prefill(q, k, v, cfg, scale=scale, prompt_len=n, kernel_configs=cfgs)
 
     warm = parse_length(args.warmup_length) if args.warmup_length not in ("", "0") else 0

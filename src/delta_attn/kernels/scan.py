@@ -216,3 +216,64 @@ def delta_scan_apply(
         num_warps=4,
     )
     return s_last[:, :, :n_states]
+
+
+@triton.jit(do_not_specialize=["n_rows", "q_start", "first_block", "n_seg"])
+def _repeat_add_kernel(
+    Out,
+    Deltas,
+    n_rows,
+    q_start,
+    first_block,
+    n_seg,
+    gamma,
+    hq,
+    s_b,
+    s_h,
+    s_n,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    RT: tl.constexpr,
+):
+    """Out[b, h, r] += Deltas[b, h, (q_start + r) // γ − first_block] for the body rows r < n_rows (in place)."""
+    bh = tl.program_id(1)
+    b, h = bh // hq, bh % hq
+    rows = (tl.program_id(0) * RT + tl.arange(0, RT)).to(tl.int64)
+    cols = tl.arange(0, BD)
+    ok = (rows < n_rows)[:, None] & (cols < D)[None, :]
+    seg = (q_start + rows) // gamma - first_block
+    ptr = Out + b.to(tl.int64) * s_b + h.to(tl.int64) * s_h + rows[:, None] * s_n + cols[None, :]
+    x = tl.load(ptr, mask=ok, other=0.0).to(tl.float32)
+    z = tl.load(Deltas + (bh.to(tl.int64) * n_seg + seg)[:, None] * D + cols[None, :], mask=ok, other=0.0)
+    tl.store(ptr, (x + z).to(Out.dtype.element_ty), mask=ok)
+
+
+def repeat_add(out: torch.Tensor, deltas: torch.Tensor, *, q_start: int, body_end: int, gamma: int) -> None:
+    """``interp="repeat"`` in place: out[:, :, i] += deltas[:, :, block(i)] for the rows at positions
+    ``[q_start, body_end)`` (row 0 of ``out`` at q_start; block(i) = i // γ − q_start // γ). One read and one write
+    of each body row and no scan: what :func:`delta_scan_apply` does for the repeat system, at memory speed.
+
+    out: (B, Hq, Nq, D), any strides with the last dim contiguous; deltas: (B, Hq, n_seg, D) float32 (λ applied).
+    """
+    bsz, hq, _, d = out.shape
+    n_rows = body_end - q_start
+    if n_rows <= 0:
+        return
+    assert out.stride(-1) == 1
+    deltas = deltas.float().contiguous()
+    rt = 32
+    _repeat_add_kernel[(triton.cdiv(n_rows, rt), bsz * hq)](
+        out,
+        deltas,
+        n_rows,
+        q_start,
+        q_start // gamma,
+        deltas.shape[2],
+        gamma,
+        hq,
+        *out.stride()[:3],
+        D=d,
+        BD=triton.next_power_of_2(d),
+        RT=rt,
+        num_warps=4,
+    )

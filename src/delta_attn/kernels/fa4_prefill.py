@@ -1,0 +1,147 @@
+"""``backend="fa4"``: Δ attention whose two attention passes run on FlashAttention 4 (:mod:`.fa4`), the same
+:class:`~delta_attn.backend.Backend` contract as :func:`.prefill.triton_prefill`.
+
+What runs where, for one call (docs/algorithm.md §3–§5, §13):
+
+1. Õ of every query row of the call: FA4 with the sink + window ``mask_mod`` (:func:`.fa4.sparse_base`), written
+   once, in q's dtype, into the output buffer (B, Nq, Hq, D) — the layout a transformers model hands over, so
+   neither q nor the output is copied;
+2. D of the call's anchors ``anchor_lo, anchor_lo + γ, …`` and of its exact tail rows: FA4 with the strided causal
+   ``mask_mod`` (:func:`.fa4.anchor_rows`), reading the anchor queries through a strided view;
+3. Δ_j = D_j − Õ_j in float32, λ (a float or the data-driven forms, :func:`delta_attn.combine.delta_scales`), and
+   the body rows Õ + x_i in place by the scan kernel (:func:`.scan.delta_scan_apply`: ``repeat`` and the
+   ``ema``/``abg`` filters), then the exact rows.
+
+Chunked prefill carries Δ, the filter state and the λ sums exactly as the Triton backend does (:func:`finish`).
+Only what FA4 expresses runs here: ``sparse="streaming"`` (sink + window) or dense rows, ``interp`` repeat / ema /
+abg, no extra anchors; anything else raises a ValueError that names the Triton backend. The attention passes
+are parameters (:class:`Passes`) so the CPU tests drive this orchestration with a float64 reference in place of
+FA4, against :func:`delta_attn.reference.reference_prefill`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..backend import SequenceState, filter_start, finish, plan_call
+from ..combine import delta_scales, scale_deltas
+from ..config import FILTER_INTERPS, DeltaConfig
+from . import fa4
+from .dense_rows import RowSet, dense_rows
+from .prefill import ensure_allocator
+from .scan import delta_scan_apply, repeat_add
+
+
+@dataclass(frozen=True)
+class Passes:
+    """The attention passes, in FA4's layout (B, N, H, D):
+
+    sparse(q, k, v, *, sink, window, scale) → Õ of q's rows, the last Nq of the Nk keys;
+    rows(q_rows, k, v, *, start, step, scale) → dense causal attention of row j at position start + j·step;
+    tail: the same for the exact tail rows (step 1), or None for this package's dense-rows kernel, which splits
+    the keys over the SMs (FA4 cannot with block sparsity: ~128 rows over 128K keys would keep 32 of 132 SMs busy).
+    """
+
+    sparse: Callable[..., Tensor] = fa4.sparse_base
+    rows: Callable[..., Tensor] = fa4.anchor_rows
+    tail: Callable[..., Tensor] | None = None
+
+
+def unsupported(config: DeltaConfig) -> str | None:
+    """Why ``config`` cannot run on the FA4 backend (None when it can)."""
+    if config.mode != "dense" and config.sparse != "streaming":
+        return f"sparse={config.sparse!r} (the FA4 backend runs sink + window, sparse='streaming')"
+    if config.mode == "delta" and config.interp not in ("repeat", *FILTER_INTERPS):
+        return f"interp={config.interp!r} (the FA4 backend runs repeat, {', '.join(FILTER_INTERPS)})"
+    if config.mode == "delta" and config.extra_anchors:
+        return "extra_anchors (the FA4 backend has none)"
+    return None
+
+
+def fa4_prefill(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    config: DeltaConfig,
+    *,
+    scale: float,
+    prompt_len: int,
+    state: SequenceState | None = None,
+    passes: Passes | None = None,
+) -> Tensor:
+    """The FA4 :class:`~delta_attn.backend.Backend`: (B, Hq, Nq, D) like :func:`.prefill.triton_prefill`; the
+    returned tensor is a (B, Hq, Nq, D) view of (B, Nq, Hq, D) memory."""
+    why = unsupported(config)
+    if why is not None:
+        raise ValueError(f"backend='fa4' cannot run {why}; use backend='triton' (or 'auto') for it")
+    if passes is None:  # the real FA4 kernels: their dtypes and head dims (the CPU tests pass float64 stand-ins)
+        if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] % 8 or q.shape[-1] > 256:
+            raise ValueError(
+                f"backend='fa4' runs fp16/bf16 with head dim a multiple of 8 up to 256, got {q.dtype} and "
+                f"head dim {q.shape[-1]}; use backend='triton' (or 'auto')"
+            )
+        passes = Passes()
+    bsz, hq, nq, d = q.shape
+    nk = k.shape[2]
+    q0 = nk - nq
+    plan = plan_call(config, q0, nk, prompt_len, state, device=q.device)
+    # FA4 reads (B, N, H, D) with the last dim contiguous: a model's projections already are, seen transposed
+    qf, kf, vf = (t.transpose(1, 2) for t in (q, k, v))
+    qf, kf, vf = (t if t.stride(-1) == 1 else t.contiguous() for t in (qf, kf, vf))
+
+    def rows(lo: int, hi: int, step: int) -> Tensor:  # D at positions lo, lo + step, … < hi: (B, R, Hq, D)
+        return passes.rows(qf[:, lo - q0 : hi - q0 : step], kf, vf, start=lo, step=step, scale=scale)
+
+    if config.mode == "dense":
+        dense = rows(q0, nk, 1)
+        finish(state, plan)
+        return dense.transpose(1, 2)
+    out = passes.sparse(qf, kf, vf, sink=config.sink, window=config.window, scale=scale)  # (B, Nq, Hq, D)
+    o = out.transpose(1, 2)  # (B, Hq, Nq, D) view, written in place below
+    if config.mode == "sparse":
+        finish(state, plan)
+        return o
+    gamma, body_end = config.gamma, plan.body_end
+    if nk > plan.tail_start:  # exact tail rows
+        tail = o[:, :, plan.tail_lo - q0 :]
+        if passes.tail is None:
+            if q.is_cuda:
+                ensure_allocator()  # the dense-rows kernel's TMA descriptors
+            dense_rows(q, k, v, RowSet(plan.tail_lo, plan.tail_lo, 1, plan.tail_lo, nk), scale=scale, out=tail)
+        else:
+            tail.copy_(
+                passes.tail(qf[:, plan.tail_lo - q0 :], kf, vf, start=plan.tail_lo, step=1, scale=scale).transpose(1, 2)
+            )
+    anchors = None
+    if plan.n_anchors:
+        anchors = rows(plan.anchor_lo, body_end, gamma).transpose(1, 2).float()  # (B, Hq, n_anchor, D)
+    local = slice(plan.anchor_lo - q0, body_end - q0, gamma)
+    if config.mode == "recompute":
+        if anchors is not None:
+            o[:, :, local] = anchors.to(o.dtype)
+        finish(state, plan)
+        return o
+    if not plan.has_body:
+        finish(state, plan)
+        return o
+    raw = anchors - o[:, :, local].float() if anchors is not None else o.new_zeros(bsz, hq, 0, d, dtype=torch.float32)
+    if plan.carried_delta is not None:
+        raw = torch.cat([plan.carried_delta.float().unsqueeze(2), raw], dim=2)
+    lam, scale_sums = delta_scales(plan, raw)  # λ = None for delta_scale = 1.0
+    deltas = scale_deltas(raw, lam)
+    scan_state = None
+    if config.interp == "repeat":  # x_i = z_i: one in-place pass, no scan
+        repeat_add(o, deltas, q_start=q0, body_end=body_end, gamma=gamma)
+    else:
+        m, kk, s_prev = filter_start(plan, deltas[:, :, 0])
+        scan_state = delta_scan_apply(
+            o, deltas, s_prev.float(), m, kk, q_start=q0, body_end=body_end, gamma=gamma, out=o
+        )
+    if lam is not None and anchors is not None:  # λ ≠ 1: the anchor rows are exact
+        o[:, :, local] = anchors.to(o.dtype)
+    finish(state, plan, last_delta=raw[:, :, -1], scan_state=scan_state, scale_sums=scale_sums)
+    return o

@@ -1,0 +1,177 @@
+"""FlashAttention 4 path (kernels/fa4.py): the block-sparse tile lists against an enumerated mask, the in-place Δ
+combination against its definition (CPU), and the FA4 passes themselves against a float64 oracle where the package
+and an sm_90+ GPU are present."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from delta_attn.kernels import fa4
+
+
+def _enumerated(n_q, n_k, tm, tn, sink, window, start, step):
+    p = start + torch.arange(n_q) * step
+    k = torch.arange(n_k)
+    keep = (k[None] <= p[:, None]) & ((k[None] < sink) | (p[:, None] - k[None] < window))
+    n_qt, n_kt = -(-n_q // tm), -(-n_k // tn)
+    full = torch.zeros(n_qt, n_kt, dtype=torch.bool)
+    partial = torch.zeros_like(full)
+    for i in range(n_qt):
+        for j in range(n_kt):
+            tile = keep[i * tm : (i + 1) * tm, j * tn : (j + 1) * tn]
+            full[i, j] = bool(tile.all())
+            partial[i, j] = bool(tile.any()) and not full[i, j]
+    return full, partial
+
+
+def _check(n_q, n_k, tm, tn, sink, window, start, step):
+    pc, pi, fc, fi = fa4.tile_lists(n_q, n_k, start=start, step=step, sink=sink, window=window, tile=(tm, tn))
+    full, partial = _enumerated(n_q, n_k, tm, tn, min(sink, n_k + 1), min(window, n_k + 1), start, step)
+    assert pc.shape == fc.shape == (1, 1, full.shape[0])
+    for i in range(full.shape[0]):
+        assert fi[0, 0, i, : fc[0, 0, i]].tolist() == torch.nonzero(full[i]).flatten().tolist(), (i, "full")
+        assert pi[0, 0, i, : pc[0, 0, i]].tolist() == torch.nonzero(partial[i]).flatten().tolist(), (i, "partial")
+
+
+@pytest.mark.parametrize("tile", [(16, 16), (32, 16), (16, 32), (8, 8)])
+def test_sink_window_lists_match_the_mask(seed, tile):
+    rng = random.Random(seed)
+    for _ in range(4):
+        n_k = rng.randint(1, 400)
+        n_q = rng.randint(1, n_k)  # the last n_q positions (a chunk continuing a cache)
+        sink, window = rng.randint(0, 70), rng.randint(1, 120)
+        _check(n_q, n_k, *tile, sink, window, n_k - n_q, 1)
+
+
+@pytest.mark.parametrize("gamma", [1, 7, 16, 64])
+def test_strided_causal_lists_match_the_mask(seed, gamma):
+    rng = random.Random(seed)
+    for _ in range(4):
+        n_k = rng.randint(gamma, 700)
+        start = rng.randint(0, gamma - 1)
+        n_a = (n_k - start + gamma - 1) // gamma
+        _check(n_a, n_k, 8, 16, 0, fa4._INF, start, gamma)
+
+
+def test_lists_reject_an_empty_window():
+    with pytest.raises(ValueError, match="window"):
+        fa4.tile_lists(10, 10, sink=0, window=0, tile=(4, 4))
+
+
+def test_combine_repeat_is_the_repeat_definition(seed):
+    g = torch.Generator().manual_seed(seed)
+    b, n, h, d, gamma = 2, 203, 3, 16, 16
+    body_end = 170  # not a multiple of γ: the last body block is partial
+    o = torch.randn(b, n, h, d, generator=g, dtype=torch.float64)
+    dense = torch.randn(b, -(-body_end // gamma), h, d, generator=g, dtype=torch.float64)
+    lam = 0.7
+    want = o.clone()
+    for i in range(body_end):
+        j = i // gamma
+        want[:, i] += lam * (dense[:, j] - o[:, j * gamma])
+    got = fa4.combine_repeat(o.clone(), dense, gamma, body_end, delta_scale=lam)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+needs_fa4 = pytest.mark.skipif(fa4.available() is not None, reason=str(fa4.available()))
+
+
+def _oracle(q, k, v, pos, keep, scale):
+    g = q.shape[2] // k.shape[2]
+    kk, vv = (t.double().repeat_interleave(g, dim=2) for t in (k, v))
+    s = torch.einsum("brhd,bnhd->bhrn", q.double(), kk) * scale
+    kidx = torch.arange(k.shape[1], device=q.device)
+    s = s.masked_fill(~keep(pos[:, None], kidx[None]), float("-inf"))
+    return torch.einsum("bhrn,bnhd->brhd", torch.softmax(s, -1), vv)
+
+
+@needs_fa4
+@pytest.mark.parametrize("hq,hkv,d", [(8, 8, 64), (8, 2, 128), (16, 2, 128), (4, 1, 80)])
+def test_fa4_passes_match_float64(seed, hq, hkv, d):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    n, sink, window, gamma = 3000, 64, 700, 64
+    q, k, v = (torch.randn(2, n, h, d, device="cuda", dtype=torch.bfloat16, generator=g) for h in (hq, hkv, hkv))
+    scale = 1 / math.sqrt(d)
+    pos = torch.arange(n, device="cuda")
+    o = fa4.sparse_base(q, k, v, sink=sink, window=window, scale=scale)
+    ref = _oracle(q, k, v, pos, lambda p, j: (j <= p) & ((j < sink) | (p - j < window)), scale)
+    bf16 = _oracle(q.double().bfloat16(), k, v, pos, lambda p, j: (j <= p) & ((j < sink) | (p - j < window)), scale)
+    assert (o.double() - ref).abs().max() <= 2 * (bf16.bfloat16().double() - ref).abs().max() + 1e-3
+    start = 5
+    qa = q[:, start::gamma]
+    dense = fa4.anchor_rows(qa, k, v, start=start, step=gamma, scale=scale)
+    aref = _oracle(qa, k, v, start + gamma * torch.arange(qa.shape[1], device="cuda"), lambda p, j: j <= p, scale)
+    assert (dense.double() - aref).abs().max() <= 2 * (aref.bfloat16().double() - aref).abs().max() + 1e-3
+
+
+def test_fa4_orchestration_matches_the_reference(seed):
+    """fa4_prefill's Δ, λ, filters, exact rows and chunk carry, with float64 stand-ins for FA4's passes (so only the
+    orchestration and the scan kernel, interpreted, are under test) against the float64 reference."""
+    from interpreted import run_interpreted
+
+    errs = run_interpreted(["tests/fa4_orchestration_check.py", str(seed)], "FA4CHECK ")
+    assert set(errs) == {
+        "delta",
+        "delta-chunked",
+        "lambda0.5",
+        "auto-chunked",
+        "ema-chunked",
+        "sparse",
+        "recompute",
+        "dense",
+    }
+    bad = {k: (e, ref) for k, (e, ref) in errs.items() if not e <= 2 * ref + 1e-6}
+    assert not bad, bad
+
+
+@needs_fa4
+@pytest.mark.parametrize(
+    "fields,chunks",
+    [({}, []), ({}, [1000, 1201, 800]), (dict(delta_scale="auto"), [1500, 1501]), (dict(interp="ema"), [])],
+    ids=["delta", "delta-chunked", "auto-chunked", "ema"],
+)
+def test_fa4_prefill_on_the_gpu_matches_float64(seed, fields, chunks):
+    """backend='fa4' end to end on bf16 (B, N, H, D) memory, one-shot and chunked, against the float64 reference,
+    by the rule of ``delta_attn.bench.check``: relative error ≤ 2 × that of the PyTorch reference computing in bf16,
+    + 1e-6. FA4 returns Õ and D in bf16 (its output dtype is q's), where the Triton kernels keep them in float32
+    registers; this test is what says whether that costs accuracy beyond the rule."""
+    from delta_attn.bench.check import rel_err, run_chunked
+    from delta_attn.config import DeltaConfig
+    from delta_attn.kernels.fa4_prefill import fa4_prefill
+    from delta_attn.reference import reference_prefill
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    b, n, hq, hkv, d = 2, 3501, 8, 2, 128
+    q, k, v = (
+        torch.randn(b, n, h, d, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
+        for h in (hq, hkv, hkv)
+    )
+    config = DeltaConfig(sparse="streaming", sink=64, window=512, gamma=64, **fields)
+    kw = dict(scale=1 / math.sqrt(d), prompt_len=n)
+    oracle = run_chunked(reference_prefill, q.double(), k.double(), v.double(), config, chunks, **kw)
+    ref = run_chunked(reference_prefill, q, k, v, config, chunks, compute_dtype=torch.bfloat16, **kw)
+    got = run_chunked(fa4_prefill, q, k, v, config.replace(backend="fa4"), chunks, **kw)
+    assert torch.isfinite(got).all()
+    assert rel_err(got, oracle) <= 2 * rel_err(ref, oracle) + 1e-6, (rel_err(got, oracle), rel_err(ref, oracle))
+
+
+def test_fa4_backend_refuses_what_it_cannot_run():
+    from delta_attn.config import DeltaConfig
+    from delta_attn.kernels.fa4_prefill import fa4_prefill
+
+    q = torch.randn(1, 2, 16, 64)
+    k = v = torch.randn(1, 2, 16, 64)
+    with pytest.raises(ValueError, match="fp16/bf16"):
+        fa4_prefill(q, k, v, DeltaConfig(sparse="streaming", window=8, sink=2, gamma=4), scale=0.125, prompt_len=16)
+    with pytest.raises(ValueError, match="sink \\+ window"):
+        fa4_prefill(q, k, v, DeltaConfig(sparse="block", gamma=4), scale=0.125, prompt_len=16)
+    with pytest.raises(ValueError, match="interp"):
+        fa4_prefill(q, k, v, DeltaConfig(sparse="streaming", interp="linear", gamma=4), scale=0.125, prompt_len=16)
+    from delta_attn.ops import select_backend  # says why before any kernel runs
+
+    with pytest.raises(ValueError, match="backend='fa4' cannot run here: it needs CUDA tensors"):
+        select_backend(DeltaConfig(backend="fa4"), torch.device("cpu"))
