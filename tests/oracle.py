@@ -164,19 +164,19 @@ def _scales(config: DeltaConfig, deltas, bsz, heads):
     if not isinstance(ds, str):
         return torch.full((bsz, heads, n_blocks), float(ds), dtype=torch.float64)
     lam = torch.ones(bsz, heads, n_blocks, dtype=torch.float64)
-    # §13: anchors whose sparse row sees their whole causal prefix (by the base's row_key_counts) are left
-    # out of the sums: their Δ is 0 in exact arithmetic, rounding noise in floating point
+    # §13: a pair enters the sums only when both its anchors miss at least γ causal keys (by the base's
+    # row_key_counts): a covered anchor's Δ is rounding noise, a nearly covered one's an ill-conditioned ratio
     positions = np.arange(n_blocks, dtype=np.int64) * config.gamma
     counts = resolve_sparse_method(config.sparse).row_key_counts(config, positions)
-    covered = [False] * n_blocks if counts is None else [bool(c >= p + 1) for c, p in zip(counts, positions)]
-    deltas = [torch.zeros_like(dj) if covered[j] else dj for j, dj in enumerate(deltas)]
+    measured = [True] * n_blocks if counts is None else [p + 1 - c >= config.gamma for c, p in zip(counts, positions)]
     for b in range(bsz):
         for h in range(heads):
             num = den = 0.0
             per_block = [1.0]
             for j in range(1, n_blocks):
-                num += float(deltas[j][b, h] @ deltas[j - 1][b, h])
-                den += float(deltas[j - 1][b, h] @ deltas[j - 1][b, h])
+                if measured[j] and measured[j - 1]:
+                    num += float(deltas[j][b, h] @ deltas[j - 1][b, h])
+                    den += float(deltas[j - 1][b, h] @ deltas[j - 1][b, h])
                 per_block.append(1.0 if den == 0 else min(1.0, max(0.0, num / den)))
             if ds == "auto-global":
                 per_block = [per_block[-1]] * n_blocks

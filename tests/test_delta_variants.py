@@ -82,10 +82,10 @@ def test_scale_one_is_the_default_bit_for_bit(interp, seed):
 def test_auto_scale_lies_in_unit_interval_and_follows_the_formula(seed):
     """λ from hand-made Δs: anti-correlated → 0, growing → clipped to 1, zeros → 1 (0/0), block 0 → 1.
 
-    Window 2, γ 4: the anchor at 0 sees its whole prefix (left out of the sums, §13), so the first pair that
-    counts is (Δ_2, Δ_1) and block 1 reads 0/0 → 1."""
+    Window 1, γ 4: the anchor at 0 sees its whole prefix (left out of the sums, §13) and the anchor at 4 misses
+    4 = γ keys (it counts), so the first pair that counts is (Δ_2, Δ_1) and block 1 reads 0/0 → 1."""
     gen = torch.Generator().manual_seed(seed)
-    cfg = DeltaConfig(gamma=4, tail=0, window=2, sink=0, delta_scale="auto")
+    cfg = DeltaConfig(gamma=4, tail=0, window=1, sink=0, delta_scale="auto")
     plan = plan_call(cfg, 0, 40, 40)
     base = torch.randn(3, 2, 1, 8, generator=gen, dtype=torch.float64)
     flips = base * torch.tensor([1.0, -1.0] * 5, dtype=torch.float64).view(1, 1, -1, 1)

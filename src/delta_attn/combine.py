@@ -91,21 +91,38 @@ def block_mean_decay(rho: Tensor) -> Tensor:
 def fully_covered_blocks(plan: CallPlan, first: int, count: int, device=None) -> Tensor | None:
     """bool (count,): whether the anchors of γ-blocks ``first … first + count − 1`` see every causal key in
     the sparse pattern (the base's :meth:`~delta_attn.sparse.SparseMethod.row_key_counts` reaches the
-    prefix). Their Δ is 0 in exact arithmetic and rounding noise in floating point, so the data-driven λ
-    leaves them out of its sums (docs/algorithm.md §13). None when the base gives no counts.
+    prefix): their Δ is 0 in exact arithmetic. None when the base gives no counts. On ``device`` (default CPU),
+    cached as :func:`scale_left_out_blocks`."""
+    device = str(torch.device("cpu") if device is None else device)
+    return _blocks_missing_fewer(plan.config, first, count, 1, device)
+
+
+def scale_left_out_blocks(plan: CallPlan, first: int, count: int, device=None) -> Tensor | None:
+    """bool (count,): whether the anchors of γ-blocks ``first … first + count − 1`` are left out of the
+    data-driven λ's sums (docs/algorithm.md §13, "Anchors left out of the sums"): their sparse row misses
+    fewer than γ causal keys by the base's :meth:`~delta_attn.sparse.SparseMethod.row_key_counts` — every
+    fully covered anchor (Δ = rounding noise) and the partly covered ones at the edge of the covered prefix,
+    whose Δ comes from a handful of keys and makes a pair's ratio ill-conditioned. A pair (Δ_{i−1}, Δ_i)
+    enters the sums only when neither of its anchors is left out. Decided by integer key counts, so every
+    backend and every chunking agree on it. None when the base gives no counts (every anchor counts).
 
     On ``device`` (default CPU), cached: a copy from pageable host memory synchronises the host with the
     GPU, and every layer of a forward asks for the same blocks."""
-    return _covered_blocks(plan.config, first, count, str(torch.device("cpu") if device is None else device))
+    device = str(torch.device("cpu") if device is None else device)
+    return _blocks_missing_fewer(plan.config, first, count, plan.config.gamma, device)
 
 
 @lru_cache(maxsize=64)
-def _covered_blocks(config, first: int, count: int, device: str) -> Tensor | None:
+def _blocks_missing_fewer(config, first: int, count: int, min_missing: int, device: str) -> Tensor | None:
+    """bool (count,): the anchors jγ (j = first …) whose sparse row misses fewer than ``min_missing`` causal
+    keys; None when the base gives no key counts. A base whose counts are an upper bound (top-k,
+    vertical-slash) gives a lower bound on the keys missed, so it may leave out a few more anchors."""
     positions = np.arange(first, first + count, dtype=np.int64) * config.gamma
     counts = resolve_sparse_method(config.sparse).row_key_counts(config, positions)
     if counts is None:
         return None
-    return torch.from_numpy(np.asarray(counts) >= positions + 1).to(device)
+    missing = positions + 1 - np.asarray(counts, dtype=np.int64)
+    return torch.from_numpy(missing < min_missing).to(device)
 
 
 def delta_scales(plan: CallPlan, deltas: Tensor) -> tuple[Tensor | float | None, Tensor | None]:
@@ -121,6 +138,7 @@ def delta_scales(plan: CallPlan, deltas: Tensor) -> tuple[Tensor | float | None,
     Block j's λ reads anchors ≤ j only, and the carried sums continue a chunked prompt; the sums are
     accumulated sequentially in float64 from the carried value, so a chunked prompt repeats the
     one-shot additions. ``"auto-global"``: the same ratio with j = the call's last block, for every block.
+    A pair with an anchor of :func:`scale_left_out_blocks` (fewer than γ keys missed) adds nothing to either sum.
     """
     scale = plan.config.delta_scale
     if not isinstance(scale, str):
@@ -129,22 +147,26 @@ def delta_scales(plan: CallPlan, deltas: Tensor) -> tuple[Tensor | float | None,
     # the per-anchor dot products in (at least) float32: λ is a clipped ratio, and float64 (B, H, n, D)
     # temporaries cost ~0.4 ms at 128K on an H100 (profile, BENCHMARKS.md); only the running sums are float64
     work = deltas if deltas.dtype in (torch.float32, torch.float64) else deltas.float()
-    # anchors whose sparse row is exact carry only rounding noise: out of the sums (as exact zeros)
-    covered = fully_covered_blocks(plan, plan.first_block - 1, n_blocks + 1, device=work.device)
-    if covered is not None:
-        work = work.masked_fill(covered[1:].view(1, 1, -1, 1), 0.0)
+    # a pair with an anchor that misses fewer than γ keys (covered: rounding noise; partly covered: a Δ of a
+    # handful of keys, an ill-conditioned ratio) adds exact zeros to both sums (selected, not multiplied: a
+    # non-finite Δ of such an anchor stays out too). left_out[0] is the block before the call's first block,
+    # left_out[k + 1] the call's block k; pair_out[k]: the pair ending at the call's block k
+    left_out = scale_left_out_blocks(plan, plan.first_block - 1, n_blocks + 1, device=work.device)
+    pair_out = None if left_out is None else (left_out[:-1] | left_out[1:]).view(1, 1, 1, -1)
     n_carried = 1 if plan.carried_delta is not None else 0
     # pairs (Δ_i, Δ_{i-1}) inside the tensor: shifted views, no (B, H, n, D) copy
     inner = torch.stack([(work[:, :, 1:] * work[:, :, :-1]).sum(-1), work[:, :, :-1].square().sum(-1)], dim=2)
+    if pair_out is not None:
+        inner = inner.masked_fill(pair_out[..., 1:], 0.0)
     if n_carried:  # the carried block is the first new anchor's predecessor: every pair is inside
         terms = inner
     else:  # the call's first anchor pairs with the previous chunk's last Δ, or (prompt start) with nothing
         first = work.new_zeros(bsz, heads, 2)
         if plan.previous_delta is not None:
             before = plan.previous_delta.to(work.dtype)
-            if covered is not None:  # masked on the device: bool() of a GPU tensor would wait for the GPU
-                before = before.masked_fill(covered[0], 0.0)
             first = torch.stack([(work[:, :, 0] * before).sum(-1), before.square().sum(-1)], dim=2)
+            if pair_out is not None:  # masked on the device: bool() of a GPU tensor would wait for the GPU
+                first = first.masked_fill(pair_out[0, 0, :, 0], 0.0)
         terms = torch.cat([first.unsqueeze(3), inner], dim=3)  # (B, H, 2, n_new)
     terms = terms.double()
     start = plan.carried_sums.double() if plan.carried_sums is not None else terms.new_zeros(bsz, heads, 2)

@@ -9,13 +9,13 @@ running sums a chunked prefill carries, from the raw Δs of the call's anchors
 1. :func:`_lambda_terms_kernel` (one program per (b, h) and run of anchors): per anchor a its pair terms
    ⟨Δ_a, Δ_{a−1}⟩ and ‖Δ_{a−1}‖² in float32, Δ_{−1} being the carried block's Δ (a chunk that continues a
    γ-block), the previous chunk's last Δ (a chunk starting on a block boundary) or nothing (prompt start:
-   the term is 0). Anchors whose sparse row sees every causal key (``combine.fully_covered_blocks``) count as
-   exact zeros here, as in the reference.
+   the term is 0). A pair with an anchor left out of the sums (``combine.scale_left_out_blocks``: its sparse row
+   misses fewer than γ keys) has both terms 0, as in the reference.
    Each program also writes its run's float64 totals.
 2. :func:`_lambda_scale_kernel` (same grid): the float64 sums before its run (the carried sums plus the
    earlier runs' totals), the running sums inside its run (a float64 scan), λ_a = clip(Σnum / Σden, 0, 1)
    with 0/0 = 1, optionally the block mean decay, and ``given`` = λ·Δ (the raw Δ: only the sums leave the
-   covered anchors out, §13). The carried block keeps the carried sums' λ; the program of the last run
+   left-out anchors out, §13). The carried block keeps the carried sums' λ; the program of the last run
    writes the sums through the call's last block.
 
 Two launches rather than one program per (b, h): at 128K there are ~2K anchors × 128 channels per head, and
@@ -35,7 +35,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..backend import CallPlan
-from ..combine import fully_covered_blocks
+from ..combine import scale_left_out_blocks
 from ..config import DELTA_SCALE_MODES
 from .dense_rows import stand_in
 
@@ -45,29 +45,29 @@ MODES = {"auto": 0, "auto-decay": 1, "auto-global": 2}
 CONFIG = dict(BA=32, BP=512, num_warps=4)
 
 
-# What a call has (a previous Δ, covered anchors, a carried block, carried sums) depends on where its chunk falls,
+# What a call has (a previous Δ, left-out anchors, a carried block, carried sums) depends on where its chunk falls,
 # so these are runtime flags, never constexprs: as constexprs each combination was a compilation, and a new prompt
 # length could meet a combination the warm-up had not (tests/test_kernels_specialize.py).
-@triton.jit(do_not_specialize=["n_anchor", "has_prev", "has_covered", "covered_off"])
+@triton.jit(do_not_specialize=["n_anchor", "has_prev", "has_left_out", "left_out_off"])
 def _lambda_terms_kernel(
     Deltas,
     Prev,
-    Covered,
+    LeftOut,
     Terms,
     RunSums,
     n_anchor,
     has_prev,
-    has_covered,
-    covered_off,
+    has_left_out,
+    left_out_off,
     D: tl.constexpr,
     BD: tl.constexpr,
     BA: tl.constexpr,
 ):
-    """Terms[bh, 0, a] = ⟨Δ_a, Δ_{a−1}⟩, Terms[bh, 1, a] = ‖Δ_{a−1}‖² (float32), covered anchors as zeros, and
-    RunSums[bh, run] = the float64 sums of this run's terms.
+    """Terms[bh, 0, a] = ⟨Δ_a, Δ_{a−1}⟩, Terms[bh, 1, a] = ‖Δ_{a−1}‖² (float32), both 0 for a pair with a
+    left-out anchor, and RunSums[bh, run] = the float64 sums of this run's terms.
 
-    Deltas: (BH, n_anchor, D) float32 contiguous; Prev: (BH, D) Δ_{−1} (has_prev ≠ 0); Covered: uint8/bool, entry
-    covered_off + a + 1 for anchor a and entry covered_off for Δ_{−1} (has_covered ≠ 0)."""
+    Deltas: (BH, n_anchor, D) float32 contiguous; Prev: (BH, D) Δ_{−1} (has_prev ≠ 0); LeftOut: uint8/bool, entry
+    left_out_off + a + 1 for anchor a and entry left_out_off for Δ_{−1} (has_left_out ≠ 0)."""
     bh = tl.program_id(0).to(tl.int64)
     run = tl.program_id(1)
     a = run * BA + tl.arange(0, BA)
@@ -81,14 +81,16 @@ def _lambda_terms_kernel(
     # anchor 0 pairs with the block before the call's first anchor (zeros without one: the term is 0)
     prev = tl.load(Prev + bh * D + offs_d, mask=d_ok & (has_prev != 0), other=0.0)
     pred = tl.where((a == 0)[:, None], prev[None, :], pred)
-    # exact anchors: their Δ is rounding noise, left out of both sums
-    cov_ok = a_ok & (has_covered != 0)
-    cur_covered = tl.load(Covered + covered_off + a + 1, mask=cov_ok, other=0) != 0
-    pred_covered = tl.load(Covered + covered_off + a, mask=cov_ok, other=0) != 0
-    cur = tl.where(cur_covered[:, None], 0.0, cur)
-    pred = tl.where(pred_covered[:, None], 0.0, pred)
     num = tl.sum(cur * pred, axis=1)
     den = tl.sum(pred * pred, axis=1)
+    # a pair with an anchor that misses fewer than γ keys adds exact zeros to both sums (selected, as in the
+    # reference: a non-finite Δ of such an anchor stays out too)
+    out_ok = a_ok & (has_left_out != 0)
+    cur_out = tl.load(LeftOut + left_out_off + a + 1, mask=out_ok, other=0) != 0
+    pred_out = tl.load(LeftOut + left_out_off + a, mask=out_ok, other=0) != 0
+    pair_out = cur_out | pred_out
+    num = tl.where(pair_out, 0.0, num)
+    den = tl.where(pair_out, 0.0, den)
     t_base = Terms + bh * 2 * n_anchor
     tl.store(t_base + a, num, mask=a_ok)
     tl.store(t_base + n_anchor + a, den, mask=a_ok)
@@ -216,14 +218,14 @@ def scaled_block_deltas(
     prev = plan.carried_delta if carried else plan.previous_delta
     has_prev = prev is not None
     # Every pointer keeps one type and 16-byte alignment whatever the call has (absent inputs get stand-ins of the
-    # same dtype, the covered mask is offset by an argument rather than sliced): one compilation serves all calls
+    # same dtype, the left-out mask is offset by an argument rather than sliced): one compilation serves all calls
     prev = prev.float().contiguous() if has_prev else given  # (unread without has_prev)
     start = plan.carried_sums.double().contiguous() if plan.carried_sums is not None else sums
     # entry 0 is the block before the call's first block; with a carried block, the one before its first anchor
-    covered = fully_covered_blocks(plan, plan.first_block - 1, n_blocks + 1, device=device)
-    has_covered = covered is not None
-    if not has_covered:
-        covered = stand_in(device, torch.bool)
+    left_out = scale_left_out_blocks(plan, plan.first_block - 1, n_blocks + 1, device=device)
+    has_left_out = left_out is not None
+    if not has_left_out:
+        left_out = stand_in(device, torch.bool)
     cfg = dict(CONFIG if config is None else config)
     ba, bp = cfg.pop("BA"), cfg.pop("BP")
     bd = max(16, triton.next_power_of_2(d))
@@ -235,12 +237,12 @@ def scaled_block_deltas(
         _lambda_terms_kernel[(bh, n_runs)](
             deltas,
             prev,
-            covered,
+            left_out,
             terms,
             run_sums,
             n_anchor,
             int(has_prev),
-            int(has_covered),
+            int(has_left_out),
             int(carried),
             D=d,
             BD=bd,
