@@ -62,21 +62,6 @@ def test_lists_reject_an_empty_window():
         fa4.tile_lists(10, 10, sink=0, window=0, tile=(4, 4))
 
 
-def test_combine_repeat_is_the_repeat_definition(seed):
-    g = torch.Generator().manual_seed(seed)
-    b, n, h, d, gamma = 2, 203, 3, 16, 16
-    body_end = 170  # not a multiple of γ: the last body block is partial
-    o = torch.randn(b, n, h, d, generator=g, dtype=torch.float64)
-    dense = torch.randn(b, -(-body_end // gamma), h, d, generator=g, dtype=torch.float64)
-    lam = 0.7
-    want = o.clone()
-    for i in range(body_end):
-        j = i // gamma
-        want[:, i] += lam * (dense[:, j] - o[:, j * gamma])
-    got = fa4.combine_repeat(o.clone(), dense, gamma, body_end, delta_scale=lam)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-
-
 needs_fa4 = pytest.mark.skipif(fa4.available() is not None, reason=str(fa4.available()))
 
 

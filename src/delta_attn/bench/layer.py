@@ -278,15 +278,18 @@ def run_layer(args) -> dict:
     def triton_call(m: str, n: int, q, k, v):
         name, mods = split_method(m)
         cfgs = modified_configs(mods, dtype, kcfg)
-        if name == "rows" and "fa4" in mods:  # FA4's anchor rows and tail rows (kernels/fa4.py)
+        if name == "rows" and "fa4" in mods:  # the dense rows as backend="fa4" runs them (kernels/fa4_prefill.py)
             from ..kernels import fa4
+            from ..kernels.prefill import ensure_allocator
 
+            ensure_allocator()
             qf, kf, vf = (t.transpose(1, 2) for t in (q, k, v))
             tail_start = n - base.tail_rows(n)
+            tail = RowSet(tail_start, tail_start, 1, tail_start, n)
 
-            def fa4_rows():
+            def fa4_rows():  # the anchors on FA4, the tail on the dense-rows kernel
                 fa4.anchor_rows(qf[:, 0 : tail_start : args.gamma], kf, vf, start=0, step=args.gamma, scale=scale)
-                return fa4.anchor_rows(qf[:, tail_start:], kf, vf, start=tail_start, step=1, scale=scale)
+                return dense_rows(q, k, v, tail, scale=scale)
 
             return fa4_rows
         if name == "rows":

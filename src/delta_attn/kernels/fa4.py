@@ -13,8 +13,8 @@ passes of Δ attention need:
 * the **anchor rows** D: dense causal attention of the γ-strided anchor queries (row j at position
   ``start + j·step``) over every earlier key, as ``mask_mod`` ``k ≤ start + j·step``.
 
-The Δ combination itself (Δ_j = D_j − Õ_anchor, O = Õ + λΔ on the block's rows) stays in PyTorch or Triton;
-see :func:`delta_attn.kernels.fa4.combine_repeat`.
+The Δ combination itself (Δ_j = D_j − Õ_anchor, O = Õ + λΔ on the block's rows) is not FA4's: see
+:mod:`delta_attn.kernels.fa4_prefill`.
 
 The tile lists are computed here from integers (:func:`tile_lists`), on any device, so the CPU tests check them
 against an enumerated mask; only the attention calls need the GPU and the package.
@@ -228,29 +228,15 @@ def anchor_rows(
     return _run(q_anchor, k, v, _strided_causal_mask(), _int32s(start, step), lists, scale, pack_gqa)
 
 
-def _run_plain(q: Tensor, k: Tensor, v: Tensor, scale: float, *, causal: bool = False, window=None) -> Tensor:
-    """FA4 without a mask_mod: dense causal, or its native local window ``(left, right)`` (no sink)."""
+def plain_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, *, causal: bool = False, window=None) -> Tensor:
+    """FA4 without a mask_mod, for comparisons (the probe in scripts/gpu_calls): dense causal, or its native local
+    window ``(left, right)``, which has no sink."""
     from flash_attn.cute.interface import _flash_attn_fwd
 
     left, right = window if window is not None else (None, None)
     return _flash_attn_fwd(q, k, v, softmax_scale=scale, causal=causal, window_size_left=left, window_size_right=right)[
         0
     ]
-
-
-def combine_repeat(o: Tensor, d: Tensor, gamma: int, body_end: int, delta_scale: float = 1.0) -> Tensor:
-    """In place on Õ (B, N, H, D): rows [jγ, (j+1)γ) ∩ [0, body_end) += λ(D_j − Õ_{jγ}) (``interp="repeat"``,
-    docs/algorithm.md §3), so anchor rows become D_j (λ = 1). ``d``: (B, ⌈body_end/γ⌉, H, D). Δ in float32 at least."""
-    n_full = body_end // gamma
-    anchors = o[:, 0:body_end:gamma]
-    wide = torch.promote_types(o.dtype, torch.float32)  # Δ is a small difference of two rows: not in bf16
-    delta = (d.to(wide) - anchors.to(wide)).mul_(delta_scale)
-    b, _, h, dim = o.shape
-    if n_full:
-        o[:, : n_full * gamma].view(b, n_full, gamma, h, dim).add_(delta[:, :n_full, None])
-    if body_end > n_full * gamma:
-        o[:, n_full * gamma : body_end].add_(delta[:, n_full : n_full + 1])
-    return o
 
 
 def _int32s(*values: int) -> tuple:
