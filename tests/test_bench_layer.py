@@ -105,6 +105,8 @@ def test_method_modifiers():
     assert cfgs["dense"]["USE_TMA"] == "device" and cfgs["sparse"]["USE_TMA"] == "device"
     assert cfgs["dense"]["ITEMS_PER_SM"] == 8 and cfgs["dense"]["MAX_CHUNK"] == 16384 and cfgs["dense"]["BN"] == 128
     assert modified_configs(["strided"], torch.bfloat16, None) is None  # a layout, not a launch option
-    for bad in ("delta+fast", "cudnn+strided", "delta+ipsx"):
+    assert split_method("delta_auto+fa4") == ("delta_auto", ["fa4"])  # backend="fa4": no Triton launch options
+    assert modified_configs(["fa4"], torch.bfloat16, None) is None
+    for bad in ("delta+fast", "cudnn+strided", "delta+ipsx", "cudnn+fa4"):
         with pytest.raises(ValueError):
             method_config(bad, base)
