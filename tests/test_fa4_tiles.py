@@ -115,11 +115,17 @@ def test_fa4_orchestration_matches_the_reference(seed):
 
 @needs_fa4
 @pytest.mark.parametrize(
-    "fields,chunks",
-    [({}, []), ({}, [1000, 1201, 800]), (dict(delta_scale="auto"), [1500, 1501]), (dict(interp="ema"), [])],
-    ids=["delta", "delta-chunked", "auto-chunked", "ema"],
+    "fields,chunks,cache",
+    [
+        ({}, [], False),
+        ({}, [1000, 1201, 800], False),
+        ({}, [1000, 1201, 800], True),
+        (dict(delta_scale="auto"), [1500, 1501], False),
+        (dict(interp="ema"), [], False),
+    ],
+    ids=["delta", "delta-chunked", "delta-chunked-cache-views", "auto-chunked", "ema"],
 )
-def test_fa4_prefill_on_the_gpu_matches_float64(seed, fields, chunks):
+def test_fa4_prefill_on_the_gpu_matches_float64(seed, fields, chunks, cache):
     """backend='fa4' end to end on bf16 (B, N, H, D) memory, one-shot and chunked, against the float64 reference,
     by the rule of ``delta_attn.bench.check``: relative error ≤ 2 × that of the PyTorch reference computing in bf16,
     + 1e-6. FA4 returns Õ and D in bf16 (its output dtype is q's), where the Triton kernels keep them in float32
@@ -135,6 +141,11 @@ def test_fa4_prefill_on_the_gpu_matches_float64(seed, fields, chunks):
         torch.randn(b, n, h, d, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
         for h in (hq, hkv, hkv)
     )
+    if cache:  # K/V as views of a longer (B, Hkv, room, D) buffer, as the in-place cache hands them over
+        room = n + 1000
+        kb, vb = (torch.randn(b, hkv, room, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in "kv")
+        kb[:, :, :n], vb[:, :, :n] = k, v
+        k, v = kb[:, :, :n], vb[:, :, :n]
     config = DeltaConfig(sparse="streaming", sink=64, window=512, gamma=64, **fields)
     kw = dict(scale=1 / math.sqrt(d), prompt_len=n)
     oracle = run_chunked(reference_prefill, q.double(), k.double(), v.double(), config, chunks, **kw)
