@@ -87,8 +87,8 @@ def run_length(n: int) -> None:
     qa = q[:, 0:tail_start:GAMMA]  # anchor rows: a strided view, no copy
 
     t0 = time.perf_counter()
-    lists_sw = fa4.tile_lists(n, n, sink=SINK, window=WINDOW, device="cuda")
-    lists_a = fa4.tile_lists(n_anchor, n, step=GAMMA, window=n, device="cuda")
+    fa4.cached_tile_lists(n, n, start=0, step=1, sink=SINK, window=WINDOW, device="cuda:0")  # what the calls reuse
+    fa4.cached_tile_lists(n_anchor, n, start=0, step=GAMMA, sink=0, window=fa4._INF, device="cuda:0")
     torch.cuda.synchronize()
     print(f"tile lists: {(time.perf_counter() - t0) * 1e3:.1f} ms", flush=True)
 
@@ -102,21 +102,19 @@ def run_length(n: int) -> None:
     record(n, "triton rows", lambda: dense_rows(qt, kt, vt, rs, scale=scale))
     record(n, "triton delta", lambda: triton_prefill(qt, kt, vt, delta_cfg, scale=scale, prompt_len=n))
     record(n, "fa4 local (no sink)", lambda: fa4.plain_attention(q, k, v, scale, window=(WINDOW - 1, 0)))
-    record(n, "fa4 sparse base", lambda: fa4.sparse_base(q, k, v, sink=SINK, window=WINDOW, lists=lists_sw))
-    record(n, "fa4 anchors", lambda: fa4.anchor_rows(qa, k, v, start=0, step=GAMMA, lists=lists_a))
-    record(
-        n, "fa4 anchors packgqa", lambda: fa4.anchor_rows(qa, k, v, start=0, step=GAMMA, lists=lists_a, pack_gqa=True)
-    )
+    record(n, "fa4 sparse base", lambda: fa4.sparse_base(q, k, v, sink=SINK, window=WINDOW))
+    record(n, "fa4 anchors", lambda: fa4.anchor_rows(qa, k, v, start=0, step=GAMMA))
+    record(n, "fa4 anchors packgqa", lambda: fa4.anchor_rows(qa, k, v, start=0, step=GAMMA, pack_gqa=True))
 
     def fa4_delta():
-        o = fa4.sparse_base(q, k, v, sink=SINK, window=WINDOW, lists=lists_sw)
-        d = fa4.anchor_rows(qa, k, v, start=0, step=GAMMA, lists=lists_a)
+        o = fa4.sparse_base(q, k, v, sink=SINK, window=WINDOW)
+        d = fa4.anchor_rows(qa, k, v, start=0, step=GAMMA)
         combine_repeat(o, d, GAMMA, tail_start)
         return o
 
     try:
-        o_ref = fa4.sparse_base(q, k, v, sink=SINK, window=WINDOW, lists=lists_sw)
-        d_ref = fa4.anchor_rows(qa, k, v, start=0, step=GAMMA, lists=lists_a)
+        o_ref = fa4.sparse_base(q, k, v, sink=SINK, window=WINDOW)
+        d_ref = fa4.anchor_rows(qa, k, v, start=0, step=GAMMA)
         record(n, "fa4 combine (in place)", lambda: combine_repeat(o_ref, d_ref, GAMMA, tail_start))
     except Exception as e:
         traceback.print_exc()
@@ -133,14 +131,14 @@ def run_length(n: int) -> None:
                 return (kk <= p) & ((kk < SINK) | (p - kk < WINDOW))
 
             ref = oracle_rows(q, k, v, pos, sw)
-            o_fa = fa4.sparse_base(q, k, v, sink=SINK, window=WINDOW, lists=lists_sw)[:, pos].double()
+            o_fa = fa4.sparse_base(q, k, v, sink=SINK, window=WINDOW)[:, pos].double()
             o_tr = triton_prefill(qt, kt, vt, sparse_cfg, scale=scale, prompt_len=n).transpose(1, 2)[:, pos].double()
             errors["acc sparse fa4 max abs"] = float((o_fa - ref).abs().max())
             errors["acc sparse triton max abs"] = float((o_tr - ref).abs().max())
             apos = torch.sort(torch.randint(0, n_anchor, (64,), device="cuda", generator=gen2)).values
             aref = oracle_rows(q, k, v, apos * GAMMA, lambda p, kk: kk <= p)
-            d_fa = fa4.anchor_rows(qa, k, v, start=0, step=GAMMA, lists=lists_a)[:, apos].double()
-            d_fa2 = fa4.anchor_rows(qa, k, v, start=0, step=GAMMA, lists=lists_a, pack_gqa=True)[:, apos].double()
+            d_fa = fa4.anchor_rows(qa, k, v, start=0, step=GAMMA)[:, apos].double()
+            d_fa2 = fa4.anchor_rows(qa, k, v, start=0, step=GAMMA, pack_gqa=True)[:, apos].double()
             errors["acc anchors fa4 max abs"] = float((d_fa - aref).abs().max())
             errors["acc anchors fa4 packgqa max abs"] = float((d_fa2 - aref).abs().max())
             o_delta_tr = triton_prefill(qt, kt, vt, delta_cfg, scale=scale, prompt_len=n).transpose(1, 2)

@@ -192,16 +192,14 @@ def sparse_base(
     sink: int,
     window: int,
     scale: float | None = None,
-    lists=None,
     pack_gqa: bool | None = False,
 ) -> Tensor:
     """Õ: sink + window attention of every row of q over k/v, FA4 layout (B, N, H, D) (GQA: Hq a multiple of
-    Hkv). q's rows are the last ``Nq`` positions of the ``Nk`` keys (a chunk continuing a cache). ``lists`` from
-    :func:`tile_lists` may be passed in to reuse them across layers."""
+    Hkv). q's rows are the last ``Nq`` positions of the ``Nk`` keys (a chunk continuing a cache). The tile lists
+    are kept per shape (:func:`cached_tile_lists`), so every layer at one length shares them."""
     n_q, n_k = q.shape[1], k.shape[1]
     offset = n_k - n_q
-    if lists is None:
-        lists = cached_tile_lists(n_q, n_k, start=offset, step=1, sink=sink, window=window, device=str(q.device))
+    lists = cached_tile_lists(n_q, n_k, start=offset, step=1, sink=sink, window=window, device=str(q.device))
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     return _run(q, k, v, _sink_window_mask(sink, window), _int32s(offset), lists, scale, pack_gqa)
 
@@ -214,7 +212,6 @@ def anchor_rows(
     start: int,
     step: int,
     scale: float | None = None,
-    lists=None,
     pack_gqa: bool | None = None,
 ) -> Tensor:
     """D: dense causal attention of anchor queries (row j at absolute position ``start + j·step``) over k/v,
@@ -222,8 +219,7 @@ def anchor_rows(
     n_a, n_k = q_anchor.shape[1], k.shape[1]
     if pack_gqa is None:  # the GQA group's query heads in one tile: the anchors are few rows over many keys
         pack_gqa = q_anchor.shape[2] > k.shape[2]
-    if lists is None:
-        lists = cached_tile_lists(n_a, n_k, start=start, step=step, sink=0, window=_INF, device=str(k.device))
+    lists = cached_tile_lists(n_a, n_k, start=start, step=step, sink=0, window=_INF, device=str(k.device))
     scale = 1 / math.sqrt(q_anchor.shape[-1]) if scale is None else scale
     return _run(q_anchor, k, v, _strided_causal_mask(), _int32s(start, step), lists, scale, pack_gqa)
 

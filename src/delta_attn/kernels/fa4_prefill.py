@@ -8,9 +8,9 @@ What runs where, for one call (docs/algorithm.md §3–§5, §13):
    neither q nor the output is copied;
 2. D of the call's anchors ``anchor_lo, anchor_lo + γ, …`` and of its exact tail rows: FA4 with the strided causal
    ``mask_mod`` (:func:`.fa4.anchor_rows`), reading the anchor queries through a strided view;
-3. Δ_j = D_j − Õ_j in float32, λ (a float or the data-driven forms, :func:`delta_attn.combine.delta_scales`), and
-   the body rows Õ + x_i in place by the scan kernel (:func:`.scan.delta_scan_apply`: ``repeat`` and the
-   ``ema``/``abg`` filters), then the exact rows.
+3. Δ_j = D_j − Õ_j in float32, λ (a float or the data-driven forms) and the body rows Õ + x_i in place, by the
+   same code as the Triton backend's unfused path (:func:`.prefill.apply_block_deltas`: one add per row for
+   ``repeat``, the scan kernel for the ``ema``/``abg`` filters).
 
 Chunked prefill carries Δ, the filter state and the λ sums exactly as the Triton backend does (:func:`finish`).
 Only what FA4 expresses runs here: ``sparse="streaming"`` (sink + window) or dense rows, ``interp`` repeat / ema /
@@ -27,13 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..backend import SequenceState, filter_start, finish, plan_call
-from ..combine import delta_scales, scale_deltas
+from ..backend import SequenceState, finish, plan_call
 from ..config import FILTER_INTERPS, DeltaConfig
 from . import fa4
 from .dense_rows import RowSet, dense_rows
-from .prefill import ensure_allocator
-from .scan import delta_scan_apply, repeat_add
+from .prefill import _last_dim_contiguous, apply_block_deltas, ensure_allocator
 
 
 @dataclass(frozen=True)
@@ -90,8 +88,8 @@ def fa4_prefill(
     q0 = nk - nq
     plan = plan_call(config, q0, nk, prompt_len, state, device=q.device)
     # FA4 reads (B, N, H, D) with the last dim contiguous: a model's projections already are, seen transposed
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     qf, kf, vf = (t.transpose(1, 2) for t in (q, k, v))
-    qf, kf, vf = (t if t.stride(-1) == 1 else t.contiguous() for t in (qf, kf, vf))
 
     def rows(lo: int, hi: int, step: int) -> Tensor:  # D at positions lo, lo + step, … < hi: (B, R, Hq, D)
         return passes.rows(qf[:, lo - q0 : hi - q0 : step], kf, vf, start=lo, step=step, scale=scale)
@@ -128,20 +126,8 @@ def fa4_prefill(
     if not plan.has_body:
         finish(state, plan)
         return o
-    raw = anchors - o[:, :, local].float() if anchors is not None else o.new_zeros(bsz, hq, 0, d, dtype=torch.float32)
-    if plan.carried_delta is not None:
-        raw = torch.cat([plan.carried_delta.float().unsqueeze(2), raw], dim=2)
-    lam, scale_sums = delta_scales(plan, raw)  # λ = None for delta_scale = 1.0
-    deltas = scale_deltas(raw, lam)
-    scan_state = None
-    if config.interp == "repeat":  # x_i = z_i: one in-place pass, no scan
-        repeat_add(o, deltas, q_start=q0, body_end=body_end, gamma=gamma)
-    else:
-        m, kk, s_prev = filter_start(plan, deltas[:, :, 0])
-        scan_state = delta_scan_apply(
-            o, deltas, s_prev.float(), m, kk, q_start=q0, body_end=body_end, gamma=gamma, out=o
-        )
-    if lam is not None and anchors is not None:  # λ ≠ 1: the anchor rows are exact
-        o[:, :, local] = anchors.to(o.dtype)
+    if anchors is None:  # a chunk inside one γ-block whose anchor came earlier
+        anchors = o.new_zeros(bsz, hq, 0, d, dtype=torch.float32)
+    raw, _, scan_state, scale_sums = apply_block_deltas(plan, o, anchors, o)  # in place: repeat is one add per row
     finish(state, plan, last_delta=raw[:, :, -1], scan_state=scan_state, scale_sums=scale_sums)
     return o

@@ -48,7 +48,7 @@ from .delta_scale import scaled_block_deltas
 from .dense_rows import PositionList, RowSet, dense_rows, kernel_config
 from .interpret import active as interpreting
 from .interpret import enable as enable_interpreter
-from .scan import delta_scan_apply
+from .scan import delta_scan_apply, repeat_add
 
 MAX_HEAD_DIM = 256
 _INTERPRET = interpreting()
@@ -261,27 +261,45 @@ def triton_prefill(
         last_delta = delta_out[:, :, -1] if delta_out is not None else None
     else:
         sp = sparse_rows(torch.float32)
-        anchors = torch.arange(plan.anchor_lo, max(plan.anchor_lo, body_end), gamma, device=q.device) - q0
-        raw = dense[:, :, :n_anchor] - sp[:, :, anchors]
-        if carry is not None:
-            raw = torch.cat([carry.unsqueeze(2), raw], dim=2)
-        lam, scale_sums = delta_scales(plan, raw)  # λ = None for delta_scale=1.0
-        deltas = scale_deltas(raw, lam)
-        if config.interp == "repeat":  # the system M = 0, K = 1: x_i = z_i
-            m, kk = torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
-            s_prev = deltas.new_zeros(bsz, hq, 1, d)
-        else:
-            m, kk, s_prev = filter_start(plan, deltas[:, :, 0])
-            s_prev = s_prev.float()
-        s_last = delta_scan_apply(sp, deltas, s_prev, m, kk, q_start=q0, body_end=body_end, gamma=gamma, out=out)
-        scan_state = s_last if config.interp != "repeat" else None
+        raw, lam, scan_state, scale_sums = apply_block_deltas(plan, sp, dense[:, :, :n_anchor], out)
         last_delta = raw[:, :, -1]
-        if lam is not None and n_anchor:  # λ ≠ 1: the anchor rows are exact
-            out[:, :, anchors] = dense[:, :, :n_anchor].to(out.dtype)
         if config.extra_anchors > 0:  # repeat (the filters refuse extra anchors)
             _apply_extra_anchors(plan, q, k, v, sp, raw, lam, out, scale=scale, config=kc.get("dense"))
     finish(state, plan, last_delta=last_delta, scan_state=scan_state, scale_sums=scale_sums)
     return out
+
+
+def apply_block_deltas(plan, sp: Tensor, anchor_dense: Tensor, out: Tensor):
+    """The body rows of a ``delta`` call from Õ and its anchors' D (docs/algorithm.md §3–§5, §13), into ``out``.
+
+    sp: Õ of the call's rows (B, Hq, Nq, D); anchor_dense: D of the call's anchors (B, Hq, n_anchors, D); out: where
+    the rows go — ``sp`` itself (in place) or another tensor. Δ_j = D_j − Õ_j (float32; the carried block's Δ first),
+    λ (:func:`delta_attn.combine.delta_scales`), x_i by the scan kernel (``interp`` repeat or a filter; in place,
+    repeat is one add per row, :func:`.scan.repeat_add`), and, for λ ≠ 1, the anchor rows exact.
+    Returns (raw Δs, λ, filter state after the last row or None, λ's running sums or None).
+    """
+    q0, gamma, body_end = plan.q_start, plan.gamma, plan.body_end
+    local = slice(plan.anchor_lo - q0, body_end - q0, gamma)  # the anchors' rows (none when past body_end)
+    raw = anchor_dense.float() - sp[:, :, local].float()
+    if plan.carried_delta is not None:
+        raw = torch.cat([plan.carried_delta.float().unsqueeze(2), raw], dim=2)
+    lam, scale_sums = delta_scales(plan, raw)  # λ = None for delta_scale=1.0
+    deltas = scale_deltas(raw, lam)
+    scan_state = None
+    if plan.config.interp == "repeat" and out is sp:  # x_i = z_i: one add per row, no scan
+        repeat_add(out, deltas, q_start=q0, body_end=body_end, gamma=gamma)
+    else:
+        if plan.config.interp == "repeat":  # the system M = 0, K = 1: x_i = z_i
+            m, kk = torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+            s_prev = deltas.new_zeros(*deltas.shape[:2], 1, deltas.shape[-1])
+        else:
+            m, kk, s_prev = filter_start(plan, deltas[:, :, 0])
+            s_prev = s_prev.float()
+        s_last = delta_scan_apply(sp, deltas, s_prev, m, kk, q_start=q0, body_end=body_end, gamma=gamma, out=out)
+        scan_state = s_last if plan.config.interp != "repeat" else None
+    if lam is not None and anchor_dense.shape[2]:  # λ ≠ 1: the anchor rows are exact
+        out[:, :, local] = anchor_dense.to(out.dtype)
+    return raw, lam, scan_state, scale_sums
 
 
 def _apply_extra_anchors(
