@@ -13,8 +13,8 @@ import torch
 from delta_attn.kernels import fa4
 
 
-def _enumerated(n_q, n_k, tm, tn, sink, window, start, step):
-    p = start + torch.arange(n_q) * step
+def _enumerated(n_q, n_k, tm, tn, sink, window, start, step, group=1):
+    p = start + torch.arange(n_q) // group * step
     k = torch.arange(n_k)
     keep = (k[None] <= p[:, None]) & ((k[None] < sink) | (p[:, None] - k[None] < window))
     n_qt, n_kt = -(-n_q // tm), -(-n_k // tn)
@@ -28,9 +28,11 @@ def _enumerated(n_q, n_k, tm, tn, sink, window, start, step):
     return full, partial
 
 
-def _check(n_q, n_k, tm, tn, sink, window, start, step):
-    pc, pi, fc, fi = fa4.tile_lists(n_q, n_k, start=start, step=step, sink=sink, window=window, tile=(tm, tn))
-    full, partial = _enumerated(n_q, n_k, tm, tn, min(sink, n_k + 1), min(window, n_k + 1), start, step)
+def _check(n_q, n_k, tm, tn, sink, window, start, step, group=1):
+    pc, pi, fc, fi = fa4.tile_lists(
+        n_q, n_k, start=start, step=step, sink=sink, window=window, group=group, tile=(tm, tn)
+    )
+    full, partial = _enumerated(n_q, n_k, tm, tn, min(sink, n_k + 1), min(window, n_k + 1), start, step, group)
     assert pc.shape == fc.shape == (1, 1, full.shape[0])
     for i in range(full.shape[0]):
         assert fi[0, 0, i, : fc[0, 0, i]].tolist() == torch.nonzero(full[i]).flatten().tolist(), (i, "full")
@@ -57,9 +59,63 @@ def test_strided_causal_lists_match_the_mask(seed, gamma):
         _check(n_a, n_k, 8, 16, 0, fa4._INF, start, gamma)
 
 
+@pytest.mark.parametrize("group", [2, 3, 4, 8])
+def test_packed_gqa_lists_match_the_mask(seed, group):
+    """Anchor rows with a GQA group's heads interleaved (row j at start + (j // group)·γ), as anchor_rows packs
+    them; a tile of 8 rows then holds 8/group anchors, or straddles anchors when group does not divide it."""
+    rng = random.Random(seed)
+    for _ in range(4):
+        gamma = rng.choice([1, 7, 16, 64])
+        n_k = rng.randint(gamma, 700)
+        start = rng.randint(0, gamma - 1)
+        n_a = (n_k - start + gamma - 1) // gamma
+        _check(n_a * group, n_k, 8, 16, 0, fa4._INF, start, gamma, group)
+
+
 def test_lists_reject_an_empty_window():
     with pytest.raises(ValueError, match="window"):
         fa4.tile_lists(10, 10, sink=0, window=0, tile=(4, 4))
+    with pytest.raises(ValueError, match="group"):
+        fa4.tile_lists(10, 10, group=0, tile=(4, 4))
+
+
+@pytest.mark.parametrize(
+    "sink,window,native",
+    [(0, 2048, True), (128, 2048, True), (256, 300, True), (64, 2048, False), (256, 200, False), (130, 999, False)],
+)
+def test_native_window_needs_tile_aligned_sinks_inside_the_window(monkeypatch, sink, window, native):
+    """The native-window path is taken exactly when a sink key can only sit in a full tile or inside the window."""
+    monkeypatch.setattr(fa4, "_consumer_hook", lambda: ("consume", "cache"))
+    assert fa4.native_window(sink, window) is native
+    monkeypatch.setattr(fa4, "_consumer_hook", lambda: None)  # another FA4 release: always the mask_mod path
+    assert fa4.native_window(sink, window) is False
+
+
+def test_native_window_lists_never_leave_a_sink_key_to_the_window_mask(seed):
+    """Where native_window holds, every boundary (partial) tile is one whose kept keys are exactly those FA4's
+    causal + local mask keeps — so running it on that mask and the full tiles unmasked gives the sink + window set."""
+    rng = random.Random(seed)
+    for _ in range(6):
+        tn = rng.choice([8, 16])
+        sink = tn * rng.randint(0, 3)
+        window = rng.randint(max(sink, 1), 120)
+        n_k = rng.randint(1, 400)
+        n_q = rng.randint(1, n_k)
+        tm, start = rng.choice([8, 16, 32]), n_k - n_q
+        pc, pi, fc, fi = fa4.tile_lists(n_q, n_k, start=start, sink=sink, window=window, tile=(tm, tn))
+        p = start + torch.arange(n_q)
+        k = torch.arange(n_k)
+        causal = k[None] <= p[:, None]
+        keep = causal & ((k[None] < sink) | (p[:, None] - k[None] < window))
+        native = causal & (p[:, None] - k[None] < window)  # FA4's local mask, window_size_left = window - 1
+        got = torch.zeros_like(keep)
+        for i in range(pc.shape[-1]):
+            rows = slice(i * tm, (i + 1) * tm)
+            for j in fi[0, 0, i, : fc[0, 0, i]].tolist():
+                got[rows, j * tn : (j + 1) * tn] = True
+            for j in pi[0, 0, i, : pc[0, 0, i]].tolist():
+                got[rows, j * tn : (j + 1) * tn] = native[rows, j * tn : (j + 1) * tn]
+        assert torch.equal(got, keep), (sink, window, n_q, n_k, tm, tn)
 
 
 needs_fa4 = pytest.mark.skipif(fa4.available() is not None, reason=str(fa4.available()))
@@ -78,14 +134,17 @@ def _oracle(q, k, v, pos, keep, scale):
 @pytest.mark.parametrize("hq,hkv,d", [(8, 8, 64), (8, 2, 128), (16, 2, 128), (4, 1, 80)])
 def test_fa4_passes_match_float64(seed, hq, hkv, d):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    n, sink, window, gamma = 3000, 64, 700, 64
+    n, window, gamma = 3000, 700, 64
     q, k, v = (torch.randn(2, n, h, d, device="cuda", dtype=torch.bfloat16, generator=g) for h in (hq, hkv, hkv))
     scale = 1 / math.sqrt(d)
     pos = torch.arange(n, device="cuda")
-    o = fa4.sparse_base(q, k, v, sink=sink, window=window, scale=scale)
-    ref = _oracle(q, k, v, pos, lambda p, j: (j <= p) & ((j < sink) | (p - j < window)), scale)
-    bf16 = _oracle(q.double().bfloat16(), k, v, pos, lambda p, j: (j <= p) & ((j < sink) | (p - j < window)), scale)
-    assert (o.double() - ref).abs().max() <= 2 * (bf16.bfloat16().double() - ref).abs().max() + 1e-3
+    assert fa4.native_window(128, window) and not fa4.native_window(64, window)  # both paths run below
+    for sink, native, n_q in [(64, None, n), (128, None, n), (128, False, n), (128, None, 1234), (0, None, 777)]:
+        keep = lambda p, j: (j <= p) & ((j < sink) | (p - j < window))  # noqa: E731
+        o = fa4.sparse_base(q[:, n - n_q :], k, v, sink=sink, window=window, scale=scale, native=native)
+        ref = _oracle(q[:, n - n_q :], k, v, pos[n - n_q :], keep, scale)
+        err = (o.double() - ref).abs().max()
+        assert err <= 2 * (ref.bfloat16().double() - ref).abs().max() + 1e-3, (sink, native, n_q, err)
     start = 5
     qa = q[:, start::gamma]
     dense = fa4.anchor_rows(qa, k, v, start=start, step=gamma, scale=scale)
@@ -122,8 +181,9 @@ def test_fa4_orchestration_matches_the_reference(seed):
         ({}, [1000, 1201, 800], True),
         (dict(delta_scale="auto"), [1500, 1501], False),
         (dict(interp="ema"), [], False),
+        (dict(sink=128), [1000, 1201, 800], True),
     ],
-    ids=["delta", "delta-chunked", "delta-chunked-cache-views", "auto-chunked", "ema"],
+    ids=["delta", "delta-chunked", "delta-chunked-cache-views", "auto-chunked", "ema", "native-window-chunked"],
 )
 def test_fa4_prefill_on_the_gpu_matches_float64(seed, fields, chunks, cache):
     """backend='fa4' end to end on bf16 (B, N, H, D) memory, one-shot and chunked, against the float64 reference,
@@ -146,7 +206,7 @@ def test_fa4_prefill_on_the_gpu_matches_float64(seed, fields, chunks, cache):
         kb, vb = (torch.randn(b, hkv, room, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in "kv")
         kb[:, :, :n], vb[:, :, :n] = k, v
         k, v = kb[:, :, :n], vb[:, :, :n]
-    config = DeltaConfig(sparse="streaming", sink=64, window=512, gamma=64, **fields)
+    config = DeltaConfig(**{"sparse": "streaming", "sink": 64, "window": 512, "gamma": 64, **fields})
     kw = dict(scale=1 / math.sqrt(d), prompt_len=n)
     oracle = run_chunked(reference_prefill, q.double(), k.double(), v.double(), config, chunks, **kw)
     ref = run_chunked(reference_prefill, q, k, v, config, chunks, compute_dtype=torch.bfloat16, **kw)

@@ -7,11 +7,14 @@ Triton 3.6 does not give there (BENCHMARKS.md: the Triton kernels stop at ~0.8 o
 128K). It takes a FlexAttention-style ``mask_mod`` plus block-sparse tile lists, which is exactly what the two
 passes of Δ attention need:
 
-* the **sparse base** Õ over every query row: sink + sliding window (docs/algorithm.md §2, ``streaming``), as
-  ``mask_mod`` ``k < sink or q − k < window`` (and k ≤ q) with the tiles that lie wholly inside that set listed
-  as *full* (no mask evaluated) and the few boundary tiles as *partial*;
+* the **sparse base** Õ over every query row: sink + sliding window (docs/algorithm.md §2, ``streaming``), the
+  tiles that lie wholly inside that set listed as *full* (no mask evaluated) and the few boundary tiles as
+  *partial*. When the sink is a whole number of key tiles (the usual 128 is one) the boundary tiles run on FA4's
+  native causal + local masks (:func:`native_window`); otherwise on the ``mask_mod``
+  ``k < sink or q − k < window`` (and k ≤ q), which costs about twice an unmasked tile per boundary tile;
 * the **anchor rows** D: dense causal attention of the γ-strided anchor queries (row j at position
-  ``start + j·step``) over every earlier key, as ``mask_mod`` ``k ≤ start + j·step``.
+  ``start + j·step``) over every earlier key, as ``mask_mod`` ``k ≤ start + j·step``, with a GQA group's query
+  heads packed into one tile (:func:`anchor_rows`).
 
 The Δ combination itself (Δ_j = D_j − Õ_anchor, O = Õ + λΔ on the block's rows) is not FA4's: see
 :mod:`delta_attn.kernels.fa4_prefill`.
@@ -22,7 +25,10 @@ against an enumerated mask; only the attention calls need the GPU and the packag
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.metadata
+import inspect
 import math
 
 import torch
@@ -70,13 +76,15 @@ def tile_lists(
     step: int = 1,
     sink: int = 0,
     window: int = _INF,
+    group: int = 1,
     tile: tuple[int, int] = TILE,
     device: torch.device | str = "cpu",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Block-sparse tile lists for FA4: per query tile, the key tiles to visit with the mask (partial) and without
     it (full), ascending, valid entries packed left.
 
-    Query row j sits at absolute position ``start + j·step`` (j < n_rows); n_k keys; ``tile`` = (rows, keys) per
+    Query row j sits at absolute position ``start + (j // group)·step`` (j < n_rows; ``group`` > 1 when the rows
+    are a GQA group's query heads interleaved, see :func:`anchor_rows`); n_k keys; ``tile`` = (rows, keys) per
     tile. sink/window: the pattern (window ≥ n_k → dense causal). Returns (partial_count, partial_index,
     full_count, full_index), int32, shapes (1, 1, n_tiles) and (1, 1, n_tiles, width).
 
@@ -87,16 +95,19 @@ def tile_lists(
     """
     if window < 1:
         raise ValueError(f"window must be ≥ 1, got {window}")
+    if group < 1:
+        raise ValueError(f"group must be ≥ 1, got {group}")
     tile_m, tile_n = tile
     n_kt = -(-n_k // tile_n)
-    first = start + torch.arange(0, n_rows, tile_m, device=device, dtype=torch.int64) * step
-    last = start + torch.clamp(torch.arange(0, n_rows, tile_m, device=device) + tile_m - 1, max=n_rows - 1) * step
+    row0 = torch.arange(0, n_rows, tile_m, device=device, dtype=torch.int64)
+    first = start + row0 // group * step
+    last = start + torch.clamp(row0 + tile_m - 1, max=n_rows - 1) // group * step
     p0, p1 = first[:, None], last[:, None]
     sink_tiles = min(n_kt, -(-min(sink, n_k) // tile_n))
     if window >= n_k:  # dense causal: every tile up to the last row's
         span, lo = n_kt, torch.zeros_like(p0)
     else:  # tiles from the one with the first row's oldest window key to the one with the last row
-        span = min(n_kt, (window + (tile_m - 1) * step) // tile_n + 2)
+        span = min(n_kt, (window + ((tile_m - 1) // group + 1) * step) // tile_n + 2)
         lo = torch.clamp(p0 - window + 1, min=0) // tile_n
     kt = lo + torch.arange(span, device=device)
     kt = torch.where(kt < sink_tiles, -1, kt)  # those are listed once, among the sink tiles
@@ -111,10 +122,12 @@ def tile_lists(
 
 
 @functools.lru_cache(maxsize=64)
-def cached_tile_lists(n_rows: int, n_k: int, *, start: int, step: int, sink: int, window: int, device: str):
+def cached_tile_lists(
+    n_rows: int, n_k: int, *, start: int, step: int, sink: int, window: int, device: str, group: int = 1
+):
     """:func:`tile_lists`, kept per shape: every layer of a forward pass at one length shares one set (a new
     length costs a few small device kernels, no host sync)."""
-    return tile_lists(n_rows, n_k, start=start, step=step, sink=sink, window=window, device=device)
+    return tile_lists(n_rows, n_k, start=start, step=step, sink=sink, window=window, group=group, device=device)
 
 
 def _packed(keep: Tensor, kt: Tensor, n_kt: int) -> tuple[Tensor, Tensor]:
@@ -146,7 +159,7 @@ def _sink_window_mask(sink: int, window: int):
 
 
 @functools.cache
-def _strided_causal_mask():
+def _strided_causal_mask(group: int = 1):
     import cutlass
     import cutlass.cute as cute
     from flash_attn.cute import utils
@@ -155,13 +168,100 @@ def _strided_causal_mask():
     def mask(batch, head, m_idx, n_idx, seqlen_info, aux_tensors, aux_scalars):
         start = utils.scalar_to_ssa(aux_scalars[0], cutlass.Int32)
         step = utils.scalar_to_ssa(aux_scalars[1], cutlass.Int32)
-        return n_idx <= m_idx * step + start
+        anchor = m_idx
+        if cutlass.const_expr(group > 1):  # rows are (anchor, head of the group) pairs, see anchor_rows
+            anchor = m_idx // utils.scalar_to_ssa(group, cutlass.Int32)
+        return n_idx <= anchor * step + start
 
     return mask
 
 
+# ---- The sparse base on FA4's native local window -------------------------------------------------------------
+# With a mask_mod, FA4 evaluates it element by element on every boundary tile, about twice an unmasked tile's time
+# (BENCHMARKS.md: Õ 8.26 ms with the sink + window mask_mod against 7.09 ms for the native window without a sink,
+# one Llama-3-8B layer at 128K on an H100). Its native causal / local masks cost a few instructions per tile. They
+# cannot express the sink, and FA4 applies them to the tiles listed as full too, which would mask the sink tiles
+# (outside the window). So for the sparse base FA4's block-sparse consumer is wrapped, for our calls only, so that
+# tiles listed full run with no mask beyond the key-length bound, and the boundary tiles keep FA4's native masks.
+
+#: The FA4 release whose sm_90 block-sparse consumer ``_full_tiles_unmasked`` wraps; any other falls back to the
+#: mask_mod path (correct, slower).
+NATIVE_WINDOW_FA4 = "4.0.0b40"
+
+
+class _BoundaryTile:
+    """Passed as FA4's ``mask_mod`` into its block-sparse consumer, which hands it on to the boundary (partial) tiles
+    only: the wrapped mask function below tells the two lists apart by it."""
+
+
+def native_window(sink: int, window: int) -> bool:
+    """Whether Õ can run on FA4's native local window: every sink key must lie in tiles that are either wholly
+    visible to a query tile (listed full, run unmasked) or visible through the window anyway, i.e. the sink is a
+    multiple of the key tile and no wider than the window; and the installed FA4 must be the release the consumer
+    wrapper was written against."""
+    return sink % TILE[1] == 0 and sink <= window and _consumer_hook() is not None
+
+
+@functools.cache
+def _consumer_hook():
+    """(wrapped consumer, private compile cache), or None when FA4 is missing or not :data:`NATIVE_WINDOW_FA4`."""
+    try:
+        if importlib.metadata.version("flash-attn-4") != NATIVE_WINDOW_FA4:
+            return None
+        from flash_attn.cute import flash_fwd_sm90
+        from flash_attn.cute.cache_utils import JITCache
+    except (importlib.metadata.PackageNotFoundError, ImportError):
+        return None
+    original = flash_fwd_sm90.consume_block_sparse_loads
+    signature = inspect.signature(original)
+    if not {"mask_fn", "mask_mod"} <= set(signature.parameters):
+        return None
+
+    def consume(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        if bound.arguments["mask_mod"] is not None:  # a real mask_mod: FA4's own behaviour
+            return original(*args, **kwargs)
+        mask_fn = bound.arguments["mask_fn"]
+
+        def tile_mask(*a, mask_mod=None, **kw):
+            if mask_mod is _BoundaryTile:  # a boundary tile: FA4's causal / local masks
+                return mask_fn(*a, **kw)
+            return mask_fn(*a, mask_causal=False, mask_local=False, **kw)  # listed full: the key-length bound only
+
+        bound.arguments["mask_fn"] = tile_mask
+        bound.arguments["mask_mod"] = _BoundaryTile
+        return original(*bound.args, **bound.kwargs)
+
+    # Kernels traced with the wrapper live in their own cache: FA4's compile key does not know about the wrapper,
+    # so sharing FA4's cache would hand them to (or take them from) other callers of FA4 in this process.
+    return consume, JITCache()
+
+
+@contextlib.contextmanager
+def _full_tiles_unmasked():
+    from flash_attn.cute import flash_fwd_sm90
+    from flash_attn.cute.interface import _flash_attn_fwd
+
+    consume, cache = _consumer_hook()
+    saved = flash_fwd_sm90.consume_block_sparse_loads, _flash_attn_fwd.compile_cache
+    flash_fwd_sm90.consume_block_sparse_loads, _flash_attn_fwd.compile_cache = consume, cache
+    try:
+        yield
+    finally:
+        flash_fwd_sm90.consume_block_sparse_loads, _flash_attn_fwd.compile_cache = saved
+
+
 def _run(
-    q: Tensor, k: Tensor, v: Tensor, mask_mod, scalars: tuple, lists, scale: float, pack_gqa: bool | None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lists,
+    scale: float,
+    pack_gqa: bool,
+    *,
+    mask_mod=None,
+    scalars: tuple | None = None,
+    window_left: int | None = None,
 ) -> Tensor:
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
     from flash_attn.cute.interface import _flash_attn_fwd
@@ -170,18 +270,11 @@ def _run(
     tensors = BlockSparseTensorsTorch(
         mask_block_cnt=pc, mask_block_idx=pi, full_block_cnt=fc, full_block_idx=fi, block_size=TILE
     )
-    out = _flash_attn_fwd(
-        q,
-        k,
-        v,
-        softmax_scale=scale,
-        mask_mod=mask_mod,
-        aux_scalars=scalars,
-        block_sparse_tensors=tensors,
-        tile_mn=TILE,
-        pack_gqa=pack_gqa,
-    )
-    return out[0]
+    kwargs = dict(softmax_scale=scale, block_sparse_tensors=tensors, tile_mn=TILE, pack_gqa=pack_gqa)
+    if mask_mod is not None:
+        return _flash_attn_fwd(q, k, v, mask_mod=mask_mod, aux_scalars=scalars, **kwargs)[0]
+    with _full_tiles_unmasked():  # native causal + local masks on the boundary tiles, none on the full ones
+        return _flash_attn_fwd(q, k, v, window_size_left=window_left, window_size_right=0, **kwargs)[0]
 
 
 def sparse_base(
@@ -192,16 +285,29 @@ def sparse_base(
     sink: int,
     window: int,
     scale: float | None = None,
-    pack_gqa: bool | None = False,
+    pack_gqa: bool = False,
+    native: bool | None = None,
 ) -> Tensor:
     """Õ: sink + window attention of every row of q over k/v, FA4 layout (B, N, H, D) (GQA: Hq a multiple of
     Hkv). q's rows are the last ``Nq`` positions of the ``Nk`` keys (a chunk continuing a cache). The tile lists
-    are kept per shape (:func:`cached_tile_lists`), so every layer at one length shares them."""
+    are kept per shape (:func:`cached_tile_lists`), so every layer at one length shares them.
+
+    ``native`` (default: :func:`native_window`) runs the boundary tiles on FA4's native causal + local masks and
+    the full tiles unmasked; False uses the sink + window mask_mod everywhere FA4 masks."""
     n_q, n_k = q.shape[1], k.shape[1]
     offset = n_k - n_q
     lists = cached_tile_lists(n_q, n_k, start=offset, step=1, sink=sink, window=window, device=str(q.device))
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return _run(q, k, v, _sink_window_mask(sink, window), _int32s(offset), lists, scale, pack_gqa)
+    if native is None:
+        native = native_window(sink, window)
+    elif native and not native_window(sink, window):
+        raise ValueError(
+            f"the native window path needs flash-attn-4=={NATIVE_WINDOW_FA4} and a sink that is a multiple of "
+            f"{TILE[1]} no wider than the window (got sink={sink}, window={window})"
+        )
+    if native:  # FA4 masks key k for row p when p - k > window_left (bottom-right aligned, like the offset)
+        return _run(q, k, v, lists, scale, pack_gqa, window_left=min(window, n_k) - 1)
+    return _run(q, k, v, lists, scale, pack_gqa, mask_mod=_sink_window_mask(sink, window), scalars=_int32s(offset))
 
 
 def anchor_rows(
@@ -215,13 +321,28 @@ def anchor_rows(
     pack_gqa: bool | None = None,
 ) -> Tensor:
     """D: dense causal attention of anchor queries (row j at absolute position ``start + j·step``) over k/v,
-    FA4 layout (B, N, H, D)."""
-    n_a, n_k = q_anchor.shape[1], k.shape[1]
-    if pack_gqa is None:  # the GQA group's query heads in one tile: the anchors are few rows over many keys
-        pack_gqa = q_anchor.shape[2] > k.shape[2]
-    lists = cached_tile_lists(n_a, n_k, start=start, step=step, sink=0, window=_INF, device=str(k.device))
-    scale = 1 / math.sqrt(q_anchor.shape[-1]) if scale is None else scale
-    return _run(q_anchor, k, v, _strided_causal_mask(), _int32s(start, step), lists, scale, pack_gqa)
+    FA4 layout (B, N, H, D); returns (B, n_anchor, Hq, D).
+
+    ``pack_gqa`` (default: Hq > Hkv) puts a GQA group's query heads in one tile, as rows (anchor, head): each tile
+    then holds TILE[0]/g anchors, so its causal edge crosses (TILE[0]/g)·step keys of boundary tiles. (FA4's own
+    ``pack_gqa`` indexes the block-sparse lists per TILE[0] unpacked rows, so each of its packed tiles would walk
+    the boundary and the keys of TILE[0] anchors: on the Llama-3-8B shape 64 boundary tiles per tile, not 16.)"""
+    b, n_a, hq, d = q_anchor.shape
+    n_k, hkv = k.shape[1], k.shape[2]
+    group = hq // hkv
+    if pack_gqa is None:
+        pack_gqa = group > 1
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    if not pack_gqa or group == 1:
+        lists = cached_tile_lists(n_a, n_k, start=start, step=step, sink=0, window=_INF, device=str(k.device))
+        return _run(q_anchor, k, v, lists, scale, False, mask_mod=_strided_causal_mask(), scalars=_int32s(start, step))
+    # (B, n_a, Hkv·g, D) -> (B, n_a·g, Hkv, D): row a·g + j of KV head h is anchor a of query head h·g + j
+    packed = q_anchor.view(b, n_a, hkv, group, d).transpose(2, 3).reshape(b, n_a * group, hkv, d)
+    lists = cached_tile_lists(
+        n_a * group, n_k, start=start, step=step, sink=0, window=_INF, device=str(k.device), group=group
+    )
+    out = _run(packed, k, v, lists, scale, False, mask_mod=_strided_causal_mask(group), scalars=_int32s(start, step))
+    return out.view(b, n_a, group, hkv, d).transpose(2, 3).reshape(b, n_a, hq, d)
 
 
 def plain_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, *, causal: bool = False, window=None) -> Tensor:

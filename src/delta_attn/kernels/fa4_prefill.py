@@ -3,11 +3,12 @@
 
 What runs where, for one call (docs/algorithm.md §3–§5, §13):
 
-1. Õ of every query row of the call: FA4 with the sink + window ``mask_mod`` (:func:`.fa4.sparse_base`), written
+1. Õ of every query row of the call: FA4's sink + window pass (:func:`.fa4.sparse_base`), written
    once, in q's dtype, into the output buffer (B, Nq, Hq, D) — the layout a transformers model hands over, so
    neither q nor the output is copied;
-2. D of the call's anchors ``anchor_lo, anchor_lo + γ, …`` and of its exact tail rows: FA4 with the strided causal
-   ``mask_mod`` (:func:`.fa4.anchor_rows`), reading the anchor queries through a strided view;
+2. D of the call's anchors ``anchor_lo, anchor_lo + γ, …``: FA4 with the strided causal ``mask_mod``
+   (:func:`.fa4.anchor_rows`, the GQA group's query heads packed into one tile); the exact tail rows on this
+   package's dense-rows kernel;
 3. Δ_j = D_j − Õ_j in float32, λ (a float or the data-driven forms) and the body rows Õ + x_i in place, by the
    same code as the Triton backend's unfused path (:func:`.prefill.apply_block_deltas`: one add per row for
    ``repeat``, the scan kernel for the ``ema``/``abg`` filters).
@@ -98,22 +99,26 @@ def fa4_prefill(
         dense = rows(q0, nk, 1)
         finish(state, plan)
         return dense.transpose(1, 2)
+    tail = None
+    if config.mode != "sparse" and nk > plan.tail_start:
+        # The exact tail rows first: a short Triton launch, so the GPU is busy while FA4's Python prepares the Õ
+        # call (host time a synchronised call would otherwise wait through); copied into place after Õ.
+        if passes.tail is None:
+            if q.is_cuda:
+                ensure_allocator()  # the dense-rows kernel's TMA descriptors
+            tail = q.new_empty(bsz, hq, nk - plan.tail_lo, d)
+            dense_rows(q, k, v, RowSet(plan.tail_lo, plan.tail_lo, 1, plan.tail_lo, nk), scale=scale, out=tail)
+        else:
+            tail = passes.tail(qf[:, plan.tail_lo - q0 :], kf, vf, start=plan.tail_lo, step=1, scale=scale)
+            tail = tail.transpose(1, 2)
     out = passes.sparse(qf, kf, vf, sink=config.sink, window=config.window, scale=scale)  # (B, Nq, Hq, D)
     o = out.transpose(1, 2)  # (B, Hq, Nq, D) view, written in place below
     if config.mode == "sparse":
         finish(state, plan)
         return o
     gamma, body_end = config.gamma, plan.body_end
-    if nk > plan.tail_start:  # exact tail rows
-        tail = o[:, :, plan.tail_lo - q0 :]
-        if passes.tail is None:
-            if q.is_cuda:
-                ensure_allocator()  # the dense-rows kernel's TMA descriptors
-            dense_rows(q, k, v, RowSet(plan.tail_lo, plan.tail_lo, 1, plan.tail_lo, nk), scale=scale, out=tail)
-        else:
-            tail.copy_(
-                passes.tail(qf[:, plan.tail_lo - q0 :], kf, vf, start=plan.tail_lo, step=1, scale=scale).transpose(1, 2)
-            )
+    if tail is not None:
+        o[:, :, plan.tail_lo - q0 :] = tail
     anchors = None
     if plan.n_anchors:
         anchors = rows(plan.anchor_lo, body_end, gamma).transpose(1, 2).float()  # (B, Hq, n_anchor, D)

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Issue 16, tenth session (2026-12-07): FA4's sparse base on the native local window (full tiles unmasked, the sink
+# riding on them) and the anchors with the GQA group packed as rows (kernels/fa4.py), against the ninth session's
+# FA4 calls and the Triton backend. Same wheels and first call as 2026-12-07_fa4_backend.sh
+# (`mkdir -p /tmp/w && cp .fa00/* /tmp/w/`, carry .fa00), then this script (carry .fa01).
+#   (tests)   tests/test_fa4_tiles.py on the GPU: both Õ paths, packed anchors, fa4_prefill against float64
+#   (check)   python -m delta_attn.bench.check: every Triton kernel against float64 (the fused λ kernel's edit)
+#   (probe)   scripts/gpu_calls/fa4_native_probe.py: each FA4 pass before/after at 128K
+#   (layer)   one Llama-3-8B layer at 128K and 1M: cuDNN, Δ Triton, Δ and λ = auto on FA4
+#   (again)   the 128K layer twice more (cuDNN, Δ Triton, Δ FA4)
+#   (profile) device time per kernel of both backends at 128K (scripts/gpu_calls/fa4_profile.py)
+#   (e8b)     bench e2e on the 8B shape at 128K, dense and Δ on FA4
+#   (e3b)     bench e2e on the llama-3.2-3b shape: dense and Δ at 32K/128K, then Δ chunked into the in-place cache at
+#             1M where the card has > 120 GB (an H200: 1M needs 112 GiB of K/V), else 512K
+# PARTS (default "tests check probe"). Records: $OUT/fa4_native.tgz; a table prints last.
+set -uo pipefail
+T0=$(date +%s)
+mkdir -p /tmp/w "$OUT" && cp .fa01/* /tmp/w/ 2>/dev/null
+(cd /tmp/w && [ -f cu13.part.aa ] && [ -f cu13.part.ab ] && cat cu13.part.aa cu13.part.ab > nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl && rm -f cu13.part.*)
+[ -d /tmp/site/flash_attn ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/w/*.whl 2>&1 | tail -3
+export PYTHONPATH=src:/tmp/site/nvidia_cutlass_dsl/dsl_packages:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+R=/tmp/fa4_native; mkdir -p $R
+PARTS=" ${PARTS:-tests check probe} "
+want() { [[ "$PARTS" == *" $1 "* ]]; }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader | tee $R/gpu.txt
+if want tests; then
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_fa4_tiles.py > $R/tests.log 2>&1
+  echo "tests: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|Error" $R/tests.log | tail -6
+fi
+if want check; then
+  timeout 240 python3 -m delta_attn.bench.check > $R/check.log 2>&1
+  echo "check: exit $? ($(( $(date +%s) - T0 )) s)"; tail -4 $R/check.log
+fi
+if want probe; then
+  timeout 150 python3 scripts/gpu_calls/fa4_native_probe.py $R > $R/probe.log 2>&1
+  echo "probe: exit $? ($(( $(date +%s) - T0 )) s)"
+fi
+if want layer; then
+  timeout 200 python3 -m delta_attn.cli bench layer --lengths 128K,1M \
+    --methods cudnn,delta,delta+fa4,delta_auto+fa4 --dense-once-above 256K --budget 0.4 --reps 7 \
+    --out $R/layer > $R/layer.log 2>&1
+  echo "layer: exit $? ($(( $(date +%s) - T0 )) s)"
+fi
+if want again; then
+  for i in 1 2; do
+    timeout 100 python3 -m delta_attn.cli bench layer --lengths 128K --methods cudnn,delta,delta+fa4 --budget 0.4 \
+      --reps 9 --out $R/again$i > $R/again$i.log 2>&1
+    echo "again $i: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "^\| 128K " $R/again$i.log
+  done
+fi
+if want profile; then
+  timeout 120 python3 scripts/gpu_calls/fa4_profile.py $R > $R/profile.log 2>&1
+  echo "profile: exit $? ($(( $(date +%s) - T0 )) s)"; grep -v "Warning\|exe_args\|warn" $R/profile.log | grep -E "==|ms  x" | head -24
+fi
+if want e8b; then
+  timeout 150 python3 -m delta_attn.cli bench e2e --device cuda --warmup-length 4096 --model-shape llama-3-8b \
+    --lengths 128K --methods dense,delta --reps 2 --backend fa4 --out $R/e8b > $R/e8b.log 2>&1
+  echo "e8b: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "TTFT|backend" $R/e8b.log | cut -c1-200 | tail -4
+fi
+if want e3b; then
+  E=(python3 -m delta_attn.cli bench e2e --device cuda --warmup-length 4096 --model-shape llama-3.2-3b)
+  timeout 120 "${E[@]}" --lengths 32K,128K --methods dense,delta --reps 2 --out $R/e3b > $R/e3b.log 2>&1
+  echo "e3b: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "TTFT" $R/e3b.log | cut -c1-200 | tail -4
+  LONG=512K; nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | awk '{exit !($1 > 120000)}' && LONG=1M
+  timeout 200 "${E[@]}" --lengths $LONG --methods delta --chunk-size 16384 --chunk-methods delta \
+    --chunk-cache preallocated --reps 2 --out $R/e3b_long > $R/e3b_long.log 2>&1
+  echo "e3b $LONG: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "TTFT|OOM" $R/e3b_long.log | cut -c1-200 | tail -2
+fi
+tar czf $OUT/fa4_native.tgz -C /tmp fa4_native
+want tests && grep -E "FAILED|Error" $R/tests.log | head -8
+want probe && grep -v "Warning\|exe_args\|warn" $R/probe.log | tail -9
+want layer && grep -E "^\| (128K|1M) " $R/layer.log
+exit 0
