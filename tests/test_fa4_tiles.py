@@ -81,27 +81,34 @@ def test_lists_reject_an_empty_window():
 
 @pytest.mark.parametrize(
     "sink,window,native",
-    [(0, 2048, True), (128, 2048, True), (256, 300, True), (64, 2048, False), (256, 200, False), (130, 999, False)],
+    [(0, 2048, True), (128, 2048, True), (256, 384, True), (64, 2048, False), (256, 383, False), (130, 999, False)],
 )
 def test_native_window_needs_tile_aligned_sinks_inside_the_window(monkeypatch, sink, window, native):
-    """The native-window path is taken exactly when a sink key can only sit in a full tile or inside the window."""
+    """The native-window path is taken exactly when the sink is whole key tiles and sink + a query tile fits in the
+    window (the condition the next test checks on enumerated masks), on sm_90 only."""
     monkeypatch.setattr(fa4, "_consumer_hook", lambda: ("consume", "cache"))
     assert fa4.native_window(sink, window) is native
+    assert fa4.native_window(sink, window, "cpu") is False
+    for major, expected in [(9, native), (10, False), (12, False)]:  # the wrapper patches FA4's sm_90 kernel only
+        monkeypatch.setattr(fa4, "_major", lambda device, m=major: m)
+        assert fa4.native_window(sink, window, "cuda") is expected, major
     monkeypatch.setattr(fa4, "_consumer_hook", lambda: None)  # another FA4 release: always the mask_mod path
     assert fa4.native_window(sink, window) is False
 
 
 def test_native_window_lists_never_leave_a_sink_key_to_the_window_mask(seed):
-    """Where native_window holds, every boundary (partial) tile is one whose kept keys are exactly those FA4's
-    causal + local mask keeps — so running it on that mask and the full tiles unmasked gives the sink + window set."""
+    """Where native_window's condition holds (sink a multiple of the key tile, sink + query tile ≤ window), every
+    boundary (partial) tile keeps exactly the keys FA4's causal + local mask keeps — so running those on that mask
+    and the full tiles unmasked gives the sink + window set. (With sink + query tile > window it does not: a query
+    tile starting inside a sink tile leaves that tile partial while its later rows see sink keys past the window.)"""
     rng = random.Random(seed)
-    for _ in range(6):
-        tn = rng.choice([8, 16])
+    for _ in range(8):
+        tn, tm = rng.choice([8, 16]), rng.choice([8, 16, 32])
         sink = tn * rng.randint(0, 3)
-        window = rng.randint(max(sink, 1), 120)
+        window = rng.randint(max(sink + tm, 1), 150)
         n_k = rng.randint(1, 400)
         n_q = rng.randint(1, n_k)
-        tm, start = rng.choice([8, 16, 32]), n_k - n_q
+        start = n_k - n_q
         pc, pi, fc, fi = fa4.tile_lists(n_q, n_k, start=start, sink=sink, window=window, tile=(tm, tn))
         p = start + torch.arange(n_q)
         k = torch.arange(n_k)
@@ -138,7 +145,7 @@ def test_fa4_passes_match_float64(seed, hq, hkv, d):
     q, k, v = (torch.randn(2, n, h, d, device="cuda", dtype=torch.bfloat16, generator=g) for h in (hq, hkv, hkv))
     scale = 1 / math.sqrt(d)
     pos = torch.arange(n, device="cuda")
-    assert fa4.native_window(128, window) and not fa4.native_window(64, window)  # both paths run below
+    assert fa4.native_window(128, window, "cuda") and not fa4.native_window(64, window, "cuda")  # both run below
     for sink, native, n_q in [(64, None, n), (128, None, n), (128, False, n), (128, None, 1234), (0, None, 777)]:
         keep = lambda p, j: (j <= p) & ((j < sink) | (p - j < window))  # noqa: E731
         o = fa4.sparse_base(q[:, n - n_q :], k, v, sink=sink, window=window, scale=scale, native=native)

@@ -194,12 +194,21 @@ class _BoundaryTile:
     only: the wrapped mask function below tells the two lists apart by it."""
 
 
-def native_window(sink: int, window: int) -> bool:
+def native_window(sink: int, window: int, device: torch.device | str | None = None) -> bool:
     """Whether Õ can run on FA4's native local window: every sink key must lie in tiles that are either wholly
-    visible to a query tile (listed full, run unmasked) or visible through the window anyway, i.e. the sink is a
-    multiple of the key tile and no wider than the window; and the installed FA4 must be the release the consumer
-    wrapper was written against."""
-    return sink % TILE[1] == 0 and sink <= window and _consumer_hook() is not None
+    visible to a query tile (listed full, run unmasked) or visible through the window anyway. That holds when the
+    sink is a multiple of the key tile (no tile straddles its edge) and the sink plus one query tile fits in the
+    window (a sink tile is partial only for a query tile that starts inside it, causally; every row of such a tile
+    lies within ``sink + TILE[0]`` positions of key 0, so the window keeps the sink for it); the installed FA4 must be the release the consumer
+    wrapper was written against; and ``device`` (when given) must be sm_90, whose kernel the wrapper patches
+    (Blackwell runs FA4's sm_100 kernel, which would still mask the sink tiles: there the mask_mod path runs)."""
+    if device is not None and (torch.device(device).type != "cuda" or _major(torch.device(device)) != 9):
+        return False
+    return sink % TILE[1] == 0 and sink + TILE[0] <= window and _consumer_hook() is not None
+
+
+def _major(device: torch.device) -> int:
+    return torch.cuda.get_device_capability(device)[0]
 
 
 @functools.cache
@@ -299,11 +308,11 @@ def sparse_base(
     lists = cached_tile_lists(n_q, n_k, start=offset, step=1, sink=sink, window=window, device=str(q.device))
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     if native is None:
-        native = native_window(sink, window)
-    elif native and not native_window(sink, window):
+        native = native_window(sink, window, q.device)
+    elif native and not native_window(sink, window, q.device):
         raise ValueError(
-            f"the native window path needs flash-attn-4=={NATIVE_WINDOW_FA4} and a sink that is a multiple of "
-            f"{TILE[1]} no wider than the window (got sink={sink}, window={window})"
+            f"the native window path needs an sm_90 GPU, flash-attn-4=={NATIVE_WINDOW_FA4} and a sink that is a "
+            f"multiple of {TILE[1]} with sink + {TILE[0]} ≤ window (got sink={sink}, window={window})"
         )
     if native:  # FA4 masks key k for row p when p - k > window_left (bottom-right aligned, like the offset)
         return _run(q, k, v, lists, scale, pack_gqa, window_left=min(window, n_k) - 1)
