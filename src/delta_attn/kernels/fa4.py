@@ -199,9 +199,10 @@ def native_window(sink: int, window: int, device: torch.device | str | None = No
     visible to a query tile (listed full, run unmasked) or visible through the window anyway. That holds when the
     sink is a multiple of the key tile (no tile straddles its edge) and the sink plus one query tile fits in the
     window (a sink tile is partial only for a query tile that starts inside it, causally; every row of such a tile
-    lies within ``sink + TILE[0]`` positions of key 0, so the window keeps the sink for it); the installed FA4 must be the release the consumer
-    wrapper was written against; and ``device`` (when given) must be sm_90, whose kernel the wrapper patches
-    (Blackwell runs FA4's sm_100 kernel, which would still mask the sink tiles: there the mask_mod path runs)."""
+    lies within ``sink + TILE[0]`` positions of key 0, so the window keeps the sink for it). The installed FA4
+    must be the release the consumer wrapper was written against, and ``device`` (when given) sm_90, whose kernel
+    the wrapper patches (Blackwell runs FA4's sm_100 kernel, which would still mask the sink tiles: there the
+    mask_mod path runs)."""
     if device is not None and (torch.device(device).type != "cuda" or _major(torch.device(device)) != 9):
         return False
     return sink % TILE[1] == 0 and sink + TILE[0] <= window and _consumer_hook() is not None
