@@ -4,15 +4,15 @@
 # FA4 calls and the Triton backend. Same wheels and first call as 2026-12-07_fa4_backend.sh
 # (`mkdir -p /tmp/w && cp .fa00/* /tmp/w/`, carry .fa00), then this script (carry .fa01).
 #   (tests)   tests/test_fa4_tiles.py on the GPU: both Õ paths, packed anchors, fa4_prefill against float64
-#   (check)   python -m delta_attn.bench.check: every Triton kernel against float64 (the fused λ kernel's edit)
 #   (probe)   scripts/gpu_calls/fa4_native_probe.py: each FA4 pass before/after at 128K
 #   (layer)   one Llama-3-8B layer at 128K and 1M: cuDNN, Δ Triton, Δ and λ = auto on FA4
+#   (check)   python -m delta_attn.bench.check: every Triton kernel against float64 (the fused λ kernel's edit)
 #   (again)   the 128K layer twice more (cuDNN, Δ Triton, Δ FA4)
 #   (profile) device time per kernel of both backends at 128K (scripts/gpu_calls/fa4_profile.py)
 #   (e8b)     bench e2e on the 8B shape at 128K, dense and Δ on FA4
 #   (e3b)     bench e2e on the llama-3.2-3b shape: dense and Δ at 32K/128K, then Δ chunked into the in-place cache at
 #             1M where the card has > 120 GB (an H200: 1M needs 112 GiB of K/V), else 512K
-# PARTS (default "tests check probe"). Records: $OUT/fa4_native.tgz; a table prints last.
+# PARTS (default "tests probe layer check"; they run in the order above). Records: $OUT/fa4_native.tgz.
 set -uo pipefail
 T0=$(date +%s)
 mkdir -p /tmp/w "$OUT" && cp .fa01/* /tmp/w/ 2>/dev/null
@@ -20,26 +20,27 @@ mkdir -p /tmp/w "$OUT" && cp .fa01/* /tmp/w/ 2>/dev/null
 [ -d /tmp/site/flash_attn ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/w/*.whl 2>&1 | tail -3
 export PYTHONPATH=src:/tmp/site/nvidia_cutlass_dsl/dsl_packages:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 R=/tmp/fa4_native; mkdir -p $R
-PARTS=" ${PARTS:-tests check probe} "
+PARTS=" ${PARTS:-tests probe layer check} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
+save() { tar czf $OUT/fa4_native.tgz -C /tmp fa4_native; }  # after every part: a call cut short keeps what ran
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader | tee $R/gpu.txt
 if want tests; then
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_fa4_tiles.py > $R/tests.log 2>&1
-  echo "tests: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|Error" $R/tests.log | tail -6
-fi
-if want check; then
-  timeout 240 python3 -m delta_attn.bench.check > $R/check.log 2>&1
-  echo "check: exit $? ($(( $(date +%s) - T0 )) s)"; tail -4 $R/check.log
+  echo "tests: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "passed|failed|Error" $R/tests.log | tail -6; save
 fi
 if want probe; then
   timeout 150 python3 scripts/gpu_calls/fa4_native_probe.py $R > $R/probe.log 2>&1
-  echo "probe: exit $? ($(( $(date +%s) - T0 )) s)"
+  echo "probe: exit $? ($(( $(date +%s) - T0 )) s)"; grep -v "Warning\|exe_args\|warn" $R/probe.log | tail -9; save
 fi
 if want layer; then
   timeout 200 python3 -m delta_attn.cli bench layer --lengths 128K,1M \
     --methods cudnn,delta,delta+fa4,delta_auto+fa4 --dense-once-above 256K --budget 0.4 --reps 7 \
     --out $R/layer > $R/layer.log 2>&1
-  echo "layer: exit $? ($(( $(date +%s) - T0 )) s)"
+  echo "layer: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "^\| (128K|1M) " $R/layer.log; save
+fi
+if want check; then
+  timeout 240 python3 -m delta_attn.bench.check > $R/check.log 2>&1
+  echo "check: exit $? ($(( $(date +%s) - T0 )) s)"; tail -4 $R/check.log; save
 fi
 if want again; then
   for i in 1 2; do
@@ -66,8 +67,6 @@ if want e3b; then
     --chunk-cache preallocated --reps 2 --out $R/e3b_long > $R/e3b_long.log 2>&1
   echo "e3b $LONG: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "TTFT|OOM" $R/e3b_long.log | cut -c1-200 | tail -2
 fi
-tar czf $OUT/fa4_native.tgz -C /tmp fa4_native
+save
 want tests && grep -E "FAILED|Error" $R/tests.log | head -8
-want probe && grep -v "Warning\|exe_args\|warn" $R/probe.log | tail -9
-want layer && grep -E "^\| (128K|1M) " $R/layer.log
 exit 0
