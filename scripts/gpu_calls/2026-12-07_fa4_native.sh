@@ -5,7 +5,7 @@
 # (`mkdir -p /tmp/w && cp .fa00/* /tmp/w/`, carry .fa00), then this script (carry .fa01).
 #   (tests)   tests/test_fa4_tiles.py on the GPU: both Õ paths, packed anchors, fa4_prefill against float64
 #   (probe)   scripts/gpu_calls/fa4_native_probe.py: each FA4 pass before/after at 128K
-#   (layer)   one Llama-3-8B layer at 128K and 1M: cuDNN, Δ Triton, Δ and λ = auto on FA4
+#   (layer)   one Llama-3-8B layer at 128K and 1M (LAYER_LENGTHS): cuDNN, Δ Triton, Δ and λ = auto on FA4
 #   (check)   python -m delta_attn.bench.check: every Triton kernel against float64 (the fused λ kernel's edit)
 #   (again)   the 128K layer twice more (cuDNN, Δ Triton, Δ FA4)
 #   (profile) device time per kernel of both backends at 128K (scripts/gpu_calls/fa4_profile.py)
@@ -33,7 +33,7 @@ if want probe; then
   echo "probe: exit $? ($(( $(date +%s) - T0 )) s)"; grep -v "Warning\|exe_args\|warn" $R/probe.log | tail -9; save
 fi
 if want layer; then
-  timeout 200 python3 -m delta_attn.cli bench layer --lengths 128K,1M \
+  timeout 200 python3 -m delta_attn.cli bench layer --lengths ${LAYER_LENGTHS:-128K,1M} \
     --methods cudnn,delta,delta+fa4,delta_auto+fa4 --dense-once-above 256K --budget 0.4 --reps 7 \
     --out $R/layer > $R/layer.log 2>&1
   echo "layer: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "^\| (128K|1M) " $R/layer.log; save
