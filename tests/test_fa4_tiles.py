@@ -154,9 +154,11 @@ def test_fa4_passes_match_float64(seed, hq, hkv, d):
         assert err <= 2 * (ref.bfloat16().double() - ref).abs().max() + 1e-3, (sink, native, n_q, err)
     start = 5
     qa = q[:, start::gamma]
-    dense = fa4.anchor_rows(qa, k, v, start=start, step=gamma, scale=scale)
     aref = _oracle(qa, k, v, start + gamma * torch.arange(qa.shape[1], device="cuda"), lambda p, j: j <= p, scale)
-    assert (dense.double() - aref).abs().max() <= 2 * (aref.bfloat16().double() - aref).abs().max() + 1e-3
+    for pack_rows in (False, True):  # FA4's pack_gqa (the default) and the group packed as rows here
+        dense = fa4.anchor_rows(qa, k, v, start=start, step=gamma, scale=scale, pack_rows=pack_rows)
+        err = (dense.double() - aref).abs().max()
+        assert err <= 2 * (aref.bfloat16().double() - aref).abs().max() + 1e-3, (pack_rows, err)
 
 
 def test_fa4_orchestration_matches_the_reference(seed):

@@ -14,7 +14,7 @@ passes of Δ attention need:
   ``k < sink or q − k < window`` (and k ≤ q), which costs about twice an unmasked tile per boundary tile;
 * the **anchor rows** D: dense causal attention of the γ-strided anchor queries (row j at position
   ``start + j·step``) over every earlier key, as ``mask_mod`` ``k ≤ start + j·step``, with a GQA group's query
-  heads packed into one tile (:func:`anchor_rows`).
+  heads packed into one tile by FA4 (:func:`anchor_rows`).
 
 The Δ combination itself (Δ_j = D_j − Õ_anchor, O = Õ + λΔ on the block's rows) is not FA4's: see
 :mod:`delta_attn.kernels.fa4_prefill`.
@@ -329,23 +329,31 @@ def anchor_rows(
     step: int,
     scale: float | None = None,
     pack_gqa: bool | None = None,
+    pack_rows: bool = False,
 ) -> Tensor:
     """D: dense causal attention of anchor queries (row j at absolute position ``start + j·step``) over k/v,
     FA4 layout (B, N, H, D); returns (B, n_anchor, Hq, D).
 
-    ``pack_gqa`` (default: Hq > Hkv) puts a GQA group's query heads in one tile, as rows (anchor, head): each tile
-    then holds TILE[0]/g anchors, so its causal edge crosses (TILE[0]/g)·step keys of boundary tiles. (FA4's own
-    ``pack_gqa`` indexes the block-sparse lists per TILE[0] unpacked rows, so each of its packed tiles would walk
-    the boundary and the keys of TILE[0] anchors: on the Llama-3-8B shape 64 boundary tiles per tile, not 16.)"""
+    ``pack_gqa`` (default: Hq > Hkv) is FA4's: a GQA group's query heads share one tile, so K/V tiles are read
+    once per group. FA4 indexes the block-sparse lists per TILE[0] *unpacked* rows, so each packed tile (TILE[0]/g
+    anchors) walks the boundary tiles and keys of TILE[0] anchors.
+
+    ``pack_rows`` packs the group here instead, as rows (anchor, head) of one KV head, with lists per TILE[0]/g
+    anchors: a quarter of the boundary tiles on the Llama-3-8B shape, yet it measured slower — 5.74 ms against
+    4.43 ms for FA4's pack_gqa at 128K on an H100 (BENCHMARKS.md, tenth session; same output bit for bit), most
+    likely from the integer division in the mask_mod, which FA4's pack_gqa does once per row with a fast divmod.
+    Kept as an option for that next step; off by default."""
     b, n_a, hq, d = q_anchor.shape
     n_k, hkv = k.shape[1], k.shape[2]
     group = hq // hkv
     if pack_gqa is None:
         pack_gqa = group > 1
     scale = 1 / math.sqrt(d) if scale is None else scale
-    if not pack_gqa or group == 1:
+    if not pack_rows or group == 1:
         lists = cached_tile_lists(n_a, n_k, start=start, step=step, sink=0, window=_INF, device=str(k.device))
-        return _run(q_anchor, k, v, lists, scale, False, mask_mod=_strided_causal_mask(), scalars=_int32s(start, step))
+        return _run(
+            q_anchor, k, v, lists, scale, pack_gqa, mask_mod=_strided_causal_mask(), scalars=_int32s(start, step)
+        )
     # (B, n_a, Hkv·g, D) -> (B, n_a·g, Hkv, D): row a·g + j of KV head h is anchor a of query head h·g + j
     packed = q_anchor.view(b, n_a, hkv, group, d).transpose(2, 3).reshape(b, n_a * group, hkv, d)
     lists = cached_tile_lists(

@@ -7,8 +7,8 @@ What runs where, for one call (docs/algorithm.md §3–§5, §13):
    once, in q's dtype, into the output buffer (B, Nq, Hq, D) — the layout a transformers model hands over, so
    neither q nor the output is copied;
 2. D of the call's anchors ``anchor_lo, anchor_lo + γ, …``: FA4 with the strided causal ``mask_mod``
-   (:func:`.fa4.anchor_rows`, the GQA group's query heads packed into one tile); the exact tail rows on this
-   package's dense-rows kernel;
+   (:func:`.fa4.anchor_rows`, the GQA group's query heads packed into one tile); the exact tail rows, launched
+   first, on this package's dense-rows kernel;
 3. Δ_j = D_j − Õ_j in float32, λ (a float or the data-driven forms) and the body rows Õ + x_i in place, by the
    same code as the Triton backend's unfused path (:func:`.prefill.apply_block_deltas`: one add per row for
    ``repeat``, the scan kernel for the ``ema``/``abg`` filters).
