@@ -7,11 +7,8 @@
 #   (probe)   scripts/gpu_calls/fa4_native_probe.py: each FA4 pass before/after at 128K
 #   (layer)   one Llama-3-8B layer at 128K and 1M (LAYER_LENGTHS): cuDNN, Δ Triton, Δ and λ = auto on FA4
 #   (check)   python -m delta_attn.bench.check: every Triton kernel against float64 (the fused λ kernel's edit)
-#   (again)   the 128K layer twice more (cuDNN, Δ Triton, Δ FA4)
-#   (profile) device time per kernel of both backends at 128K (scripts/gpu_calls/fa4_profile.py)
-#   (e8b)     bench e2e on the 8B shape at 128K, dense and Δ on FA4
-#   (e3b)     bench e2e on the llama-3.2-3b shape: dense and Δ at 32K/128K, then Δ chunked into the in-place cache at
-#             1M where the card has > 120 GB (an H200: 1M needs 112 GiB of K/V), else 512K
+#   The 128K repeats, the profile and the 8B end to end are the parts "again profile e8b" of
+#   2026-12-07_fa4_backend.sh; the llama-3.2-3b shape to 1M on an H200 is PARTS=e3b of 2026-12-07_floor_layer.sh.
 # PARTS (default "tests probe layer check"; they run in the order above). Records: $OUT/fa4_native.tgz.
 set -uo pipefail
 T0=$(date +%s)
@@ -41,31 +38,6 @@ fi
 if want check; then
   timeout 240 python3 -m delta_attn.bench.check > $R/check.log 2>&1
   echo "check: exit $? ($(( $(date +%s) - T0 )) s)"; tail -4 $R/check.log; save
-fi
-if want again; then
-  for i in 1 2; do
-    timeout 100 python3 -m delta_attn.cli bench layer --lengths 128K --methods cudnn,delta,delta+fa4 --budget 0.4 \
-      --reps 9 --out $R/again$i > $R/again$i.log 2>&1
-    echo "again $i: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "^\| 128K " $R/again$i.log
-  done
-fi
-if want profile; then
-  timeout 120 python3 scripts/gpu_calls/fa4_profile.py $R > $R/profile.log 2>&1
-  echo "profile: exit $? ($(( $(date +%s) - T0 )) s)"; grep -v "Warning\|exe_args\|warn" $R/profile.log | grep -E "==|ms  x" | head -24
-fi
-if want e8b; then
-  timeout 150 python3 -m delta_attn.cli bench e2e --device cuda --warmup-length 4096 --model-shape llama-3-8b \
-    --lengths 128K --methods dense,delta --reps 2 --backend fa4 --out $R/e8b > $R/e8b.log 2>&1
-  echo "e8b: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "TTFT|backend" $R/e8b.log | cut -c1-200 | tail -4
-fi
-if want e3b; then
-  E=(python3 -m delta_attn.cli bench e2e --device cuda --warmup-length 4096 --model-shape llama-3.2-3b)
-  timeout 120 "${E[@]}" --lengths 32K,128K --methods dense,delta --reps 2 --out $R/e3b > $R/e3b.log 2>&1
-  echo "e3b: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "TTFT" $R/e3b.log | cut -c1-200 | tail -4
-  LONG=512K; nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | awk '{exit !($1 > 120000)}' && LONG=1M
-  timeout 200 "${E[@]}" --lengths $LONG --methods delta --chunk-size 16384 --chunk-methods delta \
-    --chunk-cache preallocated --reps 2 --out $R/e3b_long > $R/e3b_long.log 2>&1
-  echo "e3b $LONG: exit $? ($(( $(date +%s) - T0 )) s)"; grep -E "TTFT|OOM" $R/e3b_long.log | cut -c1-200 | tail -2
 fi
 save
 want tests && grep -E "FAILED|Error" $R/tests.log | head -8

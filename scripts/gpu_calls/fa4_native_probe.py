@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from delta_attn.bench.layer import time_cuda
 from delta_attn.kernels import fa4
 
 out_dir = sys.argv[1] if len(sys.argv) > 1 else "."
@@ -35,20 +36,6 @@ def old_anchors():  # the ninth session's call: FA4's pack_gqa, lists per 128 un
     return fa4._run(qa, k, v, lists, scale, True, mask_mod=fa4._strided_causal_mask(), scalars=fa4._int32s(0, GAMMA))
 
 
-def median_ms(fn, reps=15):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
-
-
 rows = {
     "O mask_mod (before)": lambda: fa4.sparse_base(q, k, v, sink=SINK, window=WINDOW, scale=scale, native=False),
     "O native window (after)": lambda: fa4.sparse_base(q, k, v, sink=SINK, window=WINDOW, scale=scale, native=True),
@@ -60,7 +47,7 @@ rows = {
 }
 report = {"n": n, "gpu": torch.cuda.get_device_name(), "ms": {}}
 for name, fn in rows.items():
-    report["ms"][name] = median_ms(fn, reps=5 if "dense" in name else 15)
+    report["ms"][name] = time_cuda(fn, warmup=3, reps=5 if "dense" in name else 15, budget_s=10.0)["ms"]
     print(f"{name:34s} {report['ms'][name]:9.3f} ms", flush=True)
 diff_o = (rows["O mask_mod (before)"]().float() - rows["O native window (after)"]().float()).abs().max().item()
 diff_d = (old_anchors().float() - rows["D packed rows (after)"]().float()).abs().max().item()

@@ -177,9 +177,9 @@ def _strided_causal_mask(group: int = 1):
 
 
 # ---- The sparse base on FA4's native local window -------------------------------------------------------------
-# With a mask_mod, FA4 evaluates it element by element on every boundary tile, about twice an unmasked tile's time
-# (BENCHMARKS.md: Õ 8.26 ms with the sink + window mask_mod against 7.09 ms for the native window without a sink,
-# one Llama-3-8B layer at 128K on an H100). Its native causal / local masks cost a few instructions per tile. They
+# With a mask_mod, FA4 evaluates it element by element on every boundary tile. Its native causal / local masks cost
+# a few instructions per tile (BENCHMARKS.md, one Llama-3-8B layer at 128K on an H100: Õ 8.78 ms with the sink +
+# window mask_mod, 8.45 ms on the native masks through the wrapper below, 7.34 ms for FA4's plain window). They
 # cannot express the sink, and FA4 applies them to the tiles listed as full too, which would mask the sink tiles
 # (outside the window). So for the sparse base FA4's block-sparse consumer is wrapped, for our calls only, so that
 # tiles listed full run with no mask beyond the key-length bound, and the boundary tiles keep FA4's native masks.
