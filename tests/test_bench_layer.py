@@ -107,6 +107,10 @@ def test_method_modifiers():
     assert modified_configs(["strided"], torch.bfloat16, None) is None  # a layout, not a launch option
     assert split_method("delta_auto+fa4") == ("delta_auto", ["fa4"])  # backend="fa4": no Triton launch options
     assert modified_configs(["fa4"], torch.bfloat16, None) is None
-    for bad in ("delta+fast", "cudnn+strided", "delta+ipsx", "cudnn+fa4"):
+    assert split_method("delta+fa4+epi") == ("delta", ["fa4", "epi"])  # where backend="fa4" adds Δ
+    assert modified_configs(["fa4", "noepi"], torch.bfloat16, None) is None
+    with pytest.raises(ValueError, match="add \\+fa4"):
+        split_method("delta+epi")
+    for bad in ("delta+fast", "cudnn+strided", "delta+ipsx", "cudnn+fa4", "delta+noepi"):
         with pytest.raises(ValueError):
             method_config(bad, base)

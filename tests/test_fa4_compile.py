@@ -19,8 +19,8 @@ HERE = Path(__file__).parent
 
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is None, reason="flash-attn-4 is not installed")
 def test_fa4_kernels_compile_for_sm90_without_a_gpu():
-    if fa4._consumer_hook() is None:
-        pytest.skip(f"flash-attn-4 is not {fa4.NATIVE_WINDOW_FA4}, the release the consumer wrapper patches")
+    if fa4._hooks() is None:
+        pytest.skip(f"flash-attn-4 is not {fa4.WRAPPED_FA4}, the release the kernel wrappers patch")
     env = dict(os.environ, FLASH_ATTENTION_NUM_SMS="132", FLASH_ATTENTION_ARCH="sm_90", CUTE_DSL_ARCH="sm_90a")
     run = subprocess.run(
         [sys.executable, str(HERE / "fa4_compile_check.py")], env=env, capture_output=True, text=True, timeout=600
@@ -28,6 +28,9 @@ def test_fa4_kernels_compile_for_sm90_without_a_gpu():
     done = {line.split()[1] for line in run.stdout.splitlines() if line.startswith("FA4COMPILE ")}
     assert run.returncode == 0 and done == {
         "native-window",
+        "native-window-block-add",
+        "native-window-block-add-padded-head-dim",
+        "sink-window-mask_mod-block-add",
         "sink-window-mask_mod",
         "packed-anchors",
         "private-cache",

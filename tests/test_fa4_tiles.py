@@ -86,13 +86,13 @@ def test_lists_reject_an_empty_window():
 def test_native_window_needs_tile_aligned_sinks_inside_the_window(monkeypatch, sink, window, native):
     """The native-window path is taken exactly when the sink is whole key tiles and sink + a query tile fits in the
     window (the condition the next test checks on enumerated masks), on sm_90 only."""
-    monkeypatch.setattr(fa4, "_consumer_hook", lambda: ("consume", "cache"))
+    monkeypatch.setattr(fa4, "_hooks", lambda: "the wrappers")
     assert fa4.native_window(sink, window) is native
     assert fa4.native_window(sink, window, "cpu") is False
     for major, expected in [(9, native), (10, False), (12, False)]:  # the wrapper patches FA4's sm_90 kernel only
         monkeypatch.setattr(fa4, "_major", lambda device, m=major: m)
         assert fa4.native_window(sink, window, "cuda") is expected, major
-    monkeypatch.setattr(fa4, "_consumer_hook", lambda: None)  # another FA4 release: always the mask_mod path
+    monkeypatch.setattr(fa4, "_hooks", lambda: None)  # another FA4 release: always the mask_mod path
     assert fa4.native_window(sink, window) is False
 
 
@@ -161,22 +161,54 @@ def test_fa4_passes_match_float64(seed, hq, hkv, d):
         assert err <= 2 * (aref.bfloat16().double() - aref).abs().max() + 1e-3, (pack_rows, err)
 
 
+needs_wrapped = pytest.mark.skipif(
+    fa4.available() is not None or not fa4.wrapped_kernel("cuda"),
+    reason=str(fa4.available() or f"not an sm_90 GPU with flash-attn-4=={fa4.WRAPPED_FA4}"),
+)
+
+
+@needs_wrapped
+@pytest.mark.parametrize("hq,hkv,d", [(8, 2, 128), (4, 4, 64), (4, 1, 72)])
+def test_fa4_epilogue_adds_each_rows_block_term(seed, hq, hkv, d):
+    """sparse_base(add=BlockAdd) stores Õ + given[(p − block0) // γ] for rows p < row_end and Õ from there on, on
+    both Õ paths (native window, mask_mod), one-shot and as a chunk starting inside a γ-block, a head dim FA4 pads
+    (72 → 80) included: against the float64 oracle plus the same terms, within the bf16 rounding rule."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    n, window, gamma = 2900, 700, 64
+    q, k, v = (torch.randn(2, n, h, d, device="cuda", dtype=torch.bfloat16, generator=g) for h in (hq, hkv, hkv))
+    scale = 1 / math.sqrt(d)
+    pos = torch.arange(n, device="cuda")
+    for sink, native, n_q, row_end in [(128, None, n, n - 100), (64, None, n, n), (128, False, 1234, n - 37)]:
+        q0 = n - n_q
+        block0 = q0 // gamma * gamma
+        n_blocks = -(-(row_end - block0) // gamma)
+        given = torch.randn(2, hq, n_blocks, d, device="cuda", generator=g)
+        add = fa4.BlockAdd(given, block0=block0, gamma=gamma, row_end=row_end)
+        o = fa4.sparse_base(q[:, q0:], k, v, sink=sink, window=window, scale=scale, native=native, add=add)
+        keep = lambda p, j: (j <= p) & ((j < sink) | (p - j < window))  # noqa: E731
+        ref = _oracle(q[:, q0:], k, v, pos[q0:], keep, scale)
+        body = pos[q0:] < row_end
+        ref[:, body] += given.double()[:, :, (pos[q0:][body] - block0) // gamma].transpose(1, 2)
+        err = (o.double() - ref).abs().max()
+        assert err <= 2 * (ref.bfloat16().double() - ref).abs().max() + 1e-3, (sink, native, n_q, row_end, err)
+    with pytest.raises(ValueError, match="unpacked rows"):
+        fa4.sparse_base(q, k, v, sink=128, window=window, pack_gqa=True, add=add)
+    with pytest.raises(ValueError, match="BlockAdd covers"):
+        short = fa4.BlockAdd(given[:, :, :3], block0=0, gamma=gamma, row_end=n)
+        fa4.sparse_base(q, k, v, sink=128, window=window, add=short)
+
+
 def test_fa4_orchestration_matches_the_reference(seed):
     """fa4_prefill's Δ, λ, filters, exact rows and chunk carry, with float64 stand-ins for FA4's passes (so only the
-    orchestration and the scan kernel, interpreted, are under test) against the float64 reference."""
+    orchestration and the Triton kernels it calls, interpreted, are under test) against the float64 reference; the
+    "/fused" cases take the Δ add in the sparse pass (FA4's wrapped epilogue), with the anchors' raw Δ from the
+    Triton anchor kernel and λ from the λ kernels."""
     from interpreted import run_interpreted
 
     errs = run_interpreted(["tests/fa4_orchestration_check.py", str(seed)], "FA4CHECK ")
-    assert set(errs) == {
-        "delta",
-        "delta-chunked",
-        "lambda0.5",
-        "auto-chunked",
-        "ema-chunked",
-        "sparse",
-        "recompute",
-        "dense",
-    }
+    unfused = {"delta", "delta-chunked", "lambda0.5", "auto-chunked", "ema-chunked", "sparse", "recompute", "dense"}
+    fused = {"delta/fused", "delta-chunked/fused", "lambda0.5/fused", "auto-chunked/fused", "auto-decay-chunked/fused"}
+    assert set(errs) == unfused | fused
     bad = {k: (e, ref) for k, (e, ref) in errs.items() if not e <= 2 * ref + 1e-6}
     assert not bad, bad
 
@@ -201,7 +233,7 @@ def test_fa4_prefill_on_the_gpu_matches_float64(seed, fields, chunks, cache):
     registers; this test is what says whether that costs accuracy beyond the rule."""
     from delta_attn.bench.check import rel_err, run_chunked
     from delta_attn.config import DeltaConfig
-    from delta_attn.kernels.fa4_prefill import fa4_prefill
+    from delta_attn.kernels.fa4_prefill import Passes, fa4_prefill
     from delta_attn.reference import reference_prefill
 
     g = torch.Generator(device="cuda").manual_seed(seed)
@@ -219,9 +251,12 @@ def test_fa4_prefill_on_the_gpu_matches_float64(seed, fields, chunks, cache):
     kw = dict(scale=1 / math.sqrt(d), prompt_len=n)
     oracle = run_chunked(reference_prefill, q.double(), k.double(), v.double(), config, chunks, **kw)
     ref = run_chunked(reference_prefill, q, k, v, config, chunks, compute_dtype=torch.bfloat16, **kw)
-    got = run_chunked(fa4_prefill, q, k, v, config.replace(backend="fa4"), chunks, **kw)
-    assert torch.isfinite(got).all()
-    assert rel_err(got, oracle) <= 2 * rel_err(ref, oracle) + 1e-6, (rel_err(got, oracle), rel_err(ref, oracle))
+    bound = 2 * rel_err(ref, oracle) + 1e-6
+    for fused_add in (True, False) if fa4.wrapped_kernel("cuda") else (False,):  # the Δ add in FA4's epilogue, after
+        passes = Passes(fused_add=fused_add)
+        got = run_chunked(fa4_prefill, q, k, v, config.replace(backend="fa4"), chunks, passes=passes, **kw)
+        assert torch.isfinite(got).all()
+        assert rel_err(got, oracle) <= bound, (fused_add, rel_err(got, oracle), rel_err(ref, oracle))
 
 
 def test_fa4_backend_refuses_what_it_cannot_run():

@@ -12,10 +12,7 @@
 # PARTS (default "tests probe layer check"; they run in the order above). Records: $OUT/fa4_native.tgz.
 set -uo pipefail
 T0=$(date +%s)
-mkdir -p /tmp/w "$OUT" && cp .fa01/* /tmp/w/ 2>/dev/null
-(cd /tmp/w && [ -f cu13.part.aa ] && [ -f cu13.part.ab ] && cat cu13.part.aa cu13.part.ab > nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl && rm -f cu13.part.*)
-[ -d /tmp/site/flash_attn ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/w/*.whl 2>&1 | tail -3
-export PYTHONPATH=src:/tmp/site/nvidia_cutlass_dsl/dsl_packages:/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+source scripts/gpu_calls/fa4_wheels.sh  # the FA4 wheels into /tmp/site, PYTHONPATH
 R=/tmp/fa4_native; mkdir -p $R
 PARTS=" ${PARTS:-tests probe layer check} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }

@@ -4,10 +4,6 @@
 # The wheels travel in two git-ignored parts: a first call `mkdir -p /tmp/w && cp .fa00/* /tmp/w/` (carry .fa00),
 # then this script (carry .fa01) joins the split CUTLASS-DSL wheel and installs everything into /tmp/site.
 set -uo pipefail
-mkdir -p /tmp/w "$OUT" && cp .fa01/* /tmp/w/ 2>/dev/null
-cd /tmp/w && [ -f cu13.part.aa ] && cat cu13.part.aa cu13.part.ab > nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl && rm -f cu13.part.*
-cd - > /dev/null
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site /tmp/w/*.whl 2>&1 | tail -3
-export PYTHONPATH=src:/tmp/site/nvidia_cutlass_dsl/dsl_packages:/tmp/site PYTHONUNBUFFERED=1
+source scripts/gpu_calls/fa4_wheels.sh  # the FA4 wheels into /tmp/site, PYTHONPATH
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader
 timeout ${PROBE_TIMEOUT:-420} python3 scripts/gpu_calls/fa4_probe.py "$OUT" ${LENGTHS:-131072,1048576} 2>&1 | tee "$OUT/fa4_probe.log" | grep -v "Warning\|exe_args"

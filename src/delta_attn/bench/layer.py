@@ -17,7 +17,8 @@ several lengths. Methods:
   them), ``hf`` (q/k/v in a model's layout: ``(B, N, H, D)`` transposed), ``devtma`` (strided K/V through
   descriptors made in every program, the earlier path), ``notma`` (pointer loads), ``ips<k>`` /
   ``chunk<keys>`` (dense rows split into k work items per SM / key chunks of at most that many keys),
-  ``bm<k>``/``bn<k>`` (dense-rows tile).
+  ``bm<k>``/``bn<k>`` (dense-rows tile); ``fa4`` (``backend="fa4"``, the model's layout), with ``epi`` / ``noepi``
+  (its Δ add in FA4's epilogue, or after the kernel; neither: the backend's default).
 
 First call at a new length: every Triton method first runs once at ``--warmup-length`` tokens (its
 compilation), then each length's first call is timed on its own (wall clock, synchronised) and
@@ -53,7 +54,8 @@ LENGTHS = "32K,64K,128K,256K,512K,1M"
 DENSE_METHODS = ("cudnn", "flash", "rows")  # timed without a DeltaConfig
 
 
-MODIFIERS = ("strided", "hf", "fa4", "devtma", "notma", "ips", "chunk", "bm", "bn")
+MODIFIERS = ("strided", "hf", "fa4", "epi", "noepi", "devtma", "notma", "ips", "chunk", "bm", "bn")
+LAYOUT_MODIFIERS = ("strided", "hf", "fa4", "epi", "noepi")  # change the inputs or the backend, not launch configs
 
 
 def split_method(name: str) -> tuple[str, list[str]]:
@@ -65,9 +67,11 @@ def split_method(name: str) -> tuple[str, list[str]]:
             for x in MODIFIERS
         ):
             raise ValueError(
-                f"unknown modifier {m!r} in {name!r}: one of strided, hf, fa4, devtma, notma, ips<k>, chunk<keys>, "
-                "bm<k>, bn<k>"
+                f"unknown modifier {m!r} in {name!r}: one of strided, hf, fa4, epi, noepi, devtma, notma, ips<k>, "
+                "chunk<keys>, bm<k>, bn<k>"
             )
+    if ("epi" in mods or "noepi" in mods) and "fa4" not in mods:
+        raise ValueError(f"{name!r}: epi/noepi choose where backend='fa4' adds Δ; add +fa4")
     if mods and base in ("cudnn", "flash"):
         raise ValueError(f"{name!r}: modifiers are for the Triton methods")
     return base, mods
@@ -79,7 +83,7 @@ def modified_configs(mods: list[str], dtype, kcfg: dict | None) -> dict | None:
     from ..kernels.dense_rows import CONFIG as DENSE_CONFIG
     from ..kernels.dense_rows import kernel_config
 
-    if not any(m not in ("strided", "hf", "fa4") for m in mods):
+    if not any(m not in LAYOUT_MODIFIERS for m in mods):
         return kcfg
     kcfg = dict(kcfg or {})
     dense = dict(kcfg.get("dense") or kernel_config(dtype, DENSE_CONFIG))
@@ -301,9 +305,12 @@ def run_layer(args) -> dict:
             return lambda: dense_rows(q, k, v, rs, scale=scale, config=(cfgs or {}).get("dense"))
         cfg = method_config(m, base)
         if "fa4" in mods:  # backend="fa4": FlashAttention 4's kernels for the two attention passes
-            from ..kernels.fa4_prefill import fa4_prefill
+            from ..kernels.fa4_prefill import Passes, fa4_prefill
 
-            return lambda: fa4_prefill(q, k, v, cfg, scale=scale, prompt_len=n)
+            # +epi: the Δ add in FA4's epilogue; +noepi: after the kernel; neither: the backend's default
+            fused = True if "epi" in mods else False if "noepi" in mods else Passes.fused_add
+            passes = Passes(fused_add=fused)
+            return lambda: fa4_prefill(q, k, v, cfg, scale=scale, prompt_len=n, passes=passes)
         return lambda: triton_prefill(q, k, v, cfg, scale=scale, prompt_len=n, kernel_configs=cfgs)
 
     warm = parse_length(args.warmup_length) if args.warmup_length not in ("", "0") else 0

@@ -16,8 +16,9 @@ passes of Δ attention need:
   ``start + j·step``) over every earlier key, as ``mask_mod`` ``k ≤ start + j·step``, with a GQA group's query
   heads packed into one tile by FA4 (:func:`anchor_rows`).
 
-The Δ combination itself (Δ_j = D_j − Õ_anchor, O = Õ + λΔ on the block's rows) is not FA4's: see
-:mod:`delta_attn.kernels.fa4_prefill`.
+The Δ combination (Δ_j = D_j − Õ_anchor, O = Õ + λΔ on the block's rows) is :mod:`delta_attn.kernels.fa4_prefill`'s;
+FA4 has no epilogue hook, so the one thing of it done here is optional: the sparse base can add a given term per
+γ-block to its rows before storing them (:class:`BlockAdd`, through a wrapper of FA4's sm_90 epilogue).
 
 The tile lists are computed here from integers (:func:`tile_lists`), on any device, so the CPU tests check them
 against an enumerated mask; only the attention calls need the GPU and the package.
@@ -30,6 +31,8 @@ import functools
 import importlib.metadata
 import inspect
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -176,17 +179,21 @@ def _strided_causal_mask(group: int = 1):
     return mask
 
 
-# ---- The sparse base on FA4's native local window -------------------------------------------------------------
+# ---- Wrappers of FA4's sm_90 kernel: the native local window, the Δ add in the epilogue ---------------------
 # With a mask_mod, FA4 evaluates it element by element on every boundary tile. Its native causal / local masks cost
 # a few instructions per tile (BENCHMARKS.md, one Llama-3-8B layer at 128K on an H100: Õ 8.78 ms with the sink +
 # window mask_mod, 8.45 ms on the native masks through the wrapper below, 7.34 ms for FA4's plain window). They
 # cannot express the sink, and FA4 applies them to the tiles listed as full too, which would mask the sink tiles
 # (outside the window). So for the sparse base FA4's block-sparse consumer is wrapped, for our calls only, so that
 # tiles listed full run with no mask beyond the key-length bound, and the boundary tiles keep FA4's native masks.
+#
+# FA4 has no epilogue hook either, and Δ's body rows are Õ + x_b (x_b = λ_bΔ_b of the row's γ-block): added after
+# the kernel, that is one more read and write of the whole output (0.78 ms at 128K, ninth session's profile). The
+# second wrapper adds x_b to the normalised accumulator just before FA4's epilogue stores it (:class:`BlockAdd`).
 
-#: The FA4 release whose sm_90 block-sparse consumer ``_full_tiles_unmasked`` wraps; any other falls back to the
-#: mask_mod path (correct, slower).
-NATIVE_WINDOW_FA4 = "4.0.0b40"
+#: The FA4 release whose sm_90 internals the wrappers below were written against; with any other the sparse base
+#: takes the mask_mod path and the Δ add runs after the kernel (both correct, slower).
+WRAPPED_FA4 = "4.0.0b40"
 
 
 class _BoundaryTile:
@@ -194,37 +201,72 @@ class _BoundaryTile:
     only: the wrapped mask function below tells the two lists apart by it."""
 
 
+@dataclass(frozen=True)
+class BlockAdd:
+    """What the sparse base's epilogue adds (:func:`sparse_base` ``add=``): row p of the call (absolute position, the
+    last Nq of the Nk keys) gets ``given[b, h, (p − block0) // gamma]`` when ``p < row_end``; rows from ``row_end``
+    on are stored as computed.
+
+    given: (B, Hq, n_blocks, D) float32 with the last dim contiguous — λ_jΔ_j of each γ-block the call touches;
+    block0: the position where ``given``'s first block starts (a multiple of γ, ≤ the call's first row)."""
+
+    given: Tensor
+    block0: int
+    gamma: int
+    row_end: int
+
+
 def native_window(sink: int, window: int, device: torch.device | str | None = None) -> bool:
     """Whether Õ can run on FA4's native local window: every sink key must lie in tiles that are either wholly
     visible to a query tile (listed full, run unmasked) or visible through the window anyway. That holds when the
     sink is a multiple of the key tile (no tile straddles its edge) and the sink plus one query tile fits in the
     window (a sink tile is partial only for a query tile that starts inside it, causally; every row of such a tile
-    lies within ``sink + TILE[0]`` positions of key 0, so the window keeps the sink for it). The installed FA4
-    must be the release the consumer wrapper was written against, and ``device`` (when given) sm_90, whose kernel
-    the wrapper patches (Blackwell runs FA4's sm_100 kernel, which would still mask the sink tiles: there the
-    mask_mod path runs)."""
+    lies within ``sink + TILE[0]`` positions of key 0, so the window keeps the sink for it). FA4 and ``device``
+    (when given) as :func:`wrapped_kernel`."""
+    return sink % TILE[1] == 0 and sink + TILE[0] <= window and wrapped_kernel(device)
+
+
+def wrapped_kernel(device: torch.device | str | None = None) -> bool:
+    """Whether the wrappers of FA4's sm_90 kernel apply: the installed FA4 is :data:`WRAPPED_FA4` and ``device``
+    (when given) is an sm_90 GPU, whose kernel they patch (Blackwell runs FA4's sm_100 kernel, which would still mask
+    the sink tiles and has no such epilogue)."""
     if device is not None and (torch.device(device).type != "cuda" or _major(torch.device(device)) != 9):
         return False
-    return sink % TILE[1] == 0 and sink + TILE[0] <= window and _consumer_hook() is not None
+    return _hooks() is not None
 
 
 def _major(device: torch.device) -> int:
     return torch.cuda.get_device_capability(device)[0]
 
 
+class _Hooks(NamedTuple):
+    consume: object  # replaces flash_fwd_sm90.consume_block_sparse_loads
+    mma: object  # replaces FlashAttentionForwardSm90.mma: keeps the kernel's aux data for the epilogue
+    epilogue: object  # replaces FlashAttentionForwardSm90.epilogue: the block add, then FA4's epilogue
+    cache: object  # the compile cache of kernels traced with the wrappers
+
+
 @functools.cache
-def _consumer_hook():
-    """(wrapped consumer, private compile cache), or None when FA4 is missing or not :data:`NATIVE_WINDOW_FA4`."""
+def _hooks() -> _Hooks | None:
+    """The wrappers of FA4's sm_90 kernel and their private compile cache, or None when FA4 is missing or not
+    :data:`WRAPPED_FA4` (or its internals do not have the parameters the wrappers read)."""
     try:
-        if importlib.metadata.version("flash-attn-4") != NATIVE_WINDOW_FA4:
+        if importlib.metadata.version("flash-attn-4") != WRAPPED_FA4:
             return None
         from flash_attn.cute import flash_fwd_sm90
         from flash_attn.cute.cache_utils import JITCache
     except (importlib.metadata.PackageNotFoundError, ImportError):
         return None
+    kernel_class = flash_fwd_sm90.FlashAttentionForwardSm90
     original = flash_fwd_sm90.consume_block_sparse_loads
+    original_mma, original_epilogue = kernel_class.mma, kernel_class.epilogue
     signature = inspect.signature(original)
-    if not {"mask_fn", "mask_mod"} <= set(signature.parameters):
+    mma_signature, epilogue_signature = inspect.signature(original_mma), inspect.signature(original_epilogue)
+    if not (
+        {"mask_fn", "mask_mod"} <= set(signature.parameters)
+        and "aux_data" in mma_signature.parameters
+        and {"acc_O", "tiled_mma", "tidx", "m_block", "head_idx", "batch_idx"} <= set(epilogue_signature.parameters)
+    ):
         return None
 
     def consume(*args, **kwargs):
@@ -242,23 +284,79 @@ def _consumer_hook():
         bound.arguments["mask_mod"] = _BoundaryTile
         return original(*bound.args, **bound.kwargs)
 
-    # Kernels traced with the wrapper live in their own cache: FA4's compile key does not know about the wrapper,
-    # so sharing FA4's cache would hand them to (or take them from) other callers of FA4 in this process.
-    return consume, JITCache()
+    def mma(self, *args, **kwargs):  # runs while the kernel is traced: keep its aux data for the epilogue below
+        self._delta_attn_aux = mma_signature.bind(self, *args, **kwargs).arguments.get("aux_data")
+        return original_mma(self, *args, **kwargs)
+
+    def epilogue(self, *args, **kwargs):
+        aux = getattr(self, "_delta_attn_aux", None)
+        if aux is not None and aux.tensors is not None:  # a BlockAdd: its tensor and its four scalars come last
+            if self.pack_gqa:
+                raise NotImplementedError("the Δ add in FA4's epilogue takes unpacked rows (pack_gqa=False)")
+            a = epilogue_signature.bind(self, *args, **kwargs).arguments
+            add = _block_add(self.tile_m, self.tile_hdimv, self.check_hdim_v_oob)
+            q_offset, block0, gamma, row_end = aux.scalars[-4:]
+            add(a["acc_O"], a["tiled_mma"], a["tidx"], a["m_block"], a["head_idx"], a["batch_idx"], aux.tensors[-1],
+                q_offset, block0, gamma, row_end)  # fmt: skip
+        return original_epilogue(self, *args, **kwargs)
+
+    # Kernels traced with the wrappers live in their own cache: FA4's compile key does not know about them, so
+    # sharing FA4's cache would hand them to (or take them from) other callers of FA4 in this process.
+    return _Hooks(consume, mma, epilogue, JITCache())
+
+
+@functools.cache
+def _block_add(tile_m: int, tile_dv: int, padded: bool):
+    """The add of :class:`BlockAdd` on one thread's part of the normalised output tile (FA4's sm_90 accumulator
+    layout: the same partition of an identity tensor gives each element's row and column)."""
+    import cutlass
+    import cutlass.cute as cute
+    from quack import layout_utils
+
+    @cute.jit
+    def add(acc_O, tiled_mma, tidx, m_block, head_idx, batch_idx, given, q_offset, block0, gamma, row_end):
+        acc = layout_utils.reshape_acc_to_mn(acc_O)
+        coord = layout_utils.reshape_acc_to_mn(
+            tiled_mma.get_slice(tidx).partition_C(cute.make_identity_tensor((tile_m, tile_dv)))
+        )
+        for r in cutlass.range_constexpr(cute.size(acc.shape[0])):
+            p = q_offset + m_block * tile_m + coord[r, 0][0]
+            if p < row_end:  # rows past the call's queries are past row_end too: no load outside ``given``
+                block = (p - block0) // gamma
+                for c in cutlass.range_constexpr(cute.size(acc.shape[1])):
+                    col = coord[r, c][1]
+                    if cutlass.const_expr(not padded):
+                        acc[r, c] = acc[r, c] + given[batch_idx, head_idx, block, col]
+                    else:
+                        if col < given.shape[3]:  # a padded head dim: FA4 drops those columns on the store
+                            acc[r, c] = acc[r, c] + given[batch_idx, head_idx, block, col]
+
+    return add
 
 
 @contextlib.contextmanager
-def _full_tiles_unmasked():
+def _wrapped_kernel():
     from flash_attn.cute import flash_fwd_sm90
     from flash_attn.cute.interface import _flash_attn_fwd
 
-    consume, cache = _consumer_hook()
-    saved = flash_fwd_sm90.consume_block_sparse_loads, _flash_attn_fwd.compile_cache
-    flash_fwd_sm90.consume_block_sparse_loads, _flash_attn_fwd.compile_cache = consume, cache
+    hooks, kernel_class = _hooks(), flash_fwd_sm90.FlashAttentionForwardSm90
+    saved = (
+        flash_fwd_sm90.consume_block_sparse_loads,
+        kernel_class.__dict__.get("mma"),
+        kernel_class.__dict__.get("epilogue"),  # inherited: absent from the class's own dict
+        _flash_attn_fwd.compile_cache,
+    )
+    flash_fwd_sm90.consume_block_sparse_loads, _flash_attn_fwd.compile_cache = hooks.consume, hooks.cache
+    kernel_class.mma, kernel_class.epilogue = hooks.mma, hooks.epilogue
     try:
         yield
     finally:
-        flash_fwd_sm90.consume_block_sparse_loads, _flash_attn_fwd.compile_cache = saved
+        flash_fwd_sm90.consume_block_sparse_loads, _flash_attn_fwd.compile_cache = saved[0], saved[3]
+        for name, value in (("mma", saved[1]), ("epilogue", saved[2])):
+            if value is None:
+                delattr(kernel_class, name)
+            else:
+                setattr(kernel_class, name, value)
 
 
 def _run(
@@ -270,9 +368,13 @@ def _run(
     pack_gqa: bool,
     *,
     mask_mod=None,
-    scalars: tuple | None = None,
+    scalars: tuple = (),
     window_left: int | None = None,
+    add: BlockAdd | None = None,
 ) -> Tensor:
+    """One FA4 forward call with block-sparse ``lists``: the ``mask_mod`` (with ``scalars``) on the boundary tiles,
+    or, without one, FA4's native causal + local masks there (``window_left``) and none on the full tiles; ``add``
+    in the epilogue. Whatever needs the wrappers runs under them, with their own compile cache."""
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
     from flash_attn.cute.interface import _flash_attn_fwd
 
@@ -281,10 +383,20 @@ def _run(
         mask_block_cnt=pc, mask_block_idx=pi, full_block_cnt=fc, full_block_idx=fi, block_size=TILE
     )
     kwargs = dict(softmax_scale=scale, block_sparse_tensors=tensors, tile_mn=TILE, pack_gqa=pack_gqa)
+    if add is not None:  # the epilogue reads the tensor and the last four scalars (see _hooks)
+        given = add.given.view_as(add.given)  # its own Python object: the attribute below stays on it
+        given.__leading_dim__ = 3  # a static unit stride for the column, as FA4's aux tensors allow
+        kwargs.update(aux_tensors=[given])
+        scalars = (*scalars, *_int32s(k.shape[1] - q.shape[1], add.block0, add.gamma, add.row_end))
     if mask_mod is not None:
-        return _flash_attn_fwd(q, k, v, mask_mod=mask_mod, aux_scalars=scalars, **kwargs)[0]
-    with _full_tiles_unmasked():  # native causal + local masks on the boundary tiles, none on the full ones
-        return _flash_attn_fwd(q, k, v, window_size_left=window_left, window_size_right=0, **kwargs)[0]
+        kwargs.update(mask_mod=mask_mod)
+    else:  # FA4 masks key k for row p when p - k > window_left (bottom-right aligned, like the offset)
+        kwargs.update(window_size_left=window_left, window_size_right=0)
+    if scalars:
+        kwargs.update(aux_scalars=scalars)
+    context = _wrapped_kernel() if mask_mod is None or add is not None else contextlib.nullcontext()
+    with context:
+        return _flash_attn_fwd(q, k, v, **kwargs)[0]
 
 
 def sparse_base(
@@ -297,13 +409,16 @@ def sparse_base(
     scale: float | None = None,
     pack_gqa: bool = False,
     native: bool | None = None,
+    add: BlockAdd | None = None,
 ) -> Tensor:
     """Õ: sink + window attention of every row of q over k/v, FA4 layout (B, N, H, D) (GQA: Hq a multiple of
     Hkv). q's rows are the last ``Nq`` positions of the ``Nk`` keys (a chunk continuing a cache). The tile lists
     are kept per shape (:func:`cached_tile_lists`), so every layer at one length shares them.
 
     ``native`` (default: :func:`native_window`) runs the boundary tiles on FA4's native causal + local masks and
-    the full tiles unmasked; False uses the sink + window mask_mod everywhere FA4 masks."""
+    the full tiles unmasked; False uses the sink + window mask_mod everywhere FA4 masks. ``add``
+    (:class:`BlockAdd`; needs :func:`wrapped_kernel` and ``pack_gqa=False``) adds each row's block term in the
+    epilogue, so the returned rows are Õ + x (before the one rounding to q's dtype)."""
     n_q, n_k = q.shape[1], k.shape[1]
     offset = n_k - n_q
     lists = cached_tile_lists(n_q, n_k, start=offset, step=1, sink=sink, window=window, device=str(q.device))
@@ -312,12 +427,41 @@ def sparse_base(
         native = native_window(sink, window, q.device)
     elif native and not native_window(sink, window, q.device):
         raise ValueError(
-            f"the native window path needs an sm_90 GPU, flash-attn-4=={NATIVE_WINDOW_FA4} and a sink that is a "
+            f"the native window path needs an sm_90 GPU, flash-attn-4=={WRAPPED_FA4} and a sink that is a "
             f"multiple of {TILE[1]} with sink + {TILE[0]} ≤ window (got sink={sink}, window={window})"
         )
+    if add is not None:
+        _check_block_add(add, q, n_k, pack_gqa)
     if native:  # FA4 masks key k for row p when p - k > window_left (bottom-right aligned, like the offset)
-        return _run(q, k, v, lists, scale, pack_gqa, window_left=min(window, n_k) - 1)
-    return _run(q, k, v, lists, scale, pack_gqa, mask_mod=_sink_window_mask(sink, window), scalars=_int32s(offset))
+        return _run(q, k, v, lists, scale, pack_gqa, window_left=min(window, n_k) - 1, add=add)
+    mask = _sink_window_mask(sink, window)
+    return _run(q, k, v, lists, scale, pack_gqa, mask_mod=mask, scalars=_int32s(offset), add=add)
+
+
+def _check_block_add(add: BlockAdd, q: Tensor, n_k: int, pack_gqa: bool) -> None:
+    """Clear errors for a :class:`BlockAdd` the epilogue cannot take (it reads ``given`` unchecked)."""
+    if not wrapped_kernel(q.device):
+        raise ValueError(
+            f"the Δ add in FA4's epilogue needs an sm_90 GPU and flash-attn-4=={WRAPPED_FA4}; add x after the "
+            "kernel instead (delta_attn.kernels.scan.repeat_add)"
+        )
+    if pack_gqa:
+        raise ValueError("the Δ add in FA4's epilogue takes unpacked rows: pass pack_gqa=False")
+    b, n_q, hq, d = q.shape
+    g = add.given
+    if g.dtype != torch.float32 or g.dim() != 4 or g.shape[:2] != (b, hq) or g.shape[3] != d or g.stride(3) != 1:
+        raise ValueError(
+            f"BlockAdd.given must be float32 (B, Hq, n_blocks, D) = ({b}, {hq}, n, {d}) with the last dim "
+            f"contiguous, got {g.dtype} {tuple(g.shape)} strides {g.stride()}"
+        )
+    q_start, rows_end = n_k - n_q, min(add.row_end, n_k)
+    if add.gamma < 1 or (
+        rows_end > q_start and (add.block0 > q_start or (rows_end - 1 - add.block0) // add.gamma >= g.shape[2])
+    ):
+        raise ValueError(
+            f"BlockAdd covers positions [{add.block0}, {add.block0 + add.gamma * g.shape[2]}) in blocks of "
+            f"{add.gamma}; the rows to add are [{q_start}, {rows_end})"
+        )
 
 
 def anchor_rows(
@@ -340,9 +484,10 @@ def anchor_rows(
 
     ``pack_rows`` packs the group here instead, as rows (anchor, head) of one KV head, with lists per TILE[0]/g
     anchors: a quarter of the boundary tiles on the Llama-3-8B shape, yet it measured slower — 5.74 ms against
-    4.43 ms for FA4's pack_gqa at 128K on an H100 (BENCHMARKS.md, tenth session; same output bit for bit), most
-    likely from the integer division in the mask_mod, which FA4's pack_gqa does once per row with a fast divmod.
-    Kept as an option for that next step; off by default."""
+    4.43 ms for FA4's pack_gqa at 128K on an H100 (BENCHMARKS.md, tenth session; same output bit for bit). Not from
+    the ``m_idx // group`` in the mask_mod: the group is a compile-time constant and the sm_90 PTX has no division
+    (eleventh session). FA4's pack_gqa reads the lists of TILE[0] anchors for each packed tile, so it visits more
+    tiles, and is still faster; why is open. Kept as an option; off by default."""
     b, n_a, hq, d = q_anchor.shape
     n_k, hkv = k.shape[1], k.shape[2]
     group = hq // hkv
