@@ -36,6 +36,27 @@ def test_e2e_cpu_tiny_all_methods(tmp_path):
     assert "| 256 | delta | 64 |" in md and "Warm-up excluded" in md
 
 
+@pytest.mark.slow  # compiles the tiny model's layers: ~20 s
+def test_e2e_compile_runs_every_column_with_compiled_layers(tmp_path, monkeypatch):
+    """--compile: the decoder layers compiled (here with the "aot_eager" backend: no code generation on the CI
+    machine), dense's SDPA and Δ's attention eager inside them; the results say so, and the cells agree with each
+    other as without it (chunked = one-shot)."""
+    from delta_attn import compiled
+
+    monkeypatch.setattr(e2e, "compile_layers", lambda model: compiled.compile_layers(model, backend="aot_eager"))
+    torch._dynamo.reset()
+    out = tmp_path / "run"
+    argv = [*TINY, "--lengths", "200", "--methods", "dense,delta", "--chunk-size", "0,64", "--reps", "2"]
+    assert cli_main(["bench", "e2e", *argv, "--warmup-length", "64", "--compile", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["meta"]["compiled"] and res["meta"]["warmup"]["dense_pick_with_compile_s"] is not None
+    cells = {(c["method"], c["chunk"]): c for c in res["cells"]}
+    assert set(cells) == {("dense", 0), ("delta", 0), ("delta", 64)}
+    assert all(c["finite"] for c in cells.values())
+    assert cells[("delta", 64)]["max_abs_diff_vs_one_shot"] < 1e-4
+    assert "Decoder layers compiled" in (out / "results.md").read_text()
+
+
 def test_e2e_profile_splits_one_prefill_by_kernel_category(tmp_path):
     """--profile-length: one profiled one-shot prefill per method after the cells; the categories add up to the
     profiled device (here: CPU operator) time, and the report shows them."""
@@ -130,6 +151,7 @@ def test_e2e_time_limit_oom_and_errors_are_recorded(tmp_path, monkeypatch):
         (["--chunk-methods", "dense"], "--chunk-methods"),
         (["--chunk-cache", "static"], "--chunk-cache"),
         (["--kernel-config", "/nonexistent/best_128K.json"], "--kernel-config"),
+        (["--compile", "--parallel", "cp"], "--compile runs on one device"),
     ],
 )
 def test_e2e_usage_errors_before_any_model(bad, message, monkeypatch, capsys):

@@ -7,13 +7,17 @@
 #   (layer)  one Llama-3-8B layer at LAYER_LENGTHS (default 128K,1M): cuDNN, Δ Triton, Δ and λ = auto on FA4 with
 #            the add after the kernel (+noepi) and in the epilogue (+epi), 7 reps, ratios from the same run
 #   (again)  the 128K cells twice more, to see how much runs differ
-# PARTS (default "tests layer again"). Records: $OUT/fa4_epilogue.tgz; the table prints last.
+#   (e8c)    `bench e2e --model-shape llama-3-8b` at 128K, dense and Δ, with the decoder layers compiled (--compile,
+#            delta_attn.compiled: attention eager in both columns), then the same eager (the 2.9× target;
+#            eager stopped at 2.74–2.79×, its non-attention elementwise work being 1.3 s of 3.7 s)
+# PARTS (default "tests layer again e8c"; more than one call's 600 s: run PARTS="tests layer", then on the warm
+# machine PARTS="e8c again", which finds the wheels installed). Records: $OUT/fa4_epilogue.tgz; the table prints last.
 # If the tests pass and +epi is faster, make the epilogue the default: Passes.fused_add = None in fa4_prefill.py.
 set -uo pipefail
 T0=$(date +%s)
 source scripts/gpu_calls/fa4_wheels.sh  # the FA4 wheels into /tmp/site, PYTHONPATH
 R=/tmp/fa4_epilogue; mkdir -p $R
-PARTS=" ${PARTS:-tests layer again} "
+PARTS=" ${PARTS:-tests layer again e8c} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 save() { tar czf $OUT/fa4_epilogue.tgz -C /tmp fa4_epilogue; }  # after every part: a call cut short keeps what ran
 METHODS=cudnn,delta,delta+fa4+noepi,delta+fa4+epi,delta_auto+fa4+noepi,delta_auto+fa4+epi
@@ -34,7 +38,16 @@ if want again; then
     echo "again $i: exit $? ($(( $(date +%s) - T0 )) s)"; save
   done
 fi
+if want e8c; then
+  for mode in compile eager; do
+    timeout 280 python3 -m delta_attn.cli bench e2e --device cuda --warmup-length 4096 --model-shape llama-3-8b \
+      --lengths 128K --methods dense,delta --reps 2 $([ $mode = compile ] && echo --compile) --out $R/e8_$mode \
+      > $R/e8_$mode.log 2>&1
+    echo "e8 $mode: exit $? ($(( $(date +%s) - T0 )) s)"; save
+  done
+fi
 save
 want tests && grep -E "FAILED|Error" $R/tests.log | head -8
+for m in compile eager; do [ -f $R/e8_$m.log ] && echo "== e2e 8B 128K, $m" && grep -A3 "^ *N " $R/e8_$m.log | head -4; done
 for f in $R/layer.log $R/layer_again*.log; do [ -f $f ] && echo "== $f" && grep -E "^\| (N|128K|1M) " $f; done
 exit 0

@@ -304,7 +304,11 @@ def delta_attention_forward(
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(ATTN_NAME, delta_attention_forward)
+# Registered as one opaque call for torch.compile (delta_attn.compiled): the kernels, the host-side plan and the
+# per-shape caches run eagerly inside a compiled decoder layer (outside torch.compile the wrapper changes nothing).
+AttentionInterface.register(
+    ATTN_NAME, torch.compiler.disable(delta_attention_forward, reason="delta attention runs its own kernels")
+)
 AttentionMaskInterface.register(ATTN_NAME, delta_mask)
 
 

@@ -12,6 +12,7 @@ the filled part — exactly what a ``DynamicCache`` would return, so masks, ``ge
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
@@ -54,6 +55,9 @@ class PreallocatedLayer(DynamicLayer):
             new_v[:, :, :n].copy_(self.values)
         self.key_buffer, self.value_buffer = new_k, new_v
 
+    # Left out of torch.compile (delta_attn.compiled): its Python state (the fill level, the buffers) would
+    # otherwise become guards of the compiled layer, and every chunk a recompilation.
+    @torch.compiler.disable(reason="the in-place cache's fill level is Python state")
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)

@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable
 
 from ..cli_options import UsageError
+from ..compiled import EAGER_SDPA, compile_layers, is_compiled
 from ..config import DEFAULT_CONFIG
 from .e2e_options import SDPA_BACKENDS, SHAPES, build_parser, model_label, validate
 from .e2e_report import add_ratios, backend_timings_text, summary, variant_name, write
@@ -179,6 +180,8 @@ def prefill(
 
     if method == "dense":
         delta_attn.disable(model)
+        if is_compiled(model):  # SDPA stays one eager call inside the compiled layers, as Δ's attention does
+            model.set_attn_implementation(EAGER_SDPA)
     else:
         delta_attn.enable(model, delta_config.replace(mode=method))
     with torch.no_grad(), sdpa_context(sdpa_backend if method == "dense" else None):
@@ -474,15 +477,21 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     warm_n = opts["warmup_length"]
     warm_ids = prompt(warm_n)
     want = args.dense_backend
-    warm_backend, warm_timings = (None, {})
-    if "dense" in methods and not cp:
-        warm_backend, warm_timings = pick_dense_backend(model, warm_ids, want, device, par)
     timer, timer_note = None, ""
-    if "dense" in methods and not cp and want == "auto":
-        try:
+    if "dense" in methods and not cp and want == "auto":  # its probe forward records the model's own SDPA call:
+        try:  # before --compile, which routes that call through EAGER_SDPA
             timer = dense_backend_timer(model, device, par)
         except ValueError as exc:  # keep the warm-up's pick for every length, and say so
             timer_note = str(exc)
+    compile_s = None
+    if getattr(args, "compile", False):  # each layer compiles at its first call (the warm-up's, when on)
+        compile_layers(model)
+    warm_backend, warm_timings = (None, {})
+    if "dense" in methods and not cp:
+        _sync(device)
+        t0 = time.perf_counter()
+        warm_backend, warm_timings = pick_dense_backend(model, warm_ids, want, device, par)
+        compile_s = time.perf_counter() - t0 if getattr(args, "compile", False) else None
 
     def dense_backend_at(n: int) -> tuple[str | None, dict]:
         """The SDPA backend dense runs on at ``n`` tokens, and the per-backend attention timings behind the pick."""
@@ -507,7 +516,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         warm_s = sum(warm_cells.values())
     log(
         f"model {model_label(args)} ({n_layers} layers, {count_params(model) / 1e9:.2f} B params, {dtype}) on "
-        f"{device}; dense SDPA backend: "
+        f"{device}{'; decoder layers compiled' if is_compiled(model) else ''}; dense SDPA backend: "
         + ("CP dense attention" if cp else f"{want}, per length" if timer else f"{warm_backend or 'PyTorch default'}")
         + f" (warm-up forward: {warm_backend or 'PyTorch default'}"
         + (f" {warm_timings}" if warm_timings else "")
@@ -603,6 +612,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         command="delta-attn bench e2e " + " ".join(args.argv),
         model_shape=model_label(args),
         delta_backend=delta_config.backend,
+        compiled=is_compiled(model),  # --compile: the decoder layers under torch.compile, attention eager
         real_weights=getattr(args, "model", None) is not None,
         layers=n_layers,
         layers_cut=args.layers is not None,
@@ -635,6 +645,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
             cells_s=warm_cells,
             dense_backend=warm_backend or "PyTorch default",  # its dense prefill: the fastest whole-model forward
             dense_backend_timings=warm_timings,
+            dense_pick_with_compile_s=compile_s,  # --compile: the backend pick's forwards, the first compiling
         ),
         reps=args.reps,
         time_limit_s=args.time_limit,

@@ -149,6 +149,13 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         default="",
         help="where --parallel tp saves the random model for the ranks to load (default: a folder in the temp dir)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each decoder layer (delta_attn.compiled.compile_layers) with the attention call left "
+        "eager, in every column (dense through the same SDPA function): fuses the model's own elementwise work, "
+        "so the columns differ in attention only (default: eager layers; one device only)",
+    )
     p.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
     add_backend_option(p)  # Δ's backend: auto (Triton on CUDA), triton, fa4 (FlashAttention 4's kernels), reference
     p.add_argument(
@@ -208,6 +215,8 @@ def validate(args: argparse.Namespace) -> dict:
         ) from None
     if profile_length is not None and args.parallel != "none":
         raise UsageError("--profile-length profiles on one device: leave out --parallel")
+    if getattr(args, "compile", False) and args.parallel != "none":
+        raise UsageError("--compile runs on one device: leave out --parallel")
     if getattr(args, "kernel_config", "") and not os.path.isfile(args.kernel_config):
         raise UsageError(f"--kernel-config {args.kernel_config!r}: no such file")
     chunk_caches = _csv(args.chunk_cache)

@@ -226,7 +226,12 @@ def markdown(res: dict) -> str:
     lines = [
         f"Model: {meta['model_shape']}, {meta['layers']} layers{cut}, {meta['params_b']:.2f} B "
         f"{'real' if meta.get('real_weights') else 'random'} weights, "
-        f"{meta['dtype']}, on {meta['device']}{gpus}; torch {meta['torch']}, {meta['date']}.",
+        f"{meta['dtype']}, on {meta['device']}{gpus}; torch {meta['torch']}, {meta['date']}."
+        + (
+            " Decoder layers compiled (torch.compile, --compile), attention eager in every column."
+            if meta.get("compiled")
+            else ""
+        ),
         (
             f"Context parallel over {meta['ranks']} ranks (cp_prefill; time: the slowest rank, peak: the largest); "
             "dense is CP dense attention. "

@@ -1,0 +1,66 @@
+"""delta_attn.compiled: decoder layers under torch.compile with the attention call left eager. The compiled model gives
+the eager model's outputs (Δ one-shot and chunked into the in-place cache, dense through EAGER_SDPA), and a new prompt
+length or chunk size compiles nothing. The tests compile with the "aot_eager" backend: the same graphs, graph breaks
+and guards as inductor, without generating code (inductor's kernels are PyTorch's business, not this package's)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import delta_attn
+from delta_attn import DeltaConfig
+from delta_attn.compiled import EAGER_SDPA, compile_layers, decoder_layers, is_compiled
+from tiny_models import rand_ids, tiny_llama
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow  # compiles the tiny model's layers for four call shapes: ~25 s
+def test_compiled_layers_give_the_eager_outputs_and_compile_once(seed):
+    torch._dynamo.reset()
+    model = tiny_llama(seed)
+    ids, other = rand_ids(1, 300, seed=seed), rand_ids(1, 333, seed=seed + 1)
+    config = DeltaConfig(sink=4, window=32, gamma=16)
+    with torch.no_grad():
+        dense = model(input_ids=ids, logits_to_keep=1).logits
+        delta_attn.enable(model, config)
+        one_shot = model(input_ids=ids, logits_to_keep=1).logits
+        chunked = delta_attn.chunked_prefill(model, ids, chunk_size=128, max_cache_len=400).logits
+        assert not is_compiled(model)
+        assert compile_layers(model, backend="aot_eager") is model and is_compiled(model)
+        layers = list(decoder_layers(model))
+        compile_layers(model, backend="aot_eager")  # again: a no-op
+        assert list(decoder_layers(model)) == layers
+
+        got = model(input_ids=ids, logits_to_keep=1).logits
+        torch.testing.assert_close(got, one_shot, rtol=1e-5, atol=1e-6)
+        graphs = _graphs()
+        assert graphs > 0  # the layers did compile
+        model(input_ids=other, logits_to_keep=1)  # a new length: a symbolic one, nothing compiles
+        assert _graphs() == graphs
+
+        got = delta_attn.chunked_prefill(model, ids, chunk_size=128, max_cache_len=400).logits
+        torch.testing.assert_close(got, chunked, rtol=1e-5, atol=1e-6)
+        graphs = _graphs()
+        delta_attn.chunked_prefill(model, other, chunk_size=100, max_cache_len=400)  # new chunk size and length
+        assert _graphs() == graphs
+
+        delta_attn.disable(model)
+        model.set_attn_implementation(EAGER_SDPA)
+        got = model(input_ids=ids, logits_to_keep=1).logits
+        torch.testing.assert_close(got, dense, rtol=1e-5, atol=1e-6)
+    assert (got - one_shot).abs().max() > 1e-4  # dense and Δ differ: the comparisons above can tell them apart
+
+
+def test_compile_layers_refuses_a_model_without_a_layer_stack():
+    class NoLayers(torch.nn.Module):
+        pass
+
+    with pytest.raises(ValueError, match="model.model.layers"):
+        compile_layers(NoLayers())
+    assert not is_compiled(NoLayers())
