@@ -7,11 +7,14 @@
 #   (layer)  one Llama-3-8B layer at LAYER_LENGTHS (default 128K,1M): cuDNN, Δ Triton, Δ and λ = auto on FA4 with
 #            the add after the kernel (+noepi) and in the epilogue (+epi), 7 reps, ratios from the same run
 #   (again)  the 128K cells twice more, to see how much runs differ
+#   (profile) device time per kernel at 128K: FA4 with the add after the kernel and in the epilogue, Triton
 #   (e8c)    `bench e2e --model-shape llama-3-8b` at 128K, dense and Δ, with the decoder layers compiled (--compile,
 #            delta_attn.compiled: attention eager in both columns), then the same eager (the issue's 2.9× target;
-#            eager stopped at 2.74–2.79×, its non-attention elementwise work being 1.3 s of 3.7 s)
+#            eager stopped at 2.74–2.79×, its non-attention elementwise work being 1.3 s of 3.7 s); Δ's backend
+#            E8_BACKEND (default auto: Triton; fa4 for FlashAttention 4)
 # PARTS (default "tests layer again e8c"; more than one call's 600 s: run PARTS="tests layer", then on the warm
-# machine PARTS="e8c again", which finds the wheels installed). Records: $OUT/fa4_epilogue.tgz; the table prints last.
+# machine PARTS="e8c again" or "profile e8c", which find the wheels installed).
+# Records: $OUT/fa4_epilogue.tgz; the table prints last.
 # If the tests pass and +epi is faster, make the epilogue the default: Passes.fused_add = None in fa4_prefill.py.
 set -uo pipefail
 T0=$(date +%s)
@@ -38,10 +41,15 @@ if want again; then
     echo "again $i: exit $? ($(( $(date +%s) - T0 )) s)"; save
   done
 fi
+if want profile; then
+  timeout 150 python3 scripts/gpu_calls/fa4_profile.py $R 131072 epi > $R/profile.log 2>&1
+  echo "profile: exit $? ($(( $(date +%s) - T0 )) s)"; grep -v "Warning\|exe_args\|warn" $R/profile.log | tail -48; save
+fi
 if want e8c; then
   for mode in compile eager; do
     timeout 280 python3 -m delta_attn.cli bench e2e --device cuda --warmup-length 4096 --model-shape llama-3-8b \
-      --lengths 128K --methods dense,delta --reps 2 $([ $mode = compile ] && echo --compile) --out $R/e8_$mode \
+      --lengths 128K --methods dense,delta --reps 2 --backend ${E8_BACKEND:-auto} $([ $mode = compile ] && echo --compile) \
+      --out $R/e8_$mode \
       > $R/e8_$mode.log 2>&1
     echo "e8 $mode: exit $? ($(( $(date +%s) - T0 )) s)"; save
   done

@@ -1,5 +1,7 @@
 """Where backend="fa4"'s time goes at 128K on one Llama-3-8B layer: device time per kernel (torch.profiler) and the
-host time a call spends before returning (enqueue), against the Triton backend. Prints a table last."""
+host time a call spends before returning (enqueue), against the Triton backend. Prints a table last.
+
+``python scripts/gpu_calls/fa4_profile.py OUT_DIR [N] [epi]``: with ``epi`` also the Δ add in FA4's epilogue."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from delta_attn.config import DeltaConfig
 from delta_attn.kernels import triton_prefill
-from delta_attn.kernels.fa4_prefill import fa4_prefill
+from delta_attn.kernels.fa4_prefill import Passes, fa4_prefill
 from delta_attn.kernels.prefill import ensure_allocator
 
 out_dir = sys.argv[1] if len(sys.argv) > 1 else "."
@@ -28,7 +30,13 @@ cfg = DeltaConfig(sink=128, window=2048, gamma=64, sparse="streaming")
 scale = 1 / math.sqrt(D)
 report = {}
 for name, fn in [
-    ("fa4", lambda: fa4_prefill(q, k, v, cfg, scale=scale, prompt_len=n)),
+    ("fa4", lambda: fa4_prefill(q, k, v, cfg, scale=scale, prompt_len=n, passes=Passes(fused_add=False))),
+    # the Δ add in FA4's epilogue (eleventh session), where the wrapper applies
+    *(
+        [("fa4-epi", lambda: fa4_prefill(q, k, v, cfg, scale=scale, prompt_len=n, passes=Passes(fused_add=True)))]
+        if "epi" in sys.argv[3:]
+        else []
+    ),
     ("triton", lambda: triton_prefill(q, k, v, cfg, scale=scale, prompt_len=n)),
 ]:
     for _ in range(3):
