@@ -33,6 +33,7 @@ from .config import DeltaConfig  # plain dataclass: importing it loads nothing h
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import DeltaState
     from .chunked import PrefillOutput, chunked_prefill
+    from .compiled import compile_layers
     from .hf import PrefillState, disable, enable
     from .ops import delta_attention
     from .sparse import SparseMethod, SparsePattern, available_sparse_methods, register_sparse_method
@@ -51,6 +52,7 @@ _LAZY = {
     "PrefillOutput": "chunked",
     "PrefillState": "hf",
     "chunked_prefill": "chunked",
+    "compile_layers": "compiled",
     "disable": "hf",
     "enable": "hf",
 }
@@ -79,6 +81,7 @@ __all__ = [  # a literal list (linters read it); equal to DeltaConfig + _LAZY (t
     "SparsePattern",
     "available_sparse_methods",
     "chunked_prefill",
+    "compile_layers",
     "delta_attention",
     "disable",
     "enable",
