@@ -11,9 +11,9 @@
 #   (e8c)    `bench e2e --model-shape llama-3-8b` at 128K, dense and Δ, with the decoder layers compiled (--compile,
 #            delta_attn.compiled: attention eager in both columns), then the same eager (the issue's 2.9× target;
 #            eager stopped at 2.74–2.79×, its non-attention elementwise work being 1.3 s of 3.7 s); Δ's backend
-#            E8_BACKEND (default auto: Triton; fa4 for FlashAttention 4)
-# PARTS (default "tests layer again e8c"; more than one call's 600 s: run PARTS="tests layer", then on the warm
-# machine PARTS="e8c again" or "profile e8c", which find the wheels installed).
+#            E8_BACKEND (default auto: Triton; fa4 for FlashAttention 4), E8_MODES (default "compile eager")
+# PARTS (default "tests layer again e8c"), more than one call's 600 s. On one warm machine (the later calls find the
+# wheels installed): PARTS="tests layer"; then PARTS=e8c E8_MODES=compile; then PARTS="e8c profile" E8_MODES=eager.
 # Records: $OUT/fa4_epilogue.tgz; the table prints last.
 # If the tests pass and +epi is faster, make the epilogue the default: Passes.fused_add = None in fa4_prefill.py.
 set -uo pipefail
@@ -46,8 +46,8 @@ if want profile; then
   echo "profile: exit $? ($(( $(date +%s) - T0 )) s)"; grep -v "Warning\|exe_args\|warn" $R/profile.log | tail -48; save
 fi
 if want e8c; then
-  for mode in compile eager; do
-    timeout 280 python3 -m delta_attn.cli bench e2e --device cuda --warmup-length 4096 --model-shape llama-3-8b \
+  for mode in ${E8_MODES:-compile eager}; do
+    timeout 300 python3 -m delta_attn.cli bench e2e --device cuda --warmup-length 4096 --model-shape llama-3-8b \
       --lengths 128K --methods dense,delta --reps 2 --backend ${E8_BACKEND:-auto} $([ $mode = compile ] && echo --compile) \
       --out $R/e8_$mode \
       > $R/e8_$mode.log 2>&1
