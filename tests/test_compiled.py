@@ -1,7 +1,8 @@
 """delta_attn.compiled: decoder layers under torch.compile with the attention call left eager. The compiled model gives
-the eager model's outputs (Δ one-shot and chunked into the in-place cache, dense through EAGER_SDPA), and a new prompt
-length or chunk size compiles nothing. The tests compile with the "aot_eager" backend: the same graphs, graph breaks
-and guards as inductor, without generating code (inductor's kernels are PyTorch's business, not this package's)."""
+the eager model's outputs (Δ one-shot and chunked into the in-place cache, greedy decoding after it, dense through
+EAGER_SDPA), and a new prompt length or chunk size compiles nothing. The tests compile with the "aot_eager" backend:
+the same graphs, graph breaks and guards as inductor, without generating code (inductor's kernels are PyTorch's
+business, not this package's)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-@pytest.mark.slow  # compiles the tiny model's layers for four call shapes: ~25 s
+@pytest.mark.slow  # compiles the tiny model's layers for five call shapes: ~35 s
 def test_compiled_layers_give_the_eager_outputs_and_compile_once(seed):
     torch._dynamo.reset()
     model = tiny_llama(seed)
@@ -31,6 +32,7 @@ def test_compiled_layers_give_the_eager_outputs_and_compile_once(seed):
         delta_attn.enable(model, config)
         one_shot = model(input_ids=ids, logits_to_keep=1).logits
         chunked = delta_attn.chunked_prefill(model, ids, chunk_size=128, max_cache_len=400).logits
+        reply = delta_attn.chunked_prefill(model, ids, chunk_size=128).generate(max_new_tokens=6).tokens
         assert not is_compiled(model)
         assert compile_layers(model, backend="aot_eager") is model and is_compiled(model)
         layers = list(decoder_layers(model))
@@ -49,6 +51,8 @@ def test_compiled_layers_give_the_eager_outputs_and_compile_once(seed):
         graphs = _graphs()
         delta_attn.chunked_prefill(model, other, chunk_size=100, max_cache_len=400)  # new chunk size and length
         assert _graphs() == graphs
+        # decoding from a compiled prefill (the layers compile once more, for one query over the cache)
+        assert delta_attn.chunked_prefill(model, ids, chunk_size=128).generate(max_new_tokens=6).tokens == reply
 
         delta_attn.disable(model)
         model.set_attn_implementation(EAGER_SDPA)
