@@ -21,10 +21,15 @@ def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-@pytest.mark.slow  # compiles the tiny model's layers for five call shapes: ~35 s
-def test_compiled_layers_give_the_eager_outputs_and_compile_once(seed):
+@pytest.mark.slow  # compiles the 9 layers of a tiny model for five call shapes: ~60 s
+def test_compiled_layers_give_the_eager_outputs_and_compile_once(seed, monkeypatch):
     torch._dynamo.reset()
-    model = tiny_llama(seed)
+    # more layers than dynamo's default 8 entries per code object, and an error (not a silent eager fallback) if a
+    # layer runs out of them: compile_layers must make room for every layer
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    monkeypatch.setattr(torch._dynamo.config, "accumulated_recompile_limit", 256)
+    model = tiny_llama(seed, num_hidden_layers=9)
     ids, other = rand_ids(1, 300, seed=seed), rand_ids(1, 333, seed=seed + 1)
     config = DeltaConfig(sink=4, window=32, gamma=16)
     with torch.no_grad():

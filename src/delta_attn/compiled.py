@@ -50,7 +50,16 @@ def compile_layers(
     (:func:`delta_attn.enable`) or to :data:`EAGER_SDPA` runs eagerly inside the compiled layers. ``dynamic``,
     ``mode`` and ``backend`` are torch.compile's (the tests pass ``"aot_eager"``: the same graphs and guards without
     code generation). Compiling twice is a no-op for layers already compiled."""
-    for layer in decoder_layers(model):
+    layers = decoder_layers(model)
+    # Each layer compiles its own entry: its layer_idx is a constant of the traced code, and the KV cache's update
+    # indexes the cache's per-layer state with it. With the default limit of 8 entries per code object, the layers
+    # past the eighth silently ran eager (Llama-3-8B shape on an H100, BENCHMARKS.md, eleventh session); room for every
+    # layer under each attention function and cache type a process uses (the graphs are identical, so inductor's
+    # graph cache compiles each once).
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 4 * len(layers))
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 8 * len(layers))
+    for layer in layers:
         if getattr(layer, "_compiled_call_impl", None) is None:
             layer.compile(dynamic=dynamic, mode=mode, backend=backend)
     return model
