@@ -66,7 +66,8 @@ def main(seed: int) -> None:
     ]
     fused_cases = {"delta", "delta-chunked", "lambda0.5", "auto-chunked"}  # the others never take the fused add
     cases += [(name + "/fused", *rest) for name, *rest in cases if name in fused_cases]
-    cases.append(("auto-decay-chunked/fused", 1, 8, 2, 128, 260, dict(delta_scale="auto-decay"), [100, 17, 143]))
+    auto_decay = ("auto-decay-chunked", 1, 8, 2, 128, 260, dict(delta_scale="auto-decay"), [100, 17, 143])
+    cases += [auto_decay, (auto_decay[0] + "/fused", *auto_decay[1:])]
     out = {}
     for name, b, hq, hkv, d, n, fields, chunks in cases:
         config = DeltaConfig(sparse="streaming", sink=8, window=40, gamma=16, tail=16, **fields)

@@ -11,7 +11,8 @@
 #   (e8c)    `bench e2e --model-shape llama-3-8b` at 128K, dense and Δ, with the decoder layers compiled (--compile,
 #            delta_attn.compiled: attention eager in both columns), then the same eager (the issue's 2.9× target;
 #            eager stopped at 2.74–2.79×, its non-attention elementwise work being 1.3 s of 3.7 s); Δ's backend
-#            E8_BACKEND (default auto: Triton; fa4 for FlashAttention 4), E8_MODES (default "compile eager")
+#            E8_BACKEND (default auto: Triton; fa4 for FlashAttention 4), E8_MODES (default "compile eager");
+#            LAYER_METHODS overrides the layer methods
 # PARTS (default "tests layer again e8c"), more than one call's 600 s. On one warm machine (the later calls find the
 # wheels installed): PARTS="tests layer"; then PARTS=e8c E8_MODES=compile; then PARTS="e8c profile" E8_MODES=eager.
 # Records: $OUT/fa4_epilogue.tgz; the table prints last.
@@ -23,7 +24,7 @@ R=/tmp/fa4_epilogue; mkdir -p $R
 PARTS=" ${PARTS:-tests layer again e8c} "
 want() { [[ "$PARTS" == *" $1 "* ]]; }
 save() { tar czf $OUT/fa4_epilogue.tgz -C /tmp fa4_epilogue; }  # after every part: a call cut short keeps what ran
-METHODS=cudnn,delta,delta+fa4+noepi,delta+fa4+epi,delta_auto+fa4+noepi,delta_auto+fa4+epi
+METHODS=${LAYER_METHODS:-cudnn,delta,delta+fa4+noepi,delta+fa4+epi,delta_auto+fa4+noepi,delta_auto+fa4+epi}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.total --format=csv,noheader | tee $R/gpu.txt
 if want tests; then
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_fa4_tiles.py > $R/tests.log 2>&1
