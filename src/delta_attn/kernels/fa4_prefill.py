@@ -160,8 +160,8 @@ def _data_driven_repeat(plan, o: Tensor, anchors: Tensor, state) -> Tensor:
     """``delta_scale="auto"`` (and its forms) with ``interp="repeat"``, in place on ``o`` = Õ: the raw Δ_j = D_j − Õ_j
     of the call's anchors, λ_jΔ_j and the running sums by the Triton backend's λ kernels
     (:func:`.delta_scale.scaled_block_deltas`: a few small launches), the one add per row, then the anchor rows exact.
-    Through :func:`.prefill.apply_block_deltas` (:func:`delta_attn.combine.delta_scales`' PyTorch ops and the scan
-    kernel) λ = auto took 1.1–1.8 ms more than Δ at 128K on an H100 (BENCHMARKS.md, eleventh session)."""
+    Through :func:`.prefill.apply_block_deltas` (:func:`delta_attn.combine.delta_scales`' PyTorch ops, then the same
+    add) λ = auto took 1.1–1.8 ms more than Δ at 128K on an H100 (BENCHMARKS.md, eleventh session)."""
     q0, gamma, body_end = plan.q_start, plan.gamma, plan.body_end
     local = slice(plan.anchor_lo - q0, body_end - q0, gamma)
     raw = (anchors.float() - o[:, :, local].float()).contiguous()
