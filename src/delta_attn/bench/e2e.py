@@ -483,15 +483,15 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
             timer = dense_backend_timer(model, device, par)
         except ValueError as exc:  # keep the warm-up's pick for every length, and say so
             timer_note = str(exc)
-    compile_s = None
-    if getattr(args, "compile", False):  # each layer compiles at its first call (the warm-up's, when on)
+    compiling, compile_s = getattr(args, "compile", False), None
+    if compiling:  # each layer compiles at its first call (the warm-up's, when on)
         compile_layers(model)
     warm_backend, warm_timings = (None, {})
     if "dense" in methods and not cp:
         _sync(device)
         t0 = time.perf_counter()
         warm_backend, warm_timings = pick_dense_backend(model, warm_ids, want, device, par)
-        compile_s = time.perf_counter() - t0 if getattr(args, "compile", False) else None
+        compile_s = time.perf_counter() - t0 if compiling else None
 
     def dense_backend_at(n: int) -> tuple[str | None, dict]:
         """The SDPA backend dense runs on at ``n`` tokens, and the per-backend attention timings behind the pick."""

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..backend import SequenceState, finish, plan_call
+from ..combine import delta_scales, scale_deltas
 from ..config import FILTER_INTERPS, DeltaConfig
 from . import fa4
 from .anchor_sparse import anchor_sparse_rows
@@ -53,9 +54,9 @@ class Passes:
     the keys over the SMs (FA4 cannot with block sparsity: ~128 rows over 128K keys would keep 32 of 132 SMs busy);
     fused_add: whether the ``delta``/``repeat`` body rows take the Δ add in the sparse pass (``sparse`` then takes
     ``add``; :func:`_fused_delta`); None: wherever FA4's epilogue wrapper applies (:func:`.fa4.wrapped_kernel`).
-    False by default until the wrapped epilogue has run on a GPU (its GPU tests in tests/test_fa4_tiles.py and the
-    layer timing, ``bench layer --methods delta+fa4+epi,delta+fa4+noepi``); the CPU tests check the orchestration
-    with a stand-in, and tests/test_fa4_compile.py compiles the kernel for sm_90.
+    False by default: it passes the GPU tests (tests/test_fa4_tiles.py) but measured slower than the add after the
+    kernel — 17.1–18.0× against 19.2–19.5× cuDNN at 128K on an H100, the add costing 0.83 ms inside FA4's epilogue
+    (BENCHMARKS.md, eleventh session; ``bench layer --methods delta+fa4+epi,delta+fa4+noepi``).
     """
 
     sparse: Callable[..., Tensor] = fa4.sparse_base
@@ -201,11 +202,9 @@ def _fused_delta(plan, q, k, v, rows, tail: Tensor | None, passes: Passes, *, sc
     scale_sums = None
     if isinstance(config.delta_scale, str):  # "auto" and its forms: λ_j from the anchors' Δs, as the Triton backend
         given, scale_sums = scaled_block_deltas(plan, raw)
-    else:
-        given = raw if carry is None else torch.cat([carry.unsqueeze(2), raw], dim=2)
-        if config.delta_scale != 1.0:
-            given = given * float(config.delta_scale)
-        given = given.contiguous()
+    else:  # a float λ (None for 1.0): the carried block's Δ first, then the anchors'
+        deltas = raw if carry is None else torch.cat([carry.unsqueeze(2), raw], dim=2)
+        given = scale_deltas(deltas, delta_scales(plan, deltas)[0]).contiguous()
     add = fa4.BlockAdd(given, block0=q0 // gamma * gamma, gamma=gamma, row_end=body_end)
     qf, kf, vf = (t.transpose(1, 2) for t in (q, k, v))  # FA4's (B, N, H, D) views
     out = passes.sparse(qf, kf, vf, sink=config.sink, window=config.window, scale=scale, add=add)
