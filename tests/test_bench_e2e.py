@@ -43,13 +43,20 @@ def test_e2e_compile_runs_every_column_with_compiled_layers(tmp_path, monkeypatc
     other as without it (chunked = one-shot)."""
     from delta_attn import compiled
 
-    monkeypatch.setattr(e2e, "compile_layers", lambda model: compiled.compile_layers(model, backend="aot_eager"))
+    asked = []
+
+    def compile_layers(model, backend):
+        asked.append(backend)
+        return compiled.compile_layers(model, backend="aot_eager")
+
+    monkeypatch.setattr(e2e, "compile_layers", compile_layers)
     torch._dynamo.reset()
     out = tmp_path / "run"
     argv = [*TINY, "--lengths", "200", "--methods", "dense,delta", "--chunk-size", "0,64", "--reps", "2"]
     assert cli_main(["bench", "e2e", *argv, "--warmup-length", "64", "--compile", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["meta"]["compiled"] and res["meta"]["warmup"]["dense_pick_with_compile_s"] is not None
+    assert asked == ["inductor"] and res["meta"]["compile_backend"] == "inductor"  # --compile alone: ours
     cells = {(c["method"], c["chunk"]): c for c in res["cells"]}
     assert set(cells) == {("dense", 0), ("delta", 0), ("delta", 64)}
     assert all(c["finite"] for c in cells.values())

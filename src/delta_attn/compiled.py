@@ -11,14 +11,21 @@ Dense SDPA gets the same treatment through :data:`EAGER_SDPA` (``bench e2e --com
 columns differ in attention only.
 
 ``dynamic=True`` (the default) compiles each layer with a symbolic sequence length, so a new prompt length or chunk
-size should compile nothing; the CPU tests check that across a few hundred tokens. On an H100 the Llama-3-8B shape
-warmed up at 4K still compiled again at its first 128K call (17–19 s; BENCHMARKS.md, eleventh session; the failing
-guard is not known yet): warm a compiled model up at its longest expected length.
+size compiles nothing. One inductor habit defeats that at long prompts: a generated kernel indexes with int32 when
+the sizes it sees at compile time fit, and guards that they keep fitting; a layer warmed up at 4K then compiles again
+at the first length where an activation passes 2³¹ elements. On an H100 the Llama-3-8B shape warmed up at 4K compiled
+again at its first 128K call (17–19 s; BENCHMARKS.md, eleventh session). :func:`compile_layers` therefore compiles with
+:class:`SymbolicInt64Inductor`: inductor itself, except that a kernel whose sizes depend on the sequence length
+indexes with int64 and installs no such guard.
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -51,7 +58,13 @@ def compile_layers(
     state dict stay the same objects); returns the model. The attention call of a model switched to Δ
     (:func:`delta_attn.enable`) or to :data:`EAGER_SDPA` runs eagerly inside the compiled layers. ``dynamic``,
     ``mode`` and ``backend`` are torch.compile's (the tests pass ``"aot_eager"``: the same graphs and guards without
-    code generation). Compiling twice is a no-op for layers already compiled."""
+    code generation), except that ``backend="inductor"`` with dynamic shapes means :class:`SymbolicInt64Inductor`,
+    so that no prompt length recompiles; ``"inductor-stock"`` is inductor unchanged. Compiling twice is a no-op for
+    layers already compiled."""
+    if backend == "inductor-stock":
+        backend = "inductor"
+    elif backend == "inductor" and dynamic is not False:
+        backend, mode = SymbolicInt64Inductor(mode, dynamic), None  # the mode travels inside the backend
     layers = decoder_layers(model)
     # Each layer compiles its own entry: its layer_idx is a constant of the traced code, and the KV cache's update
     # indexes the cache's per-layer state with it. With the default limit of 8 entries per code object, the layers
@@ -77,3 +90,71 @@ def is_compiled(model: PreTrainedModel) -> bool:
         return all(_compiled(layer) for layer in decoder_layers(model))
     except ValueError:
         return False
+
+
+class _NoOpPass(CustomGraphPass):
+    """Changes nothing; its uuid keeps :class:`SymbolicInt64Inductor`'s graphs apart from stock inductor's in
+    inductor's FX graph cache, whose entries carry the int32 guards with them."""
+
+    def __call__(self, graph) -> None:
+        return None
+
+    def uuid(self) -> str:
+        return "delta-attn:symbolic-sizes-index-with-int64:v1"
+
+
+class SymbolicInt64Inductor(torch._TorchCompileInductorWrapper):
+    """torch.compile's inductor backend, except that a generated kernel whose element count or buffer sizes depend on
+    a symbolic size (the sequence length under ``dynamic=True``) indexes with int64 instead of guarding that they
+    fit int32. Stock inductor picks int32 when the sizes at compile time fit and adds a guard that they keep fitting:
+    correct, but the first call past 2³¹ elements in one activation compiles the layer again (the Llama-3-8B shape
+    at 128K after a warm-up at 4K: 17–19 s on an H100). int64 indexing is always correct; what it costs the
+    memory-bound elementwise kernels is measured in BENCHMARKS.md. Kernels of static sizes (weights) are unchanged.
+    Pass an instance as ``backend=`` to ``torch.compile``; ``mode`` as for inductor."""
+
+    def __init__(self, mode: str | None = None, dynamic: bool | None = True):
+        super().__init__(mode, None, dynamic)
+        if self.config.get("post_grad_custom_post_pass") is None:
+            self.config["post_grad_custom_post_pass"] = _NoOpPass()
+
+    def __call__(self, model_, inputs_, **kwargs):
+        with _int64_for_symbolic_sizes():
+            return super().__call__(model_, inputs_, **kwargs)
+
+
+def _is_symbolic(expr) -> bool:
+    return bool(getattr(expr, "free_symbols", None))
+
+
+@contextlib.contextmanager
+def _int64_for_symbolic_sizes():
+    """Inductor's int32-or-int64 choice (``SIMDScheduling.can_use_32bit_indexing``, used for generated and template
+    kernels alike), answering int64 without a guard when a size is symbolic. Patched for the duration of one
+    compilation, which runs on this thread; a torch without that hook compiles unchanged, with a warning."""
+    try:
+        from torch._inductor.codegen.simd import SIMDScheduling
+    except ImportError:  # pragma: no cover - a torch without inductor's SIMD scheduling
+        SIMDScheduling = None
+    original = getattr(SIMDScheduling, "can_use_32bit_indexing", None)
+    if original is None:
+        warnings.warn(
+            "this torch has no SIMDScheduling.can_use_32bit_indexing: compiled layers may compile again at the first "
+            "prompt long enough to pass 2**31 elements in one activation",
+            stacklevel=3,
+        )
+        yield
+        return
+
+    def can_use_32bit_indexing(numel, buffers):
+        buffers = list(buffers)
+        sizes = [numel] + [buf.get_layout().storage_size() for buf in buffers if buf.has_tensor_output()]
+        if any(_is_symbolic(size) for size in sizes):
+            return False
+        return original(numel, buffers)
+
+    stored = SIMDScheduling.__dict__["can_use_32bit_indexing"]
+    SIMDScheduling.can_use_32bit_indexing = staticmethod(can_use_32bit_indexing)
+    try:
+        yield
+    finally:
+        SIMDScheduling.can_use_32bit_indexing = stored

@@ -485,7 +485,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
             timer_note = str(exc)
     compiling, compile_s = getattr(args, "compile", False), None
     if compiling:  # each layer compiles at its first call (the warm-up's, when on)
-        compile_layers(model)
+        compile_layers(model, backend=compiling)
     warm_backend, warm_timings = (None, {})
     if "dense" in methods and not cp:
         _sync(device)
@@ -613,6 +613,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
         model_shape=model_label(args),
         delta_backend=delta_config.backend,
         compiled=is_compiled(model),  # --compile: the decoder layers under torch.compile, attention eager
+        compile_backend=compiling or None,  # inductor (int64 where sizes are symbolic) or inductor-stock
         real_weights=getattr(args, "model", None) is not None,
         layers=n_layers,
         layers_cut=args.layers is not None,

@@ -151,10 +151,15 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     )
     p.add_argument(
         "--compile",
-        action="store_true",
+        nargs="?",
+        const="inductor",
+        default=None,
+        choices=("inductor", "inductor-stock"),
         help="torch.compile each decoder layer (delta_attn.compiled.compile_layers) with the attention call left "
         "eager, in every column (dense through the same SDPA function): fuses the model's own elementwise work, "
-        "so the columns differ in attention only (default: eager layers; one device only)",
+        "so the columns differ in attention only. inductor (what --compile alone means): int64 indexing where a "
+        "size depends on the prompt length, so no length recompiles; inductor-stock: inductor's own int32 guards "
+        "(default: eager layers; one device only)",
     )
     p.add_argument("--seed", type=int, default=0, help="weights and prompt seed (default 0)")
     add_backend_option(p)  # Δ's backend: auto (Triton on CUDA), triton, fa4 (FlashAttention 4's kernels), reference
