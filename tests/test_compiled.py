@@ -130,7 +130,8 @@ def test_compile_layers_compiles_with_inductor_int64_for_symbolic_sizes(seed, mo
     torch._dynamo.reset()
     calls = []
     own_call = compiled.SymbolicInt64Inductor.__call__
-    monkeypatch.setattr(compiled.SymbolicInt64Inductor, "__call__", lambda *a, **k: calls.append(1) or own_call(*a, **k))
+    spy = lambda *args, **kwargs: calls.append(1) or own_call(*args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(compiled.SymbolicInt64Inductor, "__call__", spy)
     model = tiny_llama(seed, num_hidden_layers=2)
     ids = rand_ids(1, 200, seed=seed)
     with torch.no_grad():
