@@ -144,3 +144,22 @@ def test_compile_layers_compiles_with_inductor_int64_for_symbolic_sizes(seed, mo
         graphs = _graphs()
         model(input_ids=rand_ids(1, 333, seed=seed + 1), logits_to_keep=1)
         assert _graphs() == graphs
+
+
+def test_a_first_call_as_long_as_the_hidden_size_does_not_pin_the_length(seed):
+    """Dynamo's duck sizing would give a first call of hidden_size tokens one symbol for the length and the hidden
+    size, which the weights then pin, so every later length compiled again (the Llama-3-8B shape warmed up at 4,096
+    tokens, on an H100). compile_layers turns it off for its layers' calls, and only there."""
+    from torch.fx.experimental import _config as shape_settings
+
+    torch._dynamo.reset()
+    model = tiny_llama(seed)  # hidden_size 64
+    with torch.no_grad():
+        delta_attn.enable(model, DeltaConfig(sink=4, window=16, gamma=8))
+        compile_layers(model, backend="aot_eager")
+        model(input_ids=rand_ids(1, model.config.hidden_size, seed=seed), logits_to_keep=1)
+        graphs = _graphs()
+        for n in (100, 77):
+            model(input_ids=rand_ids(1, n, seed=seed + n), logits_to_keep=1)
+        assert _graphs() == graphs
+    assert shape_settings.use_duck_shape  # back to torch's default outside the layers' calls

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Issue 16, twelfth session (2026-12-08): the H200 (the kind lent this session), and the recompile of compiled layers.
-# First call `mkdir -p /tmp/w && cp .fa00/* /tmp/w/` (carry .fa00), then this script (carry .fa01).
+# First call `mkdir -p /tmp/w && cp .fa00/* /tmp/w/` (carry .fa00), then this script (carry .fa01); the FA4 wheels
+# are needed only by the +fa4 layer methods and the tests.
 #   (layer)  one Llama-3-8B layer at 128K and 1M: cuDNN, Δ on Triton and on FA4, λ = auto on both, 7 reps, ratios
 #            from the same run (the issue's ≥ 18.5× at 128K and ≥ 0.95 of the floor at 1M, on the H200)
-#   (probe)  the compiled 8B shape with 2 layers, warmed up at 4K, then 128K: inductor-stock (its int32 guards) and
-#            --compile (delta_attn.compiled.SymbolicInt64Inductor), TORCH_LOGS=recompiles: what guard fails, and
-#            whether the int64 backend removes it
+#   (probe)  the compiled 8B shape with 2 layers, warmed up at 4K, then PROBE_LENGTHS (default 128K,256K):
+#            inductor-stock (its int32 guards) and --compile (delta_attn.compiled.SymbolicInt64Inductor),
+#            TORCH_LOGS=recompiles: what guard fails, and whether the int64 backend removes it. The first run of this
+#            part (H100, 2026-12-08 00:22) found dynamo's duck sizing (4,096 tokens = the hidden size) behind the 128K
+#            recompile; compile_layers now turns it off, and 256K passes 2^31 elements in the MLP (int32 guards)
 #   (e8c)    `bench e2e --model-shape llama-3-8b` at 128K, dense and Δ, --compile (all 32 layers) then eager; first
 #            call ÷ steady for the issue's ≤ 1.05× rule
 #   (e3b)    `bench e2e --model-shape llama-3.2-3b`: 32K and 128K one-shot, dense and Δ; then Δ chunked (16,384, in-place
@@ -30,7 +33,7 @@ if want layer; then
 fi
 if want probe; then
   for c in inductor-stock inductor; do
-    TORCH_LOGS=recompiles timeout 150 "${E[@]}" --model-shape llama-3-8b --layers 2 --lengths 128K \
+    TORCH_LOGS=recompiles timeout 150 "${E[@]}" --model-shape llama-3-8b --layers 2 --lengths ${PROBE_LENGTHS:-128K,256K} \
       --methods dense,delta --reps 2 --compile $c --out $R/probe_$c > $R/probe_$c.log 2>&1; el "probe $c" $?
   done
 fi

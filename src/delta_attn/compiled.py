@@ -11,21 +11,26 @@ Dense SDPA gets the same treatment through :data:`EAGER_SDPA` (``bench e2e --com
 columns differ in attention only.
 
 ``dynamic=True`` (the default) compiles each layer with a symbolic sequence length, so a new prompt length or chunk
-size compiles nothing. One inductor habit defeats that at long prompts: a generated kernel indexes with int32 when
-the sizes it sees at compile time fit, and guards that they keep fitting; a layer warmed up at 4K then compiles again
-at the first length where an activation passes 2³¹ elements. On an H100 the Llama-3-8B shape warmed up at 4K compiled
-again at its first 128K call (17–19 s; BENCHMARKS.md, eleventh session). :func:`compile_layers` therefore compiles with
-:class:`SymbolicInt64Inductor`: inductor itself, except that a kernel whose sizes depend on the sequence length
-indexes with int64 and installs no such guard.
+size compiles nothing. Two defaults of torch.compile defeat that, and :func:`compile_layers` turns both off for its
+layers:
+
+* dynamo's duck sizing gives dimensions of equal size one symbol, so a first call with as many tokens as the model
+  has hidden units pins the length to that value: the Llama-3-8B shape warmed up at 4,096 tokens compiled every layer
+  again at its first 128K call on an H100 (17–25 s; BENCHMARKS.md, eleventh and twelfth sessions);
+* inductor indexes a kernel with int32 when the sizes it sees at compile time fit, and guards that they keep fitting,
+  so the first length where one activation passes 2³¹ elements (past 149,796 tokens for the 8B shape's MLP) would
+  compile again; :class:`SymbolicInt64Inductor` indexes such kernels with int64 instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
+from torch.fx.experimental import _config as shape_settings
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -54,8 +59,8 @@ def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
 def compile_layers(
     model: PreTrainedModel, *, dynamic: bool | None = True, mode: str | None = None, backend: str = "inductor"
 ):
-    """Compile each decoder layer of ``model`` in place (``nn.Module.compile``: the modules, their weights and their
-    state dict stay the same objects); returns the model. The attention call of a model switched to Δ
+    """Compile each decoder layer of ``model`` in place (as ``nn.Module.compile`` does: the modules, their weights and
+    their state dict stay the same objects); returns the model. The attention call of a model switched to Δ
     (:func:`delta_attn.enable`) or to :data:`EAGER_SDPA` runs eagerly inside the compiled layers. ``dynamic``,
     ``mode`` and ``backend`` are torch.compile's (the tests pass ``"aot_eager"``: the same graphs and guards without
     code generation), except that ``backend="inductor"`` with dynamic shapes means :class:`SymbolicInt64Inductor`,
@@ -76,8 +81,30 @@ def compile_layers(
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 8 * len(layers))
     for layer in layers:
         if not _compiled(layer):
-            layer.compile(dynamic=dynamic, mode=mode, backend=backend)
+            # what nn.Module.compile does, with the call wrapped: see _without_duck_sizing
+            compiled = torch.compile(layer._call_impl, dynamic=dynamic, mode=mode, backend=backend)
+            layer._compiled_call_impl = _without_duck_sizing(compiled) if dynamic is not False else compiled
     return model
+
+
+def _without_duck_sizing(compiled):
+    """``compiled`` called with dynamo's duck sizing off. Duck sizing gives input dimensions of equal size at compile
+    time one symbol: a layer first called with as many tokens as the model has hidden units (4,096 tokens for the
+    Llama-3-8B shape) ties the sequence length to the hidden size, whose matmul with the weights then pins it to that
+    value, and the next length compiles again (seen on an H100: every layer recompiled at 128K after a 4K warm-up,
+    "size mismatch at index 1. expected 4096"). The setting is read when dynamo creates a frame's shape environment,
+    i.e. while it compiles at a call, so it is switched for the calls of these layers only."""
+
+    @functools.wraps(compiled)
+    def call(*args, **kwargs):
+        before = shape_settings.use_duck_shape
+        shape_settings.use_duck_shape = False
+        try:
+            return compiled(*args, **kwargs)
+        finally:
+            shape_settings.use_duck_shape = before
+
+    return call
 
 
 def _compiled(module: torch.nn.Module) -> bool:
