@@ -6,7 +6,7 @@
 #            from the same run (the issue's ≥ 18.5× at 128K and ≥ 0.95 of the floor at 1M, on the H200)
 #   (probe)  the compiled 8B shape with 2 layers, warmed up at 4K, then PROBE_LENGTHS (default 128K,256K):
 #            inductor-stock (its int32 guards) and --compile (delta_attn.compiled.SymbolicInt64Inductor),
-#            TORCH_LOGS=recompiles: what guard fails, and whether the int64 backend removes it. The first run of this
+#            TORCH_LOGS=recompiles (PROBE_BACKENDS picks): what guard fails, and whether the int64 backend removes it. The first run of this
 #            part (H100, 2026-12-08 00:22) found dynamo's duck sizing (4,096 tokens = the hidden size) behind the 128K
 #            recompile; compile_layers now turns it off, and 256K passes 2^31 elements in the MLP (int32 guards)
 #   (e8c)    `bench e2e --model-shape llama-3-8b` at 128K, dense and Δ, --compile (all 32 layers) then eager; first
@@ -32,7 +32,7 @@ if want layer; then
     --dense-once-above 256K --budget 0.4 --reps 7 --out $R/layer > $R/layer.log 2>&1; el layer $?
 fi
 if want probe; then
-  for c in inductor-stock inductor; do
+  for c in ${PROBE_BACKENDS:-inductor-stock inductor}; do
     TORCH_LOGS=recompiles timeout 150 "${E[@]}" --model-shape llama-3-8b --layers 2 --lengths ${PROBE_LENGTHS:-128K,256K} \
       --methods dense,delta --reps 2 --compile $c --out $R/probe_$c > $R/probe_$c.log 2>&1; el "probe $c" $?
   done
