@@ -16,7 +16,7 @@ layers:
 
 * dynamo's duck sizing gives dimensions of equal size one symbol, so a first call with as many tokens as the model
   has hidden units pins the length to that value: the Llama-3-8B shape warmed up at 4,096 tokens compiled every layer
-  again at its first 128K call on an H100 (17–25 s; BENCHMARKS.md, eleventh and twelfth sessions);
+  again at its first 128K call on an H100 (14–22 s extra; BENCHMARKS.md, eleventh and twelfth sessions);
 * inductor indexes a kernel with int32 when the sizes it sees at compile time fit, and guards that they keep fitting,
   so the first length where one activation passes 2³¹ elements (past 149,796 tokens for the 8B shape's MLP) would
   compile again; :class:`SymbolicInt64Inductor` indexes such kernels with int64 instead.
@@ -134,10 +134,10 @@ class SymbolicInt64Inductor(torch._TorchCompileInductorWrapper):
     """torch.compile's inductor backend, except that a generated kernel whose element count or buffer sizes depend on
     a symbolic size (the sequence length under ``dynamic=True``) indexes with int64 instead of guarding that they
     fit int32. Stock inductor picks int32 when the sizes at compile time fit and adds a guard that they keep fitting:
-    correct, but the first call past 2³¹ elements in one activation compiles the layer again (the Llama-3-8B shape
-    at 128K after a warm-up at 4K: 17–19 s on an H100). int64 indexing is always correct; what it costs the
-    memory-bound elementwise kernels is measured in BENCHMARKS.md. Kernels of static sizes (weights) are unchanged.
-    Pass an instance as ``backend=`` to ``torch.compile``; ``mode`` as for inductor."""
+    correct, but the first call past 2³¹ elements in one activation compiles the layer again (for the Llama-3-8B
+    shape's MLP, past 149,796 tokens; not yet seen on a GPU, where duck sizing recompiled first). int64 indexing is
+    always correct; what it costs the memory-bound elementwise kernels is not measured yet. Kernels of static sizes
+    (weights) are unchanged. Pass an instance as ``backend=`` to ``torch.compile``; ``mode`` as for inductor."""
 
     def __init__(self, mode: str | None = None, dynamic: bool | None = True):
         super().__init__(mode, None, dynamic)
