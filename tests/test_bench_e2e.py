@@ -26,6 +26,8 @@ def test_e2e_cpu_tiny_all_methods(tmp_path):
     assert set(cells) == {(m, c) for m in e2e_options.METHODS for c in (0, 64)} - {("dense", 64)}
     assert set(meta["warmup"]["cells_s"]) == {*e2e_options.METHODS, "sparse/c64", "delta/c64", "recompute/c64"}
     assert cells[("dense", 0)]["speedup_vs_dense"] == 1.0
+    assert all(c["graphs_compiled"] == 0 for c in cells.values())  # eager: torch.compile never runs
+    assert "compiled during the timed cells" not in (out / "results.md").read_text()
     for m in ("sparse", "delta", "recompute"):
         one, chunked = cells[(m, 0)], cells[(m, 64)]
         assert one["ttft_s"] > 0 and one["tokens_per_s"] == pytest.approx(256 / one["ttft_s"])
@@ -61,7 +63,10 @@ def test_e2e_compile_runs_every_column_with_compiled_layers(tmp_path, monkeypatc
     assert set(cells) == {("dense", 0), ("delta", 0), ("delta", 64)}
     assert all(c["finite"] for c in cells.values())
     assert cells[("delta", 64)]["max_abs_diff_vs_one_shot"] < 1e-4
-    assert "Decoder layers compiled" in (out / "results.md").read_text()
+    # the warm-up (64 tokens = the tiny shape's hidden size: the duck-sizing case) compiled every length's graphs
+    assert {key: c["graphs_compiled"] for key, c in cells.items()} == dict.fromkeys(cells, 0)
+    md = (out / "results.md").read_text()
+    assert "Decoder layers compiled" in md and "No graph compiled during the timed cells." in md
 
 
 def test_e2e_profile_splits_one_prefill_by_kernel_category(tmp_path):

@@ -232,3 +232,22 @@ def test_floor_needs_the_delta_config_and_a_fit_without_negative_terms():
         shape["floor"][0]["dense_flops"]
         == prefill_cost(DeltaConfig(**TINY_CONFIG, mode="dense"), n1).flops(TINY_HEAD_DIM, TINY_HEADS) * TINY_LAYERS
     )
+
+
+def test_cells_that_compiled_are_marked_and_counted_in_a_compiled_run():
+    """A compiled run's report says whether torch.compile compiled during the timed cells, and marks the cells that
+    did (their first call paid for it); a run without the count (older files) says nothing about it."""
+    n = int(torch.randint(64, 1024, ()))
+    graphs = int(torch.randint(1, 9, ()))
+    res = _results({n: 1.0}, {n: 0.5})
+    res["cells"][0]["graphs_compiled"], res["cells"][1]["graphs_compiled"] = 0, graphs
+    md = e2e_report.markdown(dict(res, meta=dict(TINY_REPORT_META, compiled=True)))
+    assert f"**{graphs} graph(s) compiled during the timed cells**" in md
+    assert sum(f"**compiled {graphs} graph(s)**" in line for line in md.splitlines()) == 1
+    res["cells"][1]["graphs_compiled"] = 0
+    md = e2e_report.markdown(dict(res, meta=dict(TINY_REPORT_META, compiled=True)))
+    assert "No graph compiled during the timed cells." in md and "**compiled" not in md
+    for c in res["cells"]:
+        del c["graphs_compiled"]
+    md = e2e_report.markdown(dict(res, meta=dict(TINY_REPORT_META, compiled=True)))
+    assert "Decoder layers compiled" in md and "compiled during the timed cells" not in md

@@ -11,14 +11,8 @@ import torch
 
 import delta_attn
 from delta_attn import DeltaConfig
-from delta_attn.compiled import EAGER_SDPA, compile_layers, decoder_layers, is_compiled
+from delta_attn.compiled import EAGER_SDPA, compile_layers, decoder_layers, graphs_compiled, is_compiled
 from tiny_models import rand_ids, tiny_llama
-
-
-def _graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
 
 
 @pytest.mark.slow  # compiles the 9 layers of a tiny model for five call shapes: ~60 s
@@ -50,16 +44,16 @@ def _compile_and_compare(seed):
 
         got = model(input_ids=ids, logits_to_keep=1).logits
         torch.testing.assert_close(got, one_shot, rtol=1e-5, atol=1e-6)
-        graphs = _graphs()
+        graphs = graphs_compiled()
         assert graphs > 0  # the layers did compile
         model(input_ids=other, logits_to_keep=1)  # a new length: a symbolic one, nothing compiles
-        assert _graphs() == graphs
+        assert graphs_compiled() == graphs
 
         got = delta_attn.chunked_prefill(model, ids, chunk_size=128, max_cache_len=400).logits
         torch.testing.assert_close(got, chunked, rtol=1e-5, atol=1e-6)
-        graphs = _graphs()
+        graphs = graphs_compiled()
         delta_attn.chunked_prefill(model, other, chunk_size=100, max_cache_len=400)  # new chunk size and length
-        assert _graphs() == graphs
+        assert graphs_compiled() == graphs
         # decoding from a compiled prefill (the layers compile once more, for one query over the cache)
         assert delta_attn.chunked_prefill(model, ids, chunk_size=128).generate(max_new_tokens=6).tokens == reply
 
@@ -141,9 +135,9 @@ def test_compile_layers_compiles_with_inductor_int64_for_symbolic_sizes(seed, mo
         got = model(input_ids=ids, logits_to_keep=1).logits
         assert calls  # our backend compiled the layers
         torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-5)
-        graphs = _graphs()
+        graphs = graphs_compiled()
         model(input_ids=rand_ids(1, 333, seed=seed + 1), logits_to_keep=1)
-        assert _graphs() == graphs
+        assert graphs_compiled() == graphs
 
 
 def test_a_first_call_as_long_as_the_hidden_size_does_not_pin_the_length(seed):
@@ -158,8 +152,8 @@ def test_a_first_call_as_long_as_the_hidden_size_does_not_pin_the_length(seed):
         delta_attn.enable(model, DeltaConfig(sink=4, window=16, gamma=8))
         compile_layers(model, backend="aot_eager")
         model(input_ids=rand_ids(1, model.config.hidden_size, seed=seed), logits_to_keep=1)
-        graphs = _graphs()
+        graphs = graphs_compiled()
         for n in (100, 77):
             model(input_ids=rand_ids(1, n, seed=seed + n), logits_to_keep=1)
-        assert _graphs() == graphs
+        assert graphs_compiled() == graphs
     assert shape_settings.use_duck_shape  # back to torch's default outside the layers' calls

@@ -107,6 +107,14 @@ def _without_duck_sizing(compiled):
     return call
 
 
+def graphs_compiled() -> int:
+    """How many graphs torch.compile has compiled in this process so far (dynamo's own count, every backend): read
+    it before and after a call to see whether the call compiled anything."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def _compiled(module: torch.nn.Module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None  # what nn.Module.compile sets
 

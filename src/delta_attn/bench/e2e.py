@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable
 
 from ..cli_options import UsageError
-from ..compiled import EAGER_SDPA, compile_layers, is_compiled
+from ..compiled import EAGER_SDPA, compile_layers, graphs_compiled, is_compiled
 from ..config import DEFAULT_CONFIG
 from .e2e_options import SDPA_BACKENDS, SHAPES, build_parser, model_label, validate
 from .e2e_report import add_ratios, backend_timings_text, summary, variant_name, write
@@ -208,6 +208,7 @@ def run_cell(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    graphs_before = graphs_compiled()
     logits = None
     for _ in range(reps):
         logits = None  # free the previous run's cache before the next one
@@ -225,6 +226,9 @@ def run_cell(
         # the first call at this (never-seen) length after the warm-up at another one, against the steady
         # time of the later reps: a new length must not compile or tune anything (issue 16)
         first_vs_steady=times[0] / min(times[1:]) if len(times) > 1 else None,
+        # graphs torch.compile compiled during the cell (compiled layers at a length they were not yet called with);
+        # 0 when nothing is compiled, as after the warm-up it should be
+        graphs_compiled=graphs_compiled() - graphs_before,
         tokens_per_s=n * ids.shape[0] / min(times),
         first_token=first.tolist(),
         finite=bool(torch.isfinite(logits).all().item()),
@@ -586,6 +590,8 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 mem = f"  peak {res['peak_gb']:.1f} GB" if "peak_gb" in res else ""
                 if res.get("first_vs_steady") is not None:
                     mem += f"  first call {res['times_s'][0]:.3f} s = {res['first_vs_steady']:.2f}x steady"
+                if res["graphs_compiled"]:
+                    mem += f"  compiled {res['graphs_compiled']} graph(s)"
                 if "dense_backend" in cell:
                     mem += f"  on {cell['dense_backend']}" + (
                         f" (attention alone: {backend_timings_text(cell['dense_backend_timings'])})"

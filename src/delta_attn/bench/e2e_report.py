@@ -218,6 +218,20 @@ def extrapolate(res: dict, strict: bool = True) -> None:
     ]
 
 
+def _graphs_in_cells_text(cells: list[dict]) -> str:
+    """The compiled run's check that no cell compiled: graphs torch.compile compiled during the timed cells (runs
+    from before the count was recorded say nothing)."""
+    counts = [c["graphs_compiled"] for c in cells if "graphs_compiled" in c]
+    if not counts:
+        return ""
+    total = sum(counts)
+    return (
+        " No graph compiled during the timed cells."
+        if not total
+        else (f" **{total} graph(s) compiled during the timed cells** (marked in the notes).")
+    )
+
+
 def markdown(res: dict) -> str:
     meta = res["meta"]
     cut = " (cut with --layers)" if meta["layers_cut"] else ""
@@ -229,6 +243,7 @@ def markdown(res: dict) -> str:
         f"{meta['dtype']}, on {meta['device']}{gpus}; torch {meta['torch']}, {meta['date']}."
         + (
             " Decoder layers compiled (torch.compile, --compile), attention eager in every column."
+            + _graphs_in_cells_text(res["cells"])
             if meta.get("compiled")
             else ""
         ),
@@ -286,6 +301,8 @@ def markdown(res: dict) -> str:
             notes.append(f"logits within {c['max_abs_diff_vs_one_shot']:.2g} of one-shot")
         if c.get("first_vs_steady") is not None:  # the first call at this length, after the warm-up at another
             notes.append(f"first call {c['times_s'][0]:.3f} s = {c['first_vs_steady']:.2f}× steady")
+        if c.get("graphs_compiled"):  # torch.compile compiled during the timed runs: the first call paid for it
+            notes.append(f"**compiled {c['graphs_compiled']} graph(s)**")
         lines.append(
             f"| {c['label']} | {c['method']} | {chunk} | {c['ttft_s']:.3f} | {c['tokens_per_s']:.0f} | "
             f"{speedup_text(c, fit)} | {_f(c.get('chunked_over_one_shot'))} | {_f(c.get('peak_gb'), '.1f')} "
