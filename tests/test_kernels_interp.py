@@ -55,10 +55,12 @@ def test_tiny_cases_in_interpreter(seed):
     assert not bad, bad
 
 
-VARIANTS = [  # Δ variants (docs/algorithm.md §13): λ fused (float, auto), unfused (filters, top-k), extra anchors
+VARIANTS = [  # Δ variants (docs/algorithm.md §13): λ fused (float, auto), unfused (filters, top-k: λ by the λ kernels
+    # too), extra anchors
     "delta-scale0.5",
     "delta-scale0.5-abg",
     "delta-auto-global",
+    "delta-auto-ema",
     "delta-extra0.25",
     "delta-extra0.25-linear-auto",
     "chunk-auto",

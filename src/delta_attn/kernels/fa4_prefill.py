@@ -39,7 +39,6 @@ from .delta_scale import scaled_block_deltas
 from .dense_rows import RowSet, dense_rows
 from .prefill import _last_dim_contiguous, apply_block_deltas, ensure_allocator
 from .prefill import _supported as triton_supported
-from .scan import repeat_add
 from .sparse import PATTERN_RANGES, SparseSpec
 
 
@@ -150,28 +149,8 @@ def fa4_prefill(
         return o
     if anchors is None:  # a chunk inside one γ-block whose anchor came earlier
         anchors = o.new_zeros(bsz, hq, 0, d, dtype=torch.float32)
-    if config.interp == "repeat" and isinstance(config.delta_scale, str) and triton_supported(q):
-        return _data_driven_repeat(plan, o, anchors, state)
     raw, _, scan_state, scale_sums = apply_block_deltas(plan, o, anchors, o)  # in place: repeat is one add per row
     finish(state, plan, last_delta=raw[:, :, -1], scan_state=scan_state, scale_sums=scale_sums)
-    return o
-
-
-def _data_driven_repeat(plan, o: Tensor, anchors: Tensor, state) -> Tensor:
-    """``delta_scale="auto"`` (and its forms) with ``interp="repeat"``, in place on ``o`` = Õ: the raw Δ_j = D_j − Õ_j
-    of the call's anchors, λ_jΔ_j and the running sums by the Triton backend's λ kernels
-    (:func:`.delta_scale.scaled_block_deltas`: a few small launches), the one add per row, then the anchor rows exact.
-    Through :func:`.prefill.apply_block_deltas` (:func:`delta_attn.combine.delta_scales`' PyTorch ops, then the same
-    add) λ = auto took 1.1–1.8 ms more than Δ at 128K on an H100 (BENCHMARKS.md, eleventh session)."""
-    q0, gamma, body_end = plan.q_start, plan.gamma, plan.body_end
-    local = slice(plan.anchor_lo - q0, body_end - q0, gamma)
-    raw = (anchors.float() - o[:, :, local].float()).contiguous()
-    given, scale_sums = scaled_block_deltas(plan, raw)
-    repeat_add(o, given, q_start=q0, body_end=body_end, gamma=gamma)
-    if anchors.shape[2]:
-        o[:, :, local] = anchors.to(o.dtype)
-    last = raw[:, :, -1] if raw.shape[2] else plan.carried_delta.float()
-    finish(state, plan, last_delta=last, scale_sums=scale_sums)
     return o
 
 

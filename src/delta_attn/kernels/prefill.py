@@ -274,17 +274,26 @@ def apply_block_deltas(plan, sp: Tensor, anchor_dense: Tensor, out: Tensor):
 
     sp: Õ of the call's rows (B, Hq, Nq, D); anchor_dense: D of the call's anchors (B, Hq, n_anchors, D); out: where
     the rows go — ``sp`` itself (in place) or another tensor. Δ_j = D_j − Õ_j (float32; the carried block's Δ first),
-    λ (:func:`delta_attn.combine.delta_scales`), x_i by the scan kernel (``interp`` repeat or a filter; in place,
-    repeat is one add per row, :func:`.scan.repeat_add`), and, for λ ≠ 1, the anchor rows exact.
-    Returns (raw Δs, λ, filter state after the last row or None, λ's running sums or None).
+    λ_jΔ_j, x_i by the scan kernel (``interp`` repeat or a filter; in place, repeat is one add per row,
+    :func:`.scan.repeat_add`), and, for λ ≠ 1, the anchor rows exact. λ is :func:`delta_attn.combine.delta_scales`'
+    except for the data-driven forms (``"auto"`` …) without extra anchors, whose λ_jΔ_j and running sums come from
+    the Triton λ kernels (:func:`.delta_scale.scaled_block_deltas`: a few small launches, where delta_scales'
+    PyTorch ops took 1.1–1.8 ms more at 128K on an H100, BENCHMARKS.md, eleventh session).
+    Returns (raw Δs, λ, filter state after the last row or None, λ's running sums or None); λ is None for
+    ``delta_scale=1.0`` and when the λ kernels applied it (only extra anchors read it).
     """
     q0, gamma, body_end = plan.q_start, plan.gamma, plan.body_end
     local = slice(plan.anchor_lo - q0, body_end - q0, gamma)  # the anchors' rows (none when past body_end)
-    raw = anchor_dense.float() - sp[:, :, local].float()
+    anchor_raw = anchor_dense.float() - sp[:, :, local].float()
+    raw = anchor_raw
     if plan.carried_delta is not None:
         raw = torch.cat([plan.carried_delta.float().unsqueeze(2), raw], dim=2)
-    lam, scale_sums = delta_scales(plan, raw)  # λ = None for delta_scale=1.0
-    deltas = scale_deltas(raw, lam)
+    if _lambda_by_kernels(plan.config, sp):
+        lam, (deltas, scale_sums) = None, scaled_block_deltas(plan, anchor_raw.contiguous())
+        scaled = True
+    else:
+        lam, scale_sums = delta_scales(plan, raw)  # λ = None for delta_scale=1.0
+        deltas, scaled = scale_deltas(raw, lam), lam is not None
     scan_state = None
     if plan.config.interp == "repeat" and out is sp:  # x_i = z_i: one add per row, no scan
         repeat_add(out, deltas, q_start=q0, body_end=body_end, gamma=gamma)
@@ -297,9 +306,15 @@ def apply_block_deltas(plan, sp: Tensor, anchor_dense: Tensor, out: Tensor):
             s_prev = s_prev.float()
         s_last = delta_scan_apply(sp, deltas, s_prev, m, kk, q_start=q0, body_end=body_end, gamma=gamma, out=out)
         scan_state = s_last if plan.config.interp != "repeat" else None
-    if lam is not None and anchor_dense.shape[2]:  # λ ≠ 1: the anchor rows are exact
+    if scaled and anchor_dense.shape[2]:  # λ ≠ 1: the anchor rows are exact
         out[:, :, local] = anchor_dense.to(out.dtype)
     return raw, lam, scan_state, scale_sums
+
+
+def _lambda_by_kernels(config: DeltaConfig, sp: Tensor) -> bool:
+    """Whether :func:`apply_block_deltas` takes λ_jΔ_j from the Triton λ kernels: a data-driven λ, no extra anchors
+    (they need λ itself, which the kernels do not return) and Õ where the kernels run."""
+    return isinstance(config.delta_scale, str) and config.extra_anchors == 0 and _supported(sp)
 
 
 def _apply_extra_anchors(
