@@ -27,6 +27,7 @@ def test_e2e_cpu_tiny_all_methods(tmp_path):
     assert set(meta["warmup"]["cells_s"]) == {*e2e_options.METHODS, "sparse/c64", "delta/c64", "recompute/c64"}
     assert cells[("dense", 0)]["speedup_vs_dense"] == 1.0
     assert all(c["graphs_compiled"] == 0 for c in cells.values())  # eager: torch.compile never runs
+    assert all(c["triton_compiled"] == {} for c in cells.values())  # recorded per cell (no Triton on the CPU path)
     assert "compiled during the timed cells" not in (out / "results.md").read_text()
     for m in ("sparse", "delta", "recompute"):
         one, chunked = cells[(m, 0)], cells[(m, 64)]

@@ -61,6 +61,12 @@ def test_reports(tmp_path):
     assert "| 14.50, 17.2 |" in md  # back to back beside the synchronised time, with its own ratio
     assert "| 128K | sparse | 11.00 | 100 | 22.7 |  |" in md  # none measured: an empty cell
     assert "15.6" in summary(res) and "17.2" in summary(res)
+    assert "Triton kernel" not in md  # no cell records a compilation
+    res["results"][0]["methods"]["delta"]["triton_compiled"] = {"_sparse_kernel": 1, "_dense_rows_kernel": 1}
+    (row,) = [line for line in markdown(res).splitlines() if "Triton kernel" in line]
+    assert (
+        row.startswith("| 128K | delta |") and "compiled 2 Triton kernel(s): _dense_rows_kernel, _sparse_kernel" in row
+    )
     plot(res, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000
     json.dumps(res)

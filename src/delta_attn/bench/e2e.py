@@ -53,6 +53,7 @@ from collections.abc import Callable
 from ..cli_options import UsageError
 from ..compiled import EAGER_SDPA, compile_layers, graphs_compiled, is_compiled
 from ..config import DEFAULT_CONFIG
+from . import triton_compiles
 from .e2e_options import SDPA_BACKENDS, SHAPES, build_parser, model_label, validate
 from .e2e_report import add_ratios, backend_timings_text, summary, variant_name, write
 from .layer import fmt_length
@@ -208,7 +209,7 @@ def run_cell(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    graphs_before = graphs_compiled()
+    graphs_before, kernels_before = graphs_compiled(), triton_compiles.snapshot()
     logits = None
     for _ in range(reps):
         logits = None  # free the previous run's cache before the next one
@@ -229,6 +230,7 @@ def run_cell(
         # graphs torch.compile compiled during the cell (compiled layers at a length they were not yet called with);
         # 0 when nothing is compiled, as after the warm-up it should be
         graphs_compiled=graphs_compiled() - graphs_before,
+        triton_compiled=triton_compiles.since(kernels_before),  # likewise this package's Triton kernels
         tokens_per_s=n * ids.shape[0] / min(times),
         first_token=first.tolist(),
         finite=bool(torch.isfinite(logits).all().item()),
@@ -477,6 +479,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
     def prompt(n):
         return torch.randint(0, vocab, (1, n), generator=gen).to(device)
 
+    triton_compiles.start_counting()  # each cell then records the Triton kernels it compiled (none, after this)
     # warm-up: every (method, chunk) once at the warm-up length, so compilation is not timed
     warm_n = opts["warmup_length"]
     warm_ids = prompt(warm_n)
@@ -592,6 +595,8 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                     mem += f"  first call {res['times_s'][0]:.3f} s = {res['first_vs_steady']:.2f}x steady"
                 if res["graphs_compiled"]:
                     mem += f"  compiled {res['graphs_compiled']} graph(s)"
+                if res["triton_compiled"]:
+                    mem += "  " + triton_compiles.describe(res["triton_compiled"])
                 if "dense_backend" in cell:
                     mem += f"  on {cell['dense_backend']}" + (
                         f" (attention alone: {backend_timings_text(cell['dense_backend_timings'])})"

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from . import triton_compiles
 from .e2e_options import CHUNK_CACHES, METHODS
 from .layer import fmt_length
 
@@ -303,6 +304,8 @@ def markdown(res: dict) -> str:
             notes.append(f"first call {c['times_s'][0]:.3f} s = {c['first_vs_steady']:.2f}× steady")
         if c.get("graphs_compiled"):  # torch.compile compiled during the timed runs: the first call paid for it
             notes.append(f"**compiled {c['graphs_compiled']} graph(s)**")
+        if c.get("triton_compiled"):  # likewise Triton kernels (a length-specialised launch)
+            notes.append(f"**{triton_compiles.describe(c['triton_compiled'])}**")
         lines.append(
             f"| {c['label']} | {c['method']} | {chunk} | {c['ttft_s']:.3f} | {c['tokens_per_s']:.0f} | "
             f"{speedup_text(c, fit)} | {_f(c.get('chunked_over_one_shot'))} | {_f(c.get('peak_gb'), '.1f')} "

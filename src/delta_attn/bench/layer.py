@@ -23,7 +23,8 @@ several lengths. Methods:
 First call at a new length: every Triton method first runs once at ``--warmup-length`` tokens (its
 compilation), then each length's first call is timed on its own (wall clock, synchronised) and
 reported as ``first ms`` and ``first ÷ steady``: what a server pays for a prompt length it has not
-seen (cuDNN's first call includes its plan for the new shape).
+seen (cuDNN's first call includes its plan for the new shape). The Triton kernels a cell compiled, if any, are
+named in its note (:mod:`.triton_compiles`): after the warm-up there should be none.
 
 Timing: CUDA events around each call, after warm-up; the median of repeated calls (synchronised around each
 call, so a call's host time before its first kernel counts). Beside it, ``back to back``: the same number of
@@ -49,6 +50,8 @@ import platform
 import statistics
 import sys
 import time
+
+from . import triton_compiles
 
 LENGTHS = "32K,64K,128K,256K,512K,1M"
 DENSE_METHODS = ("cudnn", "flash", "rows")  # timed without a DeltaConfig
@@ -313,6 +316,7 @@ def run_layer(args) -> dict:
             return lambda: fa4_prefill(q, k, v, cfg, scale=scale, prompt_len=n, passes=passes)
         return lambda: triton_prefill(q, k, v, cfg, scale=scale, prompt_len=n, kernel_configs=cfgs)
 
+    counting = triton_compiles.start_counting()  # every Triton compilation from here on, per kernel
     warm = parse_length(args.warmup_length) if args.warmup_length not in ("", "0") else 0
     warmup_s = {}
     if warm:  # compile every Triton method (and layout) at a length that is not timed
@@ -342,6 +346,7 @@ def run_layer(args) -> dict:
 
         def record(name, fn, fl, *, once=False, note=""):
             first_ms = None
+            before = triton_compiles.snapshot()
             try:
                 if once:  # one call only: take its peak memory from the timed call itself
                     torch.cuda.synchronize()
@@ -372,8 +377,12 @@ def run_layer(args) -> dict:
                     first_ms=first_ms,
                     first_vs_steady=None if first_ms is None else first_ms / t["ms"],
                     ms_back_to_back=t.get("ms_back_to_back"),
+                    # Triton kernels compiled at this length (by the first call: the warm-up compiled the rest);
+                    # None where Triton's compile hook is absent
+                    triton_compiled=triton_compiles.since(before) if counting else None,
                 )
                 first = "" if first_ms is None else f"  first {first_ms:.2f} ms ({first_ms / t['ms']:.2f}x)"
+                first += "  " + triton_compiles.describe(row["methods"][name]["triton_compiled"] or {})
                 print(
                     f"  {fmt_length(n):>5s} {name:10s} {t['ms']:10.2f} ms  {fl / (t['ms'] * 1e-3) / 1e12:6.1f} "
                     f"TFLOP/s  reps={t['reps']}{first} {note}",
@@ -462,7 +471,8 @@ def markdown(res: dict) -> str:
             if "ms" not in r:
                 lines.append(f"| {row['label']} | {name} | — | — | — | — | — | — | — | {r.get('error', '')} |")
                 continue
-            note = ", ".join(x for x in [r.get("note", ""), "timed once" if r.get("once") else ""] if x)
+            compiled = triton_compiles.describe(r.get("triton_compiled") or {})
+            note = ", ".join(x for x in [r.get("note", ""), "timed once" if r.get("once") else "", compiled] if x)
             sp = r.get("speedup_vs_cudnn")
             fv = r.get("first_vs_steady")
             b2b, b2b_sp = r.get("ms_back_to_back"), r.get("speedup_vs_cudnn_back_to_back")
