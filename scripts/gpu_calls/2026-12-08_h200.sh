@@ -61,9 +61,10 @@ if want tests; then
   grep -E "passed|failed" $R/tests.log | tail -2; grep -E "FAILED|Error" $R/tests.log | head -8
 fi
 for f in $R/probe_*.log $R/e8_*.log; do
-  [ -f $f ] && echo "== $f" && grep -E "Recompiling|triggered by|guard|TTFT" $f | cut -c1-230 | head -8
+  [ -f $f ] && echo "== $f" && grep -E "Recompiling|triggered by|guard|TTFT|compiled" $f | cut -c1-230 | head -8
 done
 for f in $R/e3b.log $R/e3b_1m.log; do [ -f $f ] && echo "== $f" && grep -E "TTFT|OOM" $f | cut -c1-200; done
 for f in $R/layer.log $R/layer_again*.log; do [ -f $f ] && echo "== $f" && grep -E "^\| (N|128K|1M) " $f | cut -c1-170; done
+grep -h "Triton kernel" $R/*.log | cut -c1-200 | head -6  # a cell that compiled a kernel after the warm-up
 echo "== done after $(( $(date +%s) - T0 )) s"
 exit 0

@@ -382,7 +382,8 @@ def run_layer(args) -> dict:
                     triton_compiled=triton_compiles.since(before) if counting else None,
                 )
                 first = "" if first_ms is None else f"  first {first_ms:.2f} ms ({first_ms / t['ms']:.2f}x)"
-                first += "  " + triton_compiles.describe(row["methods"][name]["triton_compiled"] or {})
+                compiled = triton_compiles.describe(row["methods"][name]["triton_compiled"] or {})
+                first += f"  {compiled}" if compiled else ""
                 print(
                     f"  {fmt_length(n):>5s} {name:10s} {t['ms']:10.2f} ms  {fl / (t['ms'] * 1e-3) / 1e12:6.1f} "
                     f"TFLOP/s  reps={t['reps']}{first} {note}",
