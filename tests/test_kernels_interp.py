@@ -1,7 +1,7 @@
 """The Triton kernels' logic on CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 
-Runs only where ``triton`` is importable and no CUDA device is present (CI has no triton, so these
-skip there; the PyTorch reference is covered by the other test files). The interpreter must be on
+Runs where ``triton`` is importable and no CUDA device is present: the CI machine too (the ``[dev]`` extra pins
+triton 3.6.0), where a GPU would run ``test_kernels_gpu`` instead. The interpreter must be on
 before triton is first imported, so the checks run in a fresh process:
 ``TRITON_INTERPRET=1 python -m delta_attn.bench.check --tiny --seed N`` (N from the ``seed`` fixture).
 Tiny shapes and tiles, so every path is exercised: several tiles per row block, split-K with merge,
