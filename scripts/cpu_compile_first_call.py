@@ -32,10 +32,9 @@ WAYS = ("stock", "compile_layers", "compile_layers-stock")
 
 def measure(way: str, shape: str, layers: int, warmup: int, length: int, reps: int) -> dict:
     import torch
-    from torch._dynamo.utils import counters
 
     from delta_attn.bench.e2e import build_model
-    from delta_attn.compiled import EAGER_SDPA, compile_layers
+    from delta_attn.compiled import EAGER_SDPA, compile_layers, graphs_compiled
 
     model = build_model(shape, layers, max(warmup, length), "cpu", torch.float32, seed=0)
     if way == "stock":
@@ -54,13 +53,13 @@ def measure(way: str, shape: str, layers: int, warmup: int, length: int, reps: i
         return time.perf_counter() - t0
 
     warm_s = forward(warmup)
-    graphs_warm = counters["stats"]["unique_graphs"]
+    graphs_warm = graphs_compiled()
     times = [forward(length) for _ in range(reps + 1)]
     return dict(
         way=way,
         warmup_s=warm_s,
         graphs_after_warmup=graphs_warm,
-        graphs_added=counters["stats"]["unique_graphs"] - graphs_warm,
+        graphs_added=graphs_compiled() - graphs_warm,
         first_s=times[0],
         steady_s=min(times[1:]),
         torch=torch.__version__,

@@ -55,7 +55,7 @@ from ..compiled import EAGER_SDPA, compile_layers, graphs_compiled, is_compiled
 from ..config import DEFAULT_CONFIG
 from . import triton_compiles
 from .e2e_options import SDPA_BACKENDS, SHAPES, build_parser, model_label, validate
-from .e2e_report import add_ratios, backend_timings_text, summary, variant_name, write
+from .e2e_report import add_ratios, backend_timings_text, compiled_texts, summary, variant_name, write
 from .layer import fmt_length
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -593,10 +593,7 @@ def run_e2e(args: argparse.Namespace, opts: dict) -> dict:
                 mem = f"  peak {res['peak_gb']:.1f} GB" if "peak_gb" in res else ""
                 if res.get("first_vs_steady") is not None:
                     mem += f"  first call {res['times_s'][0]:.3f} s = {res['first_vs_steady']:.2f}x steady"
-                if res["graphs_compiled"]:
-                    mem += f"  compiled {res['graphs_compiled']} graph(s)"
-                if res["triton_compiled"]:
-                    mem += "  " + triton_compiles.describe(res["triton_compiled"])
+                mem += "".join(f"  {text}" for text in compiled_texts(res))
                 if "dense_backend" in cell:
                     mem += f"  on {cell['dense_backend']}" + (
                         f" (attention alone: {backend_timings_text(cell['dense_backend_timings'])})"

@@ -219,6 +219,13 @@ def extrapolate(res: dict, strict: bool = True) -> None:
     ]
 
 
+def compiled_texts(cell: dict) -> list[str]:
+    """What a cell compiled during its timed runs, if anything: torch.compile graphs, then Triton kernels (a
+    length-specialised launch); empty after a warm-up that compiled everything."""
+    texts = [f"compiled {cell['graphs_compiled']} graph(s)"] if cell.get("graphs_compiled") else []
+    return texts + ([triton_compiles.describe(cell["triton_compiled"])] if cell.get("triton_compiled") else [])
+
+
 def _graphs_in_cells_text(cells: list[dict]) -> str:
     """The compiled run's check that no cell compiled: graphs torch.compile compiled during the timed cells (runs
     from before the count was recorded say nothing)."""
@@ -302,10 +309,7 @@ def markdown(res: dict) -> str:
             notes.append(f"logits within {c['max_abs_diff_vs_one_shot']:.2g} of one-shot")
         if c.get("first_vs_steady") is not None:  # the first call at this length, after the warm-up at another
             notes.append(f"first call {c['times_s'][0]:.3f} s = {c['first_vs_steady']:.2f}× steady")
-        if c.get("graphs_compiled"):  # torch.compile compiled during the timed runs: the first call paid for it
-            notes.append(f"**compiled {c['graphs_compiled']} graph(s)**")
-        if c.get("triton_compiled"):  # likewise Triton kernels (a length-specialised launch)
-            notes.append(f"**{triton_compiles.describe(c['triton_compiled'])}**")
+        notes += [f"**{text}**" for text in compiled_texts(c)]  # the first call paid for it
         lines.append(
             f"| {c['label']} | {c['method']} | {chunk} | {c['ttft_s']:.3f} | {c['tokens_per_s']:.0f} | "
             f"{speedup_text(c, fit)} | {_f(c.get('chunked_over_one_shot'))} | {_f(c.get('peak_gb'), '.1f')} "

@@ -288,12 +288,13 @@ def apply_block_deltas(plan, sp: Tensor, anchor_dense: Tensor, out: Tensor):
     raw = anchor_raw
     if plan.carried_delta is not None:
         raw = torch.cat([plan.carried_delta.float().unsqueeze(2), raw], dim=2)
-    if _lambda_by_kernels(plan.config, sp):
-        lam, (deltas, scale_sums) = None, scaled_block_deltas(plan, anchor_raw.contiguous())
-        scaled = True
+    by_kernels = _lambda_by_kernels(plan.config, sp)
+    if by_kernels:  # λ_jΔ_j (the carried block's first) and the running sums; λ itself is not returned
+        lam = None
+        deltas, scale_sums = scaled_block_deltas(plan, anchor_raw)
     else:
         lam, scale_sums = delta_scales(plan, raw)  # λ = None for delta_scale=1.0
-        deltas, scaled = scale_deltas(raw, lam), lam is not None
+        deltas = scale_deltas(raw, lam)
     scan_state = None
     if plan.config.interp == "repeat" and out is sp:  # x_i = z_i: one add per row, no scan
         repeat_add(out, deltas, q_start=q0, body_end=body_end, gamma=gamma)
@@ -306,7 +307,7 @@ def apply_block_deltas(plan, sp: Tensor, anchor_dense: Tensor, out: Tensor):
             s_prev = s_prev.float()
         s_last = delta_scan_apply(sp, deltas, s_prev, m, kk, q_start=q0, body_end=body_end, gamma=gamma, out=out)
         scan_state = s_last if plan.config.interp != "repeat" else None
-    if scaled and anchor_dense.shape[2]:  # λ ≠ 1: the anchor rows are exact
+    if (by_kernels or lam is not None) and anchor_dense.shape[2]:  # λ ≠ 1: the anchor rows are exact
         out[:, :, local] = anchor_dense.to(out.dtype)
     return raw, lam, scan_state, scale_sums
 
